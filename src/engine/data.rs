@@ -1,0 +1,444 @@
+//! Datasets: the built-in digits set, CSV files and IDX files (MNIST layout), split, limited and
+//! standardised with statistics of the training split only.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::rng::{streams, Rng};
+use crate::spec::{DatasetSpec, SpecError};
+
+static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits/digits.csv.gz");
+
+/// Features row-major (`n × features`) and class ids.
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    pub x: Vec<f32>,
+    pub y: Vec<u32>,
+}
+
+impl Split {
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+
+    fn select(&self, features: usize, indices: &[usize]) -> Split {
+        let mut out = Split { x: Vec::with_capacity(indices.len() * features), y: Vec::new() };
+        for &i in indices {
+            out.x.extend_from_slice(&self.x[i * features..(i + 1) * features]);
+            out.y.push(self.y[i]);
+        }
+        out
+    }
+}
+
+/// Per-feature statistics of the training split; exported so users can prepare inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub name: String,
+    pub features: usize,
+    pub classes: usize,
+    /// Original label names when labels were not integers.
+    pub label_names: Option<Vec<String>>,
+    pub train: Split,
+    pub validation: Split,
+    pub normalization: Normalization,
+}
+
+/// Raw samples as read from a source, before splitting.
+struct Raw {
+    features: usize,
+    split: Split,
+    label_names: Option<Vec<String>>,
+}
+
+/// Resolves a spec path under the data root, refusing anything (symlinks included) outside it.
+pub fn resolve(root: &Path, relative: &str, field: &str) -> Result<PathBuf, SpecError> {
+    let candidate = root.join(relative);
+    let resolved = candidate.canonicalize().map_err(|_| {
+        SpecError::new(field, format!("`{relative}` does not exist under the data root {}", root.display()))
+    })?;
+    let root = root
+        .canonicalize()
+        .map_err(|_| SpecError::new(field, format!("the data root {} does not exist", root.display())))?;
+    if !resolved.starts_with(&root) {
+        return Err(SpecError::new(field, format!("`{relative}` leads outside the data root")));
+    }
+    if !resolved.is_file() {
+        return Err(SpecError::new(field, format!("`{relative}` is not a file")));
+    }
+    Ok(resolved)
+}
+
+/// Loads, splits and standardises the dataset a spec names. Errors name the spec field.
+pub fn load(spec: &DatasetSpec, root: &Path, seed: u64) -> Result<Dataset, SpecError> {
+    let (name, raw, test) = match spec.source.as_str() {
+        "builtin:digits" => {
+            let csv = gunzip_if_needed(DIGITS_CSV_GZ.to_vec(), "dataset.source")?;
+            ("digits".to_string(), read_csv_rows(&csv, None, false, "dataset.source")?, None)
+        }
+        "csv" => {
+            let path = spec.path.as_deref().unwrap_or_default();
+            let label = spec.label_column.as_deref().unwrap_or("label");
+            let train = read_csv_file(&resolve(root, path, "dataset.path")?, label, "dataset.path")?;
+            let test = match &spec.test_path {
+                Some(p) => Some(read_csv_file(&resolve(root, p, "dataset.test_path")?, label, "dataset.test_path")?),
+                None => None,
+            };
+            (path.to_string(), train, test)
+        }
+        "idx" => {
+            let images = spec.images.as_deref().unwrap_or_default();
+            let labels = spec.labels.as_deref().unwrap_or_default();
+            let train = read_idx_pair(root, images, labels, "dataset.images", "dataset.labels")?;
+            let test = match (&spec.test_images, &spec.test_labels) {
+                (Some(i), Some(l)) => Some(read_idx_pair(root, i, l, "dataset.test_images", "dataset.test_labels")?),
+                _ => None,
+            };
+            (images.to_string(), train, test)
+        }
+        other => return Err(SpecError::new("dataset.source", format!("unknown source `{other}`"))),
+    };
+    assemble(spec, name, raw, test, seed)
+}
+
+fn assemble(spec: &DatasetSpec, name: String, raw: Raw, test: Option<Raw>, seed: u64) -> Result<Dataset, SpecError> {
+    let features = raw.features;
+    if raw.split.is_empty() {
+        return Err(SpecError::new("dataset", "the dataset has no samples"));
+    }
+    if let Some(test) = &test {
+        if test.features != features {
+            return Err(SpecError::new(
+                "dataset",
+                format!("the test data has {} features, the training data {features}", test.features),
+            ));
+        }
+        if test.label_names != raw.label_names {
+            return Err(SpecError::new("dataset", "the test data's label names differ from the training data's"));
+        }
+    }
+    let max_label = raw.split.y.iter().chain(test.iter().flat_map(|t| t.split.y.iter())).max().copied().unwrap_or(0);
+    let classes = match spec.num_classes {
+        Some(n) => {
+            if max_label as usize >= n {
+                return Err(SpecError::new(
+                    "dataset.num_classes",
+                    format!("label {max_label} is out of range for num_classes {n} (labels are 0..{n})"),
+                ));
+            }
+            n
+        }
+        None => max_label as usize + 1,
+    };
+    if classes < 2 {
+        return Err(SpecError::new("dataset", "the labels name fewer than 2 classes"));
+    }
+    let (mut train, validation) = match test {
+        Some(test) => (raw.split, test.split),
+        None => {
+            let n = raw.split.len();
+            let mut order: Vec<usize> = (0..n).collect();
+            Rng::stream(seed, &[streams::SPLIT]).shuffle(&mut order);
+            let held_out = ((n as f64 * spec.validation_split).round() as usize).clamp(1, n.saturating_sub(1).max(1));
+            if n < 2 {
+                return Err(SpecError::new("dataset", "at least 2 samples are needed to hold some out"));
+            }
+            let (val_idx, train_idx) = order.split_at(held_out);
+            (raw.split.select(features, train_idx), raw.split.select(features, val_idx))
+        }
+    };
+    if let Some(limit) = spec.limit {
+        train.y.truncate(limit);
+        train.x.truncate(limit * features);
+    }
+    let normalization = statistics(&train, features);
+    let mut dataset = Dataset {
+        name,
+        features,
+        classes,
+        label_names: raw.label_names,
+        train,
+        validation,
+        normalization,
+    };
+    standardise(&mut dataset.train, &dataset.normalization);
+    standardise(&mut dataset.validation, &dataset.normalization);
+    Ok(dataset)
+}
+
+fn statistics(split: &Split, features: usize) -> Normalization {
+    let n = split.len().max(1) as f64;
+    let mut mean = vec![0f64; features];
+    let mut sq = vec![0f64; features];
+    for row in split.x.chunks_exact(features) {
+        for (j, &v) in row.iter().enumerate() {
+            mean[j] += v as f64;
+            sq[j] += (v as f64) * (v as f64);
+        }
+    }
+    let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(s, m)| {
+            let var = (s / n - m * m).max(0.0);
+            // A constant feature carries no information; leave it centred, unscaled.
+            if var < 1e-12 { 1.0 } else { var.sqrt() as f32 }
+        })
+        .collect();
+    Normalization { mean: mean.into_iter().map(|m| m as f32).collect(), std }
+}
+
+fn standardise(split: &mut Split, norm: &Normalization) {
+    let features = norm.mean.len();
+    for row in split.x.chunks_exact_mut(features) {
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = (*v - norm.mean[j]) / norm.std[j];
+        }
+    }
+}
+
+fn open_maybe_gz(path: &Path, field: &str) -> Result<Vec<u8>, SpecError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| SpecError::new(field, format!("cannot read {}: {e}", path.display())))?;
+    gunzip_if_needed(bytes, field)
+}
+
+fn gunzip_if_needed(bytes: Vec<u8>, field: &str) -> Result<Vec<u8>, SpecError> {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| SpecError::new(field, format!("not a valid gzip file: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
+}
+
+fn read_csv_file(path: &Path, label_column: &str, field: &str) -> Result<Raw, SpecError> {
+    let bytes = open_maybe_gz(path, field)?;
+    read_csv_rows(&bytes, Some(label_column), true, field)
+}
+
+/// Reads numeric feature columns and a label column. Without a header (the digits file) the
+/// label is the last column. Integer labels are class ids; any other labels are names, mapped
+/// to ids in sorted order.
+fn read_csv_rows(
+    bytes: &[u8],
+    label_column: Option<&str>,
+    has_header: bool,
+    field: &str,
+) -> Result<Raw, SpecError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| SpecError::new(field, "the CSV file is not UTF-8 text"))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let (label_idx, columns) = if has_header {
+        let (_, header) = lines.next().ok_or_else(|| SpecError::new(field, "the CSV file is empty"))?;
+        let names: Vec<&str> = header.split(',').map(str::trim).collect();
+        let label = label_column.unwrap_or("label");
+        let idx = names.iter().position(|n| *n == label).ok_or_else(|| {
+            SpecError::new("dataset.label_column", format!("no column named `{label}` in the header ({})", names.join(", ")))
+        })?;
+        (Some(idx), names.len())
+    } else {
+        (None, 0)
+    };
+    let mut x = Vec::new();
+    let mut labels: Vec<String> = Vec::new();
+    let mut width = if has_header { columns } else { 0 };
+    for (number, line) in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if width == 0 {
+            width = cells.len();
+        }
+        if cells.len() != width || width < 2 {
+            return Err(SpecError::new(
+                field,
+                format!("line {}: {} columns, expected {width} (at least one feature and the label)", number + 1, cells.len()),
+            ));
+        }
+        let label_at = label_idx.unwrap_or(width - 1);
+        for (j, cell) in cells.iter().enumerate() {
+            if j == label_at {
+                labels.push(cell.to_string());
+            } else {
+                let value: f32 = cell.parse().ok().filter(|v: &f32| v.is_finite()).ok_or_else(|| {
+                    SpecError::new(field, format!("line {}, column {}: `{cell}` is not a finite number", number + 1, j + 1))
+                })?;
+                x.push(value);
+            }
+        }
+    }
+    if labels.is_empty() {
+        return Err(SpecError::new(field, "the CSV file has no data rows"));
+    }
+    let (y, label_names) = label_ids(&labels, field)?;
+    Ok(Raw { features: width - 1, split: Split { x, y }, label_names })
+}
+
+fn label_ids(labels: &[String], field: &str) -> Result<(Vec<u32>, Option<Vec<String>>), SpecError> {
+    let as_ints: Option<Vec<i64>> = labels.iter().map(|l| l.parse::<i64>().ok()).collect();
+    match as_ints {
+        Some(ints) => {
+            if let Some((row, bad)) = ints.iter().enumerate().find(|(_, &v)| !(0..=u32::MAX as i64 / 2).contains(&v)) {
+                return Err(SpecError::new(
+                    field,
+                    format!("data row {}: label {bad} is out of range (class ids are 0, 1, 2, …)", row + 1),
+                ));
+            }
+            Ok((ints.into_iter().map(|v| v as u32).collect(), None))
+        }
+        None => {
+            let mut names: Vec<String> = labels.to_vec();
+            names.sort();
+            names.dedup();
+            let y = labels.iter().map(|l| names.binary_search(l).unwrap_or_default() as u32).collect();
+            Ok((y, Some(names)))
+        }
+    }
+}
+
+fn read_idx_pair(root: &Path, images: &str, labels: &str, images_field: &str, labels_field: &str) -> Result<Raw, SpecError> {
+    let (dims, pixels) = read_idx(&resolve(root, images, images_field)?, images_field)?;
+    if dims.len() < 2 {
+        return Err(SpecError::new(images_field, format!("expected an images file (2 or more dimensions), got {} dimension(s)", dims.len())));
+    }
+    let (label_dims, label_bytes) = read_idx(&resolve(root, labels, labels_field)?, labels_field)?;
+    if label_dims.len() != 1 {
+        return Err(SpecError::new(labels_field, format!("expected a labels file (1 dimension), got {}", label_dims.len())));
+    }
+    if label_dims[0] != dims[0] {
+        return Err(SpecError::new(
+            labels_field,
+            format!("{} labels for {} images", label_dims[0], dims[0]),
+        ));
+    }
+    let features: usize = dims[1..].iter().product();
+    Ok(Raw {
+        features,
+        split: Split {
+            x: pixels.into_iter().map(f32::from).collect(),
+            y: label_bytes.into_iter().map(u32::from).collect(),
+        },
+        label_names: None,
+    })
+}
+
+/// IDX: two zero bytes, a type byte (0x08: unsigned bytes), the number of dimensions, then each
+/// dimension as a big-endian u32, then the data.
+fn read_idx(path: &Path, field: &str) -> Result<(Vec<usize>, Vec<u8>), SpecError> {
+    let bytes = open_maybe_gz(path, field)?;
+    let bad = |m: String| SpecError::new(field, format!("not a valid IDX file: {m}"));
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(bad("bad magic number".into()));
+    }
+    if bytes[2] != 0x08 {
+        return Err(bad(format!("element type 0x{:02x}; only unsigned bytes (0x08) are supported", bytes[2])));
+    }
+    let ndims = bytes[3] as usize;
+    let header = 4 + 4 * ndims;
+    if ndims == 0 || bytes.len() < header {
+        return Err(bad("truncated header".into()));
+    }
+    let dims: Vec<usize> = (0..ndims)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+        .collect();
+    let expected: usize = dims.iter().product();
+    if bytes.len() - header != expected {
+        return Err(bad(format!("header promises {expected} bytes of data, file has {}", bytes.len() - header)));
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(source: &str) -> DatasetSpec {
+        serde_json::from_value(serde_json::json!({"source": source})).unwrap()
+    }
+
+    #[test]
+    fn digits_loads_and_is_standardised_on_the_training_split() {
+        let d = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42).unwrap();
+        assert_eq!(d.features, 64);
+        assert_eq!(d.classes, 10);
+        assert_eq!(d.train.len() + d.validation.len(), 1797);
+        assert_eq!(d.validation.len(), 359);
+        let n = d.train.len() as f32;
+        let mean_of_feature_20: f32 = d.train.x.iter().skip(20).step_by(64).sum::<f32>() / n;
+        assert!(mean_of_feature_20.abs() < 1e-4, "{mean_of_feature_20}");
+        let again = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42).unwrap();
+        assert_eq!(d.validation.y, again.validation.y);
+        let other = load(&spec("builtin:digits"), Path::new("/nonexistent"), 43).unwrap();
+        assert_ne!(d.validation.y, other.validation.y);
+    }
+
+    #[test]
+    fn csv_with_named_labels_and_errors_that_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ok.csv"), "a,b,species\n1,2,cat\n3,4,dog\n5,6,cat\n").unwrap();
+        let mut s = spec("csv");
+        s.path = Some("ok.csv".into());
+        s.label_column = Some("species".into());
+        let d = load(&s, dir.path(), 1).unwrap();
+        assert_eq!(d.features, 2);
+        assert_eq!(d.label_names, Some(vec!["cat".into(), "dog".into()]));
+
+        std::fs::write(dir.path().join("bad.csv"), "a,label\n1,0\nx,1\n").unwrap();
+        s.path = Some("bad.csv".into());
+        s.label_column = None;
+        let err = load(&s, dir.path(), 1).unwrap_err();
+        assert_eq!(err.field, "dataset.path");
+        assert!(err.message.contains("line 3"), "{}", err.message);
+
+        std::fs::write(dir.path().join("neg.csv"), "a,label\n1,0\n2,-1\n").unwrap();
+        s.path = Some("neg.csv".into());
+        assert!(load(&s, dir.path(), 1).unwrap_err().message.contains("out of range"));
+    }
+
+    #[test]
+    fn idx_files_raw_and_gzipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut images = vec![0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 2, 0, 0, 0, 2];
+        images.extend((0..16u8).map(|v| v * 10));
+        let labels = vec![0, 0, 8, 1, 0, 0, 0, 4, 0, 1, 2, 1];
+        std::fs::write(dir.path().join("img"), &images).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &labels).unwrap();
+        std::fs::write(dir.path().join("lab.gz"), gz.finish().unwrap()).unwrap();
+        let mut s = spec("idx");
+        s.images = Some("img".into());
+        s.labels = Some("lab.gz".into());
+        s.validation_split = 0.25;
+        let d = load(&s, dir.path(), 1).unwrap();
+        assert_eq!((d.features, d.classes, d.train.len(), d.validation.len()), (4, 3, 3, 1));
+
+        std::fs::write(dir.path().join("short"), &images[..20]).unwrap();
+        s.images = Some("short".into());
+        assert_eq!(load(&s, dir.path(), 1).unwrap_err().field, "dataset.images");
+    }
+
+    #[test]
+    fn files_outside_the_root_are_refused_even_through_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x.csv"), "a,label\n1,0\n").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x.csv"), root.path().join("link.csv")).unwrap();
+        let err = resolve(root.path(), "link.csv", "dataset.path").unwrap_err();
+        assert!(err.message.contains("outside"), "{}", err.message);
+        assert!(resolve(root.path(), "missing.csv", "dataset.path").is_err());
+    }
+}

@@ -1,0 +1,565 @@
+//! The job specification: what a job may say, and the one place that decides whether it is
+//! acceptable. The API and the CLI both parse and validate through here.
+
+use serde::{Deserialize, Serialize};
+
+/// A refusal of a spec, naming the offending field by its JSON path.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub dataset: DatasetSpec,
+    pub teacher: TeacherSpec,
+    pub student: StudentSpec,
+    pub distill: DistillSpec,
+    pub training: TrainingSpec,
+    /// Also train the same student without the teacher, so the report can show the gain.
+    #[serde(default = "default_true")]
+    pub baseline: bool,
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSpec {
+    /// `builtin:digits`, `csv` or `idx`.
+    pub source: String,
+    /// CSV: the training file, relative to the data root's `datasets/` folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// CSV: an optional separate held-out file with the same columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_path: Option<String>,
+    /// CSV: the name of the label column (default `label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+    /// IDX: training images and labels files (raw or .gz).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+    /// IDX: optional held-out images and labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_images: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_labels: Option<String>,
+    /// Fraction of the data held out for validation when there is no test file.
+    #[serde(default = "default_validation_split")]
+    pub validation_split: f64,
+    /// Number of classes; by default the largest integer label + 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
+    /// Use only the first N training samples (after the split), e.g. for quick trials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum ArchSpec {
+    Mlp {
+        hidden: Vec<usize>,
+        #[serde(default)]
+        dropout: f32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherSpec {
+    pub arch: ArchSpec,
+    /// Train the teacher first, with these settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<PhaseTrainSpec>,
+    /// Or load it: a safetensors file under the data root, in the layout Distillery exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+}
+
+/// Settings for the teacher's own training; what is left out comes from `training`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTrainSpec {
+    pub epochs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentSpec {
+    pub arch: ArchSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSpec {
+    pub temperature: f64,
+    pub alpha: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    pub epochs: u32,
+    pub batch_size: usize,
+    pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Linear warm-up steps before the schedule (cosine) takes over.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub checkpoint_every: CheckpointEvery,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum OptimizerSpec {
+    Adamw {
+        lr: f64,
+        #[serde(default = "default_weight_decay")]
+        weight_decay: f64,
+        #[serde(default = "default_beta1")]
+        beta1: f64,
+        #[serde(default = "default_beta2")]
+        beta2: f64,
+        #[serde(default = "default_eps")]
+        eps: f64,
+    },
+    Sgd {
+        lr: f64,
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerSpec {
+    pub fn lr(&self) -> f64 {
+        match *self {
+            OptimizerSpec::Adamw { lr, .. } | OptimizerSpec::Sgd { lr, .. } => lr,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    #[default]
+    Constant,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointEvery {
+    #[default]
+    Epoch,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_validation_split() -> f64 {
+    0.2
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+
+pub const MAX_EPOCHS: u32 = 100_000;
+pub const MAX_BATCH_SIZE: usize = 65_536;
+pub const MAX_LAYER_WIDTH: usize = 65_536;
+pub const MAX_LAYERS: usize = 64;
+
+/// Parses a JSON body into a spec, naming the field of the first problem.
+pub fn parse(body: &[u8]) -> Result<JobSpec, SpecError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let message = inner.to_string();
+        SpecError::new(field_of(&path, &message), message)
+    })?;
+    Ok(spec)
+}
+
+/// serde reports an unknown or missing field at its parent; name the field itself.
+fn field_of(path: &str, message: &str) -> String {
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix)?.split('`').next());
+    let parent = if path == "." { "" } else { path };
+    match named {
+        Some(name) if parent == name || parent.ends_with(&format!(".{name}")) => parent.to_string(),
+        Some(name) if parent.is_empty() => name.to_string(),
+        Some(name) => format!("{parent}.{name}"),
+        None if parent.is_empty() => "body".to_string(),
+        None => parent.to_string(),
+    }
+}
+
+impl JobSpec {
+    /// Range and consistency checks that need no files. Dataset and teacher files are checked by
+    /// the engine (`engine::preflight`), which knows their formats.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(name) = &self.name {
+            if name.len() > 200 {
+                return Err(SpecError::new("name", "must be at most 200 characters"));
+            }
+        }
+        self.dataset.validate()?;
+        validate_arch(&self.teacher.arch, "teacher.arch")?;
+        validate_arch(&self.student.arch, "student.arch")?;
+        match (&self.teacher.train, &self.teacher.weights) {
+            (Some(_), Some(_)) => {
+                return Err(SpecError::new("teacher", "give either `train` or `weights`, not both"))
+            }
+            (None, None) => {
+                return Err(SpecError::new(
+                    "teacher",
+                    "give `train` (the job trains the teacher) or `weights` (a safetensors file)",
+                ))
+            }
+            (Some(train), None) => {
+                validate_epochs(train.epochs, "teacher.train.epochs")?;
+                if let Some(batch) = train.batch_size {
+                    validate_batch(batch, "teacher.train.batch_size")?;
+                }
+                if let Some(opt) = &train.optimizer {
+                    validate_optimizer(opt, "teacher.train.optimizer")?;
+                }
+            }
+            (None, Some(path)) => validate_relative_path(path, "teacher.weights")?,
+        }
+        let t = self.distill.temperature;
+        if !(t.is_finite() && t > 0.0 && t <= 100.0) {
+            return Err(SpecError::new(
+                "distill.temperature",
+                format!("must be > 0 and ≤ 100 (usually 3–6), got {t}"),
+            ));
+        }
+        let a = self.distill.alpha;
+        if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
+            return Err(SpecError::new("distill.alpha", format!("must be within [0, 1], got {a}")));
+        }
+        validate_epochs(self.training.epochs, "training.epochs")?;
+        validate_batch(self.training.batch_size, "training.batch_size")?;
+        validate_optimizer(&self.training.optimizer, "training.optimizer")?;
+        parse_device(&self.device).map_err(|m| SpecError::new("device", m))?;
+        Ok(())
+    }
+
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "unnamed".into())
+    }
+}
+
+impl DatasetSpec {
+    fn validate(&self) -> Result<(), SpecError> {
+        let allowed: &[&str] = match self.source.as_str() {
+            "builtin:digits" => &[],
+            "csv" => &["path", "test_path", "label_column"],
+            "idx" => &["images", "labels", "test_images", "test_labels"],
+            other => {
+                return Err(SpecError::new(
+                    "dataset.source",
+                    format!("unknown source `{other}`; expected `builtin:digits`, `csv` or `idx`"),
+                ))
+            }
+        };
+        let given = [
+            ("path", &self.path),
+            ("test_path", &self.test_path),
+            ("label_column", &self.label_column),
+            ("images", &self.images),
+            ("labels", &self.labels),
+            ("test_images", &self.test_images),
+            ("test_labels", &self.test_labels),
+        ];
+        for (name, value) in given {
+            if value.is_some() && !allowed.contains(&name) {
+                return Err(SpecError::new(
+                    format!("dataset.{name}"),
+                    format!("not used by source `{}`", self.source),
+                ));
+            }
+        }
+        let required: &[(&str, &Option<String>)] = match self.source.as_str() {
+            "csv" => &[("path", &self.path)],
+            "idx" => &[("images", &self.images), ("labels", &self.labels)],
+            _ => &[],
+        };
+        for (name, value) in required {
+            if value.is_none() {
+                return Err(SpecError::new(
+                    format!("dataset.{name}"),
+                    format!("required for source `{}`", self.source),
+                ));
+            }
+        }
+        if self.test_images.is_some() != self.test_labels.is_some() {
+            return Err(SpecError::new(
+                "dataset.test_labels",
+                "`test_images` and `test_labels` go together",
+            ));
+        }
+        for (name, value) in given {
+            if let (Some(path), false) = (value, name == "label_column") {
+                validate_relative_path(path, &format!("dataset.{name}"))?;
+            }
+        }
+        let split = self.validation_split;
+        if !(split.is_finite() && split > 0.0 && split < 1.0) {
+            return Err(SpecError::new(
+                "dataset.validation_split",
+                format!("must be within (0, 1), got {split}"),
+            ));
+        }
+        if let Some(classes) = self.num_classes {
+            if !(2..=100_000).contains(&classes) {
+                return Err(SpecError::new("dataset.num_classes", "must be within [2, 100000]"));
+            }
+        }
+        if self.limit == Some(0) {
+            return Err(SpecError::new("dataset.limit", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn has_test_file(&self) -> bool {
+        self.test_path.is_some() || self.test_images.is_some()
+    }
+}
+
+fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecError> {
+    match arch {
+        ArchSpec::Mlp { hidden, dropout } => {
+            if hidden.is_empty() {
+                return Err(SpecError::new(
+                    format!("{field}.hidden"),
+                    "an MLP needs at least one hidden layer",
+                ));
+            }
+            if hidden.len() > MAX_LAYERS {
+                return Err(SpecError::new(
+                    format!("{field}.hidden"),
+                    format!("at most {MAX_LAYERS} hidden layers"),
+                ));
+            }
+            if let Some(i) = hidden.iter().position(|&w| w == 0 || w > MAX_LAYER_WIDTH) {
+                return Err(SpecError::new(
+                    format!("{field}.hidden[{i}]"),
+                    format!("layer width must be within [1, {MAX_LAYER_WIDTH}]"),
+                ));
+            }
+            if !(dropout.is_finite() && (0.0..1.0).contains(dropout)) {
+                return Err(SpecError::new(
+                    format!("{field}.dropout"),
+                    format!("must be within [0, 1), got {dropout}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_epochs(epochs: u32, field: &str) -> Result<(), SpecError> {
+    if epochs == 0 || epochs > MAX_EPOCHS {
+        return Err(SpecError::new(field, format!("must be within [1, {MAX_EPOCHS}], got {epochs}")));
+    }
+    Ok(())
+}
+
+fn validate_batch(batch: usize, field: &str) -> Result<(), SpecError> {
+    if batch == 0 || batch > MAX_BATCH_SIZE {
+        return Err(SpecError::new(
+            field,
+            format!("must be within [1, {MAX_BATCH_SIZE}], got {batch}"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_optimizer(opt: &OptimizerSpec, field: &str) -> Result<(), SpecError> {
+    let lr = opt.lr();
+    if !(lr.is_finite() && lr > 0.0 && lr <= 10.0) {
+        return Err(SpecError::new(format!("{field}.lr"), format!("must be within (0, 10], got {lr}")));
+    }
+    let in_unit = |v: f64| v.is_finite() && (0.0..1.0).contains(&v);
+    match *opt {
+        OptimizerSpec::Adamw { weight_decay, beta1, beta2, eps, .. } => {
+            if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                return Err(SpecError::new(format!("{field}.weight_decay"), "must be ≥ 0"));
+            }
+            if !in_unit(beta1) {
+                return Err(SpecError::new(format!("{field}.beta1"), "must be within [0, 1)"));
+            }
+            if !in_unit(beta2) {
+                return Err(SpecError::new(format!("{field}.beta2"), "must be within [0, 1)"));
+            }
+            if !(eps.is_finite() && eps > 0.0) {
+                return Err(SpecError::new(format!("{field}.eps"), "must be > 0"));
+            }
+        }
+        OptimizerSpec::Sgd { momentum, weight_decay, .. } => {
+            if !in_unit(momentum) {
+                return Err(SpecError::new(format!("{field}.momentum"), "must be within [0, 1)"));
+            }
+            if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                return Err(SpecError::new(format!("{field}.weight_decay"), "must be ≥ 0"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Paths in a spec are relative to the data root; refuse anything that could leave it.
+fn validate_relative_path(path: &str, field: &str) -> Result<(), SpecError> {
+    let p = std::path::Path::new(path);
+    let escapes = p.is_absolute()
+        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        || path.is_empty();
+    if escapes {
+        return Err(SpecError::new(
+            field,
+            format!("`{path}` must be a relative path inside the data root, without `..`"),
+        ));
+    }
+    Ok(())
+}
+
+/// A device the job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(text: &str) -> Result<DeviceSpec, String> {
+    if text == "cpu" {
+        return Ok(DeviceSpec::Cpu);
+    }
+    let ordinal = text.strip_prefix("cuda:").or(if text == "cuda" { Some("0") } else { None });
+    match ordinal.map(str::parse::<usize>) {
+        Some(Ok(n)) if cfg!(feature = "cuda") => Ok(DeviceSpec::Cuda(n)),
+        Some(Ok(_)) => Err(format!(
+            "`{text}` needs a build with the `cuda` feature; this build runs on `cpu` only"
+        )),
+        _ => Err(format!("unknown device `{text}`; expected `cpu` or `cuda:N`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn example() -> serde_json::Value {
+        serde_json::json!({
+            "dataset": {"source": "builtin:digits"},
+            "teacher": {"arch": {"kind": "mlp", "hidden": [64]}, "train": {"epochs": 2}},
+            "student": {"arch": {"kind": "mlp", "hidden": [16]}},
+            "distill": {"temperature": 4.0, "alpha": 0.7},
+            "training": {"epochs": 2, "batch_size": 64, "optimizer": {"kind": "adamw", "lr": 0.001}}
+        })
+    }
+
+    fn check(value: serde_json::Value) -> Result<JobSpec, SpecError> {
+        let spec = parse(value.to_string().as_bytes())?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    #[test]
+    fn example_is_accepted_with_defaults() {
+        let spec = check(example()).unwrap();
+        assert!(spec.baseline);
+        assert_eq!(spec.device, "cpu");
+        assert_eq!(spec.training.schedule, Schedule::Constant);
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let mut v = example();
+        v["distill"]["temprature"] = 4.0.into();
+        assert_eq!(check(v).unwrap_err().field, "distill.temprature");
+        let mut v = example();
+        v["training"].as_object_mut().unwrap().remove("epochs");
+        assert_eq!(check(v).unwrap_err().field, "training.epochs");
+        let mut v = example();
+        v["training"]["batch_size"] = "many".into();
+        assert_eq!(check(v).unwrap_err().field, "training.batch_size");
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let cases: &[(&str, &str, serde_json::Value)] = &[
+            ("distill", "temperature", 0.0.into()),
+            ("distill", "alpha", 1.5.into()),
+            ("training", "epochs", 0.into()),
+            ("training", "batch_size", 0.into()),
+        ];
+        for (section, key, value) in cases {
+            let mut v = example();
+            v[section][key] = value.clone();
+            assert_eq!(check(v).unwrap_err().field, format!("{section}.{key}"));
+        }
+        let mut v = example();
+        v["student"]["arch"]["hidden"] = serde_json::json!([]);
+        assert_eq!(check(v).unwrap_err().field, "student.arch.hidden");
+    }
+
+    #[test]
+    fn paths_may_not_leave_the_data_root() {
+        for path in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
+            let mut v = example();
+            v["dataset"] = serde_json::json!({"source": "csv", "path": path});
+            assert_eq!(check(v).unwrap_err().field, "dataset.path", "{path}");
+        }
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(parse_device("cpu"), Ok(DeviceSpec::Cpu));
+        assert!(parse_device("tpu").is_err());
+        assert_eq!(parse_device("cuda:1").is_ok(), cfg!(feature = "cuda"));
+    }
+}
