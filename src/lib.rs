@@ -1,4 +1,10 @@
 //! Distillery: a service that runs knowledge-distillation training jobs.
 
+pub mod api;
+pub mod cli;
+pub mod config;
 pub mod engine;
+pub mod server;
 pub mod spec;
+pub mod store;
+pub mod worker;

@@ -30,8 +30,9 @@ pub struct JobSpec {
     /// Also train the same student without the teacher, so the report can show the gain.
     #[serde(default = "default_true")]
     pub baseline: bool,
-    #[serde(default = "default_device")]
-    pub device: String,
+    /// `cpu` or `cuda:N`; by default the device the service (or `distillery run`) was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,9 +184,6 @@ pub enum CheckpointEvery {
 fn default_true() -> bool {
     true
 }
-fn default_device() -> String {
-    "cpu".into()
-}
 fn default_validation_split() -> f64 {
     0.2
 }
@@ -284,7 +282,9 @@ impl JobSpec {
         validate_epochs(self.training.epochs, "training.epochs")?;
         validate_batch(self.training.batch_size, "training.batch_size")?;
         validate_optimizer(&self.training.optimizer, "training.optimizer")?;
-        parse_device(&self.device).map_err(|m| SpecError::new("device", m))?;
+        if let Some(device) = &self.device {
+            parse_device(device).map_err(|m| SpecError::new("device", m))?;
+        }
         Ok(())
     }
 
@@ -512,7 +512,7 @@ mod tests {
     fn example_is_accepted_with_defaults() {
         let spec = check(example()).unwrap();
         assert!(spec.baseline);
-        assert_eq!(spec.device, "cpu");
+        assert_eq!(spec.device, None);
         assert_eq!(spec.training.schedule, Schedule::Constant);
     }
 

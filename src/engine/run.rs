@@ -53,14 +53,17 @@ fn load_teacher(spec: &JobSpec, weights: &str, data_root: &Path, data: &Dataset,
         .map_err(|m| SpecError::new("teacher.weights", format!("does not fit teacher.arch and the dataset: {m}")))
 }
 
+/// Runs the job on `spec.device`, or on `default_device` when the spec names none.
 pub fn run(
     spec: &JobSpec,
+    default_device: &str,
     data_root: &Path,
     job_dir: &Path,
     control: &Control,
     sink: &mut dyn FnMut(EngineEvent),
 ) -> Result<RunOutput, EngineError> {
-    let device = super::device(&spec.device)?;
+    let device_name = spec.device.as_deref().unwrap_or(default_device);
+    let device = super::device(device_name)?;
     std::fs::create_dir_all(job_dir)?;
     let data = data::load(&spec.dataset, data_root, spec.training.seed)?;
     sink(EngineEvent::Log(format!(
@@ -178,7 +181,7 @@ pub fn run(
             validation: if spec.dataset.has_test_file() { "test_file" } else { "split" }.into(),
         },
         distillation: DistillationSummary { temperature: spec.distill.temperature, alpha: spec.distill.alpha },
-        device: spec.device.clone(),
+        device: device_name.to_string(),
         retention,
         gain,
         size_ratio: student_report.parameters as f64 / teacher_report.parameters as f64,

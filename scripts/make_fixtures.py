@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Writes the PyTorch reference fixtures the Rust tests compare against.
+
+    python3 -m venv .venv && .venv/bin/pip install torch
+    .venv/bin/python scripts/make_fixtures.py
+
+Outputs (committed; CI only reads them):
+  tests/fixtures/hinton_loss.json  logits, labels, T, alpha -> loss, its parts, d loss / d student logits
+  tests/fixtures/optimizers.json   parameters and gradients -> parameters after AdamW / SGD steps
+
+Inputs are float32 (what the engine trains in); references are computed in float64 from them.
+"""
+import json
+import pathlib
+
+import torch
+import torch.nn.functional as F
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+
+
+def hinton(student, teacher, labels, t, alpha):
+    soft = F.kl_div(
+        F.log_softmax(student / t, dim=-1),
+        F.softmax(teacher / t, dim=-1),
+        reduction="batchmean",
+    ) * (t * t)
+    hard = F.cross_entropy(student, labels)
+    return alpha * soft + (1 - alpha) * hard, soft, hard
+
+
+def loss_cases():
+    g = torch.Generator().manual_seed(20151109)
+    cases = []
+    for name, batch, classes, t, alpha, scale in [
+        ("typical", 8, 10, 4.0, 0.7, 3.0),
+        ("t1_alpha_half", 5, 3, 1.0, 0.5, 2.0),
+        ("hard_only", 4, 6, 4.0, 0.0, 2.0),
+        ("soft_only", 6, 10, 6.0, 1.0, 2.0),
+        ("confident_teacher", 7, 10, 2.0, 0.9, 40.0),
+        ("single_sample", 1, 4, 3.0, 0.3, 1.0),
+        ("wide", 16, 100, 5.0, 0.5, 4.0),
+    ]:
+        student = (torch.randn(batch, classes, generator=g) * scale).float()
+        teacher = (torch.randn(batch, classes, generator=g) * scale).float()
+        labels = torch.randint(0, classes, (batch,), generator=g)
+        s = student.double().requires_grad_(True)
+        total, soft, hard = hinton(s, teacher.double(), labels, t, alpha)
+        total.backward()
+        cases.append({
+            "name": name,
+            "temperature": t,
+            "alpha": alpha,
+            "student_logits": student.tolist(),
+            "teacher_logits": teacher.tolist(),
+            "labels": labels.tolist(),
+            "loss": total.item(),
+            "soft": soft.item(),
+            "hard": hard.item(),
+            "grad_student_logits": s.grad.tolist(),
+        })
+    return {"generator": "scripts/make_fixtures.py", "torch": torch.__version__, "cases": cases}
+
+
+def optimizer_cases():
+    g = torch.Generator().manual_seed(7)
+    cases = []
+    for name, make, spec in [
+        ("adamw", lambda p: torch.optim.AdamW(p, lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01),
+         {"kind": "adamw", "lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01}),
+        ("sgd_momentum", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.001),
+         {"kind": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.001}),
+    ]:
+        start = torch.randn(3, 4, generator=g).float()
+        grads = [torch.randn(3, 4, generator=g).float() for _ in range(4)]
+        p = torch.nn.Parameter(start.double().clone())
+        opt = make([p])
+        after = []
+        for grad in grads:
+            p.grad = grad.double().clone()
+            opt.step()
+            after.append(p.detach().clone().tolist())
+        cases.append({
+            "name": name,
+            "optimizer": spec,
+            "start": start.tolist(),
+            "grads": [x.tolist() for x in grads],
+            "after_each_step": after,
+        })
+    return {"generator": "scripts/make_fixtures.py", "torch": torch.__version__, "cases": cases}
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.set_default_dtype(torch.float64)
+    for file, data in [("hinton_loss.json", loss_cases()), ("optimizers.json", optimizer_cases())]:
+        (OUT / file).write_text(json.dumps(data, indent=1) + "\n")
+        print("wrote", OUT / file)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+//! The event log: a JSON page, or a live SSE stream that replays from the store after
+//! `Last-Event-ID` and then follows new events, without gap or duplicate; and the training
+//! curves built from it.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream};
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use super::error::{ApiError, ApiResult};
+use super::{parse_id, AppState};
+use crate::store::{Event, Store};
+
+const PAGE: usize = 500;
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let after = match query.get("after") {
+        Some(a) => a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| ApiError::bad_request("invalid_query", "after", "must be an event seq (integer ≥ 0)"))?,
+        None => 0,
+    };
+    let wants_stream = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    if !wants_stream {
+        let limit = match query.get("limit") {
+            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| ApiError::bad_request("invalid_query", "limit", "must be within [1, 1000]"))?,
+            None => PAGE,
+        };
+        ensure_job(&state.store, id).await?;
+        let mut data = state.store.events_after(id, after, limit + 1).await?;
+        let has_more = data.len() > limit;
+        data.truncate(limit);
+        return Ok(Json(json!({"data": data, "has_more": has_more})).into_response());
+    }
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|v| *v >= 0).ok_or_else(|| {
+            ApiError::bad_request("invalid_header", "Last-Event-ID", "must be the seq of an event (integer ≥ 0)")
+        })?,
+        None => after,
+    };
+    // Subscribe before reading the store: anything committed after the read is then received
+    // live, and the seq check drops what both paths deliver.
+    let live = state.store.subscribe();
+    ensure_job(&state.store, id).await?;
+    let follow = Follow {
+        store: state.store.clone(),
+        job: id,
+        last: last_event_id,
+        buffer: VecDeque::new(),
+        replaying: true,
+        live,
+        shutdown: state.shutdown.clone(),
+        done: false,
+    };
+    Ok(Sse::new(follow.into_stream()).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+async fn ensure_job(store: &Store, id: Uuid) -> ApiResult<()> {
+    store.get_job(id).await?.map(|_| ()).ok_or_else(|| ApiError::NotFound(format!("job {id}")))
+}
+
+struct Follow {
+    store: Store,
+    job: Uuid,
+    /// The seq of the last event sent.
+    last: i64,
+    buffer: VecDeque<Event>,
+    replaying: bool,
+    live: broadcast::Receiver<Event>,
+    shutdown: watch::Receiver<bool>,
+    done: bool,
+}
+
+impl Follow {
+    fn into_stream(self) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+        stream::unfold(self, |mut follow| async move {
+            let event = follow.next().await?;
+            Some((Ok(to_sse(&event)), follow))
+        })
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(event) = self.buffer.pop_front() {
+                if event.seq <= self.last {
+                    continue;
+                }
+                self.last = event.seq;
+                self.done = event.is_terminal();
+                return Some(event);
+            }
+            if self.replaying {
+                match self.store.events_after(self.job, self.last, PAGE).await {
+                    Ok(page) if !page.is_empty() => self.buffer.extend(page),
+                    Ok(_) => {
+                        self.replaying = false;
+                        // Nothing more will come for a job that has already ended.
+                        match self.store.get_job(self.job).await {
+                            Ok(Some(job)) if !job.status.is_terminal() => {}
+                            _ => return None,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replaying events failed");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                received = self.live.recv() => match received {
+                    Ok(event) if event.job_id != self.job || event.seq <= self.last => {}
+                    Ok(event) if event.seq == self.last + 1 => self.buffer.push_back(event),
+                    // A gap or a lag: the store has everything, in order.
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.replaying = true,
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = self.shutdown.wait_for(|stop| *stop) => return None,
+            }
+        }
+    }
+}
+
+fn to_sse(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event(event.kind.clone())
+        .data(serde_json::to_string(event).expect("event serialises"))
+}
+
+/// Training curves for charts: the persisted progress samples and every epoch's metrics.
+pub async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    ensure_job(&state.store, id).await?;
+    let events = state.store.events_of_types(id, &["progress", "metrics"]).await?;
+    let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == "progress");
+    Ok(Json(json!({
+        "steps": steps.into_iter().map(|e| e.payload).collect::<Vec<_>>(),
+        "epochs": epochs.into_iter().map(|e| e.payload).collect::<Vec<_>>(),
+    })))
+}

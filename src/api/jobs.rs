@@ -1,0 +1,130 @@
+//! Job resources: submit, list, show, cancel, delete.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::json;
+
+use super::error::{ApiError, ApiResult};
+use super::{parse_id, AppState};
+use crate::store::{CancelOutcome, DeleteOutcome, Inserted, Job, Status};
+use crate::{engine, spec};
+
+const MAX_PAGE: usize = 100;
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::Rejected {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            message: format!("send the job spec as JSON with `content-type: application/json` (got `{content_type}`)"),
+        });
+    }
+    let body = body?;
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        if !e.is_data() {
+            return Err(ApiError::bad_request("malformed_json", "body", format!("the body is not valid JSON: {e}")));
+        }
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(value) => {
+            let key = value.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 200).ok_or_else(|| {
+                ApiError::bad_request("invalid_header", "Idempotency-Key", "must be 1 to 200 visible ASCII characters")
+            })?;
+            Some(key.to_string())
+        }
+        None => None,
+    };
+    let spec = spec::parse(&body)?;
+    let data_root = state.data_dir.join("datasets");
+    let checked = spec.clone();
+    tokio::task::spawn_blocking(move || engine::preflight(&checked, &data_root))
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
+    match state.store.insert_job(&spec, idempotency_key.as_deref()).await? {
+        Inserted::Created(job) => {
+            state.queue.notify_waiters();
+            tracing::info!(id = %job.id, name = %job.name, "job queued");
+            Ok((StatusCode::CREATED, Json(job)))
+        }
+        Inserted::Existing { job, same_spec: true } => Ok((StatusCode::OK, Json(job))),
+        Inserted::Existing { job, same_spec: false } => Err(ApiError::Conflict {
+            code: "idempotency_key_reused",
+            message: format!("this Idempotency-Key was used for job {} with a different spec", job.id),
+        }),
+    }
+}
+
+pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> ApiResult<Json<serde_json::Value>> {
+    if let Some(unknown) = query.keys().find(|k| !["status", "limit", "after"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request("invalid_query", unknown, "unknown query parameter; expected status, limit or after"));
+    }
+    let status = query
+        .get("status")
+        .map(|s| s.parse::<Status>().map_err(|m| ApiError::bad_request("invalid_query", "status", m)))
+        .transpose()?;
+    let limit = match query.get("limit") {
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", "limit", format!("must be an integer within [1, {MAX_PAGE}]"))
+        })?,
+        None => 20,
+    };
+    let after = query
+        .get("after")
+        .map(|a| uuid::Uuid::parse_str(a).map_err(|_| ApiError::bad_request("invalid_query", "after", "must be a job id")))
+        .transpose()?;
+    let (jobs, has_more) = state.store.list_jobs(status, after, limit).await?;
+    Ok(Json(json!({"data": jobs, "has_more": has_more})))
+}
+
+pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    let id = parse_id(&id)?;
+    let job = state.store.get_job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    Ok(Json(job))
+}
+
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Job>)> {
+    let id = parse_id(&id)?;
+    match state.store.request_cancel(id).await? {
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("job {id}"))),
+        CancelOutcome::AlreadyFinished(job) => Err(ApiError::Conflict {
+            code: "job_finished",
+            message: format!("job {id} has already finished ({})", job.status.as_str()),
+        }),
+        CancelOutcome::Cancelled(job) => Ok((StatusCode::OK, Json(job))),
+        CancelOutcome::Requested(job) => {
+            state.running.cancel(id);
+            Ok((StatusCode::ACCEPTED, Json(job)))
+        }
+    }
+}
+
+pub async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id = parse_id(&id)?;
+    match state.store.delete_job(id).await? {
+        DeleteOutcome::NotFound => Err(ApiError::NotFound(format!("job {id}"))),
+        DeleteOutcome::NotFinished(status) => Err(ApiError::Conflict {
+            code: "job_not_finished",
+            message: format!("job {id} is {}; cancel it first", status.as_str()),
+        }),
+        DeleteOutcome::Deleted => {
+            let dir = crate::worker::job_dir(&state.data_dir, id);
+            match tokio::fs::remove_dir_all(&dir).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(error = %e, dir = %dir.display(), "removing a deleted job's files failed")
+                }
+                _ => {}
+            }
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! HTTP: routing, extractors, error mapping, SSE. Handlers validate, call the store or the
+//! queue, and map errors; no training and no SQL happen here.
+
+mod artifacts;
+pub mod error;
+mod events;
+mod health;
+mod jobs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+use tokio::sync::{watch, Notify};
+
+use crate::store::Store;
+use crate::worker::Running;
+
+/// The largest request body accepted (job specs are small).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub queue: Arc<Notify>,
+    pub running: Arc<Running>,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub shutdown: watch::Receiver<bool>,
+    pub started: Instant,
+}
+
+/// The router, and the (method, path) pairs it serves, which the OpenAPI test checks against
+/// `openapi.yaml` in both directions.
+pub struct Routes {
+    pub router: Router<AppState>,
+    pub table: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn add(mut self, method: Method, path: &'static str, route: MethodRouter<AppState>) -> Self {
+        self.table.push((method, path));
+        self.router = self.router.route(path, route);
+        self
+    }
+}
+
+pub fn routes() -> Routes {
+    Routes { router: Router::new(), table: Vec::new() }
+        .add(Method::POST, "/v1/jobs", post(jobs::create))
+        .add(Method::GET, "/v1/jobs", get(jobs::list))
+        .add(Method::GET, "/v1/jobs/{id}", get(jobs::show))
+        .add(Method::DELETE, "/v1/jobs/{id}", delete(jobs::remove))
+        .add(Method::POST, "/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .add(Method::GET, "/v1/jobs/{id}/events", get(events::events))
+        .add(Method::GET, "/v1/jobs/{id}/metrics", get(events::metrics))
+        .add(Method::GET, "/v1/jobs/{id}/report", get(artifacts::report))
+        .add(Method::GET, "/v1/jobs/{id}/artifacts", get(artifacts::list))
+        .add(Method::GET, "/v1/jobs/{id}/artifacts/{name}", get(artifacts::download))
+        .add(Method::GET, "/healthz", get(health::healthz))
+        .add(Method::GET, "/readyz", get(health::readyz))
+        .add(Method::GET, "/metrics", get(health::prometheus))
+        .add(Method::GET, "/openapi.yaml", get(health::openapi))
+}
+
+pub fn router(state: AppState) -> Router {
+    routes()
+        .router
+        .fallback(|| async { error::ApiError::NotFound("route".into()) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(trace_request))
+        .with_state(state)
+}
+
+/// One span per request, and one line when it completes.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(status = response.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request done")
+    });
+    response
+}
+
+fn parse_id(text: &str) -> error::ApiResult<uuid::Uuid> {
+    uuid::Uuid::parse_str(text).map_err(|_| error::ApiError::NotFound(format!("job `{text}`")))
+}

@@ -1,0 +1,98 @@
+//! `distillery run`: one job in-process, without a server, with a progress bar and the report
+//! printed as a table.
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::engine::report::{ModelReport, Report};
+use crate::engine::{self, Control, EngineEvent};
+use crate::spec;
+
+pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &str) -> anyhow::Result<Report> {
+    let body = std::fs::read(spec_path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", spec_path.display()))?;
+    let spec = spec::parse(&body).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
+    engine::preflight(&spec, data_root).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
+    let out = out.unwrap_or_else(|| {
+        let stem = spec_path.file_stem().and_then(|s| s.to_str()).unwrap_or("job");
+        PathBuf::from("runs").join(format!("{stem}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")))
+    });
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} steps {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut sink = |event: EngineEvent| match event {
+        EngineEvent::Progress(p) => {
+            if bar.length() != Some(p.total_steps) || bar.prefix() != p.phase.as_str() {
+                bar.reset();
+                bar.set_length(p.total_steps);
+                bar.set_prefix(p.phase.as_str());
+            }
+            bar.set_position(p.step);
+            let soft = p.soft.map(|s| format!(" soft {s:.4}")).unwrap_or_default();
+            bar.set_message(format!("epoch {}/{} loss {:.4}{soft} hard {:.4}", p.epoch, p.epochs, p.loss, p.hard));
+        }
+        EngineEvent::Epoch(m) => bar.println(format!(
+            "{:>9} epoch {:>3}/{}: train loss {:.4}, validation loss {:.4}, accuracy {:.2}%",
+            m.phase.as_str(),
+            m.epoch,
+            m.epochs,
+            m.train_loss,
+            m.val_loss,
+            m.val_accuracy * 100.0
+        )),
+        EngineEvent::Log(message) => bar.println(message),
+        EngineEvent::Checkpoint(_) => {}
+    };
+    let output = engine::run(&spec, device, data_root, &out, &Control::default(), &mut sink)?;
+    bar.finish_and_clear();
+    println!("{}", table(&output.report));
+    println!("artifacts in {}: {}", out.display(), output.artifacts.join(", "));
+    Ok(output.report)
+}
+
+/// The report as the seed table of the field: teacher, distilled student, baseline.
+pub fn table(report: &Report) -> String {
+    let mut columns: Vec<(&str, &ModelReport)> = vec![("teacher", &report.teacher), ("student (distilled)", &report.student)];
+    if let Some(b) = &report.baseline {
+        columns.push(("student (baseline)", b));
+    }
+    let rows: Vec<(String, Box<dyn Fn(&ModelReport) -> String>)> = vec![
+        ("parameters".into(), Box::new(|m| m.parameters.to_string())),
+        ("size on disk".into(), Box::new(|m| format!("{:.1} KiB", m.size_bytes as f64 / 1024.0))),
+        ("accuracy".into(), Box::new(|m| format!("{:.2}%", m.accuracy * 100.0))),
+        ("loss".into(), Box::new(|m| format!("{:.4}", m.loss))),
+        ("agreement with teacher".into(), Box::new(|m| format!("{:.2}%", m.agreement * 100.0))),
+        ("latency, batch 1".into(), Box::new(|m| format!("{:.4} ms", m.latency.batch_1_ms))),
+        (format!("latency, batch {}", report.teacher.latency.batch_n), Box::new(|m| format!("{:.4} ms", m.latency.batch_n_ms))),
+        ("training time".into(), Box::new(|m| m.training.as_ref().map(|t| format!("{:.1} s", t.wall_s)).unwrap_or("loaded".into()))),
+    ];
+    let mut out = format!("{:<24}", "");
+    for (name, _) in &columns {
+        out += &format!("{name:>22}");
+    }
+    for (label, cell) in &rows {
+        out += &format!("\n{label:<24}");
+        for (_, m) in &columns {
+            out += &format!("{:>22}", cell(m));
+        }
+    }
+    out += &format!(
+        "\n\nretention {:.1}%  size ratio {:.1}%  speed-up {:.2}× (batch 1), {:.2}× (batch {})",
+        report.retention * 100.0,
+        report.size_ratio * 100.0,
+        report.speedup.batch_1,
+        report.speedup.batch_n,
+        report.teacher.latency.batch_n
+    );
+    if let Some(gain) = report.gain {
+        out += &format!("  gain over baseline {:+.2} points", gain * 100.0);
+    }
+    out += &format!(
+        "\nwall time {:.1} s, {:.0} training samples/s (distillation)\n{}",
+        report.wall_time_s, report.train_samples_per_s, report.verdict
+    );
+    out
+}

@@ -1,0 +1,551 @@
+//! Every SQL statement of the service, behind typed functions. SQLite in WAL mode; writes that
+//! must go together run in one `BEGIN IMMEDIATE` transaction. Committed events are published to
+//! subscribers (the SSE streams) after the commit, never before.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::spec::JobSpec;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            format!("unknown status `{s}`; expected one of queued, running, succeeded, failed, cancelled")
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub name: String,
+    pub status: Status,
+    pub spec: JobSpec,
+    pub progress: Option<serde_json::Value>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub result: Option<serde_json::Value>,
+    pub attempts: i64,
+    pub cancel_requested: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    #[serde(skip)]
+    pub job_id: Uuid,
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub created_at: String,
+}
+
+impl Event {
+    /// The status event that ends a job's stream.
+    pub fn is_terminal(&self) -> bool {
+        self.kind == "status"
+            && self.payload["status"].as_str().and_then(|s| s.parse::<Status>().ok()).is_some_and(Status::is_terminal)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifact {
+    pub name: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub content_type: String,
+    pub created_at: String,
+}
+
+pub enum Inserted {
+    Created(Job),
+    /// A job with this idempotency key exists; `same_spec` says whether the retry matches it.
+    Existing { job: Job, same_spec: bool },
+}
+
+pub enum CancelOutcome {
+    NotFound,
+    AlreadyFinished(Job),
+    /// A queued job is cancelled at once; a running one when its worker sees the flag.
+    Cancelled(Job),
+    Requested(Job),
+}
+
+pub enum DeleteOutcome {
+    NotFound,
+    NotFinished(Status),
+    Deleted,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    events: broadcast::Sender<Event>,
+}
+
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+const JOB_COLUMNS: &str = "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
+
+impl Store {
+    /// Opens (creating if needed) the database and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        MIGRATOR.run(&pool).await?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Self { pool, events })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Readiness: the database answers and every migration this build knows is applied.
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let known = MIGRATOR.iter().count() as i64;
+        if applied < known {
+            return Err(StoreError::Corrupt(format!("{applied} of {known} migrations applied")));
+        }
+        Ok(())
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    fn publish(&self, events: Vec<Event>) {
+        for event in events {
+            // No subscriber is fine: the event is in the store for later readers.
+            let _ = self.events.send(event);
+        }
+    }
+
+    pub async fn insert_job(&self, spec: &JobSpec, idempotency_key: Option<&str>) -> Result<Inserted, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(key) = idempotency_key {
+            let existing = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = existing {
+                let job = job_from_row(&row)?;
+                let same_spec = &job.spec == spec;
+                return Ok(Inserted::Existing { job, same_spec });
+            }
+        }
+        let id = Uuid::now_v7();
+        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at) VALUES (?, ?, ?, 'queued', ?, ?)")
+            .bind(id.to_string())
+            .bind(spec.display_name())
+            .bind(spec_json)
+            .bind(idempotency_key)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        let event = append(&mut tx, id, "status", serde_json::json!({"status": "queued"})).await?;
+        let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("inserted job vanished".into()))?;
+        tx.commit().await?;
+        self.publish(vec![event]);
+        Ok(Inserted::Created(job))
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch(&mut conn, id).await
+    }
+
+    /// Newest first; `after` is the last id of the previous page.
+    pub async fn list_jobs(&self, status: Option<Status>, after: Option<Uuid>, limit: usize) -> Result<(Vec<Job>, bool), StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+        ))
+        .bind(status.map(Status::as_str))
+        .bind(after.map(|a| a.to_string()))
+        .bind(limit as i64 + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let has_more = jobs.len() > limit;
+        jobs.truncate(limit);
+        Ok((jobs, has_more))
+    }
+
+    /// Takes the oldest queued job for `worker`, with a lease of `lease`.
+    pub async fn claim_next(&self, worker: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.begin().await?;
+        let claimed: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_ms = ?2, attempts = attempts + 1,
+                    started_at = COALESCE(started_at, ?3), error = NULL
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
+             RETURNING id",
+        )
+        .bind(worker)
+        .bind(now_ms() + lease.as_millis() as i64)
+        .bind(now())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = claimed else { return Ok(None) };
+        let id = parse_id(&id)?;
+        let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("claimed job vanished".into()))?;
+        let event = append(&mut tx, id, "status", serde_json::json!({"status": "running", "attempt": job.attempts})).await?;
+        tx.commit().await?;
+        self.publish(vec![event]);
+        Ok(Some(job))
+    }
+
+    /// Extends the lease. Returns whether cancellation was requested, or `None` when this
+    /// worker no longer holds the job.
+    pub async fn heartbeat(&self, id: Uuid, worker: &str, lease: Duration) -> Result<Option<bool>, StoreError> {
+        let cancel: Option<bool> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_ms = ? WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING cancel_requested",
+        )
+        .bind(now_ms() + lease.as_millis() as i64)
+        .bind(id.to_string())
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(cancel)
+    }
+
+    /// Puts running jobs whose lease has expired (their worker died) back in the queue.
+    pub async fn requeue_expired(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL
+             WHERE status = 'running' AND lease_expires_ms < ? RETURNING id",
+        )
+        .bind(now_ms())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut events = Vec::new();
+        let mut requeued = Vec::new();
+        for id in ids {
+            let id = parse_id(&id)?;
+            events.push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": "its worker stopped (lease expired); it resumes from its last checkpoint"})).await?);
+            requeued.push(id);
+        }
+        tx.commit().await?;
+        self.publish(events);
+        Ok(requeued)
+    }
+
+    /// Returns a job this worker holds to the queue (shutdown): it resumes from its checkpoint.
+    pub async fn release(&self, id: Uuid, worker: &str, reason: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(id.to_string())
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        let mut events = Vec::new();
+        if updated.rows_affected() > 0 {
+            events.push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": reason})).await?);
+        }
+        tx.commit().await?;
+        self.publish(events);
+        Ok(())
+    }
+
+    /// Records a job's end: status, error or result, and the final status event, together.
+    pub async fn finish(
+        &self,
+        id: Uuid,
+        worker: &str,
+        status: Status,
+        error: Option<&str>,
+        result: Option<&serde_json::Value>,
+        report: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_owner = NULL, lease_expires_ms = NULL
+             WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(result.map(|r| r.to_string()))
+        .bind(now())
+        .bind(id.to_string())
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        let mut events = Vec::new();
+        if updated.rows_affected() > 0 {
+            if let Some(report) = report {
+                events.push(append(&mut tx, id, "report", report.clone()).await?);
+            }
+            let mut payload = serde_json::json!({"status": status.as_str()});
+            if let Some(error) = error {
+                payload["error"] = error.into();
+            }
+            events.push(append(&mut tx, id, "status", payload).await?);
+        }
+        tx.commit().await?;
+        self.publish(events);
+        Ok(())
+    }
+
+    pub async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let Some(job) = fetch(&mut tx, id).await? else { return Ok(CancelOutcome::NotFound) };
+        let outcome = match job.status {
+            s if s.is_terminal() => return Ok(CancelOutcome::AlreadyFinished(job)),
+            Status::Queued => {
+                sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ? WHERE id = ?")
+                    .bind(now())
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let event = append(&mut tx, id, "status", serde_json::json!({"status": "cancelled"})).await?;
+                let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                self.publish(vec![event]);
+                return Ok(CancelOutcome::Cancelled(job));
+            }
+            _ => {
+                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
+                let event = append(&mut tx, id, "log", serde_json::json!({"message": "cancellation requested"})).await?;
+                let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
+                tx.commit().await?;
+                self.publish(vec![event]);
+                CancelOutcome::Requested(job)
+            }
+        };
+        Ok(outcome)
+    }
+
+    pub async fn delete_job(&self, id: Uuid) -> Result<DeleteOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
+        let status: Status = status.parse().map_err(StoreError::Corrupt)?;
+        if !status.is_terminal() {
+            return Ok(DeleteOutcome::NotFinished(status));
+        }
+        sqlx::query("DELETE FROM jobs WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    /// Appends one event (and, for progress, keeps it as the job's latest progress).
+    pub async fn append_event(&self, id: Uuid, kind: &str, payload: serde_json::Value) -> Result<Event, StoreError> {
+        let mut tx = self.begin().await?;
+        if kind == "progress" {
+            sqlx::query("UPDATE jobs SET progress = ? WHERE id = ?")
+                .bind(payload.to_string())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let event = append(&mut tx, id, kind, payload).await?;
+        tx.commit().await?;
+        self.publish(vec![event.clone()]);
+        Ok(event)
+    }
+
+    pub async fn events_after(&self, id: Uuid, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query("SELECT job_id, seq, type, payload, created_at FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(id.to_string())
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Events of the given types, in order (for the metrics endpoint).
+    pub async fn events_of_types(&self, id: Uuid, kinds: &[&str]) -> Result<Vec<Event>, StoreError> {
+        let placeholders = vec!["?"; kinds.len()].join(", ");
+        let sql = format!("SELECT job_id, seq, type, payload, created_at FROM events WHERE job_id = ? AND type IN ({placeholders}) ORDER BY seq");
+        let mut query = sqlx::query(&sql).bind(id.to_string());
+        for kind in kinds {
+            query = query.bind(*kind);
+        }
+        query.fetch_all(&self.pool).await?.iter().map(event_from_row).collect()
+    }
+
+    pub async fn record_artifact(&self, id: Uuid, name: &str, size_bytes: u64, sha256: &str, content_type: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO artifacts (job_id, name, size_bytes, sha256, content_type, created_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (job_id, name) DO UPDATE SET size_bytes = excluded.size_bytes, sha256 = excluded.sha256, created_at = excluded.created_at",
+        )
+        .bind(id.to_string())
+        .bind(name)
+        .bind(size_bytes as i64)
+        .bind(sha256)
+        .bind(content_type)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn artifacts(&self, id: Uuid) -> Result<Vec<Artifact>, StoreError> {
+        let rows = sqlx::query("SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? ORDER BY name")
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
+    pub async fn artifact(&self, id: Uuid, name: &str) -> Result<Option<Artifact>, StoreError> {
+        let row = sqlx::query("SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? AND name = ?")
+            .bind(id.to_string())
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(artifact_from_row).transpose()
+    }
+
+    pub async fn count_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+        let mut counts: Vec<(Status, i64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+        for row in rows {
+            let status: Status = row.try_get::<String, _>("status")?.parse().map_err(StoreError::Corrupt)?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                slot.1 = row.try_get("n")?;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+async fn append(conn: &mut sqlx::SqliteConnection, id: Uuid, kind: &str, payload: serde_json::Value) -> Result<Event, StoreError> {
+    let created_at = now();
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (job_id, seq, type, payload, created_at)
+         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM events WHERE job_id = ?1 RETURNING seq",
+    )
+    .bind(id.to_string())
+    .bind(kind)
+    .bind(payload.to_string())
+    .bind(&created_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Event { job_id: id, seq, kind: kind.to_string(), payload, created_at })
+}
+
+async fn fetch(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Option<Job>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+fn parse_id(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("bad id {text}: {e}")))
+}
+
+fn json_column(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))).transpose()
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    Ok(Job {
+        id: parse_id(&row.try_get::<String, _>("id")?)?,
+        name: row.try_get("name")?,
+        status: row.try_get::<String, _>("status")?.parse().map_err(StoreError::Corrupt)?,
+        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+        progress: json_column(row, "progress")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+        result: json_column(row, "result")?,
+        attempts: row.try_get("attempts")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
+    Ok(Event {
+        job_id: parse_id(&row.try_get::<String, _>("job_id")?)?,
+        seq: row.try_get("seq")?,
+        kind: row.try_get("type")?,
+        payload: json_column(row, "payload")?.unwrap_or_default(),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn artifact_from_row(row: &SqliteRow) -> Result<Artifact, StoreError> {
+    Ok(Artifact {
+        name: row.try_get("name")?,
+        size_bytes: row.try_get("size_bytes")?,
+        sha256: row.try_get("sha256")?,
+        content_type: row.try_get("content_type")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
