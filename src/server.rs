@@ -1,11 +1,13 @@
 //! `distillery serve`: the store, the worker pool and the HTTP API in one process, with a
 //! graceful shutdown that checkpoints running jobs and returns them to the queue.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::config::ServeConfig;
@@ -32,7 +34,37 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// A running service: its address, and the means to stop it.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServerHandle {
+    /// Stops accepting requests; running jobs checkpoint and return to the queue.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the HTTP server and every worker have stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the server task panicked")?
+    }
+}
+
 async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    terminate().await;
+    tracing::info!("shutting down: no new requests; running jobs checkpoint and return to the queue");
+    server.shutdown();
+    server.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the store, starts the workers and serves HTTP on `config.bind` (port 0 picks one).
+pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     crate::engine::device(&config.device).with_context(|| format!("--device {}", config.device))?;
     for dir in ["datasets", "jobs"] {
         let path = config.data_dir.join(dir);
@@ -64,22 +96,22 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
         started: Instant::now(),
     };
     let listener = tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
-    tracing::info!(address = %listener.local_addr()?, data_dir = %config.data_dir.display(), workers = config.workers, "distillery listening");
+    let addr = listener.local_addr()?;
+    tracing::info!(address = %addr, data_dir = %config.data_dir.display(), workers = config.workers, "distillery listening");
     let mut stop = shutdown.clone();
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move {
-            terminate().await;
-            tracing::info!("shutting down: no new requests; running jobs checkpoint and return to the queue");
-            let _ = shutdown_tx.send(true);
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await
-        .context("serving HTTP")?;
-    for task in workers {
-        let _ = task.await;
-    }
-    tracing::info!("stopped");
-    Ok(())
+    let task = tokio::spawn(async move {
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("serving HTTP")?;
+        for task in workers {
+            let _ = task.await;
+        }
+        Ok(())
+    });
+    Ok(ServerHandle { addr, shutdown: shutdown_tx, task })
 }
 
 async fn terminate() {

@@ -1,0 +1,7 @@
+//! The service as a user meets it: start it, submit jobs, watch them, read the results.
+
+mod contract;
+mod helpers;
+mod jobs;
+mod sse;
+mod validation;
