@@ -78,7 +78,8 @@ struct Position {
     optimizer_steps: u64,
     elapsed_s: f64,
     samples_seen: u64,
-    last_train_loss: f64,
+    /// Mean training loss of the last finished epoch.
+    last_train_loss: Option<f64>,
 }
 
 pub struct PhaseContext<'a> {
@@ -112,7 +113,7 @@ pub fn train_phase(
         optimizer_steps: 0,
         elapsed_s: 0.0,
         samples_seen: 0,
-        last_train_loss: f64::NAN,
+        last_train_loss: None,
     };
     if checkpoint_path.exists() {
         position = restore(&checkpoint_path, &mut optimizer, ctx.device)?;
@@ -201,7 +202,7 @@ pub fn train_phase(
             }));
         }
         position.epochs_done = epoch + 1;
-        position.last_train_loss = epoch_loss / steps_per_epoch as f64;
+        position.last_train_loss = Some(epoch_loss / steps_per_epoch as f64);
         position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         let model = Mlp::from_vars(optimizer.vars(), dropout).detached();
         let (val_loss, val_accuracy) = evaluate(&model, &data.validation, data.features, ctx.device)?;
@@ -210,7 +211,7 @@ pub fn train_phase(
             epoch: epoch + 1,
             epochs: plan.epochs,
             step: position.global_step,
-            train_loss: position.last_train_loss,
+            train_loss: epoch_loss / steps_per_epoch as f64,
             val_loss,
             val_accuracy,
         }));
@@ -232,7 +233,7 @@ pub fn train_phase(
             steps: position.global_step,
             wall_s,
             samples_per_s: position.samples_seen as f64 / wall_s,
-            final_train_loss: position.last_train_loss,
+            final_train_loss: position.last_train_loss.unwrap_or_default(),
         },
     ))
 }
@@ -272,9 +273,8 @@ fn save(path: &Path, position: &Position, optimizer: &Optimizer) -> Result<(), E
 fn restore(path: &Path, optimizer: &mut Optimizer, device: &Device) -> Result<Position, EngineError> {
     let broken = |m: String| EngineError::Other(format!("checkpoint {} is unusable: {m}", path.display()));
     let (mut tensors, meta) = read_safetensors(path, device).map_err(broken)?;
-    let position: Position = meta
-        .and_then(|m| serde_json::from_value(m).ok())
-        .ok_or_else(|| broken("no position metadata".into()))?;
+    let meta = meta.ok_or_else(|| broken("no position metadata".into()))?;
+    let position: Position = serde_json::from_value(meta).map_err(|e| broken(format!("bad position metadata: {e}")))?;
     for (i, var) in optimizer.vars().iter().enumerate() {
         let t = tensors.remove(&format!("param.{i}")).ok_or_else(|| broken(format!("lacks param.{i}")))?;
         var.set(&t).map_err(|e| broken(e.to_string()))?;

@@ -1,0 +1,172 @@
+//! The real binary as an operator runs it: killed with SIGKILL mid-job, or stopped with SIGTERM,
+//! then started again on the same data directory. No accepted job is lost, and the job resumes
+//! from its checkpoint instead of starting over.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    fn start(data_dir: &Path) -> Service {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--lease-secs", "2", "--log-format", "json", "--data-dir"])
+            .arg(data_dir)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(log) = serde_json::from_str::<Value>(&line) {
+                    if let Some(address) = log["fields"]["address"].as_str() {
+                        let _ = tx.send(address.to_string());
+                    }
+                }
+            }
+        });
+        let address = rx.recv_timeout(Duration::from_secs(30)).expect("the service never said where it listens");
+        Service { child, base: format!("http://{address}") }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec() -> Value {
+    json!({
+        "name": "resumable",
+        "dataset": {"source": "builtin:digits"},
+        "teacher": {"arch": {"kind": "mlp", "hidden": [64]}, "train": {"epochs": 2}},
+        "student": {"arch": {"kind": "mlp", "hidden": [256, 256]}},
+        "distill": {"temperature": 4.0, "alpha": 0.7},
+        "training": {"epochs": 25, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.001}, "seed": 3},
+        "baseline": false
+    })
+}
+
+async fn events(client: &reqwest::Client, base: &str, id: &str) -> Vec<Value> {
+    let page: Value = client.get(format!("{base}/v1/jobs/{id}/events?limit=1000")).send().await.unwrap().json().await.unwrap();
+    page["data"].as_array().unwrap().clone()
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < Duration::from_secs(180), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn submit(client: &reqwest::Client, base: &str) -> String {
+    let job: Value = client.post(format!("{base}/v1/jobs")).json(&spec()).send().await.unwrap().json().await.unwrap();
+    job["id"].as_str().unwrap().to_string()
+}
+
+async fn wait_for_success(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    let mut job = Value::Null;
+    wait_until("the job to finish", async || {
+        job = client.get(format!("{base}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    })
+    .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    job
+}
+
+/// The step the job resumed from, and the step of its first progress event afterwards.
+fn resumption(events: &[Value]) -> (u64, u64) {
+    let at = events
+        .iter()
+        .position(|e| e["type"] == "log" && e["payload"]["message"].as_str().unwrap().starts_with("resumed from checkpoint: phase student"))
+        .expect("no 'resumed from checkpoint' event");
+    let message = events[at]["payload"]["message"].as_str().unwrap();
+    let resumed: u64 = message.rsplit("step ").next().unwrap().parse().unwrap();
+    let next = events[at..].iter().find(|e| e["type"] == "progress").expect("no progress after resuming");
+    (resumed, next["payload"]["step"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let first = Service::start(data.path());
+    let id = submit(&client, &first.base).await;
+    let mut checkpoint_step = 0;
+    wait_until("a student checkpoint", async || {
+        let events = events(&client, &first.base, &id).await;
+        let found = events.iter().filter(|e| e["type"] == "checkpoint" && e["payload"]["phase"] == "student").last().cloned();
+        found.map(|e| checkpoint_step = e["payload"]["step"].as_u64().unwrap()).is_some()
+    })
+    .await;
+    drop(first); // SIGKILL: no checkpoint, no goodbye.
+
+    let second = Service::start(data.path());
+    let job = wait_for_success(&client, &second.base, &id).await;
+    assert_eq!(job["attempts"], 2);
+    let events = events(&client, &second.base, &id).await;
+    let (resumed, next) = resumption(&events);
+    assert!(resumed >= checkpoint_step && resumed > 0, "resumed at {resumed}, checkpoint was at {checkpoint_step}");
+    assert_eq!(next, resumed + 1, "the step counter must continue from the checkpoint");
+    assert!(events.iter().any(|e| e["payload"]["message"] == "phase teacher was finished before the restart; its weights are reused"));
+    assert!(events.iter().any(|e| e["type"] == "status" && e["payload"]["status"] == "queued" && e["payload"]["reason"].as_str().unwrap_or("").contains("lease expired")));
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let report: Value = client.get(format!("{}/v1/jobs/{id}/report", second.base)).send().await.unwrap().json().await.unwrap();
+    assert!(report["student"]["accuracy"].as_f64().unwrap() > 0.8, "{report}");
+}
+
+#[tokio::test]
+async fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut first = Service::start(data.path());
+    let id = submit(&client, &first.base).await;
+    wait_until("student training", async || {
+        events(&client, &first.base, &id).await.iter().any(|e| e["type"] == "progress" && e["payload"]["phase"] == "student")
+    })
+    .await;
+    first.signal(libc::SIGTERM);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "SIGTERM did not stop the service");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+
+    let second = Service::start(data.path());
+    wait_for_success(&client, &second.base, &id).await;
+    let events = events(&client, &second.base, &id).await;
+    let requeued = events
+        .iter()
+        .position(|e| e["type"] == "status" && e["payload"]["status"] == "queued" && e["payload"]["reason"].as_str().unwrap_or("").contains("shut down"))
+        .expect("the job went back to the queue at shutdown");
+    let checkpoint = events[..requeued].iter().filter(|e| e["type"] == "checkpoint").last().expect("a checkpoint at shutdown");
+    assert_eq!(checkpoint["payload"]["phase"], "student");
+    let shutdown_checkpoint = checkpoint["payload"]["step"].as_u64().unwrap();
+    let (resumed, next) = resumption(&events);
+    assert_eq!(resumed, shutdown_checkpoint, "resumes from the checkpoint written at shutdown");
+    assert_eq!(next, resumed + 1);
+}
