@@ -1,0 +1,138 @@
+//! The engine without the service: reproducibility, exact resumption, the baseline's fairness,
+//! loaded teachers and the exported student.
+
+use std::path::Path;
+
+use candle_core::Device;
+use distillery::engine::files::read_safetensors;
+use distillery::engine::model::Mlp;
+use distillery::engine::report::Report;
+use distillery::engine::train::evaluate;
+use distillery::engine::{self, data, Control, EngineError, EngineEvent, Phase};
+use distillery::spec::{self, ArchSpec, JobSpec};
+use serde_json::{json, Value};
+
+fn spec(value: Value) -> JobSpec {
+    let spec = spec::parse(value.to_string().as_bytes()).unwrap();
+    spec.validate().unwrap();
+    spec
+}
+
+fn small(alpha: f64) -> Value {
+    json!({
+        "dataset": {"source": "builtin:digits"},
+        "teacher": {"arch": {"kind": "mlp", "hidden": [64], "dropout": 0.1}, "train": {"epochs": 3}},
+        "student": {"arch": {"kind": "mlp", "hidden": [16], "dropout": 0.1}},
+        "distill": {"temperature": 4.0, "alpha": alpha},
+        "training": {"epochs": 4, "batch_size": 32, "optimizer": {"kind": "sgd", "lr": 0.05}, "schedule": "cosine", "warmup_steps": 10, "seed": 11}
+    })
+}
+
+fn run(spec: &JobSpec, dir: &Path, data_root: &Path, control: &Control, sink: &mut dyn FnMut(EngineEvent)) -> Result<Report, EngineError> {
+    engine::run(spec, "cpu", data_root, dir, control, sink).map(|o| o.report)
+}
+
+fn quiet(spec: &JobSpec, dir: &Path) -> Report {
+    run(spec, dir, dir, &Control::default(), &mut |_| {}).unwrap()
+}
+
+/// The numbers that must be reproducible (latencies are measurements, not results).
+fn results(r: &Report) -> Vec<f64> {
+    let mut v = vec![r.teacher.accuracy, r.teacher.loss, r.student.accuracy, r.student.loss, r.student.agreement];
+    if let Some(b) = &r.baseline {
+        v.extend([b.accuracy, b.loss]);
+    }
+    v
+}
+
+#[test]
+fn same_spec_and_seed_give_the_same_report() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s = spec(small(0.7));
+    let first = quiet(&s, a.path());
+    assert_eq!(results(&first), results(&quiet(&s, b.path())));
+    let mut other_seed = s.clone();
+    other_seed.training.seed = 12;
+    let c = tempfile::tempdir().unwrap();
+    assert_ne!(results(&first), results(&quiet(&other_seed, c.path())));
+}
+
+/// Runs until `phase` reaches `step`, interrupts there as a shutdown would, and returns the
+/// log messages of that run.
+fn interrupted_at(spec: &JobSpec, dir: &Path, phase: Phase, step: u64) -> Vec<String> {
+    let control = Control::default();
+    let mut logs = Vec::new();
+    let mut sink = |event: EngineEvent| match event {
+        EngineEvent::Progress(p) if p.phase == phase && p.step == step => control.interrupt(),
+        EngineEvent::Log(message) => logs.push(message),
+        _ => {}
+    };
+    let outcome = run(spec, dir, dir, &control, &mut sink);
+    assert!(matches!(outcome, Err(EngineError::Interrupted)), "{phase:?} {step}");
+    logs
+}
+
+#[test]
+fn an_interrupted_job_resumes_to_exactly_the_uninterrupted_result() {
+    let s = spec(small(0.7));
+    let straight = tempfile::tempdir().unwrap();
+    let expected = quiet(&s, straight.path());
+
+    // 45 steps an epoch: both stops fall in the middle of the second epoch.
+    let dir = tempfile::tempdir().unwrap();
+    interrupted_at(&s, dir.path(), Phase::Student, 50);
+    let logs = interrupted_at(&s, dir.path(), Phase::Baseline, 70);
+    assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 1, step 50"), "{logs:?}");
+    let mut logs = Vec::new();
+    let resumed = run(&s, dir.path(), dir.path(), &Control::default(), &mut |e| {
+        if let EngineEvent::Log(m) = e {
+            logs.push(m)
+        }
+    })
+    .unwrap();
+    assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase baseline, epoch 1, step 70"), "{logs:?}");
+    assert!(logs.iter().any(|m| m.starts_with("phase student was finished")), "{logs:?}");
+    assert_eq!(results(&resumed), results(&expected));
+}
+
+#[test]
+fn with_alpha_zero_the_distilled_student_is_the_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = quiet(&spec(small(0.0)), dir.path());
+    let baseline = report.baseline.as_ref().unwrap();
+    assert_eq!(report.student.accuracy, baseline.accuracy);
+    assert_eq!(report.student.loss, baseline.loss);
+    assert_eq!(report.gain, Some(0.0));
+    assert!(report.verdict.starts_with("distillation made no clear difference"), "{}", report.verdict);
+}
+
+#[test]
+fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(small(0.7));
+    let report = quiet(&s, dir.path());
+
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    let arch: ArchSpec = serde_json::from_value(config["arch"].clone()).unwrap();
+    let (features, classes) = (config["input_features"].as_u64().unwrap() as usize, config["num_classes"].as_u64().unwrap() as usize);
+    let (tensors, _) = read_safetensors(&dir.path().join("student.safetensors"), &Device::Cpu).unwrap();
+    let student = Mlp::from_named(&arch, features, classes, tensors, &Device::Cpu).unwrap();
+    let data = data::load(&s.dataset, dir.path(), s.training.seed).unwrap();
+    let (loss, accuracy) = evaluate(&student, &data.validation, features, &Device::Cpu).unwrap();
+    assert_eq!((loss, accuracy), (report.student.loss, report.student.accuracy));
+    let mean: Vec<f32> = serde_json::from_value(config["normalization"]["mean"].clone()).unwrap();
+    assert_eq!(mean, data.normalization.mean);
+
+    // The trained teacher, loaded by a second job, is the same teacher.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("teacher.safetensors"), root.path().join("t.safetensors")).unwrap();
+    let mut loaded = small(0.7);
+    loaded["teacher"] = json!({"arch": {"kind": "mlp", "hidden": [64], "dropout": 0.1}, "weights": "t.safetensors"});
+    let loaded = spec(loaded);
+    engine::preflight(&loaded, root.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let second = run(&loaded, out.path(), root.path(), &Control::default(), &mut |_| {}).unwrap();
+    assert_eq!(second.teacher.accuracy, report.teacher.accuracy);
+    assert!(second.teacher.training.is_none());
+    assert_eq!(second.student.accuracy, report.student.accuracy);
+}
