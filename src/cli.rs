@@ -53,30 +53,44 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
     Ok(output.report)
 }
 
+fn cells(m: &ModelReport) -> [String; 8] {
+    [
+        m.parameters.to_string(),
+        format!("{:.1} KiB", m.size_bytes as f64 / 1024.0),
+        format!("{:.2}%", m.accuracy * 100.0),
+        format!("{:.4}", m.loss),
+        format!("{:.2}%", m.agreement * 100.0),
+        format!("{:.4} ms", m.latency.batch_1_ms),
+        format!("{:.4} ms", m.latency.batch_n_ms),
+        m.training.as_ref().map(|t| format!("{:.1} s", t.wall_s)).unwrap_or_else(|| "loaded".into()),
+    ]
+}
+
 /// The report as the seed table of the field: teacher, distilled student, baseline.
 pub fn table(report: &Report) -> String {
     let mut columns: Vec<(&str, &ModelReport)> = vec![("teacher", &report.teacher), ("student (distilled)", &report.student)];
     if let Some(b) = &report.baseline {
         columns.push(("student (baseline)", b));
     }
-    let rows: Vec<(String, Box<dyn Fn(&ModelReport) -> String>)> = vec![
-        ("parameters".into(), Box::new(|m| m.parameters.to_string())),
-        ("size on disk".into(), Box::new(|m| format!("{:.1} KiB", m.size_bytes as f64 / 1024.0))),
-        ("accuracy".into(), Box::new(|m| format!("{:.2}%", m.accuracy * 100.0))),
-        ("loss".into(), Box::new(|m| format!("{:.4}", m.loss))),
-        ("agreement with teacher".into(), Box::new(|m| format!("{:.2}%", m.agreement * 100.0))),
-        ("latency, batch 1".into(), Box::new(|m| format!("{:.4} ms", m.latency.batch_1_ms))),
-        (format!("latency, batch {}", report.teacher.latency.batch_n), Box::new(|m| format!("{:.4} ms", m.latency.batch_n_ms))),
-        ("training time".into(), Box::new(|m| m.training.as_ref().map(|t| format!("{:.1} s", t.wall_s)).unwrap_or("loaded".into()))),
+    let labels = [
+        "parameters".to_string(),
+        "size on disk".into(),
+        "accuracy".into(),
+        "loss".into(),
+        "agreement with teacher".into(),
+        "latency, batch 1".into(),
+        format!("latency, batch {}", report.teacher.latency.batch_n),
+        "training time".into(),
     ];
+    let cells: Vec<[String; 8]> = columns.iter().map(|(_, m)| cells(m)).collect();
     let mut out = format!("{:<24}", "");
     for (name, _) in &columns {
         out += &format!("{name:>22}");
     }
-    for (label, cell) in &rows {
+    for (row, label) in labels.iter().enumerate() {
         out += &format!("\n{label:<24}");
-        for (_, m) in &columns {
-            out += &format!("{:>22}", cell(m));
+        for column in &cells {
+            out += &format!("{:>22}", column[row]);
         }
     }
     out += &format!(

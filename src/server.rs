@@ -38,7 +38,7 @@ fn init_tracing(format: &str) {
 pub struct ServerHandle {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl ServerHandle {
@@ -48,8 +48,18 @@ impl ServerHandle {
     }
 
     /// Waits until the HTTP server and every worker have stopped.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("the server task panicked")?
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        match self.task.take() {
+            Some(task) => task.await.context("the server task panicked")?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// A handle dropped without `shutdown` still stops the service, never leaves it headless.
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -111,7 +121,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         }
         Ok(())
     });
-    Ok(ServerHandle { addr, shutdown: shutdown_tx, task })
+    Ok(ServerHandle { addr, shutdown: shutdown_tx, task: Some(task) })
 }
 
 async fn terminate() {

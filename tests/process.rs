@@ -114,7 +114,7 @@ async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
     let mut checkpoint_step = 0;
     wait_until("a student checkpoint", async || {
         let events = events(&client, &first.base, &id).await;
-        let found = events.iter().filter(|e| e["type"] == "checkpoint" && e["payload"]["phase"] == "student").last().cloned();
+        let found = events.iter().rev().find(|e| e["type"] == "checkpoint" && e["payload"]["phase"] == "student").cloned();
         found.map(|e| checkpoint_step = e["payload"]["step"].as_u64().unwrap()).is_some()
     })
     .await;
@@ -163,7 +163,7 @@ async fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
         .iter()
         .position(|e| e["type"] == "status" && e["payload"]["status"] == "queued" && e["payload"]["reason"].as_str().unwrap_or("").contains("shut down"))
         .expect("the job went back to the queue at shutdown");
-    let checkpoint = events[..requeued].iter().filter(|e| e["type"] == "checkpoint").last().expect("a checkpoint at shutdown");
+    let checkpoint = events[..requeued].iter().rev().find(|e| e["type"] == "checkpoint").expect("a checkpoint at shutdown");
     assert_eq!(checkpoint["payload"]["phase"], "student");
     let shutdown_checkpoint = checkpoint["payload"]["step"].as_u64().unwrap();
     let (resumed, next) = resumption(&events);

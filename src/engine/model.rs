@@ -127,7 +127,7 @@ impl Mlp {
         Ok(h)
     }
 
-    /// Predicted classes and logits for a whole split, in batches.
+    /// Logits for a whole split (`x` row-major), computed in batches.
     pub fn logits(&self, x: &[f32], features: usize, device: &Device) -> Result<Tensor> {
         let n = x.len() / features;
         let mut parts = Vec::new();

@@ -129,7 +129,13 @@ pub fn train_phase(
     }
     // The teacher's logits on the training set never change: compute them once.
     let teacher_logits = match teacher.filter(|_| plan.alpha > 0.0) {
-        Some(t) => Some(t.logits(&data.train.x, data.features, ctx.device)?),
+        Some(t) => {
+            (ctx.sink)(EngineEvent::Log(format!(
+                "teacher logits computed once for the {} training samples and reused every epoch (frozen teacher, no augmentation)",
+                data.train.len()
+            )));
+            Some(t.logits(&data.train.x, data.features, ctx.device)?)
+        }
         None => None,
     };
     let samples = data.train.len();

@@ -12,7 +12,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
-    pub server: Option<ServerHandle>,
+    /// Keeps the service running for the test's duration.
+    _server: ServerHandle,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -22,7 +23,7 @@ pub async fn spawn_app() -> TestApp {
         base: format!("http://{}", server.addr),
         client: reqwest::Client::new(),
         data_dir,
-        server: Some(server),
+        _server: server,
     }
 }
 
