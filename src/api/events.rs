@@ -30,6 +30,9 @@ pub async fn events(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
+    if let Some(unknown) = query.keys().find(|k| !["after", "limit"].contains(&k.as_str())) {
+        return Err(ApiError::bad_request("invalid_query", unknown, "unknown query parameter; expected after or limit"));
+    }
     let after = match query.get("after") {
         Some(a) => a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| ApiError::bad_request("invalid_query", "after", "must be an event seq (integer ≥ 0)"))?,
         None => 0,

@@ -45,6 +45,12 @@ pub async fn create(
         None => None,
     };
     let spec = spec::parse(&body)?;
+    // A retry is answered from the store, even if its files have changed since the first try.
+    if let Some(key) = &idempotency_key {
+        if let Some(job) = state.store.job_by_idempotency_key(key).await? {
+            return idempotent_replay(job, &spec);
+        }
+    }
     let data_root = state.data_dir.join("datasets");
     let checked = spec.clone();
     tokio::task::spawn_blocking(move || engine::preflight(&checked, &data_root))
@@ -56,12 +62,18 @@ pub async fn create(
             tracing::info!(id = %job.id, name = %job.name, "job queued");
             Ok((StatusCode::CREATED, Json(job)))
         }
-        Inserted::Existing { job, same_spec: true } => Ok((StatusCode::OK, Json(job))),
-        Inserted::Existing { job, same_spec: false } => Err(ApiError::Conflict {
+        Inserted::Existing(job) => idempotent_replay(job, &spec),
+    }
+}
+
+fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, Json<Job>)> {
+    if &job.spec != spec {
+        return Err(ApiError::Conflict {
             code: "idempotency_key_reused",
             message: format!("this Idempotency-Key was used for job {} with a different spec", job.id),
-        }),
+        });
     }
+    Ok((StatusCode::OK, Json(job)))
 }
 
 pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> ApiResult<Json<serde_json::Value>> {

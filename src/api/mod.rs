@@ -73,6 +73,13 @@ pub fn router(state: AppState) -> Router {
     routes()
         .router
         .fallback(|| async { error::ApiError::NotFound("route".into()) })
+        .method_not_allowed_fallback(|method: Method| async move {
+            error::ApiError::Rejected {
+                status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                code: "method_not_allowed",
+                message: format!("{method} is not served on this path; see /openapi.yaml"),
+            }
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)

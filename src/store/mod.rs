@@ -108,8 +108,8 @@ pub struct Artifact {
 
 pub enum Inserted {
     Created(Job),
-    /// A job with this idempotency key exists; `same_spec` says whether the retry matches it.
-    Existing { job: Job, same_spec: bool },
+    /// A job with this idempotency key already exists (a concurrent retry won the race).
+    Existing(Job),
 }
 
 pub enum CancelOutcome {
@@ -192,9 +192,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(row) = existing {
-                let job = job_from_row(&row)?;
-                let same_spec = &job.spec == spec;
-                return Ok(Inserted::Existing { job, same_spec });
+                return Ok(Inserted::Existing(job_from_row(&row)?));
             }
         }
         let id = Uuid::now_v7();
@@ -212,6 +210,14 @@ impl Store {
         tx.commit().await?;
         self.publish(vec![event]);
         Ok(Inserted::Created(job))
+    }
+
+    pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {

@@ -147,4 +147,10 @@ async fn unknown_jobs_and_routes() {
         assert_eq!(response.status(), 404, "{path}");
         assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "not_found");
     }
+    let response = app.client.put(app.url("/v1/jobs")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "method_not_allowed");
+    let response = app.get("/v1/jobs/0190b7b4-0000-7000-8000-000000000000/events?from=3").await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["error"]["field"], "from");
 }
