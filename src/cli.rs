@@ -23,6 +23,8 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
             .expect("valid template")
             .progress_chars("=> "),
     );
+    // Without a terminal the bar hides itself; the epoch lines and logs still belong on stdout.
+    let say = |line: String| if bar.is_hidden() { println!("{line}") } else { bar.println(line) };
     let mut sink = |event: EngineEvent| match event {
         EngineEvent::Progress(p) => {
             if bar.length() != Some(p.total_steps) || bar.prefix() != p.phase.as_str() {
@@ -34,7 +36,7 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
             let soft = p.soft.map(|s| format!(" soft {s:.4}")).unwrap_or_default();
             bar.set_message(format!("epoch {}/{} loss {:.4}{soft} hard {:.4}", p.epoch, p.epochs, p.loss, p.hard));
         }
-        EngineEvent::Epoch(m) => bar.println(format!(
+        EngineEvent::Epoch(m) => say(format!(
             "{:>9} epoch {:>3}/{}: train loss {:.4}, validation loss {:.4}, accuracy {:.2}%",
             m.phase.as_str(),
             m.epoch,
@@ -43,7 +45,7 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
             m.val_loss,
             m.val_accuracy * 100.0
         )),
-        EngineEvent::Log(message) => bar.println(message),
+        EngineEvent::Log(message) => say(message),
         EngineEvent::Checkpoint(_) => {}
     };
     let output = engine::run(&spec, device, data_root, &out, &Control::default(), &mut sink)?;

@@ -22,6 +22,8 @@ pub struct Report {
     pub retention: f64,
     /// Distilled − baseline accuracy (fraction, 0.01 = one point); absent without a baseline.
     pub gain: Option<f64>,
+    /// Whether the gain stands out from the noise of the held-out set.
+    pub gain_test: Option<PairedTest>,
     /// Student parameters ÷ teacher parameters.
     pub size_ratio: f64,
     /// Teacher latency ÷ student latency, at batch 1 and batch N.
@@ -32,6 +34,30 @@ pub struct Report {
     pub train_samples_per_s: f64,
     /// One plain sentence: did distillation help?
     pub verdict: String,
+}
+
+/// McNemar's test on the held-out samples where exactly one of the two students is right.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedTest {
+    pub distilled_only_correct: usize,
+    pub baseline_only_correct: usize,
+    /// (distilled-only − baseline-only) / √(their sum); |z| ≥ 1.96 is significant at about 5%.
+    pub z: f64,
+}
+
+impl PairedTest {
+    pub fn new(labels: &[u32], distilled: &[u32], baseline: &[u32]) -> Self {
+        let (mut d, mut b) = (0, 0);
+        for ((y, s), t) in labels.iter().zip(distilled).zip(baseline) {
+            match (s == y, t == y) {
+                (true, false) => d += 1,
+                (false, true) => b += 1,
+                _ => {}
+            }
+        }
+        let z = if d + b == 0 { 0.0 } else { (d as f64 - b as f64) / ((d + b) as f64).sqrt() };
+        Self { distilled_only_correct: d, baseline_only_correct: b, z }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,9 +105,11 @@ pub struct Speedup {
     pub batch_n: f64,
 }
 
-/// Mean time of a forward pass at batch size `batch`, on inputs cycled from `x`. Repeats until
-/// about `budget` has passed so that tiny models are not measured by timer resolution.
+/// Time of a forward pass at batch size `batch`, on inputs cycled from `x`: the median of
+/// several timed blocks (robust to a busy machine), each long enough that timer resolution and
+/// a tiny model's per-call overhead are measured as they are, not rounded away.
 pub fn latency_ms(model: &Mlp, x: &[f32], features: usize, batch: usize, device: &Device, budget: Duration) -> candle_core::Result<f64> {
+    const BLOCKS: u32 = 7;
     let rows = x.len() / features;
     let input: Vec<f32> = (0..batch).flat_map(|i| x[(i % rows) * features..(i % rows + 1) * features].iter().copied()).collect();
     let input = Tensor::from_vec(input, (batch, features), device)?;
@@ -89,35 +117,45 @@ pub fn latency_ms(model: &Mlp, x: &[f32], features: usize, batch: usize, device:
         model.forward(&input, None)?;
     }
     device.synchronize()?;
-    let started = Instant::now();
-    let mut runs = 0u32;
-    while runs < 5 || (started.elapsed() < budget && runs < 100_000) {
-        model.forward(&input, None)?;
-        runs += 1;
+    let mut per_run = Vec::new();
+    for _ in 0..BLOCKS {
+        let started = Instant::now();
+        let mut runs = 0u32;
+        while runs < 3 || (started.elapsed() < budget / BLOCKS && runs < 100_000) {
+            model.forward(&input, None)?;
+            runs += 1;
+        }
+        device.synchronize()?;
+        per_run.push(started.elapsed().as_secs_f64() * 1000.0 / runs as f64);
     }
-    device.synchronize()?;
-    Ok(started.elapsed().as_secs_f64() * 1000.0 / runs as f64)
+    per_run.sort_by(f64::total_cmp);
+    Ok(per_run[per_run.len() / 2])
 }
 
-/// Differences smaller than this are within noise for the held-out sets we see.
-const NOISE: f64 = 0.005;
+/// |z| of McNemar's test above which a difference is called significant (about 5%).
+const SIGNIFICANT_Z: f64 = 1.96;
 
-pub fn verdict(retention: f64, gain: Option<f64>) -> String {
+pub fn verdict(retention: f64, gain: Option<f64>, test: Option<&PairedTest>) -> String {
     let kept = format!("the student keeps {:.1}% of the teacher's accuracy", retention * 100.0);
-    match gain {
-        None => format!("{kept}; no baseline was trained, so the gain from distillation is unknown"),
-        Some(g) if g > NOISE => format!(
-            "distillation helped: {kept} and is {:.1} points more accurate than the same student trained without the teacher",
-            g * 100.0
-        ),
-        Some(g) if g < -NOISE => format!(
-            "distillation did not help: the student trained without the teacher is {:.1} points more accurate ({kept}); try another temperature or alpha, more epochs, or a larger student",
+    let (Some(g), Some(t)) = (gain, test) else {
+        return format!("{kept}; no baseline was trained, so the gain from distillation is unknown");
+    };
+    let evidence = format!(
+        "on the held-out samples where only one of them is right, the distilled student wins {} and the baseline {}",
+        t.distilled_only_correct, t.baseline_only_correct
+    );
+    if t.z >= SIGNIFICANT_Z {
+        format!("distillation helped: {kept} and is {:.1} points more accurate than the same student trained without the teacher ({evidence})", g * 100.0)
+    } else if t.z <= -SIGNIFICANT_Z {
+        format!(
+            "distillation did not help: the same student trained without the teacher is {:.1} points more accurate ({evidence}); {kept}; try another temperature or alpha, more epochs, or a larger student",
             -g * 100.0
-        ),
-        Some(g) => format!(
-            "distillation made no clear difference: {:+.1} points against the same student trained without the teacher ({kept})",
+        )
+    } else {
+        format!(
+            "distillation made no clear difference: {:+.1} points against the same student trained without the teacher, within the noise of this held-out set ({evidence}); {kept}; compare several seeds before concluding",
             g * 100.0
-        ),
+        )
     }
 }
 
@@ -125,11 +163,25 @@ pub fn verdict(retention: f64, gain: Option<f64>) -> String {
 mod tests {
     use super::*;
 
+    fn test(d: usize, b: usize) -> PairedTest {
+        let labels = vec![1u32; d + b];
+        let distilled: Vec<u32> = (0..d + b).map(|i| if i < d { 1 } else { 0 }).collect();
+        let baseline: Vec<u32> = distilled.iter().map(|p| 1 - p).collect();
+        PairedTest::new(&labels, &distilled, &baseline)
+    }
+
+    #[test]
+    fn mcnemar_counts_only_the_disagreements() {
+        let t = PairedTest::new(&[0, 1, 2, 3], &[0, 1, 9, 9], &[0, 9, 2, 9]);
+        assert_eq!((t.distilled_only_correct, t.baseline_only_correct, t.z), (1, 1, 0.0));
+        assert!((test(13, 3).z - 2.5).abs() < 1e-12);
+    }
+
     #[test]
     fn verdicts_say_plainly_when_distillation_loses() {
-        assert!(verdict(0.97, Some(0.02)).starts_with("distillation helped"));
-        assert!(verdict(0.90, Some(-0.03)).starts_with("distillation did not help"));
-        assert!(verdict(0.95, Some(0.001)).starts_with("distillation made no clear difference"));
-        assert!(verdict(0.95, None).contains("no baseline"));
+        assert!(verdict(0.97, Some(0.02), Some(&test(13, 3))).starts_with("distillation helped"));
+        assert!(verdict(0.90, Some(-0.03), Some(&test(3, 13))).starts_with("distillation did not help"));
+        assert!(verdict(0.95, Some(0.01), Some(&test(6, 3))).starts_with("distillation made no clear difference"));
+        assert!(verdict(0.95, None, None).contains("no baseline"));
     }
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{self, Dataset};
 use super::files::{read_safetensors, write_json, write_safetensors};
 use super::model::{self, Mlp};
-use super::report::{self, DatasetSummary, DistillationSummary, Latency, ModelReport, Report, Speedup};
+use super::report::{self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
 use super::rng::{streams, Rng};
 use super::train::{evaluate, train_phase, PhaseContext, PhasePlan, PhaseSummary};
 use super::{Control, EngineError, EngineEvent, Phase};
@@ -137,7 +137,7 @@ pub fn run(
     (ctx.sink)(EngineEvent::Log("evaluating on the held-out split and measuring latency".into()));
     let teacher_predictions = model::predictions(&teacher.logits(&data.validation.x, data.features, &device)?)?;
     let batch_n = data.validation.len().clamp(1, 256);
-    let measure = |model: &Mlp, file: Option<String>, training: Option<PhaseSummary>| -> Result<ModelReport, EngineError> {
+    let measure = |model: &Mlp, file: Option<String>, training: Option<PhaseSummary>| -> Result<(ModelReport, Vec<u32>), EngineError> {
         let (loss, accuracy) = evaluate(model, &data.validation, data.features, &device)?;
         let predicted = model::predictions(&model.logits(&data.validation.x, data.features, &device)?)?;
         let agreement = predicted.iter().zip(&teacher_predictions).filter(|(a, b)| a == b).count() as f64 / predicted.len().max(1) as f64;
@@ -146,7 +146,7 @@ pub fn run(
             Some(f) => std::fs::metadata(job_dir.join(f))?.len(),
             None => safetensors_size(model)?,
         };
-        Ok(ModelReport {
+        let report = ModelReport {
             parameters: model.parameter_count(),
             size_bytes,
             accuracy,
@@ -158,14 +158,18 @@ pub fn run(
                 batch_n,
             },
             training,
-        })
+        };
+        Ok((report, predicted))
     };
     let teacher_file = teacher_training.as_ref().map(|_| file_of(Phase::Teacher));
-    let teacher_report = measure(&teacher, teacher_file, teacher_training)?;
-    let student_report = measure(&student, Some(file_of(Phase::Student)), Some(student_training))?;
-    let baseline_report = match baseline {
-        Some((model, summary)) => Some(measure(&model, Some(file_of(Phase::Baseline)), Some(summary))?),
-        None => None,
+    let (teacher_report, _) = measure(&teacher, teacher_file, teacher_training)?;
+    let (student_report, student_predictions) = measure(&student, Some(file_of(Phase::Student)), Some(student_training))?;
+    let (baseline_report, gain_test) = match baseline {
+        Some((model, summary)) => {
+            let (report, predicted) = measure(&model, Some(file_of(Phase::Baseline)), Some(summary))?;
+            (Some(report), Some(PairedTest::new(&data.validation.y, &student_predictions, &predicted)))
+        }
+        None => (None, None),
     };
 
     let retention = student_report.accuracy / teacher_report.accuracy.max(f64::MIN_POSITIVE);
@@ -184,6 +188,8 @@ pub fn run(
         device: device_name.to_string(),
         retention,
         gain,
+        verdict: report::verdict(retention, gain, gain_test.as_ref()),
+        gain_test,
         size_ratio: student_report.parameters as f64 / teacher_report.parameters as f64,
         speedup: Speedup {
             batch_1: teacher_report.latency.batch_1_ms / student_report.latency.batch_1_ms,
@@ -191,7 +197,6 @@ pub fn run(
         },
         wall_time_s,
         train_samples_per_s: student_report.training.as_ref().map(|t| t.samples_per_s).unwrap_or_default(),
-        verdict: report::verdict(retention, gain),
         teacher: teacher_report,
         student: student_report,
         baseline: baseline_report,
