@@ -77,11 +77,15 @@ fn the_teacher_receives_no_gradient() {
 #[test]
 fn optimizers_match_pytorch_step_by_step() {
     let data = fixture("optimizers.json");
-    for case in data["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
+    for (case, fused) in data["cases"].as_array().unwrap().iter().flat_map(|c| [(c, true), (c, false)]) {
+        let name = format!("{} ({})", case["name"].as_str().unwrap(), if fused { "fused" } else { "tensor ops" });
         let spec: OptimizerSpec = serde_json::from_value(case["optimizer"].clone()).unwrap();
         let var = Var::from_tensor(&tensor(&matrix(&case["start"]))).unwrap();
-        let mut optimizer = Optimizer::new(spec, vec![var.clone()]).unwrap();
+        let mut optimizer = if fused {
+            Optimizer::new(spec, vec![var.clone()]).unwrap()
+        } else {
+            Optimizer::with_tensor_ops(spec, vec![var.clone()]).unwrap()
+        };
         let grads = case["grads"].as_array().unwrap();
         let after = case["after_each_step"].as_array().unwrap();
         for (step, (grad, want)) in grads.iter().zip(after).enumerate() {

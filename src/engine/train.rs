@@ -160,7 +160,7 @@ pub fn train_phase(
                         position.batches_into_epoch = batch_index as u64;
                         position.partial_loss_sum = epoch_loss;
                         position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-                        position.optimizer_steps = optimizer.state().0;
+                        position.optimizer_steps = optimizer.steps();
                         save(&checkpoint_path, &position, &optimizer)?;
                         (ctx.sink)(EngineEvent::Checkpoint(CheckpointInfo {
                             phase: plan.phase,
@@ -221,7 +221,7 @@ pub fn train_phase(
             val_loss,
             val_accuracy,
         }));
-        position.optimizer_steps = optimizer.state().0;
+        position.optimizer_steps = optimizer.steps();
         save(&checkpoint_path, &position, &optimizer)?;
         (ctx.sink)(EngineEvent::Checkpoint(CheckpointInfo {
             phase: plan.phase,
@@ -270,7 +270,7 @@ fn save(path: &Path, position: &Position, optimizer: &Optimizer) -> Result<(), E
         .enumerate()
         .map(|(i, v)| (format!("param.{i}"), v.as_tensor().detach()))
         .collect();
-    tensors.extend(optimizer.state().1);
+    tensors.extend(optimizer.state()?);
     let meta = serde_json::to_value(position).map_err(|e| EngineError::Other(e.to_string()))?;
     write_safetensors(path, &tensors, Some(&meta))?;
     Ok(())
