@@ -7,6 +7,7 @@
 Outputs (committed; CI only reads them):
   tests/fixtures/hinton_loss.json  logits, labels, T, alpha -> loss, its parts, d loss / d student logits
   tests/fixtures/optimizers.json   parameters and gradients -> parameters after AdamW / SGD steps
+  tests/fixtures/linear.json       x, W, b, upstream gradient -> act(x W^T + b) and its gradients
 
 Inputs are float32 (what the engine trains in); references are computed in float64 from them.
 """
@@ -90,10 +91,46 @@ def optimizer_cases():
     return {"generator": "scripts/make_fixtures.py", "torch": torch.__version__, "cases": cases}
 
 
+def linear_cases():
+    g = torch.Generator().manual_seed(1998)
+    cases = []
+    for name, batch, inputs, outputs, relu in [
+        ("hidden_relu", 6, 9, 5, True),
+        ("output_no_activation", 4, 5, 3, False),
+        ("wide", 16, 40, 24, True),
+    ]:
+        x = torch.randn(batch, inputs, generator=g).float()
+        w = torch.randn(outputs, inputs, generator=g).float()
+        b = torch.randn(outputs, generator=g).float()
+        upstream = torch.randn(batch, outputs, generator=g).float()
+        xd, wd, bd = (t.double().requires_grad_(True) for t in (x, w, b))
+        y = F.linear(xd, wd, bd)
+        if relu:
+            y = F.relu(y)
+        (y * upstream.double()).sum().backward()
+        cases.append({
+            "name": name,
+            "relu": relu,
+            "x": x.tolist(),
+            "weight": w.tolist(),
+            "bias": b.tolist(),
+            "upstream": upstream.tolist(),
+            "y": y.detach().tolist(),
+            "grad_x": xd.grad.tolist(),
+            "grad_weight": wd.grad.tolist(),
+            "grad_bias": bd.grad.tolist(),
+        })
+    return {"generator": "scripts/make_fixtures.py", "torch": torch.__version__, "cases": cases}
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_default_dtype(torch.float64)
-    for file, data in [("hinton_loss.json", loss_cases()), ("optimizers.json", optimizer_cases())]:
+    for file, data in [
+        ("hinton_loss.json", loss_cases()),
+        ("optimizers.json", optimizer_cases()),
+        ("linear.json", linear_cases()),
+    ]:
         (OUT / file).write_text(json.dumps(data, indent=1) + "\n")
         print("wrote", OUT / file)
 

@@ -1,10 +1,13 @@
-//! The distillation loss, its gradient and the optimisers against PyTorch, through the committed
-//! fixtures written by `scripts/make_fixtures.py`.
+//! The distillation loss, its gradient, the optimisers and the fused linear kernel against
+//! PyTorch, through the committed fixtures written by `scripts/make_fixtures.py`.
 
 use candle_core::{Device, Tensor, Var};
+use distillery::engine::linear::Linear;
 use distillery::engine::loss::hinton;
+use distillery::engine::model::Mlp;
 use distillery::engine::optim::Optimizer;
-use distillery::spec::OptimizerSpec;
+use distillery::engine::rng::Rng;
+use distillery::spec::{ArchSpec, OptimizerSpec};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -96,5 +99,111 @@ fn optimizers_match_pytorch_step_by_step() {
             let want: Vec<Vec<f64>> = serde_json::from_value(want.clone()).unwrap();
             assert_all_close(&format!("{name} after step {}", step + 1), &var.as_tensor().to_vec2::<f32>().unwrap(), &want);
         }
+    }
+}
+
+fn vector(v: &Value) -> Tensor {
+    let values: Vec<f32> = serde_json::from_value(v.clone()).unwrap();
+    Tensor::from_vec(values.clone(), values.len(), &Device::Cpu).unwrap()
+}
+
+/// The fused linear kernel's output and all three gradients, through a real backward pass.
+fn fused_linear_grads(relu: bool, x: &Tensor, w: &Tensor, b: &Tensor, upstream: &Tensor) -> (Tensor, [Tensor; 3]) {
+    let (x, w, b) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
+    let y = Linear { relu, input_grad: true }.forward(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+    let grads = (&y * upstream).unwrap().sum_all().unwrap().backward().unwrap();
+    let grad = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
+    (y, [grad(&x), grad(&w), grad(&b)])
+}
+
+fn rows(t: &Tensor) -> Vec<Vec<f32>> {
+    if t.rank() == 1 {
+        vec![t.to_vec1().unwrap()]
+    } else {
+        t.to_vec2().unwrap()
+    }
+}
+
+fn reference(v: &Value) -> Vec<Vec<f64>> {
+    match v[0].is_array() {
+        true => serde_json::from_value(v.clone()).unwrap(),
+        false => vec![serde_json::from_value(v.clone()).unwrap()],
+    }
+}
+
+#[test]
+fn the_fused_linear_kernel_matches_pytorch() {
+    let data = fixture("linear.json");
+    for case in data["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let (x, w) = (tensor(&matrix(&case["x"])), tensor(&matrix(&case["weight"])));
+        let (b, upstream) = (vector(&case["bias"]), tensor(&matrix(&case["upstream"])));
+        let (y, [gx, gw, gb]) = fused_linear_grads(case["relu"].as_bool().unwrap(), &x, &w, &b, &upstream);
+        assert_all_close(&format!("{name}: y"), &rows(&y), &reference(&case["y"]));
+        assert_all_close(&format!("{name}: grad x"), &rows(&gx), &reference(&case["grad_x"]));
+        assert_all_close(&format!("{name}: grad weight"), &rows(&gw), &reference(&case["grad_weight"]));
+        assert_all_close(&format!("{name}: grad bias"), &rows(&gb), &reference(&case["grad_bias"]));
+    }
+}
+
+#[test]
+fn the_fused_linear_gradients_match_finite_differences() {
+    let mut rng = Rng::new(5);
+    let mut random = |shape: (usize, usize)| {
+        let values: Vec<f32> = (0..shape.0 * shape.1).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    };
+    let (x, w, upstream) = (random((3, 4)), random((5, 4)), random((3, 5)));
+    let b = random((1, 5)).flatten_all().unwrap();
+    let (_, analytic) = fused_linear_grads(true, &x, &w, &b, &upstream);
+    // Central differences of L = Σ upstream ⊙ relu(x·Wᵀ + b), in f64 from the f32 inputs.
+    let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+        let up: Vec<f32> = upstream.flatten_all().unwrap().to_vec1().unwrap();
+        let mut total = 0.0;
+        for i in 0..3 {
+            for o in 0..5 {
+                let z: f64 = b[o] as f64 + (0..4).map(|k| x[i * 4 + k] as f64 * w[o * 4 + k] as f64).sum::<f64>();
+                total += up[i * 5 + o] as f64 * z.max(0.0);
+            }
+        }
+        total
+    };
+    let flat = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let inputs = [flat(&x), flat(&w), flat(&b)];
+    for (which, grad) in analytic.iter().enumerate() {
+        let grad = flat(grad);
+        for (i, g) in grad.iter().enumerate() {
+            let h = 1e-3f32;
+            let (mut plus, mut minus) = (inputs.clone(), inputs.clone());
+            plus[which][i] += h;
+            minus[which][i] -= h;
+            let numeric = (loss(&plus[0], &plus[1], &plus[2]) - loss(&minus[0], &minus[1], &minus[2])) / (2.0 * h as f64);
+            assert!((numeric - *g as f64).abs() < 2e-3, "argument {which}, element {i}: analytic {g}, numeric {numeric}");
+        }
+    }
+}
+
+#[test]
+fn the_fused_linear_kernel_equals_candles_composed_ops_and_skips_data_gradients() {
+    let mut rng = Rng::new(9);
+    let arch = ArchSpec::Mlp { hidden: vec![33, 17], dropout: 0.0 };
+    let model = Mlp::init(&arch, 29, 7, &mut rng, &Device::Cpu).unwrap();
+    let x: Vec<f32> = (0..11 * 29).map(|_| rng.uniform(-2.0, 2.0)).collect();
+    let x = Tensor::from_vec(x, (11, 29), &Device::Cpu).unwrap();
+    let vars = model.to_vars().unwrap();
+    let run = |fused: bool| {
+        let m = Mlp::from_vars(&vars, 0.0).with_fused_kernels(fused);
+        let y = m.forward(&x, None).unwrap();
+        let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        // candle's matmul backward computes the data's gradient too; the kernel skips it.
+        assert_eq!(grads.get(&x).is_none(), fused);
+        let mut out = vec![rows(&y)];
+        out.extend(vars.iter().map(|v| rows(grads.get(v.as_tensor()).unwrap())));
+        out
+    };
+    let (fused, composed) = (run(true), run(false));
+    for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
+        let c: Vec<Vec<f64>> = c.iter().map(|r| r.iter().map(|v| *v as f64).collect()).collect();
+        assert_all_close(&format!("output/gradient {i}"), f, &c);
     }
 }

@@ -94,17 +94,19 @@ const PHASES: [&str; 4] = ["teacher_forward", "student_forward", "loss_backward"
 struct Variant {
     name: &'static str,
     fused_optimizer: bool,
+    fused_linear: bool,
 }
 
-const VARIANTS: [Variant; 2] = [
-    Variant { name: "candle, AdamW as tensor ops", fused_optimizer: false },
-    Variant { name: "candle (engine)", fused_optimizer: true },
+const VARIANTS: [Variant; 3] = [
+    Variant { name: "candle ops only", fused_optimizer: false, fused_linear: false },
+    Variant { name: "+ fused AdamW", fused_optimizer: true, fused_linear: false },
+    Variant { name: "+ fused linear (the engine)", fused_optimizer: true, fused_linear: true },
 ];
 
 fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::Result<CandleResult> {
     let mut rng = Rng::new(0);
     let arch = |hidden: &[usize]| ArchSpec::Mlp { hidden: hidden.to_vec(), dropout: 0.0 };
-    let teacher = Mlp::init(&arch(&TEACHER), FEATURES, CLASSES, &mut rng, device)?;
+    let teacher = Mlp::init(&arch(&TEACHER), FEATURES, CLASSES, &mut rng, device)?.with_fused_kernels(variant.fused_linear);
     let student = Mlp::init(&arch(&STUDENT), FEATURES, CLASSES, &mut rng, device)?;
     let optimizer_spec = OptimizerSpec::Adamw { lr: 1e-3, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut optimizer = if variant.fused_optimizer {
@@ -122,7 +124,7 @@ fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::R
         let teacher_logits = teacher.forward(&x, None)?;
         device.synchronize()?;
         let t1 = Instant::now();
-        let model = Mlp::from_vars(optimizer.vars(), 0.0);
+        let model = Mlp::from_vars(optimizer.vars(), 0.0).with_fused_kernels(variant.fused_linear);
         let logits = model.forward(&x, None)?;
         device.synchronize()?;
         let t2 = Instant::now();
@@ -148,7 +150,7 @@ fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::R
         step(true)?;
     }
     let samples_per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
-    let frozen = Mlp::from_vars(optimizer.vars(), 0.0).detached();
+    let frozen = Mlp::from_vars(optimizer.vars(), 0.0).detached().with_fused_kernels(variant.fused_linear);
     let samples: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let budget = std::time::Duration::from_millis(350);
     let latency = [

@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod files;
+pub mod linear;
 pub mod loss;
 pub mod model;
 pub mod optim;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
+use super::linear::Linear;
 use super::rng::Rng;
 use crate::spec::ArchSpec;
 
@@ -31,6 +32,9 @@ pub struct Mlp {
     /// Weight, bias per layer, in order.
     params: Vec<Tensor>,
     dropout: f32,
+    /// Use the fused linear kernel where it exists (CPU, f32); off, the layers are composed of
+    /// candle's ops, the reference the kernel is tested and benchmarked against.
+    fused: bool,
 }
 
 impl Mlp {
@@ -45,7 +49,7 @@ impl Mlp {
             params.push(Tensor::from_vec(weight, (fan_out, fan_in), device)?);
             params.push(Tensor::from_vec(bias, fan_out, device)?);
         }
-        Ok(Self { params, dropout: dropout_of(arch) })
+        Ok(Self { params, dropout: dropout_of(arch), fused: true })
     }
 
     /// Rebuilds a model from named tensors, checking every shape against the architecture.
@@ -79,7 +83,7 @@ impl Mlp {
         if let Some(extra) = named.keys().next() {
             return Err(format!("tensor `{extra}` is not part of the architecture {widths:?}"));
         }
-        Ok(Self { params, dropout: dropout_of(arch) })
+        Ok(Self { params, dropout: dropout_of(arch), fused: true })
     }
 
     pub fn named(&self) -> Vec<(String, Tensor)> {
@@ -97,31 +101,39 @@ impl Mlp {
 
     /// A model reading the variables' current values; its forward records the autograd graph.
     pub fn from_vars(vars: &[Var], dropout: f32) -> Self {
-        Self { params: vars.iter().map(|v| v.as_tensor().clone()).collect(), dropout }
+        Self { params: vars.iter().map(|v| v.as_tensor().clone()).collect(), dropout, fused: true }
     }
 
     /// The same weights cut off from any graph, for frozen teachers and evaluation.
     pub fn detached(&self) -> Self {
-        Self { params: self.params.iter().map(Tensor::detach).collect(), dropout: self.dropout }
+        Self { params: self.params.iter().map(Tensor::detach).collect(), ..*self }
     }
 
     pub fn dropout(&self) -> f32 {
         self.dropout
     }
 
+    pub fn with_fused_kernels(self, fused: bool) -> Self {
+        Self { fused, ..self }
+    }
+
     /// Logits for `x` (`batch × features`). With `dropout_rng`, hidden activations are dropped
     /// (inverted dropout); without it the model runs in evaluation mode.
     pub fn forward(&self, x: &Tensor, mut dropout_rng: Option<&mut Rng>) -> Result<Tensor> {
         let layers = self.params.len() / 2;
+        let fused = self.fused && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
         let mut h = x.clone();
         for i in 0..layers {
             let (w, b) = (&self.params[2 * i], &self.params[2 * i + 1]);
-            h = h.matmul(&w.t()?)?.broadcast_add(b)?;
-            if i + 1 < layers {
-                h = h.relu()?;
-                if let (Some(rng), true) = (dropout_rng.as_deref_mut(), self.dropout > 0.0) {
-                    h = dropout_mask(&h, self.dropout, rng)?;
-                }
+            let hidden = i + 1 < layers;
+            h = if fused {
+                Linear { relu: hidden, input_grad: h.track_op() }.forward(&h, w, b)?
+            } else {
+                let z = h.matmul(&w.t()?)?.broadcast_add(b)?;
+                if hidden { z.relu()? } else { z }
+            };
+            if let (Some(rng), true) = (dropout_rng.as_deref_mut(), hidden && self.dropout > 0.0) {
+                h = dropout_mask(&h, self.dropout, rng)?;
             }
         }
         Ok(h)
