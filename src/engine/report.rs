@@ -36,13 +36,14 @@ pub struct Report {
     pub verdict: String,
 }
 
-/// McNemar's test on the held-out samples where exactly one of the two students is right.
+/// McNemar's exact test on the held-out samples where exactly one of the two students is right:
+/// if distillation made no difference, each such sample is a fair coin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairedTest {
     pub distilled_only_correct: usize,
     pub baseline_only_correct: usize,
-    /// (distilled-only − baseline-only) / √(their sum); |z| ≥ 1.96 is significant at about 5%.
-    pub z: f64,
+    /// Two-sided binomial p-value of the split between the two counts.
+    pub p_value: f64,
 }
 
 impl PairedTest {
@@ -55,9 +56,18 @@ impl PairedTest {
                 _ => {}
             }
         }
-        let z = if d + b == 0 { 0.0 } else { (d as f64 - b as f64) / ((d + b) as f64).sqrt() };
-        Self { distilled_only_correct: d, baseline_only_correct: b, z }
+        Self { distilled_only_correct: d, baseline_only_correct: b, p_value: binomial_two_sided(d.min(b), d + b) }
     }
+}
+
+/// P(X ≤ k or X ≥ n − k) for X ~ Binomial(n, ½), computed in log space so large n is fine.
+fn binomial_two_sided(k: usize, n: usize) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let ln_choose = |i: usize| -> f64 { (1..=i).map(|j| ((n - i + j) as f64 / j as f64).ln()).sum() };
+    let tail: f64 = (0..=k).map(|i| (ln_choose(i) - n as f64 * std::f64::consts::LN_2).exp()).sum();
+    (2.0 * tail).min(1.0)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,8 +142,8 @@ pub fn latency_ms(model: &Mlp, x: &[f32], features: usize, batch: usize, device:
     Ok(per_run[per_run.len() / 2])
 }
 
-/// |z| of McNemar's test above which a difference is called significant (about 5%).
-const SIGNIFICANT_Z: f64 = 1.96;
+/// The p-value below which the two students are called different.
+const SIGNIFICANCE: f64 = 0.05;
 
 pub fn verdict(retention: f64, gain: Option<f64>, test: Option<&PairedTest>) -> String {
     let kept = format!("the student keeps {:.1}% of the teacher's accuracy", retention * 100.0);
@@ -144,17 +154,24 @@ pub fn verdict(retention: f64, gain: Option<f64>, test: Option<&PairedTest>) -> 
         "on the held-out samples where only one of them is right, the distilled student wins {} and the baseline {}",
         t.distilled_only_correct, t.baseline_only_correct
     );
-    if t.z >= SIGNIFICANT_Z {
-        format!("distillation helped: {kept} and is {:.1} points more accurate than the same student trained without the teacher ({evidence})", g * 100.0)
-    } else if t.z <= -SIGNIFICANT_Z {
+    let clear = t.p_value < SIGNIFICANCE;
+    if clear && g > 0.0 {
         format!(
-            "distillation did not help: the same student trained without the teacher is {:.1} points more accurate ({evidence}); {kept}; try another temperature or alpha, more epochs, or a larger student",
-            -g * 100.0
+            "distillation helped: {kept} and is {:.1} points more accurate than the same student trained without the teacher ({evidence}, p = {:.3})",
+            g * 100.0,
+            t.p_value
+        )
+    } else if clear && g < 0.0 {
+        format!(
+            "distillation did not help: the same student trained without the teacher is {:.1} points more accurate ({evidence}, p = {:.3}); {kept}; try another temperature or alpha, more epochs, or a larger student",
+            -g * 100.0,
+            t.p_value
         )
     } else {
         format!(
-            "distillation made no clear difference: {:+.1} points against the same student trained without the teacher, within the noise of this held-out set ({evidence}); {kept}; compare several seeds before concluding",
-            g * 100.0
+            "distillation made no clear difference: {:+.1} points against the same student trained without the teacher, within the noise of this held-out set ({evidence}, p = {:.2}); {kept}; compare several seeds before concluding",
+            g * 100.0,
+            t.p_value
         )
     }
 }
@@ -173,8 +190,13 @@ mod tests {
     #[test]
     fn mcnemar_counts_only_the_disagreements() {
         let t = PairedTest::new(&[0, 1, 2, 3], &[0, 1, 9, 9], &[0, 9, 2, 9]);
-        assert_eq!((t.distilled_only_correct, t.baseline_only_correct, t.z), (1, 1, 0.0));
-        assert!((test(13, 3).z - 2.5).abs() < 1e-12);
+        assert_eq!((t.distilled_only_correct, t.baseline_only_correct, t.p_value), (1, 1, 1.0));
+        // scipy.stats.binomtest(4, 4).pvalue = 0.125; binomtest(1, 8) = 0.0703125;
+        // binomtest(3, 16) = 0.021270751953125.
+        assert!((test(4, 0).p_value - 0.125).abs() < 1e-12);
+        assert!((test(7, 1).p_value - 0.0703125).abs() < 1e-12);
+        assert!((test(13, 3).p_value - 0.021270751953125).abs() < 1e-12);
+        assert_eq!(test(0, 0).p_value, 1.0);
     }
 
     #[test]
@@ -182,6 +204,7 @@ mod tests {
         assert!(verdict(0.97, Some(0.02), Some(&test(13, 3))).starts_with("distillation helped"));
         assert!(verdict(0.90, Some(-0.03), Some(&test(3, 13))).starts_with("distillation did not help"));
         assert!(verdict(0.95, Some(0.01), Some(&test(6, 3))).starts_with("distillation made no clear difference"));
+        assert!(verdict(0.95, Some(0.009), Some(&test(4, 0))).starts_with("distillation made no clear difference"));
         assert!(verdict(0.95, None, None).contains("no baseline"));
     }
 }
