@@ -236,13 +236,21 @@ fn main() -> anyhow::Result<()> {
         row(variant.name, &results.iter().map(|r| r.samples_per_s).collect::<Vec<_>>());
     }
     let engine = candle.last().expect("at least one variant");
-    let phase = |i: usize| median(engine.iter().map(|r| r.phases_ms[i]).collect());
     let cell = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
     println!();
-    println!("{:<18} {:>10} {:>10}", "per step (ms)", "candle", "pytorch");
-    for (i, name) in PHASES.iter().enumerate() {
-        println!("{name:<18} {:>10.2} {:>10}", phase(i), cell(torch_field(["phases_ms", name]), 2));
+    print!("{:<18}", "per step (ms)");
+    for i in 0..VARIANTS.len() {
+        print!(" {:>10}", format!("variant {}", i + 1));
     }
+    println!(" {:>10}", "pytorch");
+    for (i, name) in PHASES.iter().enumerate() {
+        print!("{name:<18}");
+        for results in &candle {
+            print!(" {:>10.2}", median(results.iter().map(|r| r.phases_ms[i]).collect()));
+        }
+        println!(" {:>10}", cell(torch_field(["phases_ms", name]), 2));
+    }
+    println!("(variants in the order of the table above)");
     println!();
     println!("{:<18} {:>10} {:>10}", "student latency", "candle", "pytorch");
     for (i, name) in ["batch_1", "batch_128"].iter().enumerate() {
