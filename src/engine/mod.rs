@@ -134,6 +134,17 @@ pub enum EngineError {
     Other(String),
 }
 
+/// Fixes the CPU thread count for the process. candle asks for it on every parallel operation
+/// and, unless `RAYON_NUM_THREADS` is set, answers by opening and parsing `/proc/cpuinfo`: tens
+/// of times a training step, and most of the time of a small model's batch-1 forward (0.16 →
+/// 0.06 ms for the bench's student). Call at the start of `main`, before any thread exists.
+pub fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
 pub fn device(spec: &str) -> Result<candle_core::Device, EngineError> {
     match crate::spec::parse_device(spec).map_err(EngineError::Other)? {
         crate::spec::DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
