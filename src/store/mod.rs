@@ -206,10 +206,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let event = append(&mut tx, id, "status", serde_json::json!({"status": "queued"})).await?;
-        let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("inserted job vanished".into()))?;
-        tx.commit().await?;
-        self.publish(vec![event]);
-        Ok(Inserted::Created(job))
+        Ok(Inserted::Created(self.commit_and_publish(tx, id, vec![event]).await?))
     }
 
     pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
@@ -361,30 +358,29 @@ impl Store {
     pub async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
         let mut tx = self.begin().await?;
         let Some(job) = fetch(&mut tx, id).await? else { return Ok(CancelOutcome::NotFound) };
-        let outcome = match job.status {
-            s if s.is_terminal() => return Ok(CancelOutcome::AlreadyFinished(job)),
-            Status::Queued => {
-                sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ? WHERE id = ?")
-                    .bind(now())
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
-                let event = append(&mut tx, id, "status", serde_json::json!({"status": "cancelled"})).await?;
-                let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
-                tx.commit().await?;
-                self.publish(vec![event]);
-                return Ok(CancelOutcome::Cancelled(job));
-            }
-            _ => {
-                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
-                let event = append(&mut tx, id, "log", serde_json::json!({"message": "cancellation requested"})).await?;
-                let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))?;
-                tx.commit().await?;
-                self.publish(vec![event]);
-                CancelOutcome::Requested(job)
-            }
-        };
-        Ok(outcome)
+        if job.status.is_terminal() {
+            return Ok(CancelOutcome::AlreadyFinished(job));
+        }
+        if job.status == Status::Queued {
+            sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ? WHERE id = ?")
+                .bind(now())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let event = append(&mut tx, id, "status", serde_json::json!({"status": "cancelled"})).await?;
+            return Ok(CancelOutcome::Cancelled(self.commit_and_publish(tx, id, vec![event]).await?));
+        }
+        sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
+        let event = append(&mut tx, id, "log", serde_json::json!({"message": "cancellation requested"})).await?;
+        Ok(CancelOutcome::Requested(self.commit_and_publish(tx, id, vec![event]).await?))
+    }
+
+    /// Commits, then publishes the events it stored, and returns the job as committed.
+    async fn commit_and_publish(&self, mut tx: Transaction<'static, Sqlite>, id: Uuid, events: Vec<Event>) -> Result<Job, StoreError> {
+        let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?;
+        tx.commit().await?;
+        self.publish(events);
+        Ok(job)
     }
 
     pub async fn delete_job(&self, id: Uuid) -> Result<DeleteOutcome, StoreError> {
