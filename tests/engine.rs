@@ -118,8 +118,8 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
     let (tensors, _) = read_safetensors(&dir.path().join("student.safetensors"), &Device::Cpu).unwrap();
     let student = Mlp::from_named(&arch, features, classes, tensors, &Device::Cpu).unwrap();
     let data = data::load(&s.dataset, dir.path(), s.training.seed).unwrap();
-    let (loss, accuracy) = evaluate(&student, &data.validation, features, &Device::Cpu).unwrap();
-    assert_eq!((loss, accuracy), (report.student.loss, report.student.accuracy));
+    let evaluation = evaluate(&student, &data.validation, features, &Device::Cpu).unwrap();
+    assert_eq!((evaluation.loss, evaluation.accuracy), (report.student.loss, report.student.accuracy));
     let mean: Vec<f32> = serde_json::from_value(config["normalization"]["mean"].clone()).unwrap();
     assert_eq!(mean, data.normalization.mean);
 

@@ -14,7 +14,7 @@ use super::files::{read_safetensors, write_json, write_safetensors};
 use super::model::{self, Mlp};
 use super::report::{self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
 use super::rng::{streams, Rng};
-use super::train::{evaluate, train_phase, PhaseContext, PhasePlan, PhaseSummary};
+use super::train::{evaluate, train_phase, Evaluation, PhaseContext, PhasePlan, PhaseSummary};
 use super::{Control, EngineError, EngineEvent, Phase};
 use crate::spec::{ArchSpec, JobSpec, SpecError};
 
@@ -135,40 +135,43 @@ pub fn run(
     };
 
     (ctx.sink)(EngineEvent::Log("evaluating on the held-out split and measuring latency".into()));
-    let teacher_predictions = model::predictions(&teacher.logits(&data.validation.x, data.features, &device)?)?;
     let batch_n = data.validation.len().clamp(1, 256);
-    let measure = |model: &Mlp, file: Option<String>, training: Option<PhaseSummary>| -> Result<(ModelReport, Vec<u32>), EngineError> {
-        let (loss, accuracy) = evaluate(model, &data.validation, data.features, &device)?;
-        let predicted = model::predictions(&model.logits(&data.validation.x, data.features, &device)?)?;
-        let agreement = predicted.iter().zip(&teacher_predictions).filter(|(a, b)| a == b).count() as f64 / predicted.len().max(1) as f64;
+    // Agreement needs the teacher's predictions, so every model is evaluated before any report.
+    let evaluations: Vec<Evaluation> = [Some(&teacher), Some(&student), baseline.as_ref().map(|(m, _)| m)]
+        .into_iter()
+        .flatten()
+        .map(|m| evaluate(m, &data.validation, data.features, &device))
+        .collect::<candle_core::Result<_>>()?;
+    let teacher_predictions = &evaluations[0].predictions;
+    let measure = |model: &Mlp, evaluation: &Evaluation, file: Option<String>, training: Option<PhaseSummary>| -> Result<ModelReport, EngineError> {
+        let agreed = evaluation.predictions.iter().zip(teacher_predictions).filter(|(a, b)| a == b).count();
         let budget = Duration::from_millis(150);
         let size_bytes = match file {
             Some(f) => std::fs::metadata(job_dir.join(f))?.len(),
             None => safetensors_size(model)?,
         };
-        let report = ModelReport {
+        Ok(ModelReport {
             parameters: model.parameter_count(),
             size_bytes,
-            accuracy,
-            loss,
-            agreement,
+            accuracy: evaluation.accuracy,
+            loss: evaluation.loss,
+            agreement: agreed as f64 / evaluation.predictions.len().max(1) as f64,
             latency: Latency {
                 batch_1_ms: report::latency_ms(model, &data.validation.x, data.features, 1, &device, budget)?,
                 batch_n_ms: report::latency_ms(model, &data.validation.x, data.features, batch_n, &device, budget)?,
                 batch_n,
             },
             training,
-        };
-        Ok((report, predicted))
+        })
     };
     let teacher_file = teacher_training.as_ref().map(|_| file_of(Phase::Teacher));
-    let (teacher_report, _) = measure(&teacher, teacher_file, teacher_training)?;
-    let (student_report, student_predictions) = measure(&student, Some(file_of(Phase::Student)), Some(student_training))?;
-    let (baseline_report, gain_test) = match baseline {
-        Some((model, summary)) => {
-            let (report, predicted) = measure(&model, Some(file_of(Phase::Baseline)), Some(summary))?;
-            (Some(report), Some(PairedTest::new(&data.validation.y, &student_predictions, &predicted)))
-        }
+    let teacher_report = measure(&teacher, &evaluations[0], teacher_file, teacher_training)?;
+    let student_report = measure(&student, &evaluations[1], Some(file_of(Phase::Student)), Some(student_training))?;
+    let (baseline_report, gain_test) = match &baseline {
+        Some((model, summary)) => (
+            Some(measure(model, &evaluations[2], Some(file_of(Phase::Baseline)), Some(summary.clone()))?),
+            Some(PairedTest::new(&data.validation.y, &evaluations[1].predictions, &evaluations[2].predictions)),
+        ),
         None => (None, None),
     };
 

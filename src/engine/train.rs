@@ -211,15 +211,15 @@ pub fn train_phase(
         position.last_train_loss = Some(epoch_loss / steps_per_epoch as f64);
         position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         let model = Mlp::from_vars(optimizer.vars(), dropout).detached();
-        let (val_loss, val_accuracy) = evaluate(&model, &data.validation, data.features, ctx.device)?;
+        let validation = evaluate(&model, &data.validation, data.features, ctx.device)?;
         (ctx.sink)(EngineEvent::Epoch(EpochMetrics {
             phase: plan.phase,
             epoch: epoch + 1,
             epochs: plan.epochs,
             step: position.global_step,
             train_loss: epoch_loss / steps_per_epoch as f64,
-            val_loss,
-            val_accuracy,
+            val_loss: validation.loss,
+            val_accuracy: validation.accuracy,
         }));
         position.optimizer_steps = optimizer.steps();
         save(&checkpoint_path, &position, &optimizer)?;
@@ -254,13 +254,22 @@ fn gather(split: &Split, features: usize, batch: &[usize], device: &Device) -> c
     Ok((Tensor::from_vec(x, (batch.len(), features), device)?, Tensor::from_vec(y, batch.len(), device)?))
 }
 
-/// Mean cross-entropy and accuracy on a split.
-pub fn evaluate(model: &Mlp, split: &Split, features: usize, device: &Device) -> candle_core::Result<(f64, f64)> {
+/// A model's results on a split, from one forward pass over it.
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    pub accuracy: f64,
+    /// The top-1 class of every sample.
+    pub predictions: Vec<u32>,
+}
+
+pub fn evaluate(model: &Mlp, split: &Split, features: usize, device: &Device) -> candle_core::Result<Evaluation> {
     let logits = model.logits(&split.x, features, device)?;
     let labels = Tensor::from_slice(&split.y, split.len(), device)?;
     let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()? as f64;
-    let correct = predictions(&logits)?.iter().zip(&split.y).filter(|(p, y)| p == y).count();
-    Ok((loss, correct as f64 / split.len().max(1) as f64))
+    let predictions = predictions(&logits)?;
+    let correct = predictions.iter().zip(&split.y).filter(|(p, y)| p == y).count();
+    Ok(Evaluation { loss, accuracy: correct as f64 / split.len().max(1) as f64, predictions })
 }
 
 fn save(path: &Path, position: &Position, optimizer: &Optimizer) -> Result<(), EngineError> {
