@@ -342,8 +342,8 @@ impl DatasetSpec {
                 "`test_images` and `test_labels` go together",
             ));
         }
-        for (name, value) in given {
-            if let (Some(path), false) = (value, name == "label_column") {
+        for (name, value) in given.iter().filter(|(name, _)| *name != "label_column") {
+            if let Some(path) = value {
                 validate_relative_path(path, &format!("dataset.{name}"))?;
             }
         }

@@ -149,12 +149,12 @@ fn assemble(spec: &DatasetSpec, name: String, raw: Raw, test: Option<Raw>, seed:
         Some(test) => (raw.split, test.split),
         None => {
             let n = raw.split.len();
-            let mut order: Vec<usize> = (0..n).collect();
-            Rng::stream(seed, &[streams::SPLIT]).shuffle(&mut order);
-            let held_out = ((n as f64 * spec.validation_split).round() as usize).clamp(1, n.saturating_sub(1).max(1));
             if n < 2 {
                 return Err(SpecError::new("dataset", "at least 2 samples are needed to hold some out"));
             }
+            let mut order: Vec<usize> = (0..n).collect();
+            Rng::stream(seed, &[streams::SPLIT]).shuffle(&mut order);
+            let held_out = ((n as f64 * spec.validation_split).round() as usize).clamp(1, n - 1);
             let (val_idx, train_idx) = order.split_at(held_out);
             (raw.split.select(features, train_idx), raw.split.select(features, val_idx))
         }

@@ -177,11 +177,15 @@ impl Store {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
-    fn publish(&self, events: Vec<Event>) {
+    /// Commits, then publishes the events the transaction stored: subscribers never see an
+    /// event that could still be rolled back.
+    async fn commit(&self, tx: Transaction<'static, Sqlite>, events: Vec<Event>) -> Result<(), StoreError> {
+        tx.commit().await?;
         for event in events {
             // No subscriber is fine: the event is in the store for later readers.
             let _ = self.events.send(event);
         }
+        Ok(())
     }
 
     pub async fn insert_job(&self, spec: &JobSpec, idempotency_key: Option<&str>) -> Result<Inserted, StoreError> {
@@ -206,7 +210,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let event = append(&mut tx, id, "status", serde_json::json!({"status": "queued"})).await?;
-        Ok(Inserted::Created(self.commit_and_publish(tx, id, vec![event]).await?))
+        Ok(Inserted::Created(self.commit_returning_job(tx, id, vec![event]).await?))
     }
 
     pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
@@ -256,8 +260,7 @@ impl Store {
         let id = parse_id(&id)?;
         let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("claimed job vanished".into()))?;
         let event = append(&mut tx, id, "status", serde_json::json!({"status": "running", "attempt": job.attempts})).await?;
-        tx.commit().await?;
-        self.publish(vec![event]);
+        self.commit(tx, vec![event]).await?;
         Ok(Some(job))
     }
 
@@ -292,8 +295,7 @@ impl Store {
             events.push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": "its worker stopped (lease expired); it resumes from its last checkpoint"})).await?);
             requeued.push(id);
         }
-        tx.commit().await?;
-        self.publish(events);
+        self.commit(tx, events).await?;
         Ok(requeued)
     }
 
@@ -311,8 +313,7 @@ impl Store {
         if updated.rows_affected() > 0 {
             events.push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": reason})).await?);
         }
-        tx.commit().await?;
-        self.publish(events);
+        self.commit(tx, events).await?;
         Ok(())
     }
 
@@ -350,8 +351,7 @@ impl Store {
             }
             events.push(append(&mut tx, id, "status", payload).await?);
         }
-        tx.commit().await?;
-        self.publish(events);
+        self.commit(tx, events).await?;
         Ok(())
     }
 
@@ -368,18 +368,17 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             let event = append(&mut tx, id, "status", serde_json::json!({"status": "cancelled"})).await?;
-            return Ok(CancelOutcome::Cancelled(self.commit_and_publish(tx, id, vec![event]).await?));
+            return Ok(CancelOutcome::Cancelled(self.commit_returning_job(tx, id, vec![event]).await?));
         }
         sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
         let event = append(&mut tx, id, "log", serde_json::json!({"message": "cancellation requested"})).await?;
-        Ok(CancelOutcome::Requested(self.commit_and_publish(tx, id, vec![event]).await?))
+        Ok(CancelOutcome::Requested(self.commit_returning_job(tx, id, vec![event]).await?))
     }
 
-    /// Commits, then publishes the events it stored, and returns the job as committed.
-    async fn commit_and_publish(&self, mut tx: Transaction<'static, Sqlite>, id: Uuid, events: Vec<Event>) -> Result<Job, StoreError> {
+    /// Commits (see [`Store::commit`]) and returns the job as committed.
+    async fn commit_returning_job(&self, mut tx: Transaction<'static, Sqlite>, id: Uuid, events: Vec<Event>) -> Result<Job, StoreError> {
         let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?;
-        tx.commit().await?;
-        self.publish(events);
+        self.commit(tx, events).await?;
         Ok(job)
     }
 
@@ -410,8 +409,7 @@ impl Store {
                 .await?;
         }
         let event = append(&mut tx, id, kind, payload).await?;
-        tx.commit().await?;
-        self.publish(vec![event.clone()]);
+        self.commit(tx, vec![event.clone()]).await?;
         Ok(event)
     }
 

@@ -214,20 +214,18 @@ impl Worker {
             tokio::select! {
                 event = events.recv() => match event {
                     Some(EngineEvent::Progress(p)) => {
-                        let last_step = p.step == p.total_steps;
-                        let payload = serde_json::to_value(&p).expect("progress serialises");
-                        if last_step || last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL) {
-                            self.persist(job.id, "progress", payload).await;
+                        if p.step == p.total_steps || last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL) {
+                            self.forward(job.id, EngineEvent::Progress(p)).await;
                             last_progress = Some(Instant::now());
                             pending_progress = None;
                         } else {
-                            pending_progress = Some(payload);
+                            pending_progress = Some(p);
                         }
                     }
                     Some(other) => {
                         // The newest progress goes first, so the log never runs behind an epoch end.
                         if let Some(p) = pending_progress.take() {
-                            self.persist(job.id, "progress", p).await;
+                            self.forward(job.id, EngineEvent::Progress(p)).await;
                         }
                         self.forward(job.id, other).await;
                     }
@@ -245,7 +243,7 @@ impl Worker {
             }
         }
         if let Some(p) = pending_progress.take() {
-            self.persist(job.id, "progress", p).await;
+            self.forward(job.id, EngineEvent::Progress(p)).await;
         }
         done.await.unwrap_or_else(|_| Err(EngineError::Other("the training thread vanished".into())))
     }
