@@ -23,7 +23,11 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub dataset: DatasetSpec,
-    pub teacher: TeacherSpec,
+    /// One teacher; or `teachers`, an ensemble. Exactly one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teachers: Option<Vec<TeacherSpec>>,
     pub student: StudentSpec,
     pub distill: DistillSpec,
     pub training: TrainingSpec,
@@ -78,6 +82,61 @@ pub enum ArchSpec {
         #[serde(default)]
         dropout: f32,
     },
+    /// Conv blocks over image data, then an MLP head (`hidden` may be empty).
+    Conv {
+        blocks: Vec<ConvBlock>,
+        #[serde(default)]
+        hidden: Vec<usize>,
+        #[serde(default)]
+        dropout: f32,
+    },
+}
+
+impl ArchSpec {
+    pub fn hidden(&self) -> &[usize] {
+        match self {
+            ArchSpec::Mlp { hidden, .. } | ArchSpec::Conv { hidden, .. } => hidden,
+        }
+    }
+
+    pub fn blocks(&self) -> &[ConvBlock] {
+        match self {
+            ArchSpec::Mlp { .. } => &[],
+            ArchSpec::Conv { blocks, .. } => blocks,
+        }
+    }
+
+    pub fn dropout(&self) -> f32 {
+        match self {
+            ArchSpec::Mlp { dropout, .. } | ArchSpec::Conv { dropout, .. } => *dropout,
+        }
+    }
+}
+
+/// conv (k×k, stride, zero padding) → batch norm (optional) → ReLU → pooling (optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvBlock {
+    pub channels: usize,
+    pub kernel: usize,
+    #[serde(default = "default_one")]
+    pub stride: usize,
+    #[serde(default)]
+    pub padding: usize,
+    #[serde(default)]
+    pub batch_norm: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolKind>,
+    /// Pooling window and stride.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    Max,
+    Avg,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +149,9 @@ pub struct TeacherSpec {
     /// Or load it: a safetensors file under the data root, in the layout Distillery exports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
+    /// Share of this teacher in an ensemble's averaged soft targets (normalised over teachers).
+    #[serde(default = "default_weight")]
+    pub weight: f64,
 }
 
 /// Settings for the teacher's own training; what is left out comes from `training`.
@@ -109,13 +171,118 @@ pub struct PhaseTrainSpec {
 #[serde(deny_unknown_fields)]
 pub struct StudentSpec {
     pub arch: ArchSpec,
+    /// Layers whose weights the distilled student copies from the (first) teacher before
+    /// training, as DistilBERT did; shapes must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_from_teacher: Vec<LayerCopy>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerCopy {
+    pub student_layer: String,
+    pub teacher_layer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillSpec {
-    pub temperature: f64,
-    pub alpha: f64,
+    pub temperature: Scheduled,
+    /// Weight of the soft (teacher) term; the labels' cross-entropy gets 1 − α.
+    pub alpha: Scheduled,
+    #[serde(default)]
+    pub loss: LogitLossKind,
+    /// The generalised Jensen–Shannon's mixing weight (`loss: js` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// Intermediate-layer pairs, added to the loss with their weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intermediate: Vec<IntermediateSpec>,
+    #[serde(default)]
+    pub cache: CacheSpec,
+}
+
+/// A number, or a value that moves linearly from `start` (first step) to `end` (last step).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scheduled {
+    Constant(f64),
+    Linear { start: f64, end: f64 },
+}
+
+impl Scheduled {
+    /// The value at `progress` ∈ [0, 1] of the training.
+    pub fn at(&self, progress: f64) -> f64 {
+        match *self {
+            Scheduled::Constant(v) => v,
+            Scheduled::Linear { start, end } => start + (end - start) * progress.clamp(0.0, 1.0),
+        }
+    }
+
+    pub fn is_constant(&self) -> bool {
+        matches!(self, Scheduled::Constant(_))
+    }
+
+    fn values(&self) -> [f64; 2] {
+        match *self {
+            Scheduled::Constant(v) => [v, v],
+            Scheduled::Linear { start, end } => [start, end],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogitLossKind {
+    /// Hinton: KL(teacher ‖ student) at T, × T².
+    #[default]
+    Kl,
+    ReverseKl,
+    Js,
+    /// Mean squared error between raw logits (T does not apply).
+    Mse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntermediateSpec {
+    /// `blocks.{i}` (a conv block's output) or `layers.{i}` (a hidden layer's output).
+    pub teacher_layer: String,
+    pub student_layer: String,
+    #[serde(default)]
+    pub loss: FeatureLossKind,
+    #[serde(default = "default_weight")]
+    pub weight: f64,
+    /// Which teacher of an ensemble (index into `teachers`).
+    #[serde(default)]
+    pub teacher: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureLossKind {
+    #[default]
+    Mse,
+    Cosine,
+}
+
+/// Reuse of the teachers' logits across epochs; it applies only when nothing changes them
+/// (no augmentation, no intermediate layers).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Keep only the k largest logits per sample (the rest of the mass is spread evenly over the
+    /// other classes). Needs a constant temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self { enabled: true, top_k: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +300,29 @@ pub struct TrainingSpec {
     pub seed: u64,
     #[serde(default)]
     pub checkpoint_every: CheckpointEvery,
+    /// Random shifts of image inputs, the same for teachers and student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentSpec {
+    /// Largest shift in pixels, along each axis; the uncovered border is background (raw 0).
+    pub shift: usize,
+}
+
+/// Stop a phase when the validation loss has not improved by `min_delta` for `patience`
+/// epochs; the best epoch's weights are the phase's result. The validation samples are then
+/// held out of the training split, so the reported held-out set stays unseen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    pub patience: u32,
+    #[serde(default)]
+    pub min_delta: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -184,6 +374,15 @@ pub enum CheckpointEvery {
 fn default_true() -> bool {
     true
 }
+fn default_one() -> usize {
+    1
+}
+fn default_pool_size() -> usize {
+    2
+}
+fn default_weight() -> f64 {
+    1.0
+}
 fn default_validation_split() -> f64 {
     0.2
 }
@@ -207,6 +406,7 @@ pub const MAX_EPOCHS: u32 = 100_000;
 pub const MAX_BATCH_SIZE: usize = 65_536;
 pub const MAX_LAYER_WIDTH: usize = 65_536;
 pub const MAX_LAYERS: usize = 64;
+pub const MAX_TEACHERS: usize = 8;
 
 /// Parses a JSON body into a spec, naming the field of the first problem.
 pub fn parse(body: &[u8]) -> Result<JobSpec, SpecError> {
@@ -245,39 +445,44 @@ impl JobSpec {
             }
         }
         self.dataset.validate()?;
-        validate_arch(&self.teacher.arch, "teacher.arch")?;
+        let teachers = self.teacher_specs();
+        match (&self.teacher, &self.teachers) {
+            (Some(_), Some(_)) => return Err(SpecError::new("teachers", "give `teacher` or `teachers`, not both")),
+            (None, None) => return Err(SpecError::new("teacher", "required (or `teachers`, an ensemble)")),
+            (None, Some(list)) if list.is_empty() || list.len() > MAX_TEACHERS => {
+                return Err(SpecError::new("teachers", format!("give 1 to {MAX_TEACHERS} teachers")))
+            }
+            _ => {}
+        }
+        for (i, teacher) in teachers.iter().enumerate() {
+            let field = match self.teacher {
+                Some(_) => "teacher".to_string(),
+                None => format!("teachers[{i}]"),
+            };
+            teacher.validate(&field)?;
+        }
         validate_arch(&self.student.arch, "student.arch")?;
-        match (&self.teacher.train, &self.teacher.weights) {
-            (Some(_), Some(_)) => {
-                return Err(SpecError::new("teacher", "give either `train` or `weights`, not both"))
-            }
-            (None, None) => {
-                return Err(SpecError::new(
-                    "teacher",
-                    "give `train` (the job trains the teacher) or `weights` (a safetensors file)",
-                ))
-            }
-            (Some(train), None) => {
-                validate_epochs(train.epochs, "teacher.train.epochs")?;
-                if let Some(batch) = train.batch_size {
-                    validate_batch(batch, "teacher.train.batch_size")?;
-                }
-                if let Some(opt) = &train.optimizer {
-                    validate_optimizer(opt, "teacher.train.optimizer")?;
-                }
-            }
-            (None, Some(path)) => validate_relative_path(path, "teacher.weights")?,
+        for (i, copy) in self.student.init_from_teacher.iter().enumerate() {
+            validate_layer_name(&copy.student_layer, &format!("student.init_from_teacher[{i}].student_layer"))?;
+            validate_layer_name(&copy.teacher_layer, &format!("student.init_from_teacher[{i}].teacher_layer"))?;
         }
-        let t = self.distill.temperature;
-        if !(t.is_finite() && t > 0.0 && t <= 100.0) {
-            return Err(SpecError::new(
-                "distill.temperature",
-                format!("must be > 0 and ≤ 100 (usually 3–6), got {t}"),
-            ));
+        self.distill.validate(teachers.len())?;
+        if let Some(augment) = &self.training.augment {
+            if augment.shift == 0 || augment.shift > 16 {
+                return Err(SpecError::new("training.augment.shift", "must be within [1, 16] pixels"));
+            }
+            let image_arch = teachers.iter().map(|t| &t.arch).chain([&self.student.arch]).all(|a| matches!(a, ArchSpec::Conv { .. }));
+            if !image_arch && self.dataset.source != "idx" {
+                return Err(SpecError::new("training.augment", "shifts apply to image data (source `idx`)"));
+            }
         }
-        let a = self.distill.alpha;
-        if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
-            return Err(SpecError::new("distill.alpha", format!("must be within [0, 1], got {a}")));
+        if let Some(early) = &self.training.early_stopping {
+            if early.patience == 0 || early.patience > MAX_EPOCHS {
+                return Err(SpecError::new("training.early_stopping.patience", "must be at least 1 epoch"));
+            }
+            if !(early.min_delta.is_finite() && early.min_delta >= 0.0) {
+                return Err(SpecError::new("training.early_stopping.min_delta", "must be ≥ 0"));
+            }
         }
         validate_epochs(self.training.epochs, "training.epochs")?;
         validate_batch(self.training.batch_size, "training.batch_size")?;
@@ -288,9 +493,119 @@ impl JobSpec {
         Ok(())
     }
 
+    /// The teachers, whether the spec gave one or an ensemble.
+    pub fn teacher_specs(&self) -> Vec<&TeacherSpec> {
+        match (&self.teacher, &self.teachers) {
+            (Some(one), _) => vec![one],
+            (None, Some(list)) => list.iter().collect(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The spec field that names teacher `index`.
+    pub fn teacher_field(&self, index: usize) -> String {
+        match self.teacher {
+            Some(_) => "teacher".into(),
+            None => format!("teachers[{index}]"),
+        }
+    }
+
     pub fn display_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| "unnamed".into())
     }
+}
+
+impl TeacherSpec {
+    fn validate(&self, field: &str) -> Result<(), SpecError> {
+        validate_arch(&self.arch, &format!("{field}.arch"))?;
+        if !(self.weight.is_finite() && self.weight > 0.0) {
+            return Err(SpecError::new(format!("{field}.weight"), "must be > 0"));
+        }
+        match (&self.train, &self.weights) {
+            (Some(_), Some(_)) => Err(SpecError::new(field, "give either `train` or `weights`, not both")),
+            (None, None) => Err(SpecError::new(
+                field,
+                "give `train` (the job trains the teacher) or `weights` (a safetensors file)",
+            )),
+            (Some(train), None) => {
+                validate_epochs(train.epochs, &format!("{field}.train.epochs"))?;
+                if let Some(batch) = train.batch_size {
+                    validate_batch(batch, &format!("{field}.train.batch_size"))?;
+                }
+                if let Some(opt) = &train.optimizer {
+                    validate_optimizer(opt, &format!("{field}.train.optimizer"))?;
+                }
+                Ok(())
+            }
+            (None, Some(path)) => validate_relative_path(path, &format!("{field}.weights")),
+        }
+    }
+}
+
+impl DistillSpec {
+    fn validate(&self, teachers: usize) -> Result<(), SpecError> {
+        for t in self.temperature.values() {
+            if !(t.is_finite() && t > 0.0 && t <= 100.0) {
+                return Err(SpecError::new(
+                    "distill.temperature",
+                    format!("must be > 0 and ≤ 100 (usually 3–6), got {t}"),
+                ));
+            }
+        }
+        for a in self.alpha.values() {
+            if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
+                return Err(SpecError::new("distill.alpha", format!("must be within [0, 1], got {a}")));
+            }
+        }
+        match (self.loss, self.beta) {
+            (LogitLossKind::Js, Some(b)) if !(b.is_finite() && b > 0.0 && b < 1.0) => {
+                return Err(SpecError::new("distill.beta", format!("must be within (0, 1), got {b}")))
+            }
+            (LogitLossKind::Js, _) => {}
+            (_, Some(_)) => return Err(SpecError::new("distill.beta", "applies to `loss: js` only")),
+            (_, None) => {}
+        }
+        if self.intermediate.len() > MAX_LAYERS {
+            return Err(SpecError::new("distill.intermediate", format!("at most {MAX_LAYERS} pairs")));
+        }
+        for (i, pair) in self.intermediate.iter().enumerate() {
+            let field = format!("distill.intermediate[{i}]");
+            validate_layer_name(&pair.teacher_layer, &format!("{field}.teacher_layer"))?;
+            validate_layer_name(&pair.student_layer, &format!("{field}.student_layer"))?;
+            if !(pair.weight.is_finite() && pair.weight > 0.0) {
+                return Err(SpecError::new(format!("{field}.weight"), "must be > 0"));
+            }
+            if pair.teacher >= teachers {
+                return Err(SpecError::new(format!("{field}.teacher"), format!("there are {teachers} teacher(s)")));
+            }
+        }
+        if let Some(k) = self.cache.top_k {
+            if k == 0 {
+                return Err(SpecError::new("distill.cache.top_k", "must be at least 1"));
+            }
+            if !self.temperature.is_constant() {
+                return Err(SpecError::new(
+                    "distill.cache.top_k",
+                    "needs a constant temperature: the mass outside the top k is stored at that temperature",
+                ));
+            }
+            if self.loss == LogitLossKind::Mse {
+                return Err(SpecError::new("distill.cache.top_k", "does not apply to `loss: mse`, which needs every logit"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `blocks.{i}` or `layers.{i}`; whether the layer exists is checked against the architecture.
+fn validate_layer_name(name: &str, field: &str) -> Result<(), SpecError> {
+    let ok = name
+        .split_once('.')
+        .is_some_and(|(kind, index)| matches!(kind, "blocks" | "layers") && index.parse::<usize>().is_ok());
+    if !ok {
+        return Err(SpecError::new(field, format!("`{name}` is not a layer name; expected `blocks.N` or `layers.N`")));
+    }
+    Ok(())
 }
 
 impl DatasetSpec {
@@ -391,13 +706,48 @@ fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecError> {
                     format!("layer width must be within [1, {MAX_LAYER_WIDTH}]"),
                 ));
             }
-            if !(dropout.is_finite() && (0.0..1.0).contains(dropout)) {
+            validate_dropout(*dropout, field)?;
+        }
+        ArchSpec::Conv { blocks, hidden, dropout } => {
+            if blocks.is_empty() || blocks.len() > MAX_LAYERS {
+                return Err(SpecError::new(format!("{field}.blocks"), format!("give 1 to {MAX_LAYERS} conv blocks")));
+            }
+            for (i, b) in blocks.iter().enumerate() {
+                let f = format!("{field}.blocks[{i}]");
+                if b.channels == 0 || b.channels > MAX_LAYER_WIDTH {
+                    return Err(SpecError::new(format!("{f}.channels"), format!("must be within [1, {MAX_LAYER_WIDTH}]")));
+                }
+                if b.kernel == 0 || b.kernel > 15 {
+                    return Err(SpecError::new(format!("{f}.kernel"), "must be within [1, 15]"));
+                }
+                if b.stride == 0 || b.stride > b.kernel.max(1) {
+                    return Err(SpecError::new(format!("{f}.stride"), "must be within [1, kernel]"));
+                }
+                if b.padding >= b.kernel {
+                    return Err(SpecError::new(format!("{f}.padding"), "must be smaller than the kernel"));
+                }
+                if !(2..=8).contains(&b.pool_size) {
+                    return Err(SpecError::new(format!("{f}.pool_size"), "must be within [2, 8]"));
+                }
+            }
+            if hidden.len() > MAX_LAYERS {
+                return Err(SpecError::new(format!("{field}.hidden"), format!("at most {MAX_LAYERS} hidden layers")));
+            }
+            if let Some(i) = hidden.iter().position(|&w| w == 0 || w > MAX_LAYER_WIDTH) {
                 return Err(SpecError::new(
-                    format!("{field}.dropout"),
-                    format!("must be within [0, 1), got {dropout}"),
+                    format!("{field}.hidden[{i}]"),
+                    format!("layer width must be within [1, {MAX_LAYER_WIDTH}]"),
                 ));
             }
+            validate_dropout(*dropout, field)?;
         }
+    }
+    Ok(())
+}
+
+fn validate_dropout(dropout: f32, field: &str) -> Result<(), SpecError> {
+    if !(dropout.is_finite() && (0.0..1.0).contains(&dropout)) {
+        return Err(SpecError::new(format!("{field}.dropout"), format!("must be within [0, 1), got {dropout}")));
     }
     Ok(())
 }

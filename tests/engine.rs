@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use distillery::engine::files::read_safetensors;
-use distillery::engine::model::Mlp;
+use distillery::engine::model::{Input, Net};
 use distillery::engine::report::Report;
 use distillery::engine::train::evaluate;
 use distillery::engine::{self, data, Control, EngineError, EngineEvent, Phase};
@@ -116,9 +116,10 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
     let arch: ArchSpec = serde_json::from_value(config["arch"].clone()).unwrap();
     let (features, classes) = (config["input_features"].as_u64().unwrap() as usize, config["num_classes"].as_u64().unwrap() as usize);
     let (tensors, _) = read_safetensors(&dir.path().join("student.safetensors"), &Device::Cpu).unwrap();
-    let student = Mlp::from_named(&arch, features, classes, tensors, &Device::Cpu).unwrap();
-    let data = data::load(&s.dataset, dir.path(), s.training.seed).unwrap();
-    let evaluation = evaluate(&student, &data.validation, features, &Device::Cpu).unwrap();
+    let input = Input { features, image: serde_json::from_value(config["image"].clone()).unwrap() };
+    let student = Net::from_named(&arch, input, classes, tensors, &Device::Cpu).unwrap();
+    let data = data::load(&s.dataset, dir.path(), s.training.seed, false).unwrap();
+    let evaluation = evaluate(&student, &data.validation, &Device::Cpu).unwrap();
     assert_eq!((evaluation.loss, evaluation.accuracy), (report.student.loss, report.student.accuracy));
     let mean: Vec<f32> = serde_json::from_value(config["normalization"]["mean"].clone()).unwrap();
     assert_eq!(mean, data.normalization.mean);

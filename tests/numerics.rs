@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor, Var};
 use distillery::engine::linear::Linear;
 use distillery::engine::loss::hinton;
-use distillery::engine::model::Mlp;
+use distillery::engine::model::{Input, Net};
 use distillery::engine::optim::Optimizer;
 use distillery::engine::rng::Rng;
 use distillery::spec::{ArchSpec, OptimizerSpec};
@@ -187,13 +187,13 @@ fn the_fused_linear_gradients_match_finite_differences() {
 fn the_fused_linear_kernel_equals_candles_composed_ops_and_skips_data_gradients() {
     let mut rng = Rng::new(9);
     let arch = ArchSpec::Mlp { hidden: vec![33, 17], dropout: 0.0 };
-    let model = Mlp::init(&arch, 29, 7, &mut rng, &Device::Cpu).unwrap();
+    let model = Net::init(&arch, Input { features: 29, image: None }, 7, &mut rng, &Device::Cpu).unwrap();
     let x: Vec<f32> = (0..11 * 29).map(|_| rng.uniform(-2.0, 2.0)).collect();
     let x = Tensor::from_vec(x, (11, 29), &Device::Cpu).unwrap();
     let vars = model.to_vars().unwrap();
     let run = |fused: bool| {
-        let m = Mlp::from_vars(&vars, 0.0).with_fused_kernels(fused);
-        let y = m.forward(&x, None).unwrap();
+        let m = model.with_vars(&vars, &[]).with_fused_kernels(fused);
+        let y = m.forward(&x, None, &[]).unwrap().logits;
         let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         // candle's matmul backward computes the data's gradient too; the kernel skips it.
         assert_eq!(grads.get(&x).is_none(), fused);

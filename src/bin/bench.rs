@@ -15,7 +15,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use distillery::engine::loss::hinton;
-use distillery::engine::model::Mlp;
+use distillery::engine::model::{Input, Net};
 use distillery::engine::optim::Optimizer;
 use distillery::engine::rng::Rng;
 use distillery::spec::{ArchSpec, OptimizerSpec};
@@ -106,8 +106,9 @@ const VARIANTS: [Variant; 3] = [
 fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::Result<CandleResult> {
     let mut rng = Rng::new(0);
     let arch = |hidden: &[usize]| ArchSpec::Mlp { hidden: hidden.to_vec(), dropout: 0.0 };
-    let teacher = Mlp::init(&arch(&TEACHER), FEATURES, CLASSES, &mut rng, device)?.with_fused_kernels(variant.fused_linear);
-    let student = Mlp::init(&arch(&STUDENT), FEATURES, CLASSES, &mut rng, device)?;
+    let input = Input { features: FEATURES, image: None };
+    let teacher = Net::init(&arch(&TEACHER), input, CLASSES, &mut rng, device).map_err(candle_core::Error::Msg)?.with_fused_kernels(variant.fused_linear);
+    let student = Net::init(&arch(&STUDENT), input, CLASSES, &mut rng, device).map_err(candle_core::Error::Msg)?;
     let optimizer_spec = OptimizerSpec::Adamw { lr: 1e-3, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut optimizer = if variant.fused_optimizer {
         Optimizer::new(optimizer_spec, student.to_vars()?)?
@@ -121,11 +122,11 @@ fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::R
     let mut phases: [Vec<f64>; 4] = Default::default();
     let mut step = |record: bool| -> candle_core::Result<()> {
         let t0 = Instant::now();
-        let teacher_logits = teacher.forward(&x, None)?;
+        let teacher_logits = teacher.forward(&x, None, &[])?.logits;
         device.synchronize()?;
         let t1 = Instant::now();
-        let model = Mlp::from_vars(optimizer.vars(), 0.0).with_fused_kernels(variant.fused_linear);
-        let logits = model.forward(&x, None)?;
+        let model = student.with_vars(optimizer.vars(), &[]).with_fused_kernels(variant.fused_linear);
+        let logits = model.forward(&x, None, &[])?.logits;
         device.synchronize()?;
         let t2 = Instant::now();
         let loss = hinton(&logits, Some(&teacher_logits), &y, 4.0, 0.7)?;
@@ -150,12 +151,12 @@ fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::R
         step(true)?;
     }
     let samples_per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
-    let frozen = Mlp::from_vars(optimizer.vars(), 0.0).detached().with_fused_kernels(variant.fused_linear);
+    let frozen = student.with_vars(optimizer.vars(), &[]).detached().with_fused_kernels(variant.fused_linear);
     let samples: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let budget = std::time::Duration::from_millis(350);
     let latency = [
-        distillery::engine::report::latency_ms(&frozen, &samples, FEATURES, 1, device, budget)?,
-        distillery::engine::report::latency_ms(&frozen, &samples, FEATURES, 128, device, budget)?,
+        distillery::engine::report::latency_ms(&frozen, &samples, 1, device, budget)?,
+        distillery::engine::report::latency_ms(&frozen, &samples, 128, device, budget)?,
     ];
     Ok(CandleResult { samples_per_s, phases_ms: phases.map(median), latency_ms: latency })
 }

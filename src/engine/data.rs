@@ -37,7 +37,16 @@ impl Split {
     }
 }
 
-/// Per-feature statistics of the training split; exported so users can prepare inputs.
+/// Channels, height, width of image samples (stored row-major in that order, as PyTorch's NCHW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageShape {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// Per-feature statistics of the training split; exported so users can prepare inputs. Images
+/// get one mean and deviation for all pixels, so a shifted image stays correctly scaled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
     pub mean: Vec<f32>,
@@ -52,12 +61,29 @@ pub struct Dataset {
     /// Original label names when labels were not integers.
     pub label_names: Option<Vec<String>>,
     pub train: Split,
+    /// The held-out samples the report is measured on.
     pub validation: Split,
+    /// Samples held out of training for early stopping, so `validation` stays unseen.
+    pub monitor: Option<Split>,
     pub normalization: Normalization,
+    pub image: Option<ImageShape>,
+}
+
+impl Dataset {
+    /// The split per-epoch validation metrics (and early stopping) are computed on.
+    pub fn monitored(&self) -> &Split {
+        self.monitor.as_ref().unwrap_or(&self.validation)
+    }
+
+    /// The standardised value of a raw 0 pixel: what a shift uncovers.
+    pub fn background(&self) -> f32 {
+        (0.0 - self.normalization.mean[0]) / self.normalization.std[0]
+    }
 }
 
 /// Raw samples as read from a source, before splitting.
 struct Raw {
+    image: Option<ImageShape>,
     features: usize,
     split: Split,
     label_names: Option<Vec<String>>,
@@ -81,8 +107,10 @@ pub fn resolve(root: &Path, relative: &str, field: &str) -> Result<PathBuf, Spec
     Ok(resolved)
 }
 
-/// Loads, splits and standardises the dataset a spec names. Errors name the spec field.
-pub fn load(spec: &DatasetSpec, root: &Path, seed: u64) -> Result<Dataset, SpecError> {
+/// Loads, splits and standardises the dataset a spec names; with `monitor`, also holds a
+/// `validation_split` share of the training samples out for early stopping. Errors name the
+/// spec field.
+pub fn load(spec: &DatasetSpec, root: &Path, seed: u64, monitor: bool) -> Result<Dataset, SpecError> {
     let (name, raw, test) = match spec.source.as_str() {
         "builtin:digits" => {
             let csv = gunzip_if_needed(DIGITS_CSV_GZ.to_vec(), "dataset.source")?;
@@ -110,10 +138,10 @@ pub fn load(spec: &DatasetSpec, root: &Path, seed: u64) -> Result<Dataset, SpecE
         }
         other => return Err(SpecError::new("dataset.source", format!("unknown source `{other}`"))),
     };
-    assemble(spec, name, raw, test, seed)
+    assemble(spec, name, raw, test, seed, monitor)
 }
 
-fn assemble(spec: &DatasetSpec, name: String, raw: Raw, test: Option<Raw>, seed: u64) -> Result<Dataset, SpecError> {
+fn assemble(spec: &DatasetSpec, name: String, raw: Raw, test: Option<Raw>, seed: u64, monitor: bool) -> Result<Dataset, SpecError> {
     let features = raw.features;
     if raw.split.is_empty() {
         return Err(SpecError::new("dataset", "the dataset has no samples"));
@@ -145,25 +173,22 @@ fn assemble(spec: &DatasetSpec, name: String, raw: Raw, test: Option<Raw>, seed:
     if classes < 2 {
         return Err(SpecError::new("dataset", "the labels name fewer than 2 classes"));
     }
-    let (mut train, validation) = match test {
+    let (train, validation) = match test {
         Some(test) => (raw.split, test.split),
-        None => {
-            let n = raw.split.len();
-            if n < 2 {
-                return Err(SpecError::new("dataset", "at least 2 samples are needed to hold some out"));
-            }
-            let mut order: Vec<usize> = (0..n).collect();
-            Rng::stream(seed, &[streams::SPLIT]).shuffle(&mut order);
-            let held_out = ((n as f64 * spec.validation_split).round() as usize).clamp(1, n - 1);
-            let (val_idx, train_idx) = order.split_at(held_out);
-            (raw.split.select(features, train_idx), raw.split.select(features, val_idx))
+        None => hold_out(raw.split, features, spec.validation_split, seed, streams::SPLIT)?,
+    };
+    let (mut train, monitor) = match monitor {
+        true => {
+            let (train, monitor) = hold_out(train, features, spec.validation_split, seed, streams::MONITOR_SPLIT)?;
+            (train, Some(monitor))
         }
+        false => (train, None),
     };
     if let Some(limit) = spec.limit {
         train.y.truncate(limit);
         train.x.truncate(limit * features);
     }
-    let normalization = statistics(&train, features);
+    let normalization = statistics(&train, features, raw.image.is_some());
     let mut dataset = Dataset {
         name,
         features,
@@ -171,14 +196,71 @@ fn assemble(spec: &DatasetSpec, name: String, raw: Raw, test: Option<Raw>, seed:
         label_names: raw.label_names,
         train,
         validation,
+        monitor,
         normalization,
+        image: raw.image,
     };
-    standardise(&mut dataset.train, &dataset.normalization);
-    standardise(&mut dataset.validation, &dataset.normalization);
+    for split in [&mut dataset.train, &mut dataset.validation].into_iter().chain(dataset.monitor.as_mut()) {
+        standardise(split, &dataset.normalization);
+    }
     Ok(dataset)
 }
 
-fn statistics(split: &Split, features: usize) -> Normalization {
+/// A seeded `fraction` of `split` (at least one sample, never all) and the rest.
+fn hold_out(split: Split, features: usize, fraction: f64, seed: u64, stream: u64) -> Result<(Split, Split), SpecError> {
+    let n = split.len();
+    if n < 2 {
+        return Err(SpecError::new("dataset", "at least 2 samples are needed to hold some out"));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::stream(seed, &[stream]).shuffle(&mut order);
+    let held_out = ((n as f64 * fraction).round() as usize).clamp(1, n - 1);
+    let (held_idx, kept_idx) = order.split_at(held_out);
+    Ok((split.select(features, kept_idx), split.select(features, held_idx)))
+}
+
+/// Copies the batch's samples; with `shift`, each image moves by its own seeded offset of up
+/// to `shift` pixels along each axis, the uncovered border filled with `background`.
+pub fn gather(split: &Split, features: usize, batch: &[usize], shift: Option<(usize, ImageShape, f32, &mut Rng)>) -> (Vec<f32>, Vec<u32>) {
+    let mut x = Vec::with_capacity(batch.len() * features);
+    let mut y = Vec::with_capacity(batch.len());
+    match shift {
+        None => {
+            for &i in batch {
+                x.extend_from_slice(&split.x[i * features..(i + 1) * features]);
+            }
+        }
+        Some((max, shape, background, rng)) => {
+            let span = 2 * max as u64 + 1;
+            let (h, w) = (shape.height as isize, shape.width as isize);
+            for &i in batch {
+                let dy = (rng.next_u64() % span) as isize - max as isize;
+                let dx = (rng.next_u64() % span) as isize - max as isize;
+                let sample = &split.x[i * features..(i + 1) * features];
+                for plane in sample.chunks_exact((h * w) as usize) {
+                    for row in 0..h {
+                        for col in 0..w {
+                            let (sr, sc) = (row - dy, col - dx);
+                            let inside = (0..h).contains(&sr) && (0..w).contains(&sc);
+                            x.push(if inside { plane[(sr * w + sc) as usize] } else { background });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y.extend(batch.iter().map(|&i| split.y[i]));
+    (x, y)
+}
+
+fn statistics(split: &Split, features: usize, image: bool) -> Normalization {
+    if image {
+        let n = split.x.len().max(1) as f64;
+        let mean = split.x.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = split.x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let std = if var < 1e-12 { 1.0 } else { var.sqrt() as f32 };
+        return Normalization { mean: vec![mean as f32; features], std: vec![std; features] };
+    }
     let n = split.len().max(1) as f64;
     let mut mean = vec![0f64; features];
     let mut sq = vec![0f64; features];
@@ -285,7 +367,7 @@ fn read_csv_rows(
         return Err(SpecError::new(field, "the CSV file has no data rows"));
     }
     let (y, label_names) = label_ids(&labels, field)?;
-    Ok(Raw { features: width - 1, split: Split { x, y }, label_names })
+    Ok(Raw { image: None, features: width - 1, split: Split { x, y }, label_names })
 }
 
 fn label_ids(labels: &[String], field: &str) -> Result<(Vec<u32>, Option<Vec<String>>), SpecError> {
@@ -326,10 +408,25 @@ fn read_idx_pair(root: &Path, images: &str, labels: &str, images_field: &str, la
         ));
     }
     let features: usize = dims[1..].iter().product();
+    let (image, x) = match dims[1..] {
+        [height, width] => (Some(ImageShape { channels: 1, height, width }), pixels.into_iter().map(f32::from).collect()),
+        [height, width, channels] => {
+            // IDX stores H×W×C; the engine (and PyTorch) want C×H×W.
+            let mut x = Vec::with_capacity(pixels.len());
+            for sample in pixels.chunks_exact(features) {
+                for c in 0..channels {
+                    x.extend((0..height * width).map(|p| f32::from(sample[p * channels + c])));
+                }
+            }
+            (Some(ImageShape { channels, height, width }), x)
+        }
+        _ => (None, pixels.into_iter().map(f32::from).collect()),
+    };
     Ok(Raw {
+        image,
         features,
         split: Split {
-            x: pixels.into_iter().map(f32::from).collect(),
+            x,
             y: label_bytes.into_iter().map(u32::from).collect(),
         },
         label_names: None,
@@ -372,7 +469,7 @@ mod tests {
 
     #[test]
     fn digits_loads_and_is_standardised_on_the_training_split() {
-        let d = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42).unwrap();
+        let d = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42, false).unwrap();
         assert_eq!(d.features, 64);
         assert_eq!(d.classes, 10);
         assert_eq!(d.train.len() + d.validation.len(), 1797);
@@ -380,9 +477,9 @@ mod tests {
         let n = d.train.len() as f32;
         let mean_of_feature_20: f32 = d.train.x.iter().skip(20).step_by(64).sum::<f32>() / n;
         assert!(mean_of_feature_20.abs() < 1e-4, "{mean_of_feature_20}");
-        let again = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42).unwrap();
+        let again = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42, false).unwrap();
         assert_eq!(d.validation.y, again.validation.y);
-        let other = load(&spec("builtin:digits"), Path::new("/nonexistent"), 43).unwrap();
+        let other = load(&spec("builtin:digits"), Path::new("/nonexistent"), 43, false).unwrap();
         assert_ne!(d.validation.y, other.validation.y);
     }
 
@@ -393,20 +490,20 @@ mod tests {
         let mut s = spec("csv");
         s.path = Some("ok.csv".into());
         s.label_column = Some("species".into());
-        let d = load(&s, dir.path(), 1).unwrap();
+        let d = load(&s, dir.path(), 1, false).unwrap();
         assert_eq!(d.features, 2);
         assert_eq!(d.label_names, Some(vec!["cat".into(), "dog".into()]));
 
         std::fs::write(dir.path().join("bad.csv"), "a,label\n1,0\nx,1\n").unwrap();
         s.path = Some("bad.csv".into());
         s.label_column = None;
-        let err = load(&s, dir.path(), 1).unwrap_err();
+        let err = load(&s, dir.path(), 1, false).unwrap_err();
         assert_eq!(err.field, "dataset.path");
         assert!(err.message.contains("line 3"), "{}", err.message);
 
         std::fs::write(dir.path().join("neg.csv"), "a,label\n1,0\n2,-1\n").unwrap();
         s.path = Some("neg.csv".into());
-        assert!(load(&s, dir.path(), 1).unwrap_err().message.contains("out of range"));
+        assert!(load(&s, dir.path(), 1, false).unwrap_err().message.contains("out of range"));
     }
 
     #[test]
@@ -423,12 +520,12 @@ mod tests {
         s.images = Some("img".into());
         s.labels = Some("lab.gz".into());
         s.validation_split = 0.25;
-        let d = load(&s, dir.path(), 1).unwrap();
+        let d = load(&s, dir.path(), 1, false).unwrap();
         assert_eq!((d.features, d.classes, d.train.len(), d.validation.len()), (4, 3, 3, 1));
 
         std::fs::write(dir.path().join("short"), &images[..20]).unwrap();
         s.images = Some("short".into());
-        assert_eq!(load(&s, dir.path(), 1).unwrap_err().field, "dataset.images");
+        assert_eq!(load(&s, dir.path(), 1, false).unwrap_err().field, "dataset.images");
     }
 
     #[test]

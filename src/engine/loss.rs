@@ -1,8 +1,14 @@
-//! The Hinton distillation loss:
-//! α·KL(softmax(t/T) ‖ softmax(s/T))·T² + (1−α)·CE(s, y), KL with batch-mean reduction,
+//! Distillation losses.
+//!
+//! `hinton`: α·KL(softmax(t/T) ‖ softmax(s/T))·T² + (1−α)·CE(s, y), KL with batch-mean reduction,
 //! as PyTorch's `KLDivLoss(reduction="batchmean")` computes it.
+//! `logit_loss`: soft-target losses against one teacher or a weighted ensemble.
+//! `feature_loss`: intermediate-layer losses.
+//!
+//! Probabilities are only ever formed as `exp` of a log-probability computed with log-softmax or
+//! log-sum-exp, so one that underflows to zero contributes 0 to a KL sum, never 0·(−∞) = NaN.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{bail, Result, Tensor, D};
 use candle_nn::ops::log_softmax;
 
 pub struct KdLoss {
@@ -24,12 +30,122 @@ pub fn hinton(student: &Tensor, teacher: Option<&Tensor>, labels: &Tensor, tempe
     Ok(KdLoss { total, soft: Some(soft), hard })
 }
 
-/// KL(softmax(t/T) ‖ softmax(s/T)) summed over classes, averaged over the batch. Both sides use
-/// log-softmax, so a teacher probability that underflows to zero contributes 0, not NaN.
+/// KL(softmax(t/T) ‖ softmax(s/T)) summed over classes, averaged over the batch.
 pub fn kl_batchmean(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
-    let batch = student.dim(0)? as f64;
     let log_p_student = log_softmax(&(student / temperature)?, D::Minus1)?;
     let log_p_teacher = log_softmax(&(teacher / temperature)?, D::Minus1)?;
-    let p_teacher = log_p_teacher.exp()?;
-    (p_teacher * (log_p_teacher - log_p_student)?)?.sum_all()? / batch
+    kl(&log_p_teacher, &log_p_student)
 }
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogitLoss {
+    Kl,
+    ReverseKl,
+    Js { beta: f64 },
+    Mse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FeatureLoss {
+    Mse,
+    Cosine,
+}
+
+/// Soft-target loss between the student's logits and one or more teachers' logits.
+/// `teachers`: (logits batch×classes, weight) with weights summing to 1 (caller normalises).
+/// Kl:        KL(p_T ‖ p_S) · T², batchmean, where p_S = softmax(s/T) and the target p_T is the
+///            weighted average of the teachers' softmax(t_k/T) (a mixture of probabilities; its
+///            log is computed stably as logsumexp_k(ln w_k + log_softmax(t_k/T))).
+/// ReverseKl: KL(p_S ‖ p_T) · T², batchmean, same p_T.
+/// Js:        generalised Jensen–Shannon of GKD (Agarwal et al. 2024):
+///            JSD_β(p_T ‖ p_S) = β·KL(p_T ‖ m) + (1−β)·KL(p_S ‖ m), m = β·p_T + (1−β)·p_S, batchmean, · T².
+///            β in (0,1); log m = logsumexp(ln β + log p_T, ln(1−β) + log p_S).
+/// Mse:       mean over all elements of (s − t̄)², t̄ = weighted mean of the teachers' raw logits
+///            (PyTorch F.mse_loss default reduction); temperature ignored.
+/// Teachers never get gradients (they are detached).
+pub fn logit_loss(kind: LogitLoss, student: &Tensor, teachers: &[(Tensor, f64)], temperature: f64) -> Result<Tensor> {
+    if teachers.is_empty() {
+        bail!("logit loss: no teacher");
+    }
+    for (teacher, weight) in teachers {
+        if teacher.dims() != student.dims() {
+            bail!("logit loss: teacher logits {:?} do not match the student's {:?}", teacher.dims(), student.dims());
+        }
+        if !(weight.is_finite() && *weight >= 0.0) {
+            bail!("logit loss: teacher weight {weight} is not a finite non-negative number");
+        }
+    }
+    let weight_sum: f64 = teachers.iter().map(|(_, w)| w).sum();
+    if (weight_sum - 1.0).abs() > 1e-6 {
+        bail!("logit loss: teacher weights sum to {weight_sum}, not 1");
+    }
+    if kind == LogitLoss::Mse {
+        let mut mean = (teachers[0].0.detach() * teachers[0].1)?;
+        for (teacher, weight) in &teachers[1..] {
+            mean = (mean + (teacher.detach() * *weight)?)?;
+        }
+        return (student - mean)?.sqr()?.mean_all();
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        bail!("logit loss: temperature {temperature} must be positive");
+    }
+    let log_p_student = log_softmax(&(student / temperature)?, D::Minus1)?;
+    let log_p_teacher = log_sum_exp(
+        &teachers
+            .iter()
+            .map(|(teacher, weight)| log_softmax(&(teacher.detach() / temperature)?, D::Minus1)? + weight.ln())
+            .collect::<Result<Vec<_>>>()?,
+    )?;
+    let divergence = match kind {
+        LogitLoss::Kl => kl(&log_p_teacher, &log_p_student)?,
+        LogitLoss::ReverseKl => kl(&log_p_student, &log_p_teacher)?,
+        LogitLoss::Js { beta } => {
+            if !(beta > 0.0 && beta < 1.0) {
+                bail!("logit loss: Jensen–Shannon β = {beta} must lie in (0, 1)");
+            }
+            let log_m = log_sum_exp(&[(&log_p_teacher + beta.ln())?, (&log_p_student + (1.0 - beta).ln())?])?;
+            ((kl(&log_p_teacher, &log_m)? * beta)? + (kl(&log_p_student, &log_m)? * (1.0 - beta))?)?
+        }
+        LogitLoss::Mse => unreachable!("handled above"),
+    };
+    divergence * (temperature * temperature)
+}
+
+/// Intermediate-layer loss between a student feature (already projected to the teacher's shape)
+/// and the teacher's feature of the same shape: batch×d or batch×C×H×W.
+/// Mse:    F.mse_loss(s, t) (mean over all elements).
+/// Cosine: mean over the batch of 1 − cos(flatten(s_i), flatten(t_i)) (F.cosine_similarity with eps 1e-8 semantics).
+/// The teacher feature is detached.
+pub fn feature_loss(kind: FeatureLoss, student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
+    if student.dims() != teacher.dims() || student.rank() < 2 {
+        bail!("feature loss: student {:?} and teacher {:?} must share one batch×… shape", student.dims(), teacher.dims());
+    }
+    let teacher = teacher.detach();
+    match kind {
+        FeatureLoss::Mse => (student - teacher)?.sqr()?.mean_all(),
+        FeatureLoss::Cosine => {
+            const EPS: f64 = 1e-8;
+            let (s, t) = (student.flatten_from(1)?, teacher.flatten_from(1)?);
+            // Each norm is clamped at eps as in PyTorch; clamping the squared norm instead of the
+            // norm keeps sqrt's infinite derivative at 0 out of the gradient of a zero vector.
+            let norm = |x: &Tensor| x.sqr()?.sum(1)?.maximum(EPS * EPS)?.sqrt();
+            let cos = ((&s * &t)?.sum(1)? / (norm(&s)? * norm(&t)?)?)?;
+            cos.affine(-1.0, 1.0)?.mean_all()
+        }
+    }
+}
+
+/// Σ_classes p·(log p − log q), averaged over the batch (dim 0): PyTorch's batchmean KL(p ‖ q).
+fn kl(log_p: &Tensor, log_q: &Tensor) -> Result<Tensor> {
+    let batch = log_p.dim(0)? as f64;
+    (log_p.exp()? * (log_p - log_q)?)?.sum_all()? / batch
+}
+
+/// Element-wise ln Σ_k exp(x_k) over same-shaped tensors. The shift by the maximum is detached:
+/// the result does not depend on it, so it needs no gradient.
+fn log_sum_exp(xs: &[Tensor]) -> Result<Tensor> {
+    let x = Tensor::stack(xs, 0)?;
+    let max = x.max_keepdim(0)?.detach();
+    x.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?.log()?.add(&max)?.squeeze(0)
+}
+

@@ -2,6 +2,7 @@
 //! checkpoints and export. No HTTP and no SQL: progress goes out through a callback, and a
 //! [`Control`] carries cancellation and shutdown requests in.
 
+pub mod conv;
 pub mod data;
 pub mod files;
 pub mod linear;
@@ -19,22 +20,54 @@ use serde::{Deserialize, Serialize};
 
 pub use run::{preflight, run, RunOutput};
 
-/// The three trainings a job may run, in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The trainings a job may run, in this order: each teacher to train, the distilled student,
+/// the baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
-    Teacher,
+    /// Teacher `i` of the spec; the first is `teacher`, the others `teacher_1`, `teacher_2`, …
+    Teacher(usize),
     Student,
     Baseline,
 }
 
 impl Phase {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> std::borrow::Cow<'static, str> {
         match self {
-            Phase::Teacher => "teacher",
-            Phase::Student => "student",
-            Phase::Baseline => "baseline",
+            Phase::Teacher(0) => "teacher".into(),
+            Phase::Teacher(i) => format!("teacher_{i}").into(),
+            Phase::Student => "student".into(),
+            Phase::Baseline => "baseline".into(),
         }
+    }
+}
+
+impl std::str::FromStr for Phase {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "teacher" => Ok(Phase::Teacher(0)),
+            "student" => Ok(Phase::Student),
+            "baseline" => Ok(Phase::Baseline),
+            _ => s
+                .strip_prefix("teacher_")
+                .and_then(|i| i.parse().ok())
+                .map(Phase::Teacher)
+                .ok_or_else(|| format!("unknown phase `{s}`")),
+        }
+    }
+}
+
+impl Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Phase {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -47,11 +80,16 @@ pub struct Progress {
     pub step: u64,
     pub total_steps: u64,
     pub loss: f64,
-    /// The distillation (KL·T²) part of the loss; absent without a teacher.
+    /// The soft-target part (e.g. KL·T²), before weighting by α; absent without a teacher.
     pub soft: Option<f64>,
-    /// The cross-entropy part.
+    /// The cross-entropy part, before weighting by 1 − α.
     pub hard: f64,
+    /// The intermediate-layer part, already weighted; absent without layer pairs.
+    pub features: Option<f64>,
     pub lr: f64,
+    /// α and T at this step (they may follow a schedule).
+    pub alpha: f64,
+    pub temperature: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +101,9 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     pub val_loss: f64,
     pub val_accuracy: f64,
+    /// With early stopping: whether this epoch is the best so far (its weights are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

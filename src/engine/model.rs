@@ -1,160 +1,388 @@
-//! The MLP: linear layers with ReLU between them and optional dropout, weights laid out as in
-//! PyTorch (`weight: out × in`), initialised like PyTorch's `nn.Linear` from our seeded generator.
+//! The networks: an MLP, or conv blocks followed by an MLP head. Weights are laid out and
+//! initialised as in PyTorch (`nn.Linear`, `nn.Conv2d`, `nn.BatchNorm2d`), so exported files load
+//! there; inside, feature maps are channels-last (see `conv.rs`).
+//!
+//! Names: `blocks.{i}.conv.weight|bias`, `blocks.{i}.bn.weight|bias|running_mean|running_var`,
+//! `layers.{i}.weight|bias` (the head; the last is the classifier). The same `blocks.{i}` and
+//! `layers.{i}` name a layer's output for intermediate distillation and for copying weights.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
+use super::conv::{conv2d, max_pool};
+use super::data::ImageShape;
 use super::linear::Linear;
 use super::rng::Rng;
-use crate::spec::ArchSpec;
+use crate::spec::{ArchSpec, ConvBlock, PoolKind};
 
-/// Layer widths from input to output.
-pub fn widths(arch: &ArchSpec, features: usize, classes: usize) -> Vec<usize> {
-    match arch {
-        ArchSpec::Mlp { hidden, .. } => {
-            std::iter::once(features).chain(hidden.iter().copied()).chain(std::iter::once(classes)).collect()
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// What a network is fed: `features` per sample, laid out as an image when `image` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Input {
+    pub features: usize,
+    pub image: Option<ImageShape>,
+}
+
+/// Shapes derived from an architecture and its input, without any weights.
+#[derive(Debug, Clone)]
+pub struct Blueprint {
+    /// Trainable tensors, in order.
+    pub params: Vec<(String, Vec<usize>)>,
+    /// Batch-norm running statistics, in order.
+    pub buffers: Vec<(String, Vec<usize>)>,
+    /// Each layer's output per sample: `[h, w, c]` for blocks, `[width]` for head layers.
+    pub outputs: Vec<(String, Vec<usize>)>,
+    /// The last block's output (h, w, c), which the head flattens.
+    flatten: Option<(usize, usize, usize)>,
+}
+
+impl Blueprint {
+    pub fn new(arch: &ArchSpec, input: Input, classes: usize) -> std::result::Result<Self, String> {
+        let mut params = Vec::new();
+        let mut buffers = Vec::new();
+        let mut outputs = Vec::new();
+        let mut flatten = None;
+        let mut width = input.features;
+        if let ArchSpec::Conv { blocks, .. } = arch {
+            let image = input.image.ok_or(
+                "a conv architecture needs image data (dataset source `idx` with 2-D or 3-D samples)",
+            )?;
+            let (mut h, mut w, mut c) = (image.height, image.width, image.channels);
+            for (i, b) in blocks.iter().enumerate() {
+                if h + 2 * b.padding < b.kernel || w + 2 * b.padding < b.kernel {
+                    return Err(format!("blocks.{i}: its {}×{} kernel does not fit the {h}×{w} map it receives", b.kernel, b.kernel));
+                }
+                params.push((format!("blocks.{i}.conv.weight"), vec![b.channels, c, b.kernel, b.kernel]));
+                params.push((format!("blocks.{i}.conv.bias"), vec![b.channels]));
+                if b.batch_norm {
+                    params.push((format!("blocks.{i}.bn.weight"), vec![b.channels]));
+                    params.push((format!("blocks.{i}.bn.bias"), vec![b.channels]));
+                    buffers.push((format!("blocks.{i}.bn.running_mean"), vec![b.channels]));
+                    buffers.push((format!("blocks.{i}.bn.running_var"), vec![b.channels]));
+                }
+                h = (h + 2 * b.padding - b.kernel) / b.stride + 1;
+                w = (w + 2 * b.padding - b.kernel) / b.stride + 1;
+                c = b.channels;
+                if b.pool.is_some() {
+                    if h < b.pool_size || w < b.pool_size {
+                        return Err(format!("blocks.{i}: a {h}×{w} map is too small for {0}×{0} pooling", b.pool_size));
+                    }
+                    h /= b.pool_size;
+                    w /= b.pool_size;
+                }
+                outputs.push((format!("blocks.{i}"), vec![h, w, c]));
+            }
+            flatten = Some((h, w, c));
+            width = h * w * c;
         }
+        let hidden = arch.hidden();
+        for (i, &out) in hidden.iter().chain(std::iter::once(&classes)).enumerate() {
+            params.push((format!("layers.{i}.weight"), vec![out, width]));
+            params.push((format!("layers.{i}.bias"), vec![out]));
+            outputs.push((format!("layers.{i}"), vec![out]));
+            width = out;
+        }
+        Ok(Self { params, buffers, outputs, flatten })
     }
-}
 
-pub fn parameter_count(arch: &ArchSpec, features: usize, classes: usize) -> usize {
-    widths(arch, features, classes).windows(2).map(|w| w[0] * w[1] + w[1]).sum()
-}
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
 
-/// Tensor names in exported files: `layers.{i}.weight`, `layers.{i}.bias`.
-pub fn tensor_names(layers: usize) -> Vec<String> {
-    (0..layers).flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")]).collect()
+    /// A layer's output shape per sample, if the layer exists.
+    pub fn output(&self, layer: &str) -> Option<&[usize]> {
+        self.outputs.iter().find(|(n, _)| n == layer).map(|(_, s)| s.as_slice())
+    }
+
+    /// The trainable tensors of a layer (`blocks.2` → `blocks.2.conv.weight`, …).
+    pub fn layer_params(&self, layer: &str) -> Vec<&(String, Vec<usize>)> {
+        let prefix = format!("{layer}.");
+        self.params.iter().chain(&self.buffers).filter(|(n, _)| n.starts_with(&prefix)).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
-pub struct Mlp {
-    /// Weight, bias per layer, in order.
+pub struct Net {
+    arch: ArchSpec,
+    input: Input,
+    blueprint: Blueprint,
     params: Vec<Tensor>,
-    dropout: f32,
-    /// Use the fused linear kernel where it exists (CPU, f32); off, the layers are composed of
-    /// candle's ops, the reference the kernel is tested and benchmarked against.
+    buffers: Vec<Tensor>,
+    /// Use the fused kernels where they exist (CPU, f32); off, layers are composed of candle's
+    /// ops, the reference the kernels are tested and benchmarked against.
     fused: bool,
 }
 
-impl Mlp {
-    /// Fresh weights: U(-1/√fan_in, 1/√fan_in) for weights and biases, as `nn.Linear` does.
-    pub fn init(arch: &ArchSpec, features: usize, classes: usize, rng: &mut Rng, device: &Device) -> Result<Self> {
-        let mut params = Vec::new();
-        for w in widths(arch, features, classes).windows(2) {
-            let (fan_in, fan_out) = (w[0], w[1]);
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let weight: Vec<f32> = (0..fan_in * fan_out).map(|_| rng.uniform(-bound, bound)).collect();
-            let bias: Vec<f32> = (0..fan_out).map(|_| rng.uniform(-bound, bound)).collect();
-            params.push(Tensor::from_vec(weight, (fan_out, fan_in), device)?);
-            params.push(Tensor::from_vec(bias, fan_out, device)?);
-        }
-        Ok(Self { params, dropout: dropout_of(arch), fused: true })
+/// A forward pass's results: logits, the requested layer outputs, and, in training, the
+/// batch-norm running statistics updated with this batch.
+pub struct Output {
+    pub logits: Tensor,
+    pub features: HashMap<String, Tensor>,
+    pub buffers: Vec<Tensor>,
+}
+
+impl Net {
+    /// Fresh weights as PyTorch initialises them: U(±1/√fan_in) for linear and conv weights and
+    /// biases; batch norm γ = 1, β = 0, running mean 0 and variance 1.
+    pub fn init(arch: &ArchSpec, input: Input, classes: usize, rng: &mut Rng, device: &Device) -> std::result::Result<Self, String> {
+        let blueprint = Blueprint::new(arch, input, classes)?;
+        let mut make = || -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+            let mut params = Vec::new();
+            let mut fan_in = 0;
+            for (name, shape) in &blueprint.params {
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = if name.contains(".bn.") {
+                    vec![if name.ends_with("weight") { 1.0 } else { 0.0 }; n]
+                } else {
+                    if name.ends_with("weight") {
+                        fan_in = shape[1..].iter().product();
+                    }
+                    let bound = 1.0 / (fan_in as f32).sqrt();
+                    (0..n).map(|_| rng.uniform(-bound, bound)).collect()
+                };
+                params.push(Tensor::from_vec(values, shape.as_slice(), device)?);
+            }
+            let buffers = blueprint
+                .buffers
+                .iter()
+                .map(|(name, shape)| {
+                    let fill = if name.ends_with("running_var") { 1.0f32 } else { 0.0 };
+                    Tensor::full(fill, shape.as_slice(), device)
+                })
+                .collect::<Result<_>>()?;
+            Ok((params, buffers))
+        };
+        let (params, buffers) = make().map_err(|e| e.to_string())?;
+        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true })
     }
 
-    /// Rebuilds a model from named tensors, checking every shape against the architecture.
+    /// Rebuilds a network from named tensors, checking every name and shape.
     pub fn from_named(
         arch: &ArchSpec,
-        features: usize,
+        input: Input,
         classes: usize,
         mut named: HashMap<String, Tensor>,
         device: &Device,
     ) -> std::result::Result<Self, String> {
-        let widths = widths(arch, features, classes);
-        let mut params = Vec::new();
-        for (i, w) in widths.windows(2).enumerate() {
-            for (name, shape) in [
-                (format!("layers.{i}.weight"), vec![w[1], w[0]]),
-                (format!("layers.{i}.bias"), vec![w[1]]),
-            ] {
-                let tensor = named.remove(&name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
-                if tensor.dims() != shape.as_slice() {
-                    let what = if i == 0 && shape.len() == 2 && tensor.dims().len() == 2 && tensor.dims()[1] != w[0] {
-                        format!(" (its input width {} does not match the dataset's {features} features)", tensor.dims()[1])
-                    } else {
-                        String::new()
-                    };
-                    return Err(format!("tensor `{name}` has shape {:?}, the architecture needs {shape:?}{what}", tensor.dims()));
-                }
-                let tensor = tensor.to_dtype(DType::F32).and_then(|t| t.to_device(device)).map_err(|e| e.to_string())?;
-                params.push(tensor);
-            }
-        }
+        let blueprint = Blueprint::new(arch, input, classes)?;
+        let mut take = |specs: &[(String, Vec<usize>)]| -> std::result::Result<Vec<Tensor>, String> {
+            specs
+                .iter()
+                .map(|(name, shape)| {
+                    let tensor = named.remove(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
+                    if tensor.dims() != shape.as_slice() {
+                        let hint = if name == "layers.0.weight" && tensor.dims().len() == 2 && tensor.dims()[1] != shape[1] {
+                            format!(" (its input width {} does not match the {} the data and blocks give)", tensor.dims()[1], shape[1])
+                        } else {
+                            String::new()
+                        };
+                        return Err(format!("tensor `{name}` has shape {:?}, the architecture needs {shape:?}{hint}", tensor.dims()));
+                    }
+                    tensor.to_dtype(DType::F32).and_then(|t| t.to_device(device)).map_err(|e| e.to_string())
+                })
+                .collect()
+        };
+        let params = take(&blueprint.params)?;
+        let buffers = take(&blueprint.buffers)?;
         if let Some(extra) = named.keys().next() {
-            return Err(format!("tensor `{extra}` is not part of the architecture {widths:?}"));
+            return Err(format!("tensor `{extra}` is not part of the architecture"));
         }
-        Ok(Self { params, dropout: dropout_of(arch), fused: true })
+        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true })
     }
 
+    pub fn blueprint(&self) -> &Blueprint {
+        &self.blueprint
+    }
+
+    pub fn arch(&self) -> &ArchSpec {
+        &self.arch
+    }
+
+    pub fn input(&self) -> Input {
+        self.input
+    }
+
+    /// Every tensor with its exported name: parameters, then running statistics.
     pub fn named(&self) -> Vec<(String, Tensor)> {
-        tensor_names(self.params.len() / 2).into_iter().zip(self.params.iter().cloned()).collect()
+        let names = self.blueprint.params.iter().chain(&self.blueprint.buffers).map(|(n, _)| n.clone());
+        names.zip(self.params.iter().chain(&self.buffers).cloned()).collect()
     }
 
     pub fn parameter_count(&self) -> usize {
         self.params.iter().map(Tensor::elem_count).sum()
     }
 
-    /// Trainable variables over copies of these weights.
+    /// Trainable variables over copies of the parameters.
     pub fn to_vars(&self) -> Result<Vec<Var>> {
         self.params.iter().map(Var::from_tensor).collect()
     }
 
-    /// A model reading the variables' current values; its forward records the autograd graph.
-    pub fn from_vars(vars: &[Var], dropout: f32) -> Self {
-        Self { params: vars.iter().map(|v| v.as_tensor().clone()).collect(), dropout, fused: true }
+    pub fn buffers(&self) -> &[Tensor] {
+        &self.buffers
+    }
+
+    /// The same network reading `vars` (its forward records the autograd graph) and `buffers`.
+    pub fn with_vars(&self, vars: &[Var], buffers: &[Tensor]) -> Self {
+        Self {
+            params: vars.iter().map(|v| v.as_tensor().clone()).collect(),
+            buffers: buffers.to_vec(),
+            ..self.clone()
+        }
     }
 
     /// The same weights cut off from any graph, for frozen teachers and evaluation.
     pub fn detached(&self) -> Self {
-        Self { params: self.params.iter().map(Tensor::detach).collect(), ..*self }
-    }
-
-    pub fn dropout(&self) -> f32 {
-        self.dropout
+        Self {
+            params: self.params.iter().map(Tensor::detach).collect(),
+            buffers: self.buffers.iter().map(Tensor::detach).collect(),
+            ..self.clone()
+        }
     }
 
     pub fn with_fused_kernels(self, fused: bool) -> Self {
         Self { fused, ..self }
     }
 
-    /// Logits for `x` (`batch × features`). With `dropout_rng`, hidden activations are dropped
-    /// (inverted dropout); without it the model runs in evaluation mode.
-    pub fn forward(&self, x: &Tensor, mut dropout_rng: Option<&mut Rng>) -> Result<Tensor> {
-        let layers = self.params.len() / 2;
+    /// Replaces the tensors of the given names (used to copy layers from a teacher).
+    pub fn with_tensors(mut self, replacements: &HashMap<String, Tensor>) -> Self {
+        let names: Vec<String> = self.blueprint.params.iter().chain(&self.blueprint.buffers).map(|(n, _)| n.clone()).collect();
+        let count = self.params.len();
+        for (i, name) in names.iter().enumerate() {
+            if let Some(t) = replacements.get(name) {
+                if i < count {
+                    self.params[i] = t.clone();
+                } else {
+                    self.buffers[i - count] = t.clone();
+                }
+            }
+        }
+        self
+    }
+
+    /// Runs `x` (`batch × features`). With `dropout_rng` the network trains: dropout is applied
+    /// and batch norm uses (and updates) batch statistics; without it, evaluation mode.
+    /// `want` lists layer outputs to return alongside the logits.
+    pub fn forward(&self, x: &Tensor, mut dropout_rng: Option<&mut Rng>, want: &[&str]) -> Result<Output> {
+        let training = dropout_rng.is_some();
         let fused = self.fused && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
+        let mut features = HashMap::new();
+        let mut new_buffers = Vec::new();
+        let mut params = self.params.iter();
+        let mut buffers = self.buffers.iter();
+        let batch = x.dim(0)?;
         let mut h = x.clone();
+        if let (ArchSpec::Conv { blocks, .. }, Some(image)) = (&self.arch, self.input.image) {
+            h = h.reshape((batch, image.channels, image.height, image.width))?;
+            h = if image.channels == 1 { h.reshape((batch, image.height, image.width, 1))? } else { h.permute((0, 2, 3, 1))?.contiguous()? };
+            for (i, block) in blocks.iter().enumerate() {
+                let (weight, bias) = (next(&mut params)?, next(&mut params)?);
+                h = if fused {
+                    conv2d(&h, weight, bias, block.stride, block.padding, !block.batch_norm)?
+                } else {
+                    let z = h.permute((0, 3, 1, 2))?.conv2d(weight, block.padding, block.stride, 1, 1)?;
+                    let z = z.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.permute((0, 2, 3, 1))?;
+                    if block.batch_norm { z } else { z.relu()? }
+                };
+                if block.batch_norm {
+                    let (gamma, beta) = (next(&mut params)?, next(&mut params)?);
+                    let (mean, var) = (next(&mut buffers)?, next(&mut buffers)?);
+                    let (y, updated) = batch_norm(&h, gamma, beta, mean, var, training)?;
+                    h = y.relu()?;
+                    new_buffers.extend(updated);
+                }
+                h = pool(&h, block)?;
+                let name = format!("blocks.{i}");
+                if want.contains(&name.as_str()) {
+                    features.insert(name, h.clone());
+                }
+            }
+            let (fh, fw, fc) = self.blueprint.flatten.expect("conv blueprints flatten");
+            h = h.reshape((batch, fh * fw * fc))?;
+        }
+        let layers = self.arch.hidden().len() + 1;
         for i in 0..layers {
-            let (w, b) = (&self.params[2 * i], &self.params[2 * i + 1]);
+            let (mut w, b) = (next(&mut params)?.clone(), next(&mut params)?);
+            if let (0, Some((fh, fw, fc))) = (i, self.blueprint.flatten) {
+                // Exported weights read PyTorch's (c, h, w) flattening; the maps here are (h, w, c).
+                let out = w.dim(0)?;
+                w = w.reshape((out, fc, fh, fw))?.permute((0, 2, 3, 1))?.reshape((out, fh * fw * fc))?;
+            }
             let hidden = i + 1 < layers;
             h = if fused {
-                Linear { relu: hidden, input_grad: h.track_op() }.forward(&h, w, b)?
+                Linear { relu: hidden, input_grad: h.track_op() }.forward(&h, &w, b)?
             } else {
                 let z = h.matmul(&w.t()?)?.broadcast_add(b)?;
                 if hidden { z.relu()? } else { z }
             };
-            if let (Some(rng), true) = (dropout_rng.as_deref_mut(), hidden && self.dropout > 0.0) {
-                h = dropout_mask(&h, self.dropout, rng)?;
+            let name = format!("layers.{i}");
+            if want.contains(&name.as_str()) {
+                features.insert(name, h.clone());
+            }
+            let dropout = self.arch.dropout();
+            if let (Some(rng), true) = (dropout_rng.as_deref_mut(), hidden && dropout > 0.0) {
+                h = dropout_mask(&h, dropout, rng)?;
             }
         }
-        Ok(h)
+        let buffers = if training { new_buffers } else { self.buffers.clone() };
+        Ok(Output { logits: h, features, buffers })
     }
 
     /// Logits for a whole split (`x` row-major), computed in batches.
-    pub fn logits(&self, x: &[f32], features: usize, device: &Device) -> Result<Tensor> {
+    pub fn logits(&self, x: &[f32], device: &Device) -> Result<Tensor> {
+        let features = self.input.features;
         let n = x.len() / features;
         let mut parts = Vec::new();
-        for start in (0..n).step_by(1024) {
-            let end = (start + 1024).min(n);
+        for start in (0..n).step_by(512) {
+            let end = (start + 512).min(n);
             let batch = Tensor::from_slice(&x[start * features..end * features], (end - start, features), device)?;
-            parts.push(self.forward(&batch, None)?);
+            parts.push(self.forward(&batch, None, &[])?.logits);
         }
         Tensor::cat(&parts, 0)
     }
 }
 
-fn dropout_of(arch: &ArchSpec) -> f32 {
-    match arch {
-        ArchSpec::Mlp { dropout, .. } => *dropout,
+fn next<'a>(it: &mut impl Iterator<Item = &'a Tensor>) -> Result<&'a Tensor> {
+    it.next().ok_or_else(|| candle_core::Error::Msg("network has fewer tensors than its architecture".into()))
+}
+
+/// Batch norm over the channels (last axis). Training normalises with the batch's statistics
+/// and returns the running statistics moved towards them (PyTorch: momentum 0.1, unbiased
+/// variance in the running estimate); evaluation uses the running statistics.
+fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, training: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    let channels = x.dim(D::Minus1)?;
+    let shape = x.shape().clone();
+    let rows = x.reshape(((), channels))?;
+    let (mean, var, updated) = if training {
+        let n = rows.dim(0)? as f64;
+        let mean = rows.mean(0)?;
+        let centred = rows.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean(0)?;
+        let unbiased = (var.detach() * (n / (n - 1.0).max(1.0)))?;
+        let new_mean = ((running_mean * (1.0 - BN_MOMENTUM))? + (mean.detach() * BN_MOMENTUM)?)?;
+        let new_var = ((running_var * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
+        (mean, var, vec![new_mean, new_var])
+    } else {
+        (running_mean.clone(), running_var.clone(), vec![running_mean.clone(), running_var.clone()])
+    };
+    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+    let y = rows.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(beta)?;
+    Ok((y.reshape(shape)?, updated))
+}
+
+/// Non-overlapping k×k pooling of an n × h × w × c map (PyTorch's default stride = kernel,
+/// floor: trailing rows and columns that do not fill a window are dropped).
+fn pool(x: &Tensor, block: &ConvBlock) -> Result<Tensor> {
+    let Some(kind) = block.pool else { return Ok(x.clone()) };
+    let k = block.pool_size;
+    let (n, h, w, c) = x.dims4()?;
+    let (oh, ow) = (h / k, w / k);
+    let x = if oh * k != h || ow * k != w { x.narrow(1, 0, oh * k)?.narrow(2, 0, ow * k)?.contiguous()? } else { x.clone() };
+    match kind {
+        PoolKind::Max => max_pool(&x, k),
+        PoolKind::Avg => x.reshape((n, oh, k, ow, k, c))?.mean(4)?.mean(2),
     }
 }
 
@@ -173,42 +401,87 @@ pub fn predictions(logits: &Tensor) -> Result<Vec<u32>> {
 mod tests {
     use super::*;
 
-    fn arch() -> ArchSpec {
+    fn mlp() -> ArchSpec {
         ArchSpec::Mlp { hidden: vec![5, 4], dropout: 0.0 }
+    }
+
+    fn flat(features: usize) -> Input {
+        Input { features, image: None }
+    }
+
+    fn conv() -> (ArchSpec, Input) {
+        let arch: ArchSpec = serde_json::from_value(serde_json::json!({
+            "kind": "conv",
+            "blocks": [
+                {"channels": 3, "kernel": 3, "padding": 1, "batch_norm": true, "pool": "max"},
+                {"channels": 4, "kernel": 3, "stride": 2, "padding": 1, "pool": "avg"}
+            ],
+            "hidden": [6],
+            "dropout": 0.2
+        }))
+        .unwrap();
+        (arch, Input { features: 2 * 9 * 8, image: Some(ImageShape { channels: 2, height: 9, width: 8 }) })
     }
 
     #[test]
     fn parameters_and_shapes() {
-        let m = Mlp::init(&arch(), 3, 2, &mut Rng::new(1), &Device::Cpu).unwrap();
-        assert_eq!(m.parameter_count(), parameter_count(&arch(), 3, 2));
+        let m = Net::init(&mlp(), flat(3), 2, &mut Rng::new(1), &Device::Cpu).unwrap();
         assert_eq!(m.parameter_count(), 3 * 5 + 5 + 5 * 4 + 4 + 4 * 2 + 2);
         let x = Tensor::zeros((7, 3), DType::F32, &Device::Cpu).unwrap();
-        assert_eq!(m.forward(&x, None).unwrap().dims(), &[7, 2]);
+        assert_eq!(m.forward(&x, None, &[]).unwrap().logits.dims(), &[7, 2]);
+        // 9×8 → conv 9×8 → max pool 4×4 → stride-2 conv 2×2 → avg pool 1×1.
+        let (arch, input) = conv();
+        let bp = Blueprint::new(&arch, input, 10).unwrap();
+        assert_eq!(bp.output("blocks.0"), Some(&[4usize, 4, 3][..]));
+        assert_eq!(bp.output("blocks.1"), Some(&[1usize, 1, 4][..]));
+        assert_eq!(bp.parameter_count(), (3 * 2 * 9 + 3 + 3 + 3) + (4 * 3 * 9 + 4) + (4 * 6 + 6) + (6 * 10 + 10));
+    }
+
+    #[test]
+    fn conv_maps_too_small_are_refused_with_the_block_named() {
+        let (arch, _) = conv();
+        let tiny = Input { features: 2 * 5 * 5, image: Some(ImageShape { channels: 2, height: 5, width: 5 }) };
+        let err = Blueprint::new(&arch, tiny, 10).unwrap_err();
+        assert!(err.starts_with("blocks.1"), "{err}");
+        let err = Blueprint::new(&arch, flat(72), 10).unwrap_err();
+        assert!(err.contains("needs image data"), "{err}");
     }
 
     #[test]
     fn named_round_trip_and_shape_errors() {
-        let m = Mlp::init(&arch(), 3, 2, &mut Rng::new(1), &Device::Cpu).unwrap();
+        let m = Net::init(&mlp(), flat(3), 2, &mut Rng::new(1), &Device::Cpu).unwrap();
         let named: HashMap<String, Tensor> = m.named().into_iter().collect();
-        let back = Mlp::from_named(&arch(), 3, 2, named.clone(), &Device::Cpu).unwrap();
+        let back = Net::from_named(&mlp(), flat(3), 2, named.clone(), &Device::Cpu).unwrap();
         let x = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
-        let diff = (m.forward(&x, None).unwrap() - back.forward(&x, None).unwrap()).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
-        let err = Mlp::from_named(&arch(), 4, 2, named, &Device::Cpu).unwrap_err();
-        assert!(err.contains("does not match the dataset's 4 features"), "{err}");
+        let diff = (m.forward(&x, None, &[]).unwrap().logits - back.forward(&x, None, &[]).unwrap().logits).unwrap();
+        assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+        let err = Net::from_named(&mlp(), flat(4), 2, named, &Device::Cpu).unwrap_err();
+        assert!(err.contains("input width 3 does not match"), "{err}");
     }
 
+    /// Every parameter of a conv net with batch norm, pooling and dropout gets a gradient, the
+    /// fused and the reference paths agree, and training moves the running statistics.
     #[test]
-    fn every_parameter_gets_a_gradient() {
-        let m = Mlp::init(&ArchSpec::Mlp { hidden: vec![8], dropout: 0.5 }, 3, 2, &mut Rng::new(1), &Device::Cpu).unwrap();
-        let vars = m.to_vars().unwrap();
-        let model = Mlp::from_vars(&vars, m.dropout());
-        let x = Tensor::ones((4, 3), DType::F32, &Device::Cpu).unwrap();
-        let loss = model.forward(&x, Some(&mut Rng::new(2))).unwrap().sqr().unwrap().sum_all().unwrap();
-        let grads = loss.backward().unwrap();
-        for v in &vars {
-            let g = grads.get(v.as_tensor()).expect("gradient");
-            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    fn conv_net_trains_through_every_parameter() {
+        let (arch, input) = conv();
+        let bp = Blueprint::new(&arch, input, 3).unwrap();
+        let net = Net::init(&arch, input, 3, &mut Rng::new(1), &Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, input.features), &Device::Cpu).unwrap();
+        let reference = net.clone().with_fused_kernels(false);
+        let (a, b) = (net.forward(&x, None, &[]).unwrap().logits, reference.forward(&x, None, &[]).unwrap().logits);
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "fused and reference paths differ by {diff}");
+        let vars = net.to_vars().unwrap();
+        let model = net.with_vars(&vars, net.buffers());
+        let out = model.forward(&x, Some(&mut Rng::new(2)), &["blocks.0", "layers.0"]).unwrap();
+        assert_eq!(out.features["blocks.0"].dims(), &[5, 4, 4, 3]);
+        assert_eq!(out.features["layers.0"].dims(), &[5, 6]);
+        let moved = (&out.buffers[0] - &net.buffers()[0]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(moved > 0.0, "running mean did not move");
+        let grads = out.logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, (name, _)) in vars.iter().zip(&bp.params) {
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}: zero gradient");
         }
     }
 }

@@ -5,15 +5,21 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::model::Mlp;
-use super::train::PhaseSummary;
+use super::model::Net;
+use super::train::{CacheReport, PhaseSummary};
+use crate::spec::{IntermediateSpec, LayerCopy, LogitLossKind, Scheduled};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub dataset: DatasetSummary,
     pub distillation: DistillationSummary,
     pub device: String,
+    /// The teacher the student learned from; for an ensemble, the ensemble as a whole (its
+    /// averaged prediction; parameters, size and latency summed over its members).
     pub teacher: ModelReport,
+    /// Each member of an ensemble; absent with a single teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teachers: Option<Vec<ModelReport>>,
     /// The distilled student.
     pub student: ModelReport,
     /// The same student trained without the teacher, when the spec asked for it.
@@ -83,8 +89,22 @@ pub struct DatasetSummary {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DistillationSummary {
-    pub temperature: f64,
-    pub alpha: f64,
+    pub temperature: Scheduled,
+    pub alpha: Scheduled,
+    pub loss: LogitLossKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    pub intermediate: Vec<IntermediateSpec>,
+    /// Layers the distilled student copied from the teacher before training (the baseline
+    /// starts from the random initialisation).
+    pub student_init: Vec<LayerCopy>,
+    /// Trainable parameters of the projections; used in training, not part of the student.
+    pub projection_parameters: usize,
+    /// Whether the teachers' logits were computed once and reused (distillation phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache: Option<CacheReport>,
+    /// Weight of each teacher in the ensemble's averaged soft targets.
+    pub teacher_weights: Vec<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,13 +138,14 @@ pub struct Speedup {
 /// Time of a forward pass at batch size `batch`, on inputs cycled from `x`: the median of
 /// several timed blocks (robust to a busy machine), each long enough that timer resolution and
 /// a tiny model's per-call overhead are measured as they are, not rounded away.
-pub fn latency_ms(model: &Mlp, x: &[f32], features: usize, batch: usize, device: &Device, budget: Duration) -> candle_core::Result<f64> {
+pub fn latency_ms(model: &Net, x: &[f32], batch: usize, device: &Device, budget: Duration) -> candle_core::Result<f64> {
     const BLOCKS: u32 = 7;
+    let features = model.input().features;
     let rows = x.len() / features;
     let input: Vec<f32> = (0..batch).flat_map(|i| x[(i % rows) * features..(i % rows + 1) * features].iter().copied()).collect();
     let input = Tensor::from_vec(input, (batch, features), device)?;
     for _ in 0..3 {
-        model.forward(&input, None)?;
+        model.forward(&input, None, &[])?;
     }
     device.synchronize()?;
     let mut per_run = Vec::new();
@@ -132,7 +153,7 @@ pub fn latency_ms(model: &Mlp, x: &[f32], features: usize, batch: usize, device:
         let started = Instant::now();
         let mut runs = 0u32;
         while runs < 3 || (started.elapsed() < budget / BLOCKS && runs < 100_000) {
-            model.forward(&input, None)?;
+            model.forward(&input, None, &[])?;
             runs += 1;
         }
         device.synchronize()?;

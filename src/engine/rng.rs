@@ -58,6 +58,9 @@ pub mod streams {
     pub const STUDENT_INIT: u64 = 3;
     pub const SHUFFLE: u64 = 4;
     pub const DROPOUT: u64 = 5;
+    pub const MONITOR_SPLIT: u64 = 6;
+    pub const AUGMENT: u64 = 7;
+    pub const PROJECTION_INIT: u64 = 8;
 }
 
 #[cfg(test)]

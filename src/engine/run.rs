@@ -2,7 +2,7 @@
 //! export. Every finished phase is saved, so a restarted job skips it; an unfinished phase
 //! resumes from its checkpoint.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,12 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{self, Dataset};
 use super::files::{read_safetensors, write_json, write_safetensors};
-use super::model::{self, Mlp};
+use super::loss::{FeatureLoss, LogitLoss};
+use super::model::{predictions, Blueprint, Input, Net};
 use super::report::{self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
 use super::rng::{streams, Rng};
-use super::train::{evaluate, train_phase, Evaluation, PhaseContext, PhasePlan, PhaseSummary};
+use super::train::{evaluate, train_phase, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use super::{Control, EngineError, EngineEvent, Phase};
-use crate::spec::{ArchSpec, JobSpec, SpecError};
+use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, LogitLossKind, Scheduled, SpecError};
 
 pub const STUDENT_FILE: &str = "student.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -35,22 +36,103 @@ struct JobState {
     finished: BTreeMap<String, PhaseSummary>,
 }
 
+/// The spec checked against the data: every architecture fits the inputs, layer names exist,
+/// copied layers have the same shapes in both networks.
+struct Resolved {
+    input: Input,
+    student: Blueprint,
+    pairs: Vec<LayerPair>,
+}
+
 /// The checks a spec must pass before it is accepted: ranges, then the dataset and the teacher
-/// file, read for real. A job that passes can still fail later if its files change.
+/// files, read for real, and the architectures against the data. A job that passes can still
+/// fail later if its files change.
 pub fn preflight(spec: &JobSpec, data_root: &Path) -> Result<(), SpecError> {
     spec.validate()?;
-    let data = data::load(&spec.dataset, data_root, spec.training.seed)?;
-    if let Some(weights) = &spec.teacher.weights {
-        load_teacher(spec, weights, data_root, &data, &Device::Cpu)?;
+    let data = data::load(&spec.dataset, data_root, spec.training.seed, spec.training.early_stopping.is_some())?;
+    resolve(spec, &data)?;
+    for (i, teacher) in spec.teacher_specs().iter().enumerate() {
+        if let Some(weights) = &teacher.weights {
+            load_teacher(spec, i, weights, data_root, &data, &Device::Cpu)?;
+        }
     }
     Ok(())
 }
 
-fn load_teacher(spec: &JobSpec, weights: &str, data_root: &Path, data: &Dataset, device: &Device) -> Result<Mlp, SpecError> {
-    let path = data::resolve(data_root, weights, "teacher.weights")?;
-    let (tensors, _) = read_safetensors(&path, device).map_err(|m| SpecError::new("teacher.weights", m))?;
-    Mlp::from_named(&spec.teacher.arch, data.features, data.classes, tensors, device)
-        .map_err(|m| SpecError::new("teacher.weights", format!("does not fit teacher.arch and the dataset: {m}")))
+fn input_of(data: &Dataset) -> Input {
+    Input { features: data.features, image: data.image }
+}
+
+fn resolve(spec: &JobSpec, data: &Dataset) -> Result<Resolved, SpecError> {
+    let input = input_of(data);
+    let blueprint = |arch: &ArchSpec, field: String| Blueprint::new(arch, input, data.classes).map_err(|m| SpecError::new(field, m));
+    let teachers: Vec<Blueprint> = spec
+        .teacher_specs()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| blueprint(&t.arch, format!("{}.arch", spec.teacher_field(i))))
+        .collect::<Result<_, _>>()?;
+    let student = blueprint(&spec.student.arch, "student.arch".into())?;
+    let mut pairs = Vec::new();
+    for (i, pair) in spec.distill.intermediate.iter().enumerate() {
+        let field = format!("distill.intermediate[{i}]");
+        let t = teachers[pair.teacher].output(&pair.teacher_layer).ok_or_else(|| {
+            SpecError::new(format!("{field}.teacher_layer"), format!("the teacher has no layer `{}`; it has {}", pair.teacher_layer, layer_list(&teachers[pair.teacher])))
+        })?;
+        let s = student.output(&pair.student_layer).ok_or_else(|| {
+            SpecError::new(format!("{field}.student_layer"), format!("the student has no layer `{}`; it has {}", pair.student_layer, layer_list(&student)))
+        })?;
+        if t.len() != s.len() || t[..t.len() - 1] != s[..s.len() - 1] {
+            return Err(SpecError::new(
+                field,
+                format!("the student's output {s:?} and the teacher's {t:?} must agree in all but the width (channels); pair layers of the same kind and map size"),
+            ));
+        }
+        let (sw, tw) = (s[s.len() - 1], t[t.len() - 1]);
+        pairs.push(LayerPair {
+            teacher: pair.teacher,
+            teacher_layer: pair.teacher_layer.clone(),
+            student_layer: pair.student_layer.clone(),
+            loss: match pair.loss {
+                FeatureLossKind::Mse => FeatureLoss::Mse,
+                FeatureLossKind::Cosine => FeatureLoss::Cosine,
+            },
+            weight: pair.weight,
+            projection: (sw != tw).then_some((sw, tw)),
+        });
+    }
+    for (i, copy) in spec.student.init_from_teacher.iter().enumerate() {
+        let field = format!("student.init_from_teacher[{i}]");
+        let ours = student.layer_params(&copy.student_layer);
+        let theirs = teachers[0].layer_params(&copy.teacher_layer);
+        if ours.is_empty() {
+            return Err(SpecError::new(format!("{field}.student_layer"), format!("the student has no layer `{}`", copy.student_layer)));
+        }
+        if theirs.is_empty() {
+            return Err(SpecError::new(format!("{field}.teacher_layer"), format!("the teacher has no layer `{}`", copy.teacher_layer)));
+        }
+        let shapes = |list: &[&(String, Vec<usize>)], prefix: &str| -> Vec<(String, Vec<usize>)> {
+            list.iter().map(|(n, s)| (n[prefix.len()..].to_string(), s.clone())).collect()
+        };
+        let (a, b) = (shapes(&ours, &copy.student_layer), shapes(&theirs, &copy.teacher_layer));
+        if a != b {
+            return Err(SpecError::new(field, format!("shapes differ: student {a:?}, teacher {b:?}")));
+        }
+    }
+    Ok(Resolved { input, student, pairs })
+}
+
+fn layer_list(blueprint: &Blueprint) -> String {
+    let names: Vec<&str> = blueprint.outputs.iter().map(|(n, _)| n.as_str()).collect();
+    names.join(", ")
+}
+
+fn load_teacher(spec: &JobSpec, index: usize, weights: &str, data_root: &Path, data: &Dataset, device: &Device) -> Result<Net, SpecError> {
+    let field = format!("{}.weights", spec.teacher_field(index));
+    let path = data::resolve(data_root, weights, &field)?;
+    let (tensors, _) = read_safetensors(&path, device).map_err(|m| SpecError::new(&field, m))?;
+    Net::from_named(&spec.teacher_specs()[index].arch, input_of(data), data.classes, tensors, device)
+        .map_err(|m| SpecError::new(&field, format!("does not fit the teacher's arch and the dataset: {m}")))
 }
 
 /// Runs the job on `spec.device`, or on `default_device` when the spec names none.
@@ -65,15 +147,18 @@ pub fn run(
     let device_name = spec.device.as_deref().unwrap_or(default_device);
     let device = super::device(device_name)?;
     std::fs::create_dir_all(job_dir)?;
-    let data = data::load(&spec.dataset, data_root, spec.training.seed)?;
+    let data = data::load(&spec.dataset, data_root, spec.training.seed, spec.training.early_stopping.is_some())?;
     sink(EngineEvent::Log(format!(
-        "dataset {}: {} training and {} validation samples, {} features, {} classes",
+        "dataset {}: {} training and {} held-out samples{}, {} features{}, {} classes",
         data.name,
         data.train.len(),
         data.validation.len(),
+        data.monitor.as_ref().map(|m| format!(" ({} more held out of training for early stopping)", m.len())).unwrap_or_default(),
         data.features,
+        data.image.map(|i| format!(" ({}×{}×{} images)", i.channels, i.height, i.width)).unwrap_or_default(),
         data.classes
     )));
+    let resolved = resolve(spec, &data)?;
     let state_path = job_dir.join(STATE_FILE);
     let mut state: JobState = match std::fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| EngineError::Other(format!("state.json is unreadable: {e}")))?,
@@ -81,6 +166,7 @@ pub fn run(
     };
     let mut ctx = PhaseContext { device: &device, job_dir, control, sink };
     let mut artifacts = Vec::new();
+    let input = resolved.input;
 
     let training = &spec.training;
     let student_plan = PhasePlan {
@@ -93,41 +179,77 @@ pub fn run(
         seed: training.seed,
         temperature: spec.distill.temperature,
         alpha: spec.distill.alpha,
+        loss: match spec.distill.loss {
+            LogitLossKind::Kl => LogitLoss::Kl,
+            LogitLossKind::ReverseKl => LogitLoss::ReverseKl,
+            LogitLossKind::Js => LogitLoss::Js { beta: spec.distill.beta.unwrap_or(0.5) },
+            LogitLossKind::Mse => LogitLoss::Mse,
+        },
+        intermediate: resolved.pairs.clone(),
+        shift: training.augment.map(|a| a.shift),
+        early_stopping: training.early_stopping,
+        cache: spec.distill.cache,
     };
+    // Teachers and the baseline learn from labels alone.
+    let label_plan = PhasePlan { alpha: Scheduled::Constant(0.0), intermediate: Vec::new(), ..student_plan.clone() };
 
-    let (teacher, teacher_training) = match (&spec.teacher.weights, &spec.teacher.train) {
-        (Some(weights), _) => {
-            let teacher = load_teacher(spec, weights, data_root, &data, &device)?;
-            (ctx.sink)(EngineEvent::Log(format!("teacher loaded from {weights}")));
-            (teacher, None)
+    let mut teachers = Vec::new();
+    let mut teacher_trainings = Vec::new();
+    for (i, teacher) in spec.teacher_specs().into_iter().enumerate() {
+        match (&teacher.weights, &teacher.train) {
+            (Some(weights), _) => {
+                let net = load_teacher(spec, i, weights, data_root, &data, &device)?;
+                (ctx.sink)(EngineEvent::Log(format!("{} loaded from {weights}", Phase::Teacher(i).as_str())));
+                teachers.push(net);
+                teacher_trainings.push(None);
+            }
+            (None, Some(train)) => {
+                let plan = PhasePlan {
+                    phase: Phase::Teacher(i),
+                    epochs: train.epochs,
+                    batch_size: train.batch_size.unwrap_or(training.batch_size),
+                    optimizer: train.optimizer.unwrap_or(training.optimizer),
+                    schedule: train.schedule.unwrap_or(training.schedule),
+                    ..label_plan.clone()
+                };
+                let stream: Vec<u64> = if i == 0 { vec![streams::TEACHER_INIT] } else { vec![streams::TEACHER_INIT, i as u64] };
+                let init = Net::init(&teacher.arch, input, data.classes, &mut Rng::stream(training.seed, &stream), &device).map_err(EngineError::Other)?;
+                let (net, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &init, &data, &Teachers { nets: Vec::new(), weights: Vec::new() })?;
+                artifacts.push(file_of(Phase::Teacher(i)));
+                teachers.push(net);
+                teacher_trainings.push(Some(summary));
+            }
+            (None, None) => return Err(EngineError::Other("a teacher has neither weights nor training".into())),
         }
-        (None, Some(train)) => {
-            let plan = PhasePlan {
-                phase: Phase::Teacher,
-                epochs: train.epochs,
-                batch_size: train.batch_size.unwrap_or(training.batch_size),
-                optimizer: train.optimizer.unwrap_or(training.optimizer),
-                schedule: train.schedule.unwrap_or(training.schedule),
-                alpha: 0.0,
-                ..student_plan.clone()
-            };
-            let init = Mlp::init(&spec.teacher.arch, data.features, data.classes, &mut Rng::stream(training.seed, &[streams::TEACHER_INIT]), &device)?;
-            let (teacher, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &spec.teacher.arch, &init, &data, None)?;
-            artifacts.push(file_of(Phase::Teacher));
-            (teacher, Some(summary))
+    }
+    let total_weight: f64 = spec.teacher_specs().iter().map(|t| t.weight).sum();
+    let teacher_weights: Vec<f64> = spec.teacher_specs().iter().map(|t| t.weight / total_weight).collect();
+
+    let random_init = Net::init(&spec.student.arch, input, data.classes, &mut Rng::stream(training.seed, &[streams::STUDENT_INIT]), &device).map_err(EngineError::Other)?;
+    let student_init = if spec.student.init_from_teacher.is_empty() {
+        random_init.clone()
+    } else {
+        let source: HashMap<String, Tensor> = teachers[0].named().into_iter().collect();
+        let mut copied = HashMap::new();
+        for copy in &spec.student.init_from_teacher {
+            for (name, _) in resolved.student.layer_params(&copy.student_layer) {
+                let from = format!("{}{}", copy.teacher_layer, &name[copy.student_layer.len()..]);
+                copied.insert(name.clone(), source[&from].copy()?);
+            }
         }
-        (None, None) => return Err(EngineError::Other("the spec names no teacher".into())),
+        (ctx.sink)(EngineEvent::Log(format!("student initialised with {} tensors copied from the teacher", copied.len())));
+        random_init.clone().with_tensors(&copied)
     };
-
-    let student_init = Mlp::init(&spec.student.arch, data.features, data.classes, &mut Rng::stream(training.seed, &[streams::STUDENT_INIT]), &device)?;
-    let (student, student_training) =
-        phase(&mut ctx, &mut state, &state_path, &student_plan, &spec.student.arch, &student_init, &data, Some(&teacher))?;
+    let frozen = Teachers { nets: teachers.iter().collect(), weights: teacher_weights.clone() };
+    let (student, student_training) = phase(&mut ctx, &mut state, &state_path, &student_plan, &student_init, &data, &frozen)?;
     artifacts.push(file_of(Phase::Student));
 
     let baseline = if spec.baseline {
-        // Same initialisation, same data order, same dropout masks; only the teacher is gone.
-        let plan = PhasePlan { phase: Phase::Baseline, alpha: 0.0, ..student_plan.clone() };
-        let trained = phase(&mut ctx, &mut state, &state_path, &plan, &spec.student.arch, &student_init, &data, None)?;
+        // Same initialisation (before any copy from the teacher), data order, shifts and
+        // dropout masks; only the teacher is gone.
+        let plan = PhasePlan { phase: Phase::Baseline, ..label_plan.clone() };
+        let no_teacher = Teachers { nets: Vec::new(), weights: Vec::new() };
+        let trained = phase(&mut ctx, &mut state, &state_path, &plan, &random_init, &data, &no_teacher)?;
         artifacts.push(file_of(Phase::Baseline));
         Some(trained)
     } else {
@@ -136,15 +258,14 @@ pub fn run(
 
     (ctx.sink)(EngineEvent::Log("evaluating on the held-out split and measuring latency".into()));
     let batch_n = data.validation.len().clamp(1, 256);
-    // Agreement needs the teacher's predictions, so every model is evaluated before any report.
-    let evaluations: Vec<Evaluation> = [Some(&teacher), Some(&student), baseline.as_ref().map(|(m, _)| m)]
-        .into_iter()
-        .flatten()
-        .map(|m| evaluate(m, &data.validation, data.features, &device))
-        .collect::<candle_core::Result<_>>()?;
-    let teacher_predictions = &evaluations[0].predictions;
-    let measure = |model: &Mlp, evaluation: &Evaluation, file: Option<String>, training: Option<PhaseSummary>| -> Result<ModelReport, EngineError> {
-        let agreed = evaluation.predictions.iter().zip(teacher_predictions).filter(|(a, b)| a == b).count();
+    let teacher_evaluations: Vec<Evaluation> = teachers.iter().map(|t| evaluate(t, &data.validation, &device)).collect::<candle_core::Result<_>>()?;
+    let ensemble_evaluation = if teachers.len() > 1 { Some(ensemble(&teachers, &teacher_weights, &data, &device)?) } else { None };
+    let reference = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]);
+    let student_evaluation = evaluate(&student, &data.validation, &device)?;
+    let baseline_evaluation = baseline.as_ref().map(|(m, _)| evaluate(m, &data.validation, &device)).transpose()?;
+    let teacher_predictions = reference.predictions.clone();
+    let agreement = |e: &Evaluation| e.predictions.iter().zip(&teacher_predictions).filter(|(a, b)| a == b).count() as f64 / e.predictions.len().max(1) as f64;
+    let measure = |model: &Net, evaluation: &Evaluation, file: Option<String>, training: Option<PhaseSummary>| -> Result<ModelReport, EngineError> {
         let budget = Duration::from_millis(150);
         let size_bytes = match file {
             Some(f) => std::fs::metadata(job_dir.join(f))?.len(),
@@ -155,29 +276,56 @@ pub fn run(
             size_bytes,
             accuracy: evaluation.accuracy,
             loss: evaluation.loss,
-            agreement: agreed as f64 / evaluation.predictions.len().max(1) as f64,
+            agreement: agreement(evaluation),
             latency: Latency {
-                batch_1_ms: report::latency_ms(model, &data.validation.x, data.features, 1, &device, budget)?,
-                batch_n_ms: report::latency_ms(model, &data.validation.x, data.features, batch_n, &device, budget)?,
+                batch_1_ms: report::latency_ms(model, &data.validation.x, 1, &device, budget)?,
+                batch_n_ms: report::latency_ms(model, &data.validation.x, batch_n, &device, budget)?,
                 batch_n,
             },
             training,
         })
     };
-    let teacher_file = teacher_training.as_ref().map(|_| file_of(Phase::Teacher));
-    let teacher_report = measure(&teacher, &evaluations[0], teacher_file, teacher_training)?;
-    let student_report = measure(&student, &evaluations[1], Some(file_of(Phase::Student)), Some(student_training))?;
-    let (baseline_report, gain_test) = match &baseline {
-        Some((model, summary)) => (
-            Some(measure(model, &evaluations[2], Some(file_of(Phase::Baseline)), Some(summary.clone()))?),
-            Some(PairedTest::new(&data.validation.y, &evaluations[1].predictions, &evaluations[2].predictions)),
+    let mut member_reports = Vec::new();
+    for (i, (net, evaluation)) in teachers.iter().zip(&teacher_evaluations).enumerate() {
+        let file = teacher_trainings[i].as_ref().map(|_| file_of(Phase::Teacher(i)));
+        member_reports.push(measure(net, evaluation, file, teacher_trainings[i].clone())?);
+    }
+    let (teacher_report, teachers_report) = match &ensemble_evaluation {
+        None => (member_reports.remove(0), None),
+        Some(e) => {
+            let sum = |f: &dyn Fn(&ModelReport) -> f64| member_reports.iter().map(f).sum::<f64>();
+            let whole = ModelReport {
+                parameters: member_reports.iter().map(|m| m.parameters).sum(),
+                size_bytes: member_reports.iter().map(|m| m.size_bytes).sum(),
+                accuracy: e.accuracy,
+                loss: e.loss,
+                agreement: 1.0,
+                latency: Latency { batch_1_ms: sum(&|m| m.latency.batch_1_ms), batch_n_ms: sum(&|m| m.latency.batch_n_ms), batch_n },
+                training: None,
+            };
+            (whole, Some(member_reports))
+        }
+    };
+    let student_report = measure(&student, &student_evaluation, Some(file_of(Phase::Student)), Some(student_training.clone()))?;
+    let (baseline_report, gain_test) = match (&baseline, &baseline_evaluation) {
+        (Some((model, summary)), Some(evaluation)) => (
+            Some(measure(model, evaluation, Some(file_of(Phase::Baseline)), Some(summary.clone()))?),
+            Some(PairedTest::new(&data.validation.y, &student_evaluation.predictions, &evaluation.predictions)),
         ),
-        None => (None, None),
+        _ => (None, None),
     };
 
     let retention = student_report.accuracy / teacher_report.accuracy.max(f64::MIN_POSITIVE);
     let gain = baseline_report.as_ref().map(|b| student_report.accuracy - b.accuracy);
-    let wall_time_s = [&teacher_report, &student_report].into_iter().chain(baseline_report.as_ref()).filter_map(|m| m.training.as_ref()).map(|t| t.wall_s).sum();
+    let wall_time_s = teachers_report
+        .iter()
+        .flatten()
+        .chain([&teacher_report, &student_report])
+        .chain(baseline_report.as_ref())
+        .filter_map(|m| m.training.as_ref())
+        .map(|t| t.wall_s)
+        .sum();
+    let projection_parameters = resolved.pairs.iter().filter_map(|p| p.projection).map(|(from, to)| from * to + to).sum();
     let report = Report {
         dataset: DatasetSummary {
             name: data.name.clone(),
@@ -187,7 +335,17 @@ pub fn run(
             validation_samples: data.validation.len(),
             validation: if spec.dataset.has_test_file() { "test_file" } else { "split" }.into(),
         },
-        distillation: DistillationSummary { temperature: spec.distill.temperature, alpha: spec.distill.alpha },
+        distillation: DistillationSummary {
+            temperature: spec.distill.temperature,
+            alpha: spec.distill.alpha,
+            loss: spec.distill.loss,
+            beta: spec.distill.beta,
+            intermediate: spec.distill.intermediate.clone(),
+            student_init: spec.student.init_from_teacher.clone(),
+            projection_parameters,
+            teacher_cache: student_training.teacher_cache.clone(),
+            teacher_weights,
+        },
         device: device_name.to_string(),
         retention,
         gain,
@@ -201,14 +359,33 @@ pub fn run(
         wall_time_s,
         train_samples_per_s: student_report.training.as_ref().map(|t| t.samples_per_s).unwrap_or_default(),
         teacher: teacher_report,
+        teachers: teachers_report,
         student: student_report,
         baseline: baseline_report,
     };
-    write_json(&job_dir.join(CONFIG_FILE), &export_config(&spec.student.arch, &data))?;
+    write_json(&job_dir.join(CONFIG_FILE), &export_config(&spec.student.arch, &data, &resolved.student))?;
     write_json(&job_dir.join(REPORT_FILE), &report)?;
     artifacts.push(CONFIG_FILE.into());
     artifacts.push(REPORT_FILE.into());
     Ok(RunOutput { report, artifacts })
+}
+
+/// The ensemble on the held-out split: the weighted average of the members' probabilities.
+fn ensemble(teachers: &[Net], weights: &[f64], data: &Dataset, device: &Device) -> candle_core::Result<Evaluation> {
+    let mut mixture: Option<Tensor> = None;
+    for (net, &w) in teachers.iter().zip(weights) {
+        let p = (candle_nn::ops::softmax_last_dim(&net.logits(&data.validation.x, device)?)? * w)?;
+        mixture = Some(match mixture {
+            None => p,
+            Some(m) => (m + p)?,
+        });
+    }
+    let mixture = mixture.expect("an ensemble has members");
+    let labels = Tensor::from_slice(&data.validation.y, data.validation.len(), device)?;
+    let loss = candle_nn::loss::nll(&mixture.clamp(1e-12f32, 1f32)?.log()?, &labels)?.to_scalar::<f32>()? as f64;
+    let predictions = predictions(&mixture)?;
+    let correct = predictions.iter().zip(&data.validation.y).filter(|(p, y)| p == y).count();
+    Ok(Evaluation { loss, accuracy: correct as f64 / data.validation.len().max(1) as f64, predictions })
 }
 
 pub fn file_of(phase: Phase) -> String {
@@ -216,54 +393,60 @@ pub fn file_of(phase: Phase) -> String {
 }
 
 /// Runs a phase, or loads its result if an earlier run of this job finished it.
-#[allow(clippy::too_many_arguments)]
 fn phase(
     ctx: &mut PhaseContext,
     state: &mut JobState,
     state_path: &Path,
     plan: &PhasePlan,
-    arch: &ArchSpec,
-    init: &Mlp,
+    init: &Net,
     data: &Dataset,
-    teacher: Option<&Mlp>,
-) -> Result<(Mlp, PhaseSummary), EngineError> {
-    let name = plan.phase.as_str();
+    teachers: &Teachers,
+) -> Result<(Net, PhaseSummary), EngineError> {
+    let name = plan.phase.as_str().to_string();
     let path = ctx.job_dir.join(file_of(plan.phase));
-    if let (Some(summary), true) = (state.finished.get(name), path.exists()) {
+    if let (Some(summary), true) = (state.finished.get(&name), path.exists()) {
         let (tensors, _) = read_safetensors(&path, ctx.device).map_err(EngineError::Other)?;
-        let model = Mlp::from_named(arch, data.features, data.classes, tensors, ctx.device).map_err(EngineError::Other)?;
+        let model = Net::from_named(init.arch(), init.input(), data.classes, tensors, ctx.device).map_err(EngineError::Other)?;
         (ctx.sink)(EngineEvent::Log(format!("phase {name} was finished before the restart; its weights are reused")));
         return Ok((model, summary.clone()));
     }
     (ctx.sink)(EngineEvent::Log(format!("phase {name}: {} epochs of {} steps", plan.epochs, plan.steps_per_epoch(data.train.len()))));
-    let (model, summary) = train_phase(ctx, plan, init, data, teacher)?;
-    let meta = serde_json::json!({"arch": arch, "input_features": data.features, "num_classes": data.classes});
+    let (model, summary) = train_phase(ctx, plan, init, data, teachers)?;
+    let meta = serde_json::json!({"arch": init.arch(), "input_features": data.features, "image": data.image, "num_classes": data.classes});
     write_safetensors(&path, &model.named(), Some(&meta))?;
-    state.finished.insert(name.to_string(), summary.clone());
+    state.finished.insert(name, summary.clone());
     write_json(state_path, state)?;
     Ok((model, summary))
 }
 
-fn safetensors_size(model: &Mlp) -> Result<u64, EngineError> {
+fn safetensors_size(model: &Net) -> Result<u64, EngineError> {
     let named = model.named();
     let views: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
     Ok(safetensors::serialize(views, None).map_err(|e| EngineError::Other(e.to_string()))?.len() as u64)
 }
 
 /// `config.json`: everything needed to rebuild the student and feed it inputs.
-fn export_config(arch: &ArchSpec, data: &Dataset) -> serde_json::Value {
-    let widths = model::widths(arch, data.features, data.classes);
+fn export_config(arch: &ArchSpec, data: &Dataset, blueprint: &Blueprint) -> serde_json::Value {
+    let tensors: Vec<&str> = blueprint.params.iter().chain(&blueprint.buffers).map(|(n, _)| n.as_str()).collect();
+    let (format, layout) = match arch {
+        ArchSpec::Mlp { .. } => ("distillery.mlp", "layers.{i}.weight is out×in, y = x·Wᵀ + b, ReLU between layers, no activation after the last"),
+        ArchSpec::Conv { .. } => (
+            "distillery.conv",
+            "input as C×H×W; each block: conv (PyTorch Conv2d layout out×in×k×k, zero padding) → BatchNorm2d (eps 1e-5, running statistics) when present → ReLU → pooling (window = stride = pool_size); then flatten in C×H×W order and the MLP head as in distillery.mlp",
+        ),
+    };
     serde_json::json!({
-        "format": "distillery.mlp",
+        "format": format,
         "version": 1,
         "arch": arch,
         "input_features": data.features,
+        "image": data.image,
         "num_classes": data.classes,
         "label_names": data.label_names,
-        "layer_widths": widths,
+        "layer_outputs": blueprint.outputs,
         "activation": "relu",
-        "tensors": model::tensor_names(widths.len() - 1),
-        "layout": "layers.{i}.weight is out×in, y = x·Wᵀ + b, ReLU between layers, no activation after the last",
+        "tensors": tensors,
+        "layout": layout,
         "dtype": "f32",
         "normalization": data.normalization,
         "input_preparation": "x = (raw − normalization.mean) / normalization.std, per feature",

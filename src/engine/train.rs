@@ -1,21 +1,23 @@
-//! The training loop of one phase: batches in a seeded order, the distillation loss, the
-//! optimiser, the learning-rate schedule, a validation pass and a checkpoint after every epoch,
-//! and resumption from that checkpoint.
+//! The training loop of one phase: batches in a seeded order (optionally shifted), the
+//! distillation loss (soft targets from one or more teachers, intermediate layers through
+//! learned projections), the optimiser, the schedules, a validation pass and a checkpoint after
+//! every epoch, early stopping, and resumption from the checkpoint.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::data::{Dataset, Split};
+use super::data::{gather, Dataset, Split};
 use super::files::{read_safetensors, write_safetensors};
-use super::loss::hinton;
-use super::model::{predictions, Mlp};
+use super::loss::{feature_loss, logit_loss, FeatureLoss, LogitLoss};
+use super::model::{predictions, Net};
 use super::optim::Optimizer;
 use super::rng::{streams, Rng};
 use super::{CheckpointInfo, Control, EngineError, EngineEvent, EpochMetrics, Phase, Progress, Stop};
-use crate::spec::{OptimizerSpec, Schedule};
+use crate::spec::{CacheSpec, EarlyStopping, OptimizerSpec, Schedule, Scheduled};
 
 /// Everything that decides how a phase trains.
 #[derive(Debug, Clone)]
@@ -27,9 +29,34 @@ pub struct PhasePlan {
     pub schedule: Schedule,
     pub warmup_steps: u64,
     pub seed: u64,
-    pub temperature: f64,
-    /// Weight of the distillation term; 0 trains on labels alone.
-    pub alpha: f64,
+    pub temperature: Scheduled,
+    /// Weight of the soft term; the labels get 1 − α. Constant 0 trains on labels alone.
+    pub alpha: Scheduled,
+    pub loss: LogitLoss,
+    pub intermediate: Vec<LayerPair>,
+    /// Largest random shift of image inputs, in pixels.
+    pub shift: Option<usize>,
+    pub early_stopping: Option<EarlyStopping>,
+    pub cache: CacheSpec,
+}
+
+/// One intermediate-layer term, resolved against both architectures.
+#[derive(Debug, Clone)]
+pub struct LayerPair {
+    pub teacher: usize,
+    pub teacher_layer: String,
+    pub student_layer: String,
+    pub loss: FeatureLoss,
+    pub weight: f64,
+    /// (student width, teacher width) of the learned projection, where they differ: a linear
+    /// map for hidden layers, a 1×1 convolution (the same map per pixel) for feature maps.
+    pub projection: Option<(usize, usize)>,
+}
+
+/// The frozen teachers of a distillation phase, with their ensemble weights (summing to 1).
+pub struct Teachers<'a> {
+    pub nets: Vec<&'a Net>,
+    pub weights: Vec<f64>,
 }
 
 impl PhasePlan {
@@ -52,17 +79,44 @@ impl PhasePlan {
             }
         }
     }
+
+    /// Whether this phase learns from teachers at all.
+    pub fn distils(&self) -> bool {
+        self.alpha != Scheduled::Constant(0.0) || !self.intermediate.is_empty()
+    }
+}
+
+/// Why the teachers' logits were or were not computed once for the whole phase.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CacheReport {
+    pub used: bool,
+    /// What decided it, in words.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Memory the cache holds.
+    pub bytes: u64,
+    /// Time spent filling it (teacher forward passes over the training set).
+    pub fill_s: f64,
 }
 
 /// What a finished phase hands on.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PhaseSummary {
+    /// Epochs trained (fewer than planned when early stopping ended the phase).
     pub epochs: u32,
     pub steps: u64,
     /// Wall time spent training, over all runs of the phase (resumes included).
     pub wall_s: f64,
     pub samples_per_s: f64,
     pub final_train_loss: f64,
+    /// With early stopping: the epoch whose weights are the result, and whether it stopped early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<u32>,
+    #[serde(default)]
+    pub stopped_early: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_cache: Option<CacheReport>,
 }
 
 /// Where a checkpoint stands; stored as the file's metadata.
@@ -80,6 +134,17 @@ struct Position {
     samples_seen: u64,
     /// Mean training loss of the last finished epoch.
     last_train_loss: Option<f64>,
+    #[serde(default)]
+    best: Option<Best>,
+    #[serde(default)]
+    stopped_early: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Best {
+    epoch: u32,
+    val_loss: f64,
+    epochs_since: u32,
 }
 
 pub struct PhaseContext<'a> {
@@ -93,17 +158,138 @@ pub fn checkpoint_file(phase: Phase) -> String {
     format!("checkpoint-{}.safetensors", phase.as_str())
 }
 
+pub fn best_file(phase: Phase) -> String {
+    format!("best-{}.safetensors", phase.as_str())
+}
+
+/// The teachers' soft targets for one batch: computed live, or read from the cache.
+enum Targets {
+    Live,
+    /// Per teacher: every training sample's logits, row-major.
+    Full(Vec<Vec<f32>>),
+    /// Per teacher: the k largest logits and their classes per sample, and one filler logit
+    /// per sample for all other classes, chosen so their total probability at T is exact.
+    TopK { k: usize, values: Vec<Vec<f32>>, classes: Vec<Vec<u32>>, filler: Vec<Vec<f32>> },
+}
+
+impl Targets {
+    fn batch(&self, teacher: usize, batch: &[usize], classes: usize, device: &Device) -> candle_core::Result<Tensor> {
+        let mut out = Vec::with_capacity(batch.len() * classes);
+        match self {
+            Targets::Live => unreachable!("live targets are computed by the caller"),
+            Targets::Full(all) => {
+                for &i in batch {
+                    out.extend_from_slice(&all[teacher][i * classes..(i + 1) * classes]);
+                }
+            }
+            Targets::TopK { k, values, classes: ids, filler } => {
+                for &i in batch {
+                    let row = out.len();
+                    out.extend(std::iter::repeat_n(filler[teacher][i], classes));
+                    for j in i * k..(i + 1) * k {
+                        out[row + ids[teacher][j] as usize] = values[teacher][j];
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(out, (batch.len(), classes), device)
+    }
+
+    fn bytes(&self) -> u64 {
+        let f = std::mem::size_of::<f32>() as u64;
+        match self {
+            Targets::Live => 0,
+            Targets::Full(all) => all.iter().map(|v| v.len() as u64 * f).sum(),
+            Targets::TopK { values, classes, filler, .. } => {
+                values.iter().chain(filler).map(|v| v.len() as u64 * f).sum::<u64>() + classes.iter().map(|v| v.len() as u64 * 4).sum::<u64>()
+            }
+        }
+    }
+}
+
+/// Fills the cache when it applies; says why when it does not.
+fn teacher_targets(plan: &PhasePlan, teachers: &Teachers, data: &Dataset, device: &Device) -> Result<(Targets, CacheReport), EngineError> {
+    let off = |reason: &str| (Targets::Live, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0 });
+    if !plan.cache.enabled {
+        return Ok(off("disabled by the spec (distill.cache.enabled = false)"));
+    }
+    if plan.shift.is_some() {
+        return Ok(off("inputs are augmented, so the teachers see new inputs every epoch"));
+    }
+    if !plan.intermediate.is_empty() {
+        return Ok(off("intermediate layers need the teachers' feature maps of every batch"));
+    }
+    let started = Instant::now();
+    let classes = data.classes;
+    let logits: Vec<Vec<f32>> = teachers
+        .nets
+        .iter()
+        .map(|t| t.logits(&data.train.x, device)?.flatten_all()?.to_vec1::<f32>())
+        .collect::<candle_core::Result<_>>()?;
+    let targets = match plan.cache.top_k.filter(|&k| k < classes) {
+        None => Targets::Full(logits),
+        Some(k) => {
+            let temperature = plan.temperature.at(0.0);
+            let (mut values, mut ids, mut filler) = (Vec::new(), Vec::new(), Vec::new());
+            for all in &logits {
+                let (mut v, mut c, mut f) = (Vec::new(), Vec::new(), Vec::new());
+                for row in all.chunks_exact(classes) {
+                    let mut order: Vec<usize> = (0..classes).collect();
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                    let (top, rest) = order.split_at(k);
+                    v.extend(top.iter().map(|&j| row[j]));
+                    c.extend(top.iter().map(|&j| j as u32));
+                    // filler = T·(logsumexp(rest/T) − ln|rest|): the rest's mass, spread evenly.
+                    let max = rest.iter().map(|&j| row[j] as f64 / temperature).fold(f64::NEG_INFINITY, f64::max);
+                    let lse = max + rest.iter().map(|&j| (row[j] as f64 / temperature - max).exp()).sum::<f64>().ln();
+                    f.push((temperature * (lse - (rest.len() as f64).ln())) as f32);
+                }
+                values.push(v);
+                ids.push(c);
+                filler.push(f);
+            }
+            Targets::TopK { k, values, classes: ids, filler }
+        }
+    };
+    let top_k = match &targets {
+        Targets::TopK { k, .. } => Some(*k),
+        _ => None,
+    };
+    let report = CacheReport {
+        used: true,
+        reason: "the teachers are frozen and the inputs are not augmented: their logits are computed once and reused every epoch".into(),
+        top_k,
+        bytes: targets.bytes(),
+        fill_s: started.elapsed().as_secs_f64(),
+    };
+    Ok((targets, report))
+}
+
 /// Trains `init` under `plan`, resuming from the phase's checkpoint if one exists.
 pub fn train_phase(
     ctx: &mut PhaseContext,
     plan: &PhasePlan,
-    init: &Mlp,
+    init: &Net,
     data: &Dataset,
-    teacher: Option<&Mlp>,
-) -> Result<(Mlp, PhaseSummary), EngineError> {
-    let vars = init.to_vars()?;
+    teachers: &Teachers,
+) -> Result<(Net, PhaseSummary), EngineError> {
+    let mut vars = init.to_vars()?;
+    let student_vars = vars.len();
+    let mut projection_rng = Rng::stream(plan.seed, &[streams::PROJECTION_INIT]);
+    for pair in &plan.intermediate {
+        if let Some((from, to)) = pair.projection {
+            // nn.Linear's initialisation: U(±1/√fan_in).
+            let bound = 1.0 / (from as f32).sqrt();
+            let w: Vec<f32> = (0..from * to).map(|_| projection_rng.uniform(-bound, bound)).collect();
+            let b: Vec<f32> = (0..to).map(|_| projection_rng.uniform(-bound, bound)).collect();
+            vars.push(Var::from_tensor(&Tensor::from_vec(w, (to, from), ctx.device)?)?);
+            vars.push(Var::from_tensor(&Tensor::from_vec(b, to, ctx.device)?)?);
+        }
+    }
     let mut optimizer = Optimizer::new(plan.optimizer, vars)?;
+    let mut buffers: Vec<Tensor> = init.buffers().to_vec();
     let checkpoint_path = ctx.job_dir.join(checkpoint_file(plan.phase));
+    let best_path = ctx.job_dir.join(best_file(plan.phase));
     let mut position = Position {
         phase: plan.phase,
         epochs_done: 0,
@@ -114,38 +300,52 @@ pub fn train_phase(
         elapsed_s: 0.0,
         samples_seen: 0,
         last_train_loss: None,
+        best: None,
+        stopped_early: false,
     };
+    let phase_name = plan.phase.as_str();
     if checkpoint_path.exists() {
-        position = restore(&checkpoint_path, &mut optimizer, ctx.device)?;
+        position = restore(&checkpoint_path, &mut optimizer, &mut buffers, ctx.device)?;
         (ctx.sink)(EngineEvent::Log(format!(
-            "resumed from checkpoint: phase {}, epoch {}, step {}",
-            plan.phase.as_str(),
-            position.epochs_done,
-            position.global_step
+            "resumed from checkpoint: phase {phase_name}, epoch {}, step {}",
+            position.epochs_done, position.global_step
         )));
-        if position.epochs_done >= plan.epochs {
-            (ctx.sink)(EngineEvent::Log(format!("phase {} had already finished training", plan.phase.as_str())));
+        if position.epochs_done >= plan.epochs || position.stopped_early {
+            (ctx.sink)(EngineEvent::Log(format!("phase {phase_name} had already finished training")));
         }
     }
-    // The teacher's logits on the training set never change: compute them once.
-    let teacher_logits = match teacher.filter(|_| plan.alpha > 0.0) {
-        Some(t) => {
-            (ctx.sink)(EngineEvent::Log(format!(
-                "teacher logits computed once for the {} training samples and reused every epoch (frozen teacher, no augmentation)",
-                data.train.len()
-            )));
-            Some(t.logits(&data.train.x, data.features, ctx.device)?)
-        }
-        None => None,
+    let distils = plan.distils() && !teachers.nets.is_empty();
+    let (targets, cache_report) = if distils {
+        let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
+        (ctx.sink)(EngineEvent::Log(match report.used {
+            true => format!(
+                "teacher cache: logits of {} teacher(s) for {} training samples computed once in {:.2} s and reused every epoch ({} KiB{})",
+                teachers.nets.len(),
+                data.train.len(),
+                report.fill_s,
+                report.bytes / 1024,
+                report.top_k.map(|k| format!(", top {k} per sample")).unwrap_or_default()
+            ),
+            false => format!("teacher cache not used: {}", report.reason),
+        }));
+        (targets, Some(report))
+    } else {
+        (Targets::Live, None)
     };
+    let student_layers: Vec<&str> = plan.intermediate.iter().map(|p| p.student_layer.as_str()).collect();
+    let teacher_layers: Vec<Vec<&str>> = (0..teachers.nets.len())
+        .map(|t| plan.intermediate.iter().filter(|p| p.teacher == t).map(|p| p.teacher_layer.as_str()).collect())
+        .collect();
     let samples = data.train.len();
     let steps_per_epoch = plan.steps_per_epoch(samples);
     let total_steps = steps_per_epoch * plan.epochs as u64;
     let started = Instant::now();
     let elapsed_before = position.elapsed_s;
-    let dropout = init.dropout();
 
     for epoch in position.epochs_done..plan.epochs {
+        if position.stopped_early {
+            break;
+        }
         let mut order: Vec<usize> = (0..samples).collect();
         Rng::stream(plan.seed, &[streams::SHUFFLE, epoch as u64]).shuffle(&mut order);
         let skip = std::mem::take(&mut position.batches_into_epoch);
@@ -155,13 +355,13 @@ pub fn train_phase(
                 return Err(match stop {
                     Stop::Cancelled => EngineError::Cancelled,
                     Stop::Interrupted => {
-                        // Data order and dropout masks derive from (epoch, batch), so a
+                        // Data order, shifts and dropout masks derive from (epoch, batch), so a
                         // checkpoint taken mid-epoch resumes exactly where it stopped.
                         position.batches_into_epoch = batch_index as u64;
                         position.partial_loss_sum = epoch_loss;
                         position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
                         position.optimizer_steps = optimizer.steps();
-                        save(&checkpoint_path, &position, &optimizer)?;
+                        save(&checkpoint_path, &position, &optimizer, &buffers)?;
                         (ctx.sink)(EngineEvent::Checkpoint(CheckpointInfo {
                             phase: plan.phase,
                             epoch: position.epochs_done,
@@ -172,46 +372,108 @@ pub fn train_phase(
                     }
                 });
             }
-            let (x, y) = gather(&data.train, data.features, batch, ctx.device)?;
-            let model = Mlp::from_vars(optimizer.vars(), dropout);
-            let mut dropout_rng = Rng::stream(plan.seed, &[streams::DROPOUT, epoch as u64, batch_index as u64]);
-            let logits = model.forward(&x, Some(&mut dropout_rng))?;
-            let teacher_batch = match &teacher_logits {
-                Some(all) => Some(all.index_select(&Tensor::from_vec(batch.iter().map(|&i| i as u32).collect::<Vec<_>>(), batch.len(), ctx.device)?, 0)?),
-                None => None,
+            let coordinates = [epoch as u64, batch_index as u64];
+            let mut shift_rng = Rng::stream(plan.seed, &[streams::AUGMENT, coordinates[0], coordinates[1]]);
+            let shift = match (plan.shift, data.image) {
+                (Some(max), Some(shape)) => Some((max, shape, data.background(), &mut shift_rng)),
+                _ => None,
             };
-            let loss = hinton(&logits, teacher_batch.as_ref(), &y, plan.temperature, plan.alpha)?;
-            let grads = loss.total.backward()?;
+            let (x, y) = gather(&data.train, data.features, batch, shift);
+            let x = Tensor::from_vec(x, (batch.len(), data.features), ctx.device)?;
+            let y = Tensor::from_vec(y, batch.len(), ctx.device)?;
+            let model = init.with_vars(&optimizer.vars()[..student_vars], &buffers);
+            let mut dropout_rng = Rng::stream(plan.seed, &[streams::DROPOUT, coordinates[0], coordinates[1]]);
+            let out = model.forward(&x, Some(&mut dropout_rng), &student_layers)?;
+            let progress = position.global_step as f64 / (total_steps.max(2) - 1) as f64;
+            let (alpha, temperature) = (plan.alpha.at(progress), plan.temperature.at(progress));
+            let hard = candle_nn::loss::cross_entropy(&out.logits, &y)?;
+            let mut total = hard.clone();
+            let (mut soft, mut features) = (None, None);
+            if distils {
+                let mut teacher_logits = Vec::new();
+                let mut teacher_features = Vec::new();
+                for (t, net) in teachers.nets.iter().enumerate() {
+                    if matches!(targets, Targets::Live) {
+                        let o = net.forward(&x, None, &teacher_layers[t])?;
+                        teacher_logits.push((o.logits, teachers.weights[t]));
+                        teacher_features.push(o.features);
+                    } else {
+                        teacher_logits.push((targets.batch(t, batch, data.classes, ctx.device)?, teachers.weights[t]));
+                        teacher_features.push(HashMap::new());
+                    }
+                }
+                if alpha > 0.0 {
+                    let s = logit_loss(plan.loss, &out.logits, &teacher_logits, temperature)?;
+                    total = ((&s * alpha)? + (&hard * (1.0 - alpha))?)?;
+                    soft = Some(s);
+                }
+                let mut projections = optimizer.vars()[student_vars..].chunks(2);
+                for pair in &plan.intermediate {
+                    let mut student_feature = out.features[&pair.student_layer].clone();
+                    if pair.projection.is_some() {
+                        let wb = projections.next().expect("a projection per projected pair");
+                        student_feature = project(&student_feature, wb[0].as_tensor(), wb[1].as_tensor())?;
+                    }
+                    let teacher_feature = &teacher_features[pair.teacher][&pair.teacher_layer];
+                    let term = (feature_loss(pair.loss, &student_feature, teacher_feature)? * pair.weight)?;
+                    features = Some(match features {
+                        None => term,
+                        Some(sum) => (sum + term)?,
+                    });
+                }
+                if let Some(f) = &features {
+                    total = (total + f)?;
+                }
+            }
+            let grads = total.backward()?;
             let lr = plan.lr_at(position.global_step, total_steps);
             optimizer.step(&grads, lr)?;
+            buffers = out.buffers.iter().map(Tensor::detach).collect();
             position.global_step += 1;
             position.samples_seen += batch.len() as u64;
-            let total = loss.total.to_scalar::<f32>()? as f64;
-            if !total.is_finite() {
+            let loss = total.to_scalar::<f32>()? as f64;
+            if !loss.is_finite() {
                 return Err(EngineError::Other(format!(
-                    "the loss became {total} in phase {} at step {}; lower the learning rate",
-                    plan.phase.as_str(),
+                    "the loss became {loss} in phase {phase_name} at step {}; lower the learning rate",
                     position.global_step
                 )));
             }
-            epoch_loss += total;
+            epoch_loss += loss;
+            let scalar = |t: &Option<Tensor>| t.as_ref().map(|s| s.to_scalar::<f32>().map(f64::from)).transpose();
             (ctx.sink)(EngineEvent::Progress(Progress {
                 phase: plan.phase,
                 epoch: epoch + 1,
                 epochs: plan.epochs,
                 step: position.global_step,
                 total_steps,
-                loss: total,
-                soft: loss.soft.as_ref().map(|s| s.to_scalar::<f32>().map(f64::from)).transpose()?,
-                hard: loss.hard.to_scalar::<f32>()? as f64,
+                loss,
+                soft: scalar(&soft)?,
+                hard: hard.to_scalar::<f32>()? as f64,
+                features: scalar(&features)?,
                 lr,
+                alpha: if distils { alpha } else { 0.0 },
+                temperature,
             }));
         }
         position.epochs_done = epoch + 1;
         position.last_train_loss = Some(epoch_loss / steps_per_epoch as f64);
         position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        let model = Mlp::from_vars(optimizer.vars(), dropout).detached();
-        let validation = evaluate(&model, &data.validation, data.features, ctx.device)?;
+        let model = init.with_vars(&optimizer.vars()[..student_vars], &buffers).detached();
+        let validation = evaluate(&model, data.monitored(), ctx.device)?;
+        let mut best_now = None;
+        if let Some(rule) = plan.early_stopping {
+            let improved = position.best.is_none_or(|b| validation.loss < b.val_loss - rule.min_delta);
+            if improved {
+                write_safetensors(&best_path, &model.named(), None)?;
+                position.best = Some(Best { epoch: epoch + 1, val_loss: validation.loss, epochs_since: 0 });
+            } else if let Some(best) = position.best.as_mut() {
+                best.epochs_since += 1;
+                if best.epochs_since >= rule.patience {
+                    position.stopped_early = true;
+                }
+            }
+            best_now = Some(improved);
+        }
         (ctx.sink)(EngineEvent::Epoch(EpochMetrics {
             phase: plan.phase,
             epoch: epoch + 1,
@@ -220,9 +482,20 @@ pub fn train_phase(
             train_loss: epoch_loss / steps_per_epoch as f64,
             val_loss: validation.loss,
             val_accuracy: validation.accuracy,
+            best: best_now,
         }));
+        if position.stopped_early {
+            let best = position.best.expect("a best epoch before stopping");
+            (ctx.sink)(EngineEvent::Log(format!(
+                "early stopping in phase {phase_name} after epoch {}: validation loss has not improved for {} epochs; keeping epoch {} (loss {:.4})",
+                epoch + 1,
+                best.epochs_since,
+                best.epoch,
+                best.val_loss
+            )));
+        }
         position.optimizer_steps = optimizer.steps();
-        save(&checkpoint_path, &position, &optimizer)?;
+        save(&checkpoint_path, &position, &optimizer, &buffers)?;
         (ctx.sink)(EngineEvent::Checkpoint(CheckpointInfo {
             phase: plan.phase,
             epoch: epoch + 1,
@@ -230,28 +503,40 @@ pub fn train_phase(
             file: checkpoint_file(plan.phase),
         }));
     }
-    let model = Mlp::from_vars(optimizer.vars(), dropout).detached();
+    let model = match position.best {
+        Some(_) => {
+            let (tensors, _) = read_safetensors(&best_path, ctx.device).map_err(EngineError::Other)?;
+            let blueprint_input = init.input();
+            Net::from_named(init.arch(), blueprint_input, data.classes, tensors, ctx.device).map_err(EngineError::Other)?
+        }
+        None => init.with_vars(&optimizer.vars()[..student_vars], &buffers).detached(),
+    };
     let wall_s = position.elapsed_s.max(1e-9);
     Ok((
         model,
         PhaseSummary {
-            epochs: plan.epochs,
+            epochs: position.epochs_done,
             steps: position.global_step,
             wall_s,
             samples_per_s: position.samples_seen as f64 / wall_s,
             final_train_loss: position.last_train_loss.unwrap_or_default(),
+            best_epoch: position.best.map(|b| b.epoch),
+            stopped_early: position.stopped_early,
+            teacher_cache: cache_report,
         },
     ))
 }
 
-fn gather(split: &Split, features: usize, batch: &[usize], device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let mut x = Vec::with_capacity(batch.len() * features);
-    let mut y = Vec::with_capacity(batch.len());
-    for &i in batch {
-        x.extend_from_slice(&split.x[i * features..(i + 1) * features]);
-        y.push(split.y[i]);
-    }
-    Ok((Tensor::from_vec(x, (batch.len(), features), device)?, Tensor::from_vec(y, batch.len(), device)?))
+/// The learned projection of a student feature to the teacher's width: `x·Wᵀ + b` over the last
+/// axis, which for channels-last maps is a 1×1 convolution.
+fn project(feature: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = feature.dims().to_vec();
+    let width = *dims.last().expect("features have a width");
+    let rows = feature.reshape(((), width))?;
+    let projected = rows.matmul(&weight.t()?)?.broadcast_add(bias)?;
+    let mut shape = dims;
+    *shape.last_mut().expect("features have a width") = weight.dim(0)?;
+    projected.reshape(shape)
 }
 
 /// A model's results on a split, from one forward pass over it.
@@ -263,8 +548,8 @@ pub struct Evaluation {
     pub predictions: Vec<u32>,
 }
 
-pub fn evaluate(model: &Mlp, split: &Split, features: usize, device: &Device) -> candle_core::Result<Evaluation> {
-    let logits = model.logits(&split.x, features, device)?;
+pub fn evaluate(model: &Net, split: &Split, device: &Device) -> candle_core::Result<Evaluation> {
+    let logits = model.logits(&split.x, device)?;
     let labels = Tensor::from_slice(&split.y, split.len(), device)?;
     let loss = candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()? as f64;
     let predictions = predictions(&logits)?;
@@ -272,20 +557,21 @@ pub fn evaluate(model: &Mlp, split: &Split, features: usize, device: &Device) ->
     Ok(Evaluation { loss, accuracy: correct as f64 / split.len().max(1) as f64, predictions })
 }
 
-fn save(path: &Path, position: &Position, optimizer: &Optimizer) -> Result<(), EngineError> {
+fn save(path: &Path, position: &Position, optimizer: &Optimizer, buffers: &[Tensor]) -> Result<(), EngineError> {
     let mut tensors: Vec<(String, Tensor)> = optimizer
         .vars()
         .iter()
         .enumerate()
         .map(|(i, v)| (format!("param.{i}"), v.as_tensor().detach()))
         .collect();
+    tensors.extend(buffers.iter().enumerate().map(|(i, b)| (format!("buffer.{i}"), b.clone())));
     tensors.extend(optimizer.state()?);
     let meta = serde_json::to_value(position).map_err(|e| EngineError::Other(e.to_string()))?;
     write_safetensors(path, &tensors, Some(&meta))?;
     Ok(())
 }
 
-fn restore(path: &Path, optimizer: &mut Optimizer, device: &Device) -> Result<Position, EngineError> {
+fn restore(path: &Path, optimizer: &mut Optimizer, buffers: &mut [Tensor], device: &Device) -> Result<Position, EngineError> {
     let broken = |m: String| EngineError::Other(format!("checkpoint {} is unusable: {m}", path.display()));
     let (mut tensors, meta) = read_safetensors(path, device).map_err(broken)?;
     let meta = meta.ok_or_else(|| broken("no position metadata".into()))?;
@@ -293,6 +579,9 @@ fn restore(path: &Path, optimizer: &mut Optimizer, device: &Device) -> Result<Po
     for (i, var) in optimizer.vars().iter().enumerate() {
         let t = tensors.remove(&format!("param.{i}")).ok_or_else(|| broken(format!("lacks param.{i}")))?;
         var.set(&t).map_err(|e| broken(e.to_string()))?;
+    }
+    for (i, buffer) in buffers.iter_mut().enumerate() {
+        *buffer = tensors.remove(&format!("buffer.{i}")).ok_or_else(|| broken(format!("lacks buffer.{i}")))?;
     }
     optimizer.restore(position.optimizer_steps, &mut tensors).map_err(broken)?;
     Ok(position)
@@ -311,8 +600,13 @@ mod tests {
             schedule,
             warmup_steps: warmup,
             seed: 0,
-            temperature: 4.0,
-            alpha: 0.5,
+            temperature: Scheduled::Constant(4.0),
+            alpha: Scheduled::Constant(0.5),
+            loss: LogitLoss::Kl,
+            intermediate: Vec::new(),
+            shift: None,
+            early_stopping: None,
+            cache: CacheSpec::default(),
         }
     }
 
