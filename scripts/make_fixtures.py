@@ -8,10 +8,15 @@ Outputs (committed; CI only reads them):
   tests/fixtures/hinton_loss.json  logits, labels, T, alpha -> loss, its parts, d loss / d student logits
   tests/fixtures/optimizers.json   parameters and gradients -> parameters after AdamW / SGD steps
   tests/fixtures/linear.json       x, W, b, upstream gradient -> act(x W^T + b) and its gradients
+  tests/fixtures/kd_losses.json    logit_cases: student logits, teachers' logits and weights, loss kind
+                                   (kl, reverse_kl, js with beta, mse), T -> loss, d loss / d student logits;
+                                   feature_cases: student and teacher features (batch x d, batch x C x H x W),
+                                   loss kind (mse, cosine) -> loss, d loss / d student feature
 
 Inputs are float32 (what the engine trains in); references are computed in float64 from them.
 """
 import json
+import math
 import pathlib
 
 import torch
@@ -123,6 +128,90 @@ def linear_cases():
     return {"generator": "scripts/make_fixtures.py", "torch": torch.__version__, "cases": cases}
 
 
+def logit_loss(kind, beta, student, teachers, t):
+    """The loss and the teachers' mixture probabilities (None for mse, which has none)."""
+    if kind == "mse":
+        return F.mse_loss(student, sum(w * logits for logits, w in teachers)), None
+
+    def kl(log_p, log_q):  # KL(p || q), batchmean
+        return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+
+    log_ps = F.log_softmax(student / t, dim=-1)
+    log_pt = torch.logsumexp(torch.stack([math.log(w) + F.log_softmax(x / t, dim=-1) for x, w in teachers]), dim=0)
+    if kind == "kl":
+        d = kl(log_pt, log_ps)
+    elif kind == "reverse_kl":
+        d = kl(log_ps, log_pt)
+    else:
+        log_m = torch.logsumexp(torch.stack([math.log(beta) + log_pt, math.log(1 - beta) + log_ps]), dim=0)
+        d = beta * kl(log_pt, log_m) + (1 - beta) * kl(log_ps, log_m)
+    return d * (t * t), log_pt.exp()
+
+
+def feature_loss(kind, student, teacher):
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    return (1 - F.cosine_similarity(student.flatten(1), teacher.flatten(1), dim=1, eps=1e-8)).mean()
+
+
+def kd_loss_cases():
+    g = torch.Generator().manual_seed(20240301)
+    logit_cases = []
+    for kind, beta in [("kl", None), ("reverse_kl", None), ("js", 0.5), ("js", 0.1), ("mse", None)]:
+        for weights in ([1.0], [0.7, 0.3]):
+            # "extreme": teacher logits ~1000 apart, so some teacher probabilities are exactly 0.
+            for setting, t, batch, classes, teacher_scale in [
+                ("T1", 1.0, 6, 10, 3.0),
+                ("T4", 4.0, 5, 7, 3.0),
+                ("extreme", 1.0, 4, 6, 1000.0),
+            ]:
+                student = (torch.randn(batch, classes, generator=g) * 3.0).float()
+                teachers = [(torch.randn(batch, classes, generator=g) * teacher_scale).float() for _ in weights]
+                s = student.double().requires_grad_(True)
+                pairs = [(x.double(), w) for x, w in zip(teachers, weights)]
+                loss, p_teacher = logit_loss(kind, beta, s, pairs, t)
+                if p_teacher is not None:
+                    assert (setting == "extreme") == bool((p_teacher == 0).any()), setting
+                loss.backward()
+                label = kind if beta is None else f"js{beta:g}"
+                logit_cases.append({
+                    "name": f"{label}_{'one' if len(weights) == 1 else 'ensemble'}_{setting}",
+                    "loss": kind,
+                    "beta": beta,
+                    "temperature": t,
+                    "student_logits": student.tolist(),
+                    "teachers": [{"logits": x.tolist(), "weight": w} for x, w in zip(teachers, weights)],
+                    "value": loss.item(),
+                    "grad_student_logits": s.grad.tolist(),
+                })
+    feature_cases = []
+    for name, kind, shape in [
+        ("mse_2d", "mse", (8, 16)),
+        ("cosine_2d", "cosine", (8, 16)),
+        ("mse_4d", "mse", (4, 3, 5, 5)),
+        ("cosine_4d", "cosine", (4, 3, 5, 5)),
+    ]:
+        student = torch.randn(*shape, generator=g).float()
+        teacher = (student + 0.7 * torch.randn(*shape, generator=g)).float()
+        s = student.double().requires_grad_(True)
+        loss = feature_loss(kind, s, teacher.double())
+        loss.backward()
+        feature_cases.append({
+            "name": name,
+            "loss": kind,
+            "student": student.tolist(),
+            "teacher": teacher.tolist(),
+            "value": loss.item(),
+            "grad_student": s.grad.tolist(),
+        })
+    return {
+        "generator": "scripts/make_fixtures.py",
+        "torch": torch.__version__,
+        "logit_cases": logit_cases,
+        "feature_cases": feature_cases,
+    }
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_default_dtype(torch.float64)
@@ -130,6 +219,7 @@ def main():
         ("hinton_loss.json", loss_cases()),
         ("optimizers.json", optimizer_cases()),
         ("linear.json", linear_cases()),
+        ("kd_losses.json", kd_loss_cases()),
     ]:
         (OUT / file).write_text(json.dumps(data, indent=1) + "\n")
         print("wrote", OUT / file)

@@ -1,9 +1,9 @@
-//! The distillation loss, its gradient, the optimisers and the fused linear kernel against
+//! The distillation losses, their gradients, the optimisers and the fused linear kernel against
 //! PyTorch, through the committed fixtures written by `scripts/make_fixtures.py`.
 
 use candle_core::{Device, Tensor, Var};
 use distillery::engine::linear::Linear;
-use distillery::engine::loss::hinton;
+use distillery::engine::loss::{feature_loss, hinton, logit_loss, FeatureLoss, LogitLoss};
 use distillery::engine::model::{Input, Net};
 use distillery::engine::optim::Optimizer;
 use distillery::engine::rng::Rng;
@@ -75,6 +75,75 @@ fn the_teacher_receives_no_gradient() {
     let grads = loss.total.backward().unwrap();
     assert!(grads.get(student.as_tensor()).is_some());
     assert!(grads.get(teacher.as_tensor()).is_none());
+}
+
+/// A nested JSON array of any depth, flattened in row-major order, and its shape.
+fn nd(v: &Value) -> (Vec<f64>, Vec<usize>) {
+    match v.as_array() {
+        Some(items) => {
+            let parts: Vec<_> = items.iter().map(nd).collect();
+            let mut shape = vec![parts.len()];
+            shape.extend(&parts[0].1);
+            (parts.into_iter().flat_map(|(values, _)| values).collect(), shape)
+        }
+        None => (vec![v.as_f64().unwrap()], vec![]),
+    }
+}
+
+fn nd_tensor(v: &Value) -> Tensor {
+    let (values, shape) = nd(v);
+    Tensor::from_vec(values.iter().map(|x| *x as f32).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+}
+
+/// Compares a loss's value and its gradient (any shape) with PyTorch's.
+fn assert_loss_matches(name: &str, loss: &Tensor, input: &Var, value: &Value, grad: &Value) {
+    assert_close(&format!("{name}: value"), loss.to_scalar::<f32>().unwrap() as f64, value.as_f64().unwrap());
+    let grads = loss.backward().unwrap();
+    let got = grads.get(input.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_all_close(&format!("{name}: gradient"), &[got], &[nd(grad).0]);
+}
+
+#[test]
+fn logit_losses_and_gradients_match_pytorch() {
+    let data = fixture("kd_losses.json");
+    let cases = data["logit_cases"].as_array().unwrap();
+    assert!(cases.len() >= 30);
+    for case in cases {
+        let kind = match (case["loss"].as_str().unwrap(), case["beta"].as_f64()) {
+            ("kl", None) => LogitLoss::Kl,
+            ("reverse_kl", None) => LogitLoss::ReverseKl,
+            ("js", Some(beta)) => LogitLoss::Js { beta },
+            ("mse", None) => LogitLoss::Mse,
+            other => panic!("unknown loss {other:?}"),
+        };
+        let student = Var::from_tensor(&tensor(&matrix(&case["student_logits"]))).unwrap();
+        let teachers: Vec<(Tensor, f64)> = case["teachers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (tensor(&matrix(&t["logits"])), t["weight"].as_f64().unwrap()))
+            .collect();
+        let loss = logit_loss(kind, student.as_tensor(), &teachers, case["temperature"].as_f64().unwrap()).unwrap();
+        let name = case["name"].as_str().unwrap();
+        assert_loss_matches(name, &loss, &student, &case["value"], &case["grad_student_logits"]);
+    }
+}
+
+#[test]
+fn feature_losses_and_gradients_match_pytorch() {
+    let data = fixture("kd_losses.json");
+    let cases = data["feature_cases"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let kind = match case["loss"].as_str().unwrap() {
+            "mse" => FeatureLoss::Mse,
+            "cosine" => FeatureLoss::Cosine,
+            other => panic!("unknown loss {other}"),
+        };
+        let student = Var::from_tensor(&nd_tensor(&case["student"])).unwrap();
+        let loss = feature_loss(kind, student.as_tensor(), &nd_tensor(&case["teacher"])).unwrap();
+        assert_loss_matches(case["name"].as_str().unwrap(), &loss, &student, &case["value"], &case["grad_student"]);
+    }
 }
 
 #[test]

@@ -149,3 +149,61 @@ fn log_sum_exp(xs: &[Tensor]) -> Result<Tensor> {
     x.broadcast_sub(&max)?.exp()?.sum_keepdim(0)?.log()?.add(&max)?.squeeze(0)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn logits<const B: usize>(rows: &[[f32; 4]; B]) -> Tensor {
+        Tensor::new(rows, &Device::Cpu).unwrap()
+    }
+
+    fn scalar(t: &Tensor) -> f32 {
+        t.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn kl_and_reverse_kl_with_one_teacher_equal_kl_batchmean_times_t_squared() {
+        let (s, t) = (logits(&[[1.0, -2.0, 0.5, 3.0], [0.0, 4.0, -1.0, 2.0]]), logits(&[[2.0, 0.0, -3.0, 1.0], [1.0, 1.0, 5.0, -2.0]]));
+        for temperature in [1.0, 4.0] {
+            let t2 = temperature * temperature;
+            let kl = logit_loss(LogitLoss::Kl, &s, &[(t.clone(), 1.0)], temperature).unwrap();
+            assert_eq!(scalar(&kl), scalar(&(kl_batchmean(&s, &t, temperature).unwrap() * t2).unwrap()));
+            let reverse = logit_loss(LogitLoss::ReverseKl, &s, &[(t.clone(), 1.0)], temperature).unwrap();
+            assert_eq!(scalar(&reverse), scalar(&(kl_batchmean(&t, &s, temperature).unwrap() * t2).unwrap()));
+        }
+    }
+
+    #[test]
+    fn js_with_beta_half_is_symmetric_and_bounded_by_ln_2() {
+        let (s, t) = (logits(&[[1.0, -2.0, 0.5, 3.0]]), logits(&[[90.0, 0.0, -30.0, 1.0]]));
+        let js = |a: &Tensor, b: &Tensor| scalar(&logit_loss(LogitLoss::Js { beta: 0.5 }, a, &[(b.clone(), 1.0)], 1.0).unwrap());
+        assert!((js(&s, &t) - js(&t, &s)).abs() < 1e-6);
+        assert!(js(&s, &t) > 0.0 && js(&s, &t) < std::f32::consts::LN_2);
+    }
+
+    #[test]
+    fn an_ensemble_of_identical_teachers_is_that_teacher_and_teachers_get_no_gradient() {
+        let s = Var::from_tensor(&logits(&[[1.0, -2.0, 0.5, 3.0]])).unwrap();
+        let t = Var::from_tensor(&logits(&[[2.0, 0.0, -3.0, 1.0]])).unwrap();
+        for kind in [LogitLoss::Kl, LogitLoss::ReverseKl, LogitLoss::Js { beta: 0.1 }, LogitLoss::Mse] {
+            let one = logit_loss(kind, s.as_tensor(), &[(t.as_tensor().clone(), 1.0)], 2.0).unwrap();
+            let two = logit_loss(kind, s.as_tensor(), &[(t.as_tensor().clone(), 0.7), (t.as_tensor().clone(), 0.3)], 2.0).unwrap();
+            assert!((scalar(&one) - scalar(&two)).abs() <= 1e-6 * scalar(&one).abs(), "{kind:?}");
+            let grads = two.backward().unwrap();
+            assert!(grads.get(s.as_tensor()).is_some() && grads.get(t.as_tensor()).is_none(), "{kind:?}");
+        }
+        let grads = feature_loss(FeatureLoss::Cosine, s.as_tensor(), t.as_tensor()).unwrap().backward().unwrap();
+        assert!(grads.get(s.as_tensor()).is_some() && grads.get(t.as_tensor()).is_none());
+    }
+
+    #[test]
+    fn invalid_arguments_are_errors() {
+        let (s, t) = (logits(&[[1.0, -2.0, 0.5, 3.0]]), logits(&[[2.0, 0.0, -3.0, 1.0]]));
+        assert!(logit_loss(LogitLoss::Kl, &s, &[], 1.0).is_err());
+        assert!(logit_loss(LogitLoss::Kl, &s, &[(t.clone(), 0.5)], 1.0).is_err());
+        assert!(logit_loss(LogitLoss::Js { beta: 1.0 }, &s, &[(t.clone(), 1.0)], 1.0).is_err());
+        assert!(logit_loss(LogitLoss::Kl, &s, &[(t.clone(), 1.0)], 0.0).is_err());
+        assert!(feature_loss(FeatureLoss::Mse, &s, &t.t().unwrap()).is_err());
+    }
+}

@@ -175,7 +175,11 @@ impl Net {
                     let tensor = named.remove(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
                     if tensor.dims() != shape.as_slice() {
                         let hint = if name == "layers.0.weight" && tensor.dims().len() == 2 && tensor.dims()[1] != shape[1] {
-                            format!(" (its input width {} does not match the {} the data and blocks give)", tensor.dims()[1], shape[1])
+                            let source = match blueprint.flatten {
+                                None => format!("the dataset's {} features", shape[1]),
+                                Some(_) => format!("the {} values the conv blocks give", shape[1]),
+                            };
+                            format!(" (its input width {} does not match {source})", tensor.dims()[1])
                         } else {
                             String::new()
                         };
