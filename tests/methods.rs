@@ -251,3 +251,25 @@ fn shifted_inputs_reverse_kl_and_a_student_that_starts_from_the_teachers_layers(
     let err = engine::preflight(&spec(bad), root.path()).unwrap_err();
     assert_eq!(err.field, "distill.intermediate[0]", "{err}");
 }
+
+/// Every example parses and validates; each one is preflighted (architectures against the data,
+/// layer names, copies) on the data it names.
+#[test]
+fn every_example_is_accepted() {
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("fashion-mnist");
+    std::fs::create_dir_all(&folder).unwrap();
+    for entry in std::fs::read_dir(fashion_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+    }
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        let spec = spec::parse(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        engine::preflight(&spec, root.path()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 8, "{checked} examples");
+}
