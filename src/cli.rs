@@ -34,7 +34,11 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
             }
             bar.set_position(p.step);
             let soft = p.soft.map(|s| format!(" soft {s:.4}")).unwrap_or_default();
-            bar.set_message(format!("epoch {}/{} loss {:.4}{soft} hard {:.4}", p.epoch, p.epochs, p.loss, p.hard));
+            let features = p.features.map(|f| format!(" layers {f:.4}")).unwrap_or_default();
+            bar.set_message(format!(
+                "epoch {}/{} loss {:.4}{soft} hard {:.4}{features} α {:.2} T {:.2}",
+                p.epoch, p.epochs, p.loss, p.hard, p.alpha, p.temperature
+            ));
         }
         EngineEvent::Epoch(m) => say(format!(
             "{:>9} epoch {:>3}/{}: train loss {:.4}, validation loss {:.4}, accuracy {:.2}%",
@@ -55,7 +59,7 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
     Ok(output.report)
 }
 
-fn cells(m: &ModelReport) -> [String; 8] {
+fn cells(m: &ModelReport, ensemble: bool) -> [String; 8] {
     [
         m.parameters.to_string(),
         format!("{:.1} KiB", m.size_bytes as f64 / 1024.0),
@@ -64,15 +68,25 @@ fn cells(m: &ModelReport) -> [String; 8] {
         format!("{:.2}%", m.agreement * 100.0),
         format!("{:.4} ms", m.latency.batch_1_ms),
         format!("{:.4} ms", m.latency.batch_n_ms),
-        m.training.as_ref().map(|t| format!("{:.1} s", t.wall_s)).unwrap_or_else(|| "loaded".into()),
+        match (&m.training, ensemble) {
+            (Some(t), _) => format!("{:.1} s", t.wall_s),
+            (None, true) => "members".into(),
+            (None, false) => "loaded".into(),
+        },
     ]
 }
 
 /// The report as the seed table of the field: teacher, distilled student, baseline.
 pub fn table(report: &Report) -> String {
-    let mut columns: Vec<(&str, &ModelReport)> = vec![("teacher", &report.teacher), ("student (distilled)", &report.student)];
+    let mut columns: Vec<(String, &ModelReport)> = Vec::new();
+    for (i, member) in report.teachers.iter().flatten().enumerate() {
+        columns.push((engine::Phase::Teacher(i).as_str().into_owned(), member));
+    }
+    let ensemble = report.teachers.is_some();
+    columns.push((if ensemble { "ensemble" } else { "teacher" }.into(), &report.teacher));
+    columns.push(("student (distilled)".into(), &report.student));
     if let Some(b) = &report.baseline {
-        columns.push(("student (baseline)", b));
+        columns.push(("student (baseline)".into(), b));
     }
     let labels = [
         "parameters".to_string(),
@@ -84,7 +98,7 @@ pub fn table(report: &Report) -> String {
         format!("latency, batch {}", report.teacher.latency.batch_n),
         "training time".into(),
     ];
-    let cells: Vec<[String; 8]> = columns.iter().map(|(_, m)| cells(m)).collect();
+    let cells: Vec<[String; 8]> = columns.iter().map(|(name, m)| cells(m, name == "ensemble")).collect();
     let mut out = format!("{:<24}", "");
     for (name, _) in &columns {
         out += &format!("{name:>22}");
@@ -106,9 +120,16 @@ pub fn table(report: &Report) -> String {
     if let Some(gain) = report.gain {
         out += &format!("  gain over baseline {:+.2} points", gain * 100.0);
     }
-    out += &format!(
-        "\nwall time {:.1} s, {:.0} training samples/s (distillation)\n{}",
-        report.wall_time_s, report.train_samples_per_s, report.verdict
-    );
+    out += &format!("\nwall time {:.1} s, {:.0} training samples/s (distillation)", report.wall_time_s, report.train_samples_per_s);
+    if let Some(cache) = &report.distillation.teacher_cache {
+        out += &match cache.used {
+            true => format!("; teacher cache used ({:.0} KiB, filled in {:.1} s)", cache.bytes as f64 / 1024.0, cache.fill_s),
+            false => format!("; teacher cache not used: {}", cache.reason),
+        };
+    }
+    if let Some(best) = report.student.training.as_ref().and_then(|t| t.best_epoch) {
+        out += &format!("; early stopping kept the student's epoch {best}");
+    }
+    out += &format!("\n{}", report.verdict);
     out
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use distillery::engine::files::read_safetensors;
 use distillery::engine::report::Report;
-use distillery::engine::{self, Control, EngineEvent};
+use distillery::engine::{self, Control, EngineError, EngineEvent, Phase};
 use distillery::spec::{self, JobSpec};
 use serde_json::{json, Value};
 
@@ -272,4 +272,40 @@ fn every_example_is_accepted() {
         checked += 1;
     }
     assert!(checked >= 8, "{checked} examples");
+}
+
+/// A conv job with batch norm (running statistics), a projection (extra trained tensors),
+/// shifts and early stopping (a best epoch to remember), stopped mid-epoch in the teacher's and
+/// then the student's phase, ends exactly where the uninterrupted job does.
+#[test]
+fn a_conv_job_with_batch_norm_projections_and_early_stopping_resumes_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let student = json!({"kind": "conv", "blocks": [{"channels": 4, "kernel": 3, "padding": 1, "batch_norm": true, "pool": "max"}], "hidden": [16]});
+    let s = spec(json!({
+        "dataset": dataset(root.path(), 500, 200),
+        "teacher": {"arch": conv_teacher(true), "train": {"epochs": 2}},
+        "student": {"arch": student},
+        "distill": {"temperature": 3, "alpha": 0.6, "intermediate": [{"teacher_layer": "blocks.0", "student_layer": "blocks.0"}]},
+        "training": {"epochs": 3, "batch_size": 50, "optimizer": {"kind": "adamw", "lr": 0.003}, "seed": 9,
+                     "augment": {"shift": 1}, "early_stopping": {"patience": 5}},
+        "baseline": false
+    }));
+    let straight = tempfile::tempdir().unwrap();
+    let (expected, _) = run(&s, root.path(), straight.path());
+
+    // 400 training samples (100 held out for early stopping), 8 steps an epoch.
+    let dir = tempfile::tempdir().unwrap();
+    for (phase, step) in [(Phase::Teacher(0), 11), (Phase::Student, 13)] {
+        let control = Control::default();
+        let outcome = engine::run(&s, "cpu", root.path(), dir.path(), &control, &mut |e| {
+            if matches!(&e, EngineEvent::Progress(p) if p.phase == phase && p.step == step) {
+                control.interrupt()
+            }
+        });
+        assert!(matches!(outcome, Err(EngineError::Interrupted)), "{phase:?}");
+    }
+    let (resumed, logs) = run(&s, root.path(), dir.path());
+    assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 1, step 13"), "{logs:?}");
+    let numbers = |r: &Report| (r.teacher.accuracy, r.teacher.loss, r.student.accuracy, r.student.loss, r.student.training.as_ref().unwrap().best_epoch);
+    assert_eq!(numbers(&resumed), numbers(&expected));
 }
