@@ -12,6 +12,12 @@ Outputs (committed; CI only reads them):
                                    (kl, reverse_kl, js with beta, mse), T -> loss, d loss / d student logits;
                                    feature_cases: student and teacher features (batch x d, batch x C x H x W),
                                    loss kind (mse, cosine) -> loss, d loss / d student feature
+  tests/fixtures/conv_net.json     a conv net (Conv2d, BatchNorm2d, ReLU, MaxPool2d / AvgPool2d, Flatten, Linear):
+                                   arch (Distillery's JSON spec), image shape, classes, every tensor under
+                                   Distillery's names (blocks.{i}.conv|bn.*, layers.{i}.*), an input batch (flat
+                                   C*H*W rows), upstream U -> logits in eval mode; logits in train mode (batch
+                                   statistics); the BN running stats after that forward; d sum(train logits * U)
+                                   / d every parameter
 
 Inputs are float32 (what the engine trains in); references are computed in float64 from them.
 """
@@ -212,6 +218,119 @@ def kd_loss_cases():
     }
 
 
+class ConvBlock(torch.nn.Module):
+    """conv -> batch norm (optional) -> ReLU -> pooling (optional): Distillery's block, in torch.nn."""
+
+    def __init__(self, spec, in_channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(in_channels, spec["channels"], spec["kernel"], stride=spec["stride"],
+                                    padding=spec["padding"], dtype=torch.float32)
+        self.bn = (torch.nn.BatchNorm2d(spec["channels"], eps=1e-5, momentum=0.1, dtype=torch.float32)
+                   if spec["batch_norm"] else torch.nn.Identity())
+        self.relu = torch.nn.ReLU()
+        pool = {"max": torch.nn.MaxPool2d, "avg": torch.nn.AvgPool2d}[spec["pool"]]
+        self.pool = pool(spec["pool_size"])  # stride = kernel, floor (ceil_mode=False)
+
+    def forward(self, x):
+        return self.pool(self.relu(self.bn(self.conv(x))))
+
+
+class ConvNet(torch.nn.Module):
+    def __init__(self, arch, image, classes):
+        super().__init__()
+        channels, height, width = image["channels"], image["height"], image["width"]
+        self.blocks = torch.nn.ModuleList()
+        for spec in arch["blocks"]:
+            self.blocks.append(ConvBlock(spec, channels))
+            channels = spec["channels"]
+            height = (height + 2 * spec["padding"] - spec["kernel"]) // spec["stride"] + 1
+            width = (width + 2 * spec["padding"] - spec["kernel"]) // spec["stride"] + 1
+            height, width = height // spec["pool_size"], width // spec["pool_size"]
+        self.flatten = torch.nn.Flatten()  # PyTorch's C x H x W order
+        widths = [channels * height * width] + arch["hidden"] + [classes]
+        self.layers = torch.nn.ModuleList(
+            torch.nn.Linear(a, b, dtype=torch.float32) for a, b in zip(widths, widths[1:]))
+        self.image = image
+
+    def forward(self, x):
+        h = x.reshape(x.shape[0], self.image["channels"], self.image["height"], self.image["width"])
+        for block in self.blocks:
+            h = block(h)
+        h = self.flatten(h)
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i + 1 < len(self.layers):
+                h = torch.relu(h)
+        return h
+
+
+def conv_net_case():
+    # 2 x 19 x 22 (height != width at every stage, so a transposed map cannot pass):
+    #   block 0: 3x3 conv, padding 1 -> 19 x 22, batch norm, 2x2 max pool -> 9 x 11 (floor drops row 19);
+    #   block 1: 3x3 conv, stride 2, padding 1 -> 5 x 6 (stride divides 9+2-3 and 11+2-3, which candle's
+    #            own conv2d backward needs), no batch norm, 2x2 avg pool -> 2 x 3 (floor drops row 5);
+    #   head: 4*2*3 = 24 -> 6 (ReLU) -> 5.
+    arch = {
+        "kind": "conv",
+        "blocks": [
+            {"channels": 3, "kernel": 3, "stride": 1, "padding": 1, "batch_norm": True, "pool": "max", "pool_size": 2},
+            {"channels": 4, "kernel": 3, "stride": 2, "padding": 1, "batch_norm": False, "pool": "avg", "pool_size": 2},
+        ],
+        "hidden": [6],
+        "dropout": 0.0,
+    }
+    image = {"channels": 2, "height": 19, "width": 22}
+    classes, batch = 5, 4
+    g = torch.Generator().manual_seed(31415)
+
+    def uniform(shape, low, high):
+        return (torch.rand(*shape, generator=g, dtype=torch.float32) * (high - low) + low).float()
+
+    net = ConvNet(arch, image, classes)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            if ".bn." in name:
+                low, high = {"weight": (0.5, 1.5), "bias": (-0.5, 0.5), "running_mean": (-0.3, 0.3),
+                             "running_var": (0.5, 2.0)}[name.rsplit(".", 1)[1]]
+            else:  # PyTorch's default bound, 1/sqrt(fan_in), for weights and biases alike
+                owner = name.rsplit(".", 1)[0]
+                fan_in = net.get_submodule(owner).weight[0].numel()
+                low, high = -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)
+            t.copy_(uniform(t.shape, low, high))
+    tensors = {k: v.tolist() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    x = torch.randn(batch, image["channels"] * image["height"] * image["width"], generator=g).float()
+    upstream = torch.randn(batch, classes, generator=g).float()
+
+    ref = ConvNet(arch, image, classes)
+    ref.load_state_dict(net.state_dict())
+    ref = ref.double()
+    ref.eval()
+    with torch.no_grad():
+        eval_logits = ref(x.double())
+    ref.train()
+    train_logits = ref(x.double())
+    (train_logits * upstream.double()).sum().backward()
+    buffers = {k: v.tolist() for k, v in ref.state_dict().items() if "running_" in k}
+    grads = {k: p.grad.tolist() for k, p in ref.named_parameters()}
+    assert set(grads) | set(buffers) == set(tensors)
+    return {
+        "generator": "scripts/make_fixtures.py",
+        "torch": torch.__version__,
+        "arch": arch,
+        "image": image,
+        "classes": classes,
+        "tensors": tensors,
+        "x": x.tolist(),
+        "upstream": upstream.tolist(),
+        "eval_logits": eval_logits.tolist(),
+        "train_logits": train_logits.detach().tolist(),
+        "running_after_train": buffers,
+        "grads": grads,
+    }
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     torch.set_default_dtype(torch.float64)
@@ -220,6 +339,7 @@ def main():
         ("optimizers.json", optimizer_cases()),
         ("linear.json", linear_cases()),
         ("kd_losses.json", kd_loss_cases()),
+        ("conv_net.json", conv_net_case()),
     ]:
         (OUT / file).write_text(json.dumps(data, indent=1) + "\n")
         print("wrote", OUT / file)

@@ -1,7 +1,10 @@
-//! The distillation losses, their gradients, the optimisers and the fused linear kernel against
-//! PyTorch, through the committed fixtures written by `scripts/make_fixtures.py`.
+//! The distillation losses, their gradients, the optimisers, the fused linear kernel and a conv net
+//! against PyTorch, through the committed fixtures written by `scripts/make_fixtures.py`.
+
+use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
+use distillery::engine::data::ImageShape;
 use distillery::engine::linear::Linear;
 use distillery::engine::loss::{feature_loss, hinton, logit_loss, FeatureLoss, LogitLoss};
 use distillery::engine::model::{Input, Net};
@@ -275,4 +278,72 @@ fn the_fused_linear_kernel_equals_candles_composed_ops_and_skips_data_gradients(
         let c: Vec<Vec<f64>> = c.iter().map(|r| r.iter().map(|v| *v as f64).collect()).collect();
         assert_all_close(&format!("output/gradient {i}"), f, &c);
     }
+}
+
+/// The conv net of `conv_net.json` (conv with padding and stride 2, batch norm in one block, max
+/// and avg pooling whose floor drops a row, a hidden head layer) against the same `torch.nn`
+/// network: logits in eval and train mode, the running statistics a training batch leaves, and
+/// the gradients of Σ train-logits ⊙ U for every parameter.
+fn conv_net_matches_pytorch(fused: bool) {
+    let data = fixture("conv_net.json");
+    let path = if fused { "fused kernels" } else { "candle's conv2d" };
+    let arch: ArchSpec = serde_json::from_value(data["arch"].clone()).unwrap();
+    assert_eq!(arch.dropout(), 0.0, "with dropout the train-mode logits would depend on the RNG");
+    let image: ImageShape = serde_json::from_value(data["image"].clone()).unwrap();
+    let input = Input { features: image.channels * image.height * image.width, image: Some(image) };
+    let classes = data["classes"].as_u64().unwrap() as usize;
+    let tensors: HashMap<String, Tensor> =
+        data["tensors"].as_object().unwrap().iter().map(|(name, v)| (name.clone(), nd_tensor(v))).collect();
+    let net = Net::from_named(&arch, input, classes, tensors, &Device::Cpu).unwrap().with_fused_kernels(fused);
+    let x = tensor(&matrix(&data["x"]));
+    let upstream = tensor(&matrix(&data["upstream"]));
+
+    let eval = net.forward(&x, None, &[]).unwrap().logits;
+    assert_all_close(&format!("{path}: eval logits"), &rows(&eval), &reference(&data["eval_logits"]));
+
+    let vars = net.to_vars().unwrap();
+    let out = net.with_vars(&vars, net.buffers()).forward(&x, Some(&mut Rng::new(0)), &[]).unwrap();
+    assert_all_close(&format!("{path}: train logits"), &rows(&out.logits), &reference(&data["train_logits"]));
+
+    let bp = net.blueprint();
+    assert_eq!(out.buffers.len(), bp.buffers.len());
+    for (got, (name, _)) in out.buffers.iter().zip(&bp.buffers) {
+        let want = &data["running_after_train"][name];
+        assert_all_close(&format!("{path}: {name} after a train-mode forward"), &rows(got), &reference(want));
+    }
+
+    let grads = (&out.logits * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(vars.len(), bp.params.len());
+    for (var, (name, shape)) in vars.iter().zip(&bp.params) {
+        let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{path}: {name} has no gradient"));
+        let (want, want_shape) = nd(&data["grads"][name]);
+        assert_eq!(grad.dims(), shape.as_slice(), "{path}: {name}");
+        assert_eq!(want_shape, *shape, "{path}: {name} in the fixture");
+        let got = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        if want.iter().all(|v| v.abs() < 1e-12) {
+            // A conv bias followed by batch norm: the batch mean subtracts it, so its gradient is
+            // exactly 0 (PyTorch: ~1e-17 in f64). In f32 only rounding is left; it must be small
+            // next to the block's weight gradient.
+            let block = name.trim_end_matches("conv.bias");
+            let weight_scale = nd(&data["grads"][&format!("{block}conv.weight")]).0.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for g in &got {
+                assert!((*g as f64).abs() <= 1e-5 * weight_scale, "{path}: {name}: got {g}, PyTorch 0");
+            }
+        } else {
+            assert_all_close(&format!("{path}: d Σ logits·U / d {name}"), &[got], &[want]);
+        }
+    }
+}
+
+#[test]
+fn the_conv_net_matches_pytorch_eval_train_running_stats_and_gradients() {
+    conv_net_matches_pytorch(true);
+}
+
+/// The same through candle's own conv2d (`with_fused_kernels(false)`); the fixture's stride-2
+/// conv has a stride that divides h + 2p − k in both directions, which candle's conv2d backward
+/// needs.
+#[test]
+fn the_conv_net_through_candles_conv2d_matches_pytorch() {
+    conv_net_matches_pytorch(false);
 }
