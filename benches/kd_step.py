@@ -2,8 +2,12 @@
 """The PyTorch reference for `cargo run --release --bin bench`: the same distillation step, timed
 the same way, on the same machine. Prints one JSON object.
 
-Step: frozen teacher MLP 784-1200-1200-10 forward (no grad), student MLP 784-800-800-10 forward,
-Hinton loss (T=4, alpha=0.7, KL batchmean * T^2 + CE), backward, AdamW; batch 128.
+Step: frozen teacher forward (no grad), student forward, Hinton loss (T=4, alpha=0.7, KL
+batchmean * T^2 + CE), backward, AdamW; batch 128.
+--model mlp (default): teacher MLP 784-1200-1200-10, student MLP 784-800-800-10.
+--model conv, on 1x28x28 images: teacher conv 32 and 64 (3x3, padding 1, ReLU, 2x2 max pool) +
+3136-256-10, student LeNet-5 (conv 6 5x5 padding 2 and 16 5x5, each ReLU and 2x2 max pool, +
+400-120-84-10).
 """
 import argparse
 import json
@@ -24,22 +28,43 @@ def mlp(widths):
     return nn.Sequential(*layers)
 
 
+def conv_net(blocks, head):
+    """blocks: (in, out, kernel, padding), each conv followed by ReLU and 2x2 max pool; then an MLP head."""
+    layers = []
+    for cin, cout, k, pad in blocks:
+        layers += [nn.Conv2d(cin, cout, k, padding=pad), nn.ReLU(), nn.MaxPool2d(2)]
+    return nn.Sequential(*layers, nn.Flatten(), mlp(head))
+
+
+# model -> (teacher, student, shape of one sample)
+MODELS = {
+    "mlp": (lambda: mlp([784, 1200, 1200, 10]), lambda: mlp([784, 800, 800, 10]), (784,)),
+    "conv": (
+        lambda: conv_net([(1, 32, 3, 1), (32, 64, 3, 1)], [3136, 256, 10]),
+        lambda: conv_net([(1, 6, 5, 2), (6, 16, 5, 0)], [400, 120, 84, 10]),
+        (1, 28, 28),
+    ),
+}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--model", choices=MODELS, default="mlp")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    teacher = mlp([784, 1200, 1200, 10]).eval()
+    make_teacher, make_student, shape = MODELS[args.model]
+    teacher = make_teacher().eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
-    student = mlp([784, 800, 800, 10])
+    student = make_student()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.01)
-    x = torch.randn(args.batch, 784)
+    x = torch.randn(args.batch, *shape)
     y = torch.randint(0, 10, (args.batch,))
     t, alpha = 4.0, 0.7
     phases = {"teacher_forward": [], "student_forward": [], "loss_backward": [], "optimizer": []}
@@ -72,7 +97,7 @@ def main():
         rates.append(args.steps * args.batch / (time.perf_counter() - start))
 
     def latency(batch):
-        inp = torch.randn(batch, 784)
+        inp = torch.randn(batch, *shape)
         with torch.no_grad():
             for _ in range(10):
                 student(inp)

@@ -3,23 +3,28 @@
 //!
 //!     cargo run --release --bin bench                # installs PyTorch into .venv when absent
 //!     cargo run --release --bin bench -- --no-torch   # candle only
+//!     cargo run --release --bin bench -- --model conv # the conv nets
 //!
-//! Step: frozen teacher MLP 784-1200-1200-10 forward, student MLP 784-800-800-10 forward, Hinton
-//! loss (T = 4, α = 0.7), backward, AdamW; batch 128. Prints samples/s, GFLOP/s, the share of the
-//! sgemm peak, per-phase times, inference latency and the candle ÷ PyTorch ratios.
+//! Step: frozen teacher forward, student forward, Hinton loss (T = 4, α = 0.7), backward, AdamW;
+//! batch 128. `--model mlp` (default): teacher MLP 784-1200-1200-10, student MLP 784-800-800-10.
+//! `--model conv`, on 1×28×28 images: teacher conv 32 and 64 (3×3, padding 1, ReLU, 2×2 max
+//! pool), then 3136-256-10; student LeNet-5: conv 6 (5×5, padding 2) and 16 (5×5), each with ReLU
+//! and 2×2 max pool, then 400-120-84-10. Prints samples/s, GFLOP/s, the share of the sgemm peak,
+//! per-phase times, inference latency and the candle ÷ PyTorch ratios.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use distillery::engine::data::ImageShape;
 use distillery::engine::loss::hinton;
 use distillery::engine::model::{Input, Net};
 use distillery::engine::optim::Optimizer;
 use distillery::engine::rng::Rng;
 use distillery::spec::{ArchSpec, OptimizerSpec};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -42,25 +47,96 @@ struct Args {
     /// Python with torch to use (default: .venv/bin/python, created on first use).
     #[arg(long)]
     python: Option<String>,
+    /// Which teacher/student pair to distil.
+    #[arg(long, value_enum, default_value_t = Model::Mlp)]
+    model: Model,
 }
 
-const TEACHER: [usize; 2] = [1200, 1200];
-const STUDENT: [usize; 2] = [800, 800];
+#[derive(Clone, Copy, ValueEnum)]
+enum Model {
+    Mlp,
+    Conv,
+}
+
 const FEATURES: usize = 784;
 const CLASSES: usize = 10;
 
-fn linear_flops(widths: &[usize], batch: usize) -> f64 {
-    widths.windows(2).map(|w| 2.0 * (batch * w[0] * w[1]) as f64).sum()
+/// The networks of one configuration, as a job spec would give them.
+struct Setup {
+    teacher: ArchSpec,
+    student: ArchSpec,
+    input: Input,
+    /// For the header line.
+    description: &'static str,
+    /// Name of the variant with `Net::with_fused_kernels(true)`: what it switches on here.
+    engine_variant: &'static str,
 }
 
-/// Teacher forward + student forward + student backward (weight gradients for every layer,
-/// input gradients for all but the first).
-fn step_flops(batch: usize) -> f64 {
-    let teacher = [&[FEATURES][..], &TEACHER, &[CLASSES]].concat();
-    let student = [&[FEATURES][..], &STUDENT, &[CLASSES]].concat();
-    let student_forward = linear_flops(&student, batch);
-    let first_layer = 2.0 * (batch * FEATURES * STUDENT[0]) as f64;
-    linear_flops(&teacher, batch) + student_forward + (2.0 * student_forward - first_layer)
+impl Model {
+    fn name(self) -> &'static str {
+        match self {
+            Model::Mlp => "mlp",
+            Model::Conv => "conv",
+        }
+    }
+
+    fn setup(self) -> Setup {
+        let arch = |spec: Value| serde_json::from_value::<ArchSpec>(spec).expect("a valid architecture");
+        match self {
+            Model::Mlp => Setup {
+                teacher: arch(json!({"kind": "mlp", "hidden": [1200, 1200]})),
+                student: arch(json!({"kind": "mlp", "hidden": [800, 800]})),
+                input: Input { features: FEATURES, image: None },
+                description: "teacher 784-1200-1200-10 (frozen), student 784-800-800-10",
+                engine_variant: "+ fused linear (the engine)",
+            },
+            Model::Conv => Setup {
+                teacher: arch(json!({"kind": "conv", "hidden": [256], "blocks": [
+                    {"channels": 32, "kernel": 3, "padding": 1, "pool": "max"},
+                    {"channels": 64, "kernel": 3, "padding": 1, "pool": "max"}]})),
+                student: arch(json!({"kind": "conv", "hidden": [120, 84], "blocks": [
+                    {"channels": 6, "kernel": 5, "padding": 2, "pool": "max"},
+                    {"channels": 16, "kernel": 5, "pool": "max"}]})),
+                input: Input { features: FEATURES, image: Some(ImageShape { channels: 1, height: 28, width: 28 }) },
+                description: "1×28×28 images, teacher conv 32-64 3×3 + 3136-256-10 (frozen), student LeNet-5",
+                engine_variant: "+ fused conv+fc (the engine)",
+            },
+        }
+    }
+}
+
+/// Multiply-adds per sample of each conv and linear layer, in order. Pooling and ReLU (a
+/// comparison per value, no multiply-adds) are not counted, like any work outside the products.
+fn layer_macs(arch: &ArchSpec, input: Input) -> Vec<f64> {
+    let mut macs = Vec::new();
+    let mut width = input.features;
+    if let Some(image) = input.image {
+        let (mut h, mut w, mut c) = (image.height, image.width, image.channels);
+        for b in arch.blocks() {
+            h = (h + 2 * b.padding - b.kernel) / b.stride + 1;
+            w = (w + 2 * b.padding - b.kernel) / b.stride + 1;
+            macs.push((h * w * b.channels * b.kernel * b.kernel * c) as f64);
+            c = b.channels;
+            if b.pool.is_some() {
+                (h, w) = (h / b.pool_size, w / b.pool_size);
+            }
+        }
+        width = h * w * c;
+    }
+    for &out in arch.hidden().iter().chain([&CLASSES]) {
+        macs.push((width * out) as f64);
+        width = out;
+    }
+    macs
+}
+
+/// Teacher forward + student forward + student backward: weight gradients for every layer (as
+/// many MACs as its forward), input gradients for all but the first (whose input is data).
+fn step_flops(setup: &Setup, batch: usize) -> f64 {
+    let teacher: f64 = layer_macs(&setup.teacher, setup.input).iter().sum();
+    let student = layer_macs(&setup.student, setup.input);
+    let forward: f64 = student.iter().sum();
+    2.0 * batch as f64 * (teacher + forward + (2.0 * forward - student[0]))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -94,21 +170,24 @@ const PHASES: [&str; 4] = ["teacher_forward", "student_forward", "loss_backward"
 struct Variant {
     name: &'static str,
     fused_optimizer: bool,
-    fused_linear: bool,
+    fused_kernels: bool,
 }
 
-const VARIANTS: [Variant; 3] = [
-    Variant { name: "candle ops only", fused_optimizer: false, fused_linear: false },
-    Variant { name: "+ fused AdamW", fused_optimizer: true, fused_linear: false },
-    Variant { name: "+ fused linear (the engine)", fused_optimizer: true, fused_linear: true },
-];
+/// The last two differ only in the fused kernels, so their ratio is what those kernels buy.
+fn variants(setup: &Setup) -> [Variant; 3] {
+    [
+        Variant { name: "candle ops only", fused_optimizer: false, fused_kernels: false },
+        Variant { name: "+ fused AdamW", fused_optimizer: true, fused_kernels: false },
+        Variant { name: setup.engine_variant, fused_optimizer: true, fused_kernels: true },
+    ]
+}
 
-fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::Result<CandleResult> {
+fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) -> candle_core::Result<CandleResult> {
     let mut rng = Rng::new(0);
-    let arch = |hidden: &[usize]| ArchSpec::Mlp { hidden: hidden.to_vec(), dropout: 0.0 };
-    let input = Input { features: FEATURES, image: None };
-    let teacher = Net::init(&arch(&TEACHER), input, CLASSES, &mut rng, device).map_err(candle_core::Error::Msg)?.with_fused_kernels(variant.fused_linear);
-    let student = Net::init(&arch(&STUDENT), input, CLASSES, &mut rng, device).map_err(candle_core::Error::Msg)?;
+    let init = |arch: &ArchSpec, rng: &mut Rng| Net::init(arch, setup.input, CLASSES, rng, device).map_err(candle_core::Error::Msg);
+    // Plain tensors, no vars: the teacher's forward records no graph.
+    let teacher = init(&setup.teacher, &mut rng)?.detached().with_fused_kernels(variant.fused_kernels);
+    let student = init(&setup.student, &mut rng)?;
     let optimizer_spec = OptimizerSpec::Adamw { lr: 1e-3, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut optimizer = if variant.fused_optimizer {
         Optimizer::new(optimizer_spec, student.to_vars()?)?
@@ -125,7 +204,7 @@ fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::R
         let teacher_logits = teacher.forward(&x, None, &[])?.logits;
         device.synchronize()?;
         let t1 = Instant::now();
-        let model = student.with_vars(optimizer.vars(), &[]).with_fused_kernels(variant.fused_linear);
+        let model = student.with_vars(optimizer.vars(), &[]).with_fused_kernels(variant.fused_kernels);
         let logits = model.forward(&x, None, &[])?.logits;
         device.synchronize()?;
         let t2 = Instant::now();
@@ -151,7 +230,7 @@ fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::R
         step(true)?;
     }
     let samples_per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
-    let frozen = student.with_vars(optimizer.vars(), &[]).detached().with_fused_kernels(variant.fused_linear);
+    let frozen = student.with_vars(optimizer.vars(), &[]).detached().with_fused_kernels(variant.fused_kernels);
     let samples: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let budget = std::time::Duration::from_millis(350);
     let latency = [
@@ -164,7 +243,7 @@ fn candle_step(args: &Args, device: &Device, variant: Variant) -> candle_core::R
 /// Runs the committed PyTorch script once.
 fn torch_step(python: &str, args: &Args) -> Result<Value, String> {
     let output = Command::new(python)
-        .args(["benches/kd_step.py", "--steps", &args.steps.to_string(), "--reps", "1", "--batch", &args.batch.to_string()])
+        .args(["benches/kd_step.py", "--model", args.model.name(), "--steps", &args.steps.to_string(), "--reps", "1", "--batch", &args.batch.to_string()])
         .output()
         .map_err(|e| format!("running {python}: {e}"))?;
     if !output.status.success() {
@@ -195,15 +274,17 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let device = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
-    let flops = step_flops(args.batch);
+    let setup = args.model.setup();
+    let variants = variants(&setup);
+    let flops = step_flops(&setup, args.batch);
     let peak = sgemm_peak(&device)?;
     let python = if args.no_torch { None } else { Some(python(&args).map_err(anyhow::Error::msg)?) };
-    let mut candle: Vec<Vec<CandleResult>> = VARIANTS.iter().map(|_| Vec::new()).collect();
+    let mut candle: Vec<Vec<CandleResult>> = variants.iter().map(|_| Vec::new()).collect();
     let mut torch: Vec<Value> = Vec::new();
     for round in 0..args.rounds {
         eprintln!("round {}/{}", round + 1, args.rounds);
-        for (slot, &variant) in candle.iter_mut().zip(&VARIANTS) {
-            slot.push(candle_step(&args, &device, variant)?);
+        for (slot, &variant) in candle.iter_mut().zip(&variants) {
+            slot.push(candle_step(&args, &setup, &device, variant)?);
         }
         // PyTorch runs after candle, never beside it, so the two never compete for the cores.
         if let Some(python) = &python {
@@ -216,7 +297,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let gflops = |rate: f64| rate / args.batch as f64 * flops / 1e9;
-    println!("distillation step: teacher 784-1200-1200-10 (frozen), student 784-800-800-10, Hinton T=4 α=0.7, AdamW, batch {}", args.batch);
+    println!("distillation step: {}, Hinton T=4 α=0.7, AdamW, batch {}", setup.description, args.batch);
     println!("{:.2} GFLOP a step; {} rounds × {} steps, medians; candle threads {threads}", flops / 1e9, args.rounds, args.steps);
     let torch_peak = (!torch.is_empty()).then(|| median(torch.iter().filter_map(|t| t["sgemm_gflops"].as_f64()).collect()));
     println!("sgemm 2048² peak: candle {peak:.0} GFLOP/s{}", torch_peak.map(|p| format!(", torch {p:.0} GFLOP/s")).unwrap_or_default());
@@ -234,14 +315,14 @@ fn main() -> anyhow::Result<()> {
     if !torch_rates.is_empty() {
         row("pytorch", &torch_rates);
     }
-    for (variant, results) in VARIANTS.iter().zip(&candle) {
+    for (variant, results) in variants.iter().zip(&candle) {
         row(variant.name, &results.iter().map(|r| r.samples_per_s).collect::<Vec<_>>());
     }
     let engine = candle.last().expect("at least one variant");
     let cell = |v: Option<f64>, digits: usize| v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into());
     println!();
     print!("{:<18}", "per step (ms)");
-    for i in 0..VARIANTS.len() {
+    for i in 0..variants.len() {
         print!(" {:>10}", format!("variant {}", i + 1));
     }
     println!(" {:>10}", "pytorch");

@@ -297,7 +297,7 @@ impl Net {
                     h = y.relu()?;
                     new_buffers.extend(updated);
                 }
-                h = pool(&h, block)?;
+                h = pool(&h, block, fused)?;
                 let name = format!("blocks.{i}");
                 if want.contains(&name.as_str()) {
                     features.insert(name, h.clone());
@@ -377,16 +377,19 @@ fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, 
 }
 
 /// Non-overlapping k×k pooling of an n × h × w × c map (PyTorch's default stride = kernel,
-/// floor: trailing rows and columns that do not fill a window are dropped).
-fn pool(x: &Tensor, block: &ConvBlock) -> Result<Tensor> {
+/// floor: trailing rows and columns that do not fill a window are dropped). Unfused, max
+/// pooling is candle's reduction over reshaped windows, the reference for our kernel.
+fn pool(x: &Tensor, block: &ConvBlock, fused: bool) -> Result<Tensor> {
     let Some(kind) = block.pool else { return Ok(x.clone()) };
     let k = block.pool_size;
     let (n, h, w, c) = x.dims4()?;
     let (oh, ow) = (h / k, w / k);
     let x = if oh * k != h || ow * k != w { x.narrow(1, 0, oh * k)?.narrow(2, 0, ow * k)?.contiguous()? } else { x.clone() };
+    let windows = || x.reshape((n, oh, k, ow, k, c));
     match kind {
-        PoolKind::Max => max_pool(&x, k),
-        PoolKind::Avg => x.reshape((n, oh, k, ow, k, c))?.mean(4)?.mean(2),
+        PoolKind::Max if fused => max_pool(&x, k),
+        PoolKind::Max => windows()?.max(4)?.max(2),
+        PoolKind::Avg => windows()?.mean(4)?.mean(2),
     }
 }
 
