@@ -204,7 +204,7 @@ pub struct DistillSpec {
 
 /// A number, or a value that moves linearly from `start` (first step) to `end` (last step).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum Scheduled {
     Constant(f64),
     Linear { start: f64, end: f64 },
@@ -895,6 +895,22 @@ mod tests {
         let mut v = example();
         v["student"]["arch"]["hidden"] = serde_json::json!([]);
         assert_eq!(check(v).unwrap_err().field, "student.arch.hidden");
+    }
+
+    #[test]
+    fn schedules_are_numbers_or_start_and_end() {
+        let mut v = example();
+        v["distill"]["alpha"] = serde_json::json!({"start": 0.9, "end": 0.1});
+        let spec = check(v).unwrap();
+        assert_eq!(spec.distill.alpha.at(0.0), 0.9);
+        assert!((spec.distill.alpha.at(0.5) - 0.5).abs() < 1e-12);
+        assert!((spec.distill.alpha.at(1.0) - 0.1).abs() < 1e-12);
+        let mut v = example();
+        v["distill"]["alpha"] = serde_json::json!({"start": 0.9, "end": 0.1, "steps": 3});
+        assert_eq!(check(v).unwrap_err().field, "distill.alpha");
+        let mut v = example();
+        v["distill"]["temperature"] = serde_json::json!({"start": 4, "end": 0});
+        assert_eq!(check(v).unwrap_err().field, "distill.temperature");
     }
 
     #[test]
