@@ -8,6 +8,7 @@ pub mod files;
 pub mod linear;
 pub mod loss;
 pub mod model;
+pub mod norm;
 pub mod optim;
 pub mod report;
 pub mod rng;

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use super::conv::{conv2d, max_pool};
 use super::data::ImageShape;
 use super::linear::Linear;
+use super::norm::batch_norm_train;
 use super::rng::Rng;
 use crate::spec::{ArchSpec, ConvBlock, PoolKind};
 
@@ -293,7 +294,7 @@ impl Net {
                 if block.batch_norm {
                     let (gamma, beta) = (next(&mut params)?, next(&mut params)?);
                     let (mean, var) = (next(&mut buffers)?, next(&mut buffers)?);
-                    let (y, updated) = batch_norm(&h, gamma, beta, mean, var, training)?;
+                    let (y, updated) = batch_norm(&h, gamma, beta, mean, var, training, fused)?;
                     h = y.relu()?;
                     new_buffers.extend(updated);
                 }
@@ -354,11 +355,20 @@ fn next<'a>(it: &mut impl Iterator<Item = &'a Tensor>) -> Result<&'a Tensor> {
 
 /// Batch norm over the channels (last axis). Training normalises with the batch's statistics
 /// and returns the running statistics moved towards them (PyTorch: momentum 0.1, unbiased
-/// variance in the running estimate); evaluation uses the running statistics.
-fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, training: bool) -> Result<(Tensor, Vec<Tensor>)> {
+/// variance in the running estimate); evaluation uses the running statistics. `fused` trains
+/// through `norm.rs`'s kernels; otherwise candle's ops, the reference they are tested against.
+fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, training: bool, fused: bool) -> Result<(Tensor, Vec<Tensor>)> {
     let channels = x.dim(D::Minus1)?;
     let shape = x.shape().clone();
     let rows = x.reshape(((), channels))?;
+    if training && fused {
+        let n = rows.dim(0)? as f64;
+        let (y, mean, var) = batch_norm_train(&rows, gamma, beta, BN_EPS)?;
+        let unbiased = (var * (n / (n - 1.0).max(1.0)))?;
+        let new_mean = ((running_mean * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
+        let new_var = ((running_var * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
+        return Ok((y.reshape(shape)?, vec![new_mean, new_var]));
+    }
     let (mean, var, updated) = if training {
         let n = rows.dim(0)? as f64;
         let mean = rows.mean(0)?;
