@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::linear::Linear;
+use super::linear::{contiguous_f32, Linear};
 
 /// Geometry of one convolution over an `n × h × w × c` map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,11 +50,6 @@ struct Im2col(Window);
 /// The adjoint of `Im2col`: sums each column entry back onto the input pixel it came from.
 struct Col2im(Window);
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else { candle_core::bail!("conv: expected f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("conv: expected a contiguous tensor") };
-    Ok(&values[start..end])
-}
 
 impl CustomOp1 for Im2col {
     fn name(&self) -> &'static str {
@@ -63,7 +58,7 @@ impl CustomOp1 for Im2col {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let x = f32_slice(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "conv: the map")?;
         let (oh, ow, cols) = (g.out_h(), g.out_w(), g.columns());
         let mut out = vec![0f32; g.n * oh * ow * cols];
         out.par_chunks_mut(oh * ow * cols).enumerate().for_each(|(n, image_rows)| {
@@ -96,7 +91,7 @@ impl CustomOp1 for Col2im {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let cols = f32_slice(storage, layout)?;
+        let cols = contiguous_f32(storage, layout, "conv: the map")?;
         let (oh, ow, width) = (g.out_h(), g.out_w(), g.columns());
         let mut out = vec![0f32; g.n * g.h * g.w * g.c];
         out.par_chunks_mut(g.h * g.w * g.c).enumerate().for_each(|(n, image)| {
@@ -155,7 +150,7 @@ impl CustomOp1 for MaxPool {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let k = self.0;
-        let x = f32_slice(storage, layout)?;
+        let x = contiguous_f32(storage, layout, "conv: the map")?;
         let &[n, h, w, c] = layout.dims() else { candle_core::bail!("max pool: expected n × h × w × c") };
         let (oh, ow) = (h / k, w / k);
         let mut out = vec![f32::NEG_INFINITY; n * oh * ow * c];
@@ -186,7 +181,7 @@ impl CustomOp3 for MaxPoolGrad {
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
         let k = self.0;
-        let (x, y, g) = (f32_slice(xs, xl)?, f32_slice(ys, yl)?, f32_slice(gs, gl)?);
+        let (x, y, g) = (contiguous_f32(xs, xl, "conv: the map")?, contiguous_f32(ys, yl, "conv: the map")?, contiguous_f32(gs, gl, "conv: the map")?);
         let &[n, h, w, c] = xl.dims() else { candle_core::bail!("max pool: expected n × h × w × c") };
         let (oh, ow) = (h / k, w / k);
         let mut out = vec![0f32; n * h * w * c];

@@ -23,12 +23,13 @@ impl Linear {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The values of a contiguous f32 CPU tensor, for the engine's custom ops.
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("fused linear: {what} must be f32")
+        candle_core::bail!("{what} must be f32")
     };
     let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("fused linear: {what} must be contiguous")
+        candle_core::bail!("{what} must be contiguous")
     };
     Ok(&values[start..end])
 }
@@ -53,9 +54,9 @@ impl CustomOp3 for Linear {
         if inputs != w_inputs || outputs != b_outputs {
             candle_core::bail!("fused linear: x {:?}, weight {:?}, bias {:?} do not fit", x_layout.dims(), w_layout.dims(), b_layout.dims());
         }
-        let x = contiguous_f32(x_storage, x_layout, "the input")?;
-        let w = contiguous_f32(w_storage, w_layout, "the weight")?;
-        let b = contiguous_f32(b_storage, b_layout, "the bias")?;
+        let x = contiguous_f32(x_storage, x_layout, "fused linear: the input")?;
+        let w = contiguous_f32(w_storage, w_layout, "fused linear: the weight")?;
+        let b = contiguous_f32(b_storage, b_layout, "fused linear: the bias")?;
         // Start from the bias and let the matmul accumulate onto it: one pass fewer than
         // zero-filling, multiplying and adding.
         let mut y: Vec<f32> = Vec::with_capacity(batch * outputs);

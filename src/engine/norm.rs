@@ -7,6 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::linear::contiguous_f32;
+
 /// Per-channel mean and biased variance of a rows × channels matrix, accumulated in f64.
 fn statistics(x: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = (x.len() / channels).max(1) as f64;
@@ -32,17 +34,12 @@ impl CustomOp1 for Statistics {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let channels = layout.dims()[1];
-        let (mean, var) = statistics(f32_slice(storage, layout)?, channels);
+        let (mean, var) = statistics(contiguous_f32(storage, layout, "batch norm: the map")?, channels);
         let out = mean.into_iter().chain(var).map(|v| v as f32).collect();
         Ok((CpuStorage::F32(out), Shape::from((2, channels))))
     }
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else { candle_core::bail!("batch norm: expected f32") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("batch norm: expected a contiguous tensor") };
-    Ok(&values[start..end])
-}
 
 /// y = (x − mean)·inv_std·γ + β, with the batch's statistics fixed at construction.
 struct Normalize {
@@ -62,7 +59,7 @@ impl CustomOp3 for Normalize {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, beta) = (f32_slice(xs, xl)?, f32_slice(gs, gl)?, f32_slice(bs, bl)?);
+        let (x, gamma, beta) = (contiguous_f32(xs, xl, "batch norm: the map")?, contiguous_f32(gs, gl, "batch norm: the map")?, contiguous_f32(bs, bl, "batch norm: the map")?);
         let c = gamma.len();
         let scale: Vec<f32> = gamma.iter().zip(&self.inv_std).map(|(g, s)| g * s).collect();
         let mut y = Vec::with_capacity(x.len());
@@ -86,7 +83,7 @@ impl CustomOp3 for NormalizeGrad {
     }
 
     fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, dy) = (f32_slice(xs, xl)?, f32_slice(gs, gl)?, f32_slice(ds, dl)?);
+        let (x, gamma, dy) = (contiguous_f32(xs, xl, "batch norm: the map")?, contiguous_f32(gs, gl, "batch norm: the map")?, contiguous_f32(ds, dl, "batch norm: the map")?);
         let c = gamma.len();
         let rows = x.len() / c;
         // Σ dy and Σ dy·x̂ per channel: the β and γ gradients, and the two corrections of dx.
