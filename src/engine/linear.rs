@@ -6,7 +6,7 @@
 //! first layer, the input gradient (a full matmul) that nothing reads. The gradients are the
 //! textbook ones, checked against PyTorch and finite differences in `tests/numerics.rs`.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Linear {
@@ -100,11 +100,83 @@ impl CustomOp3 for Linear {
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        // ReLU passes the gradient where its output is positive (PyTorch: 0 at 0).
-        let grad = if self.relu { (grad_y * y.gt(0f32)?.to_dtype(DType::F32)?)? } else { grad_y.clone() };
-        let grad_weight = grad.t()?.matmul(x)?;
-        let grad_bias = grad.sum(0)?;
-        let grad_x = if self.input_grad { Some(grad.matmul(weight)?) } else { None };
+        let (rows, inputs) = x.dims2()?;
+        let outputs = weight.dim(0)?;
+        // One pass gives the masked gradient, the bias gradient and the weight gradient; they
+        // come back stacked in one buffer: weight (out·in), bias (out), masked gradient (rows·out).
+        let stacked = x.contiguous()?.apply_op3_no_bwd(y, &grad_y.contiguous()?, &LinearGrad { relu: self.relu })?;
+        let grad_weight = stacked.narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?;
+        let grad_bias = stacked.narrow(0, outputs * inputs, outputs)?;
+        let grad_x = match self.input_grad {
+            true => Some(stacked.narrow(0, outputs * (inputs + 1), rows * outputs)?.reshape((rows, outputs))?.matmul(weight)?),
+            false => None,
+        };
         Ok((grad_x, Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// The backward of `Linear` but for the input gradient: ReLU's mask (PyTorch: 0 at 0), the bias
+/// gradient (column sums) and the weight gradient (maskedᵀ·x, one gemm reading the masked
+/// gradient transposed in place). Built from candle's ops these were three passes over the
+/// gradient, a slow reduction along rows and a transposed copy.
+struct LinearGrad {
+    relu: bool,
+}
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[rows, inputs] = xl.dims() else { candle_core::bail!("fused linear grad: expected x rows×in") };
+        let outputs = gl.dims()[1];
+        let x = contiguous_f32(xs, xl, "fused linear grad: the input")?;
+        let y = contiguous_f32(ys, yl, "fused linear grad: the output")?;
+        let g = contiguous_f32(gs, gl, "fused linear grad: the gradient")?;
+        let mut out = vec![0f32; outputs * inputs + outputs + rows * outputs];
+        let (weight_grad, rest) = out.split_at_mut(outputs * inputs);
+        let (bias_grad, masked) = rest.split_at_mut(outputs);
+        let mut sums = vec![0f64; outputs];
+        for ((m, &gv), &yv) in masked.iter_mut().zip(g).zip(y) {
+            *m = if self.relu && yv <= 0.0 { 0.0 } else { gv };
+        }
+        for row in masked.chunks_exact(outputs) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += v as f64;
+            }
+        }
+        for (b, s) in bias_grad.iter_mut().zip(&sums) {
+            *b = *s as f32;
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: `weight_grad` holds out×in values written row-major; the left operand is the
+        // rows×out `masked` read transposed (row o, column r at r·out + o), the right one the
+        // rows×in `x` row-major, so every address stays inside its buffer.
+        unsafe {
+            gemm::gemm(
+                outputs,
+                inputs,
+                rows,
+                weight_grad.as_mut_ptr(),
+                1,
+                inputs as isize,
+                false,
+                masked.as_ptr(),
+                outputs as isize,
+                1,
+                x.as_ptr(),
+                1,
+                inputs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        Ok((CpuStorage::F32(out), Shape::from(outputs * inputs + outputs + rows * outputs)))
     }
 }
