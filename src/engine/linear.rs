@@ -23,6 +23,14 @@ impl Linear {
     }
 }
 
+/// candle's thread count, for the gemm calls of our kernels.
+fn gemm_parallelism() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        threads if threads > 1 => gemm::Parallelism::Rayon(threads),
+        _ => gemm::Parallelism::None,
+    }
+}
+
 /// The values of a contiguous f32 CPU tensor, for the engine's custom ops.
 pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else {
@@ -63,8 +71,7 @@ impl CustomOp3 for Linear {
         for _ in 0..batch {
             y.extend_from_slice(b);
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let parallelism = gemm_parallelism();
         // SAFETY: the three buffers hold batch×out, batch×in and out×in f32 values, and the
         // strides below address exactly those: y row-major, x row-major, and Wᵀ read from the
         // row-major out×in weight (row of Wᵀ = column of W: stride 1; column: stride `inputs`).
@@ -149,8 +156,7 @@ impl CustomOp3 for LinearGrad {
         for (b, s) in bias_grad.iter_mut().zip(&sums) {
             *b = *s as f32;
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let parallelism = gemm_parallelism();
         // SAFETY: `weight_grad` holds out×in values written row-major; the left operand is the
         // rows×out `masked` read transposed (row o, column r at r·out + o), the right one the
         // rows×in `x` row-major, so every address stays inside its buffer.
