@@ -471,10 +471,6 @@ impl JobSpec {
             if augment.shift == 0 || augment.shift > 16 {
                 return Err(SpecError::new("training.augment.shift", "must be within [1, 16] pixels"));
             }
-            let image_arch = teachers.iter().map(|t| &t.arch).chain([&self.student.arch]).all(|a| matches!(a, ArchSpec::Conv { .. }));
-            if !image_arch && self.dataset.source != "idx" {
-                return Err(SpecError::new("training.augment", "shifts apply to image data (source `idx`)"));
-            }
         }
         if let Some(early) = &self.training.early_stopping {
             if early.patience == 0 || early.patience > MAX_EPOCHS {

@@ -250,6 +250,11 @@ fn shifted_inputs_reverse_kl_and_a_student_that_starts_from_the_teachers_layers(
     bad["distill"]["intermediate"] = json!([{"teacher_layer": "blocks.1", "student_layer": "blocks.0"}]);
     let err = engine::preflight(&spec(bad), root.path()).unwrap_err();
     assert_eq!(err.field, "distill.intermediate[0]", "{err}");
+    // Shifts need images; the digits are rows of features.
+    let mut bad = serde_json::to_value(&s).unwrap();
+    bad["dataset"] = json!({"source": "builtin:digits"});
+    let err = engine::preflight(&spec(bad), root.path()).unwrap_err();
+    assert_eq!(err.field, "training.augment", "{err}");
 }
 
 /// Every example parses and validates; each one is preflighted (architectures against the data,

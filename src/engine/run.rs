@@ -65,6 +65,9 @@ fn input_of(data: &Dataset) -> Input {
 
 fn resolve(spec: &JobSpec, data: &Dataset) -> Result<Resolved, SpecError> {
     let input = input_of(data);
+    if spec.training.augment.is_some() && data.image.is_none() {
+        return Err(SpecError::new("training.augment", "shifts need image data (an `idx` dataset of H×W or H×W×C samples)"));
+    }
     let blueprint = |arch: &ArchSpec, field: String| Blueprint::new(arch, input, data.classes).map_err(|m| SpecError::new(field, m));
     let teachers: Vec<Blueprint> = spec
         .teacher_specs()
