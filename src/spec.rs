@@ -42,7 +42,7 @@ pub struct JobSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetSpec {
-    /// `builtin:digits`, `csv` or `idx`.
+    /// `builtin:digits`, `csv`, `idx` or `text`.
     pub source: String,
     /// CSV: the training file, relative to the data root's `datasets/` folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -50,9 +50,19 @@ pub struct DatasetSpec {
     /// CSV: an optional separate held-out file with the same columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_path: Option<String>,
-    /// CSV: the name of the label column (default `label`).
+    /// CSV: the name of the label column (default `label`). Text: the label column; without one
+    /// the texts are unlabelled and only embedding distillation applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_column: Option<String>,
+    /// Text: the column (CSV/TSV header or JSONL key) holding the text (default `text`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// Text: a second text column for sentence-pair tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pair_column: Option<String>,
+    /// Text: tokens per sequence after truncation and padding (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
     /// IDX: training images and labels files (raw or .gz).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<String>,
@@ -90,25 +100,70 @@ pub enum ArchSpec {
         #[serde(default)]
         dropout: f32,
     },
+    /// A BERT-family encoder. A teacher names a Hugging Face folder (`path`); a student derives
+    /// from its teacher: the teacher layers it keeps (`layers`), or a smaller config.
+    Transformer(TransformerArch),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformerArch {
+    /// Teacher: a folder under the data root with `config.json`, `model.safetensors` and
+    /// `tokenizer.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Student: the teacher layers it keeps, in order (DistilBERT's every other layer: [0, 2, 4]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+    /// Student sizes; each defaults to the teacher's (layers: half of the teacher's, rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_layers: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_heads: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intermediate_size: Option<usize>,
+    /// Student: `teacher` copies every teacher tensor whose shape fits (layer `i` from the
+    /// teacher layer it maps to); `random` starts from scratch.
+    #[serde(default)]
+    pub init: TransformerInit,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransformerInit {
+    #[default]
+    Teacher,
+    Random,
 }
 
 impl ArchSpec {
     pub fn hidden(&self) -> &[usize] {
         match self {
             ArchSpec::Mlp { hidden, .. } | ArchSpec::Conv { hidden, .. } => hidden,
+            ArchSpec::Transformer(_) => &[],
         }
     }
 
     pub fn blocks(&self) -> &[ConvBlock] {
         match self {
-            ArchSpec::Mlp { .. } => &[],
             ArchSpec::Conv { blocks, .. } => blocks,
+            _ => &[],
         }
     }
 
     pub fn dropout(&self) -> f32 {
         match self {
             ArchSpec::Mlp { dropout, .. } | ArchSpec::Conv { dropout, .. } => *dropout,
+            ArchSpec::Transformer(_) => 0.0,
+        }
+    }
+
+    pub fn transformer(&self) -> Option<&TransformerArch> {
+        match self {
+            ArchSpec::Transformer(t) => Some(t),
+            _ => None,
         }
     }
 }
@@ -264,6 +319,8 @@ pub enum FeatureLossKind {
     #[default]
     Mse,
     Cosine,
+    /// Between maps whose rows are distributions: transformer attention maps.
+    Kl,
 }
 
 /// Reuse of the teachers' logits across epochs; it applies only when nothing changes them
@@ -407,6 +464,7 @@ pub const MAX_BATCH_SIZE: usize = 65_536;
 pub const MAX_LAYER_WIDTH: usize = 65_536;
 pub const MAX_LAYERS: usize = 64;
 pub const MAX_TEACHERS: usize = 8;
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
 
 /// Parses a JSON body into a spec, naming the field of the first problem.
 pub fn parse(body: &[u8]) -> Result<JobSpec, SpecError> {
@@ -462,6 +520,7 @@ impl JobSpec {
             teacher.validate(&field)?;
         }
         validate_arch(&self.student.arch, "student.arch")?;
+        self.validate_text(&teachers)?;
         for (i, copy) in self.student.init_from_teacher.iter().enumerate() {
             validate_layer_name(&copy.student_layer, &format!("student.init_from_teacher[{i}].student_layer"))?;
             validate_layer_name(&copy.teacher_layer, &format!("student.init_from_teacher[{i}].teacher_layer"))?;
@@ -485,6 +544,34 @@ impl JobSpec {
         validate_optimizer(&self.training.optimizer, "training.optimizer")?;
         if let Some(device) = &self.device {
             parse_device(device).map_err(|m| SpecError::new("device", m))?;
+        }
+        Ok(())
+    }
+
+    /// Transformers, text data and each other: all or none.
+    fn validate_text(&self, teachers: &[&TeacherSpec]) -> Result<(), SpecError> {
+        let text = self.dataset.source == "text";
+        let student = self.student.arch.transformer();
+        for (i, teacher) in teachers.iter().enumerate() {
+            if teacher.arch.transformer().is_some() != text {
+                let need = if text { "a `transformer` (text data needs a tokenizer and an encoder)" } else { "an `mlp` or `conv` (transformers need `text` data)" };
+                return Err(SpecError::new(format!("{}.arch.kind", self.teacher_field(i)), format!("must be {need}")));
+            }
+        }
+        if student.is_some() != text {
+            let need = if text { "a `transformer`, derived from the teacher" } else { "an `mlp` or `conv` (transformers need `text` data)" };
+            return Err(SpecError::new("student.arch.kind", format!("must be {need}")));
+        }
+        if let Some(student) = student {
+            if student.path.is_some() {
+                return Err(SpecError::new("student.arch.path", "a student is derived from its teacher; give `layers` or sizes instead"));
+            }
+            if teachers.len() > 1 {
+                return Err(SpecError::new("teachers", "a transformer student learns from one teacher (its tokenizer and layers)"));
+            }
+            if !self.student.init_from_teacher.is_empty() {
+                return Err(SpecError::new("student.init_from_teacher", "transformer students copy teacher layers through `student.arch.layers` and `init`"));
+            }
         }
         Ok(())
     }
@@ -517,25 +604,43 @@ impl TeacherSpec {
         if !(self.weight.is_finite() && self.weight > 0.0) {
             return Err(SpecError::new(format!("{field}.weight"), "must be > 0"));
         }
+        if let Some(t) = self.arch.transformer() {
+            if t.path.is_none() {
+                return Err(SpecError::new(format!("{field}.arch.path"), "a transformer teacher is a Hugging Face folder under the data root"));
+            }
+            let student_only = [("layers", t.layers.is_some()), ("num_layers", t.num_layers.is_some()), ("hidden_size", t.hidden_size.is_some()), ("num_heads", t.num_heads.is_some()), ("intermediate_size", t.intermediate_size.is_some())];
+            if let Some((name, _)) = student_only.iter().find(|(_, given)| *given) {
+                return Err(SpecError::new(format!("{field}.arch.{name}"), "a teacher's sizes come from its config.json"));
+            }
+            if self.weights.is_some() {
+                return Err(SpecError::new(format!("{field}.weights"), "a transformer teacher's weights are its folder's model.safetensors"));
+            }
+            return match &self.train {
+                Some(train) => validate_phase_train(train, field),
+                None => Ok(()),
+            };
+        }
         match (&self.train, &self.weights) {
             (Some(_), Some(_)) => Err(SpecError::new(field, "give either `train` or `weights`, not both")),
             (None, None) => Err(SpecError::new(
                 field,
                 "give `train` (the job trains the teacher) or `weights` (a safetensors file)",
             )),
-            (Some(train), None) => {
-                validate_epochs(train.epochs, &format!("{field}.train.epochs"))?;
-                if let Some(batch) = train.batch_size {
-                    validate_batch(batch, &format!("{field}.train.batch_size"))?;
-                }
-                if let Some(opt) = &train.optimizer {
-                    validate_optimizer(opt, &format!("{field}.train.optimizer"))?;
-                }
-                Ok(())
-            }
+            (Some(train), None) => validate_phase_train(train, field),
             (None, Some(path)) => validate_relative_path(path, &format!("{field}.weights")),
         }
     }
+}
+
+fn validate_phase_train(train: &PhaseTrainSpec, field: &str) -> Result<(), SpecError> {
+    validate_epochs(train.epochs, &format!("{field}.train.epochs"))?;
+    if let Some(batch) = train.batch_size {
+        validate_batch(batch, &format!("{field}.train.batch_size"))?;
+    }
+    if let Some(opt) = &train.optimizer {
+        validate_optimizer(opt, &format!("{field}.train.optimizer"))?;
+    }
+    Ok(())
 }
 
 impl DistillSpec {
@@ -595,11 +700,15 @@ impl DistillSpec {
 
 /// `blocks.{i}` or `layers.{i}`; whether the layer exists is checked against the architecture.
 fn validate_layer_name(name: &str, field: &str) -> Result<(), SpecError> {
-    let ok = name
-        .split_once('.')
-        .is_some_and(|(kind, index)| matches!(kind, "blocks" | "layers") && index.parse::<usize>().is_ok());
+    let ok = matches!(name, "embeddings" | "pooled")
+        || name
+            .split_once('.')
+            .is_some_and(|(kind, index)| matches!(kind, "blocks" | "layers" | "attentions") && index.parse::<usize>().is_ok());
     if !ok {
-        return Err(SpecError::new(field, format!("`{name}` is not a layer name; expected `blocks.N` or `layers.N`")));
+        return Err(SpecError::new(
+            field,
+            format!("`{name}` is not a layer name; expected `blocks.N` or `layers.N` (transformers: `embeddings`, `layers.N`, `attentions.N`, `pooled`)"),
+        ));
     }
     Ok(())
 }
@@ -610,10 +719,11 @@ impl DatasetSpec {
             "builtin:digits" => &[],
             "csv" => &["path", "test_path", "label_column"],
             "idx" => &["images", "labels", "test_images", "test_labels"],
+            "text" => &["path", "test_path", "label_column", "text_column", "text_pair_column", "max_length"],
             other => {
                 return Err(SpecError::new(
                     "dataset.source",
-                    format!("unknown source `{other}`; expected `builtin:digits`, `csv` or `idx`"),
+                    format!("unknown source `{other}`; expected `builtin:digits`, `csv`, `idx` or `text`"),
                 ))
             }
         };
@@ -625,7 +735,17 @@ impl DatasetSpec {
             ("labels", &self.labels),
             ("test_images", &self.test_images),
             ("test_labels", &self.test_labels),
+            ("text_column", &self.text_column),
+            ("text_pair_column", &self.text_pair_column),
         ];
+        if self.max_length.is_some() && !allowed.contains(&"max_length") {
+            return Err(SpecError::new("dataset.max_length", format!("not used by source `{}`", self.source)));
+        }
+        if let Some(length) = self.max_length {
+            if !(4..=MAX_SEQUENCE_LENGTH).contains(&length) {
+                return Err(SpecError::new("dataset.max_length", format!("must be within [4, {MAX_SEQUENCE_LENGTH}]")));
+            }
+        }
         for (name, value) in given {
             if value.is_some() && !allowed.contains(&name) {
                 return Err(SpecError::new(
@@ -635,7 +755,7 @@ impl DatasetSpec {
             }
         }
         let required: &[(&str, &Option<String>)] = match self.source.as_str() {
-            "csv" => &[("path", &self.path)],
+            "csv" | "text" => &[("path", &self.path)],
             "idx" => &[("images", &self.images), ("labels", &self.labels)],
             _ => &[],
         };
@@ -653,7 +773,8 @@ impl DatasetSpec {
                 "`test_images` and `test_labels` go together",
             ));
         }
-        for (name, value) in given.iter().filter(|(name, _)| *name != "label_column") {
+        let columns = ["label_column", "text_column", "text_pair_column"];
+        for (name, value) in given.iter().filter(|(name, _)| !columns.contains(name)) {
             if let Some(path) = value {
                 validate_relative_path(path, &format!("dataset.{name}"))?;
             }
@@ -736,6 +857,25 @@ fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecError> {
                 ));
             }
             validate_dropout(*dropout, field)?;
+        }
+        ArchSpec::Transformer(t) => {
+            if let Some(path) = &t.path {
+                validate_relative_path(path, &format!("{field}.path"))?;
+            }
+            if let Some(layers) = &t.layers {
+                if layers.is_empty() || layers.len() > MAX_LAYERS {
+                    return Err(SpecError::new(format!("{field}.layers"), format!("keep 1 to {MAX_LAYERS} layers")));
+                }
+                if t.num_layers.is_some_and(|n| n != layers.len()) {
+                    return Err(SpecError::new(format!("{field}.num_layers"), "must equal the number of `layers` kept (or be left out)"));
+                }
+            }
+            let sizes = [("num_layers", t.num_layers), ("hidden_size", t.hidden_size), ("num_heads", t.num_heads), ("intermediate_size", t.intermediate_size)];
+            for (name, value) in sizes {
+                if value.is_some_and(|v| v == 0 || v > MAX_LAYER_WIDTH) {
+                    return Err(SpecError::new(format!("{field}.{name}"), format!("must be within [1, {MAX_LAYER_WIDTH}]")));
+                }
+            }
         }
     }
     Ok(())

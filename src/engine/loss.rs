@@ -49,6 +49,7 @@ pub enum LogitLoss {
 pub enum FeatureLoss {
     Mse,
     Cosine,
+    Kl,
 }
 
 /// Soft-target loss between the student's logits and one or more teachers' logits.
@@ -115,6 +116,9 @@ pub fn logit_loss(kind: LogitLoss, student: &Tensor, teachers: &[(Tensor, f64)],
 /// and the teacher's feature of the same shape: batch×d or batch×C×H×W.
 /// Mse:    F.mse_loss(s, t) (mean over all elements).
 /// Cosine: mean over the batch of 1 − cos(flatten(s_i), flatten(t_i)) (F.cosine_similarity with eps 1e-8 semantics).
+/// Kl:     for maps whose last axis holds distributions (attention rows): KL(t ‖ s) summed over
+///         that axis, averaged over all rows (TinyBERT's attention loss). Probabilities are
+///         clamped at 1e-12 inside the logs, so a masked key (probability 0 in both) adds 0.
 /// The teacher feature is detached.
 pub fn feature_loss(kind: FeatureLoss, student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     if student.dims() != teacher.dims() || student.rank() < 2 {
@@ -131,6 +135,11 @@ pub fn feature_loss(kind: FeatureLoss, student: &Tensor, teacher: &Tensor) -> Re
             let norm = |x: &Tensor| x.sqr()?.sum(1)?.maximum(EPS * EPS)?.sqrt();
             let cos = ((&s * &t)?.sum(1)? / (norm(&s)? * norm(&t)?)?)?;
             cos.affine(-1.0, 1.0)?.mean_all()
+        }
+        FeatureLoss::Kl => {
+            let log = |x: &Tensor| x.clamp(1e-12f32, 1f32)?.log();
+            let per_row = (&teacher * (log(&teacher)? - log(student)?)?)?.sum(D::Minus1)?;
+            per_row.mean_all()
         }
     }
 }

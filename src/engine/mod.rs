@@ -2,6 +2,7 @@
 //! checkpoints and export. No HTTP and no SQL: progress goes out through a callback, and a
 //! [`Control`] carries cancellation and shutdown requests in.
 
+pub mod bert;
 pub mod conv;
 pub mod data;
 pub mod files;
@@ -13,6 +14,8 @@ pub mod optim;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod text;
+pub mod text_data;
 pub mod train;
 
 use std::sync::atomic::{AtomicBool, Ordering};

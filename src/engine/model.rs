@@ -7,9 +7,11 @@
 //! `layers.{i}` name a layer's output for intermediate distillation and for copying weights.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
+use super::bert::{self, BertConfig};
 use super::conv::{conv2d, max_pool};
 use super::data::ImageShape;
 use super::linear::Linear;
@@ -47,6 +49,9 @@ impl Blueprint {
         let mut outputs = Vec::new();
         let mut flatten = None;
         let mut width = input.features;
+        if let ArchSpec::Transformer(_) = arch {
+            return Err("a transformer's shapes come from its config (Blueprint::transformer)".into());
+        }
         if let ArchSpec::Conv { blocks, .. } = arch {
             let image = input.image.ok_or(
                 "a conv architecture needs image data (dataset source `idx` with 2-D or 3-D samples)",
@@ -89,6 +94,11 @@ impl Blueprint {
         Ok(Self { params, buffers, outputs, flatten })
     }
 
+    /// A transformer's tensors and layer outputs for sequences of `length` tokens.
+    pub fn transformer(config: &BertConfig, length: usize) -> Self {
+        Self { params: config.tensor_shapes(), buffers: Vec::new(), outputs: config.outputs(length), flatten: None }
+    }
+
     pub fn parameter_count(&self) -> usize {
         self.params.iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
@@ -115,6 +125,8 @@ pub struct Net {
     /// Use the fused kernels where they exist (CPU, f32); off, layers are composed of candle's
     /// ops, the reference the kernels are tested and benchmarked against.
     fused: bool,
+    /// For `ArchSpec::Transformer`: the resolved config (sizes come from the teacher's folder).
+    transformer: Option<Arc<BertConfig>>,
 }
 
 /// A forward pass's results: logits, the requested layer outputs, and, in training, the
@@ -157,7 +169,47 @@ impl Net {
             Ok((params, buffers))
         };
         let (params, buffers) = make().map_err(|e| e.to_string())?;
-        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true })
+        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, transformer: None })
+    }
+
+    /// A transformer over packed text rows (`input.features` = 3 × length) from named tensors,
+    /// checking every name and shape.
+    pub fn transformer(
+        arch: &ArchSpec,
+        config: BertConfig,
+        input: Input,
+        named: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> std::result::Result<Self, String> {
+        let blueprint = Blueprint::transformer(&config, input.features / 3);
+        let net = Self { arch: arch.clone(), input, blueprint, params: Vec::new(), buffers: Vec::new(), fused: true, transformer: Some(Arc::new(config)) };
+        net.with_named(named, device)
+    }
+
+    pub fn transformer_config(&self) -> Option<&BertConfig> {
+        self.transformer.as_deref()
+    }
+
+    /// The same architecture with weights from named tensors (a checkpoint, a best epoch).
+    pub fn with_named(&self, mut named: HashMap<String, Tensor>, device: &Device) -> std::result::Result<Self, String> {
+        let mut take = |specs: &[(String, Vec<usize>)]| -> std::result::Result<Vec<Tensor>, String> {
+            specs
+                .iter()
+                .map(|(name, shape)| {
+                    let tensor = named.remove(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
+                    if tensor.dims() != shape.as_slice() {
+                        return Err(format!("tensor `{name}` has shape {:?}, the architecture needs {shape:?}", tensor.dims()));
+                    }
+                    tensor.to_dtype(DType::F32).and_then(|t| t.to_device(device)).map_err(|e| e.to_string())
+                })
+                .collect()
+        };
+        let params = take(&self.blueprint.params)?;
+        let buffers = take(&self.blueprint.buffers)?;
+        if let Some(extra) = named.keys().next() {
+            return Err(format!("tensor `{extra}` is not part of the architecture"));
+        }
+        Ok(Self { params, buffers, ..self.clone() })
     }
 
     /// Rebuilds a network from named tensors, checking every name and shape.
@@ -195,7 +247,7 @@ impl Net {
         if let Some(extra) = named.keys().next() {
             return Err(format!("tensor `{extra}` is not part of the architecture"));
         }
-        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true })
+        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, transformer: None })
     }
 
     pub fn blueprint(&self) -> &Blueprint {
@@ -273,6 +325,10 @@ impl Net {
     pub fn forward(&self, x: &Tensor, mut dropout_rng: Option<&mut Rng>, want: &[&str]) -> Result<Output> {
         let training = dropout_rng.is_some();
         let fused = self.fused && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
+        if let Some(config) = &self.transformer {
+            let (logits, features) = bert::forward(config, &self.params, x, dropout_rng, want, fused)?;
+            return Ok(Output { logits, features, buffers: Vec::new() });
+        }
         let mut features = HashMap::new();
         let mut new_buffers = Vec::new();
         let mut params = self.params.iter();
@@ -403,7 +459,7 @@ fn pool(x: &Tensor, block: &ConvBlock, fused: bool) -> Result<Tensor> {
     }
 }
 
-fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
+pub(super) fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     let keep = 1.0 / (1.0 - p);
     let mask: Vec<f32> = (0..h.elem_count()).map(|_| if rng.next_f32() < p { 0.0 } else { keep }).collect();
     h.mul(&Tensor::from_vec(mask, h.shape(), h.device())?)

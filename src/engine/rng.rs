@@ -40,6 +40,13 @@ impl Rng {
         low + (high - low) * self.next_f32()
     }
 
+    /// N(0, std²) by Box–Muller (one of the pair; initialisation needs no speed).
+    pub fn normal(&mut self, std: f32) -> f32 {
+        let u1 = 1.0 - self.next_f32();
+        let u2 = self.next_f32();
+        std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+
     pub fn below(&mut self, n: usize) -> usize {
         (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }

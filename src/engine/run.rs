@@ -9,12 +9,14 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::bert::BertConfig;
 use super::data::{self, Dataset};
 use super::files::{read_safetensors, write_json, write_safetensors};
 use super::loss::{FeatureLoss, LogitLoss};
 use super::model::{predictions, Blueprint, Input, Net};
 use super::report::{self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
 use super::rng::{streams, Rng};
+use super::text::{self, TextSetup};
 use super::train::{evaluate, train_phase, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use super::{Control, EngineError, EngineEvent, Phase};
 use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, LogitLossKind, Scheduled, SpecError};
@@ -42,6 +44,8 @@ struct Resolved {
     input: Input,
     student: Blueprint,
     pairs: Vec<LayerPair>,
+    /// A transformer student's config and the teacher layer each of its layers maps to.
+    transformer: Option<(BertConfig, Vec<usize>)>,
 }
 
 /// The checks a spec must pass before it is accepted: ranges, then the dataset and the teacher
@@ -49,8 +53,12 @@ struct Resolved {
 /// fail later if its files change.
 pub fn preflight(spec: &JobSpec, data_root: &Path) -> Result<(), SpecError> {
     spec.validate()?;
-    let data = data::load(&spec.dataset, data_root, spec.training.seed, spec.training.early_stopping.is_some())?;
-    resolve(spec, &data)?;
+    let (data, text) = load_data(spec, data_root, &Device::Cpu)?;
+    resolve(spec, &data, text.as_ref())?;
+    if let Some(setup) = &text {
+        text::teacher_net(spec, setup, &data, &mut Rng::new(0), &Device::Cpu)?;
+        return Ok(());
+    }
     for (i, teacher) in spec.teacher_specs().iter().enumerate() {
         if let Some(weights) = &teacher.weights {
             load_teacher(spec, i, weights, data_root, &data, &Device::Cpu)?;
@@ -59,23 +67,43 @@ pub fn preflight(spec: &JobSpec, data_root: &Path) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The dataset; for text, tokenised with the teacher's tokenizer, with the teacher's folder.
+fn load_data(spec: &JobSpec, data_root: &Path, device: &Device) -> Result<(Dataset, Option<TextSetup>), SpecError> {
+    let monitor = spec.training.early_stopping.is_some();
+    if spec.dataset.source == "text" {
+        let (data, setup) = text::load(spec, data_root, monitor, device)?;
+        return Ok((data, Some(setup)));
+    }
+    Ok((data::load(&spec.dataset, data_root, spec.training.seed, monitor)?, None))
+}
+
 fn input_of(data: &Dataset) -> Input {
     Input { features: data.features, image: data.image }
 }
 
-fn resolve(spec: &JobSpec, data: &Dataset) -> Result<Resolved, SpecError> {
+fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<Resolved, SpecError> {
     let input = input_of(data);
     if spec.training.augment.is_some() && data.image.is_none() {
         return Err(SpecError::new("training.augment", "shifts need image data (an `idx` dataset of H×W or H×W×C samples)"));
     }
     let blueprint = |arch: &ArchSpec, field: String| Blueprint::new(arch, input, data.classes).map_err(|m| SpecError::new(field, m));
-    let teachers: Vec<Blueprint> = spec
-        .teacher_specs()
-        .iter()
-        .enumerate()
-        .map(|(i, t)| blueprint(&t.arch, format!("{}.arch", spec.teacher_field(i))))
-        .collect::<Result<_, _>>()?;
-    let student = blueprint(&spec.student.arch, "student.arch".into())?;
+    let (teachers, student, transformer) = match (text, spec.student.arch.transformer()) {
+        (Some(setup), Some(arch)) => {
+            let teacher = text::teacher_config(setup, data.classes);
+            let (config, layers) = text::student_config(&teacher, arch)?;
+            let length = setup.max_length;
+            (vec![Blueprint::transformer(&teacher, length)], Blueprint::transformer(&config, length), Some((config, layers)))
+        }
+        _ => {
+            let teachers: Vec<Blueprint> = spec
+                .teacher_specs()
+                .iter()
+                .enumerate()
+                .map(|(i, t)| blueprint(&t.arch, format!("{}.arch", spec.teacher_field(i))))
+                .collect::<Result<_, _>>()?;
+            (teachers, blueprint(&spec.student.arch, "student.arch".into())?, None)
+        }
+    };
     let mut pairs = Vec::new();
     for (i, pair) in spec.distill.intermediate.iter().enumerate() {
         let field = format!("distill.intermediate[{i}]");
@@ -91,6 +119,13 @@ fn resolve(spec: &JobSpec, data: &Dataset) -> Result<Resolved, SpecError> {
                 format!("the student's output {s:?} and the teacher's {t:?} must agree in all but the width (channels); pair layers of the same kind and map size"),
             ));
         }
+        let maps = pair.teacher_layer.starts_with("attentions.") || pair.student_layer.starts_with("attentions.");
+        if maps && pair.teacher_layer.split('.').next() != pair.student_layer.split('.').next() {
+            return Err(SpecError::new(field, "pair attention maps with attention maps (`attentions.N` on both sides)"));
+        }
+        if (pair.loss == FeatureLossKind::Kl) != maps {
+            return Err(SpecError::new(format!("{field}.loss"), "`kl` compares attention maps (`attentions.N`); hidden states take `mse` or `cosine`"));
+        }
         let (sw, tw) = (s[s.len() - 1], t[t.len() - 1]);
         pairs.push(LayerPair {
             teacher: pair.teacher,
@@ -99,6 +134,7 @@ fn resolve(spec: &JobSpec, data: &Dataset) -> Result<Resolved, SpecError> {
             loss: match pair.loss {
                 FeatureLossKind::Mse => FeatureLoss::Mse,
                 FeatureLossKind::Cosine => FeatureLoss::Cosine,
+                FeatureLossKind::Kl => FeatureLoss::Kl,
             },
             weight: pair.weight,
             projection: (sw != tw).then_some((sw, tw)),
@@ -122,7 +158,7 @@ fn resolve(spec: &JobSpec, data: &Dataset) -> Result<Resolved, SpecError> {
             return Err(SpecError::new(field, format!("shapes differ: student {a:?}, teacher {b:?}")));
         }
     }
-    Ok(Resolved { input, student, pairs })
+    Ok(Resolved { input, student, pairs, transformer })
 }
 
 fn layer_list(blueprint: &Blueprint) -> String {
@@ -138,6 +174,23 @@ fn load_teacher(spec: &JobSpec, index: usize, weights: &str, data_root: &Path, d
         .map_err(|m| SpecError::new(&field, format!("does not fit the teacher's arch and the dataset: {m}")))
 }
 
+/// `student.init_from_teacher`: the listed layers copied into the random initialisation.
+fn student_from_teacher(spec: &JobSpec, resolved: &Resolved, random_init: &Net, teacher: &Net, ctx: &mut PhaseContext) -> Result<Net, EngineError> {
+    if spec.student.init_from_teacher.is_empty() {
+        return Ok(random_init.clone());
+    }
+    let source: HashMap<String, Tensor> = teacher.named().into_iter().collect();
+    let mut copied = HashMap::new();
+    for copy in &spec.student.init_from_teacher {
+        for (name, _) in resolved.student.layer_params(&copy.student_layer) {
+            let from = format!("{}{}", copy.teacher_layer, &name[copy.student_layer.len()..]);
+            copied.insert(name.clone(), source[&from].copy()?);
+        }
+    }
+    (ctx.sink)(EngineEvent::Log(format!("student initialised with {} tensors copied from the teacher", copied.len())));
+    Ok(random_init.clone().with_tensors(&copied))
+}
+
 /// Runs the job on `spec.device`, or on `default_device` when the spec names none.
 pub fn run(
     spec: &JobSpec,
@@ -150,7 +203,20 @@ pub fn run(
     let device_name = spec.device.as_deref().unwrap_or(default_device);
     let device = super::device(device_name)?;
     std::fs::create_dir_all(job_dir)?;
-    let data = data::load(&spec.dataset, data_root, spec.training.seed, spec.training.early_stopping.is_some())?;
+    let (data, text) = load_data(spec, data_root, &device)?;
+    if let Some(setup) = &text {
+        let c = &setup.teacher.config;
+        sink(EngineEvent::Log(format!(
+            "teacher {}: {} layers, hidden {}, {} heads{}; texts cut to {} tokens ({} were longer)",
+            c.family.model_type(),
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            if setup.teacher.has_head { format!(", a {}-class head", c.num_labels) } else { ", no classification head".into() },
+            setup.max_length,
+            setup.truncated
+        )));
+    }
     sink(EngineEvent::Log(format!(
         "dataset {}: {} training and {} held-out samples{}, {} features{}, {} classes",
         data.name,
@@ -161,7 +227,7 @@ pub fn run(
         data.image.map(|i| format!(" ({}×{}×{} images)", i.channels, i.height, i.width)).unwrap_or_default(),
         data.classes
     )));
-    let resolved = resolve(spec, &data)?;
+    let resolved = resolve(spec, &data, text.as_ref())?;
     let state_path = job_dir.join(STATE_FILE);
     let mut state: JobState = match std::fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| EngineError::Other(format!("state.json is unreadable: {e}")))?,
@@ -199,6 +265,32 @@ pub fn run(
     let mut teachers = Vec::new();
     let mut teacher_trainings = Vec::new();
     for (i, teacher) in spec.teacher_specs().into_iter().enumerate() {
+        let stream: Vec<u64> = if i == 0 { vec![streams::TEACHER_INIT] } else { vec![streams::TEACHER_INIT, i as u64] };
+        if let Some(setup) = &text {
+            let loaded = text::teacher_net(spec, setup, &data, &mut Rng::stream(training.seed, &stream), &device)?;
+            match &teacher.train {
+                None => {
+                    (ctx.sink)(EngineEvent::Log(format!("teacher used as found in {}", setup.teacher.dir.display())));
+                    teachers.push(loaded);
+                    teacher_trainings.push(None);
+                }
+                Some(train) => {
+                    let plan = PhasePlan {
+                        phase: Phase::Teacher(i),
+                        epochs: train.epochs,
+                        batch_size: train.batch_size.unwrap_or(training.batch_size),
+                        optimizer: train.optimizer.unwrap_or(training.optimizer),
+                        schedule: train.schedule.unwrap_or(training.schedule),
+                        ..label_plan.clone()
+                    };
+                    let (net, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &loaded, &data, &Teachers { nets: Vec::new(), weights: Vec::new() })?;
+                    artifacts.push(file_of(Phase::Teacher(i)));
+                    teachers.push(net);
+                    teacher_trainings.push(Some(summary));
+                }
+            }
+            continue;
+        }
         match (&teacher.weights, &teacher.train) {
             (Some(weights), _) => {
                 let net = load_teacher(spec, i, weights, data_root, &data, &device)?;
@@ -215,7 +307,6 @@ pub fn run(
                     schedule: train.schedule.unwrap_or(training.schedule),
                     ..label_plan.clone()
                 };
-                let stream: Vec<u64> = if i == 0 { vec![streams::TEACHER_INIT] } else { vec![streams::TEACHER_INIT, i as u64] };
                 let init = Net::init(&teacher.arch, input, data.classes, &mut Rng::stream(training.seed, &stream), &device).map_err(EngineError::Other)?;
                 let (net, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &init, &data, &Teachers { nets: Vec::new(), weights: Vec::new() })?;
                 artifacts.push(file_of(Phase::Teacher(i)));
@@ -228,28 +319,34 @@ pub fn run(
     let total_weight: f64 = spec.teacher_specs().iter().map(|t| t.weight).sum();
     let teacher_weights: Vec<f64> = spec.teacher_specs().iter().map(|t| t.weight / total_weight).collect();
 
-    let random_init = Net::init(&spec.student.arch, input, data.classes, &mut Rng::stream(training.seed, &[streams::STUDENT_INIT]), &device).map_err(EngineError::Other)?;
-    let student_init = if spec.student.init_from_teacher.is_empty() {
-        random_init.clone()
-    } else {
-        let source: HashMap<String, Tensor> = teachers[0].named().into_iter().collect();
-        let mut copied = HashMap::new();
-        for copy in &spec.student.init_from_teacher {
-            for (name, _) in resolved.student.layer_params(&copy.student_layer) {
-                let from = format!("{}{}", copy.teacher_layer, &name[copy.student_layer.len()..]);
-                copied.insert(name.clone(), source[&from].copy()?);
-            }
+    let mut student_rng = Rng::stream(training.seed, &[streams::STUDENT_INIT]);
+    let (random_init, student_init) = match &resolved.transformer {
+        Some((config, layers)) => {
+            let (init, copied) = text::student_init(config, layers, &spec.student.arch, &teachers[0], input, &mut student_rng, &device).map_err(EngineError::Other)?;
+            (ctx.sink)(EngineEvent::Log(format!(
+                "student: {} layers (teacher layers {layers:?}), hidden {}, {} heads, {} parameters; {copied} tensors copied from the teacher",
+                config.num_layers,
+                config.hidden_size,
+                config.num_heads,
+                init.parameter_count()
+            )));
+            // The baseline starts from the same copied layers: a truncated teacher fine-tuned on
+            // labels, the usual alternative, so the gain measures the distillation losses alone.
+            (init.clone(), init)
         }
-        (ctx.sink)(EngineEvent::Log(format!("student initialised with {} tensors copied from the teacher", copied.len())));
-        random_init.clone().with_tensors(&copied)
+        None => {
+            let random_init = Net::init(&spec.student.arch, input, data.classes, &mut student_rng, &device).map_err(EngineError::Other)?;
+            let student_init = student_from_teacher(spec, &resolved, &random_init, &teachers[0], &mut ctx)?;
+            (random_init, student_init)
+        }
     };
     let frozen = Teachers { nets: teachers.iter().collect(), weights: teacher_weights.clone() };
     let (student, student_training) = phase(&mut ctx, &mut state, &state_path, &student_plan, &student_init, &data, &frozen)?;
     artifacts.push(file_of(Phase::Student));
 
     let baseline = if spec.baseline {
-        // Same initialisation (before any copy from the teacher), data order, shifts and
-        // dropout masks; only the teacher is gone.
+        // Same initialisation (before any copy from the teacher, except for transformers),
+        // data order, shifts and dropout masks; only the teacher is gone.
         let plan = PhasePlan { phase: Phase::Baseline, ..label_plan.clone() };
         let no_teacher = Teachers { nets: Vec::new(), weights: Vec::new() };
         let trained = phase(&mut ctx, &mut state, &state_path, &plan, &random_init, &data, &no_teacher)?;
@@ -260,7 +357,8 @@ pub fn run(
     };
 
     (ctx.sink)(EngineEvent::Log("evaluating on the held-out split and measuring latency".into()));
-    let batch_n = data.validation.len().clamp(1, 256);
+    // Text latency is per sequence at the dataset's length, at batch 1 and 32.
+    let batch_n = if text.is_some() { 32 } else { 256 }.min(data.validation.len().max(1));
     let teacher_evaluations: Vec<Evaluation> = teachers.iter().map(|t| evaluate(t, &data.validation, &device)).collect::<candle_core::Result<_>>()?;
     let ensemble_evaluation = if teachers.len() > 1 { Some(ensemble(&teachers, &teacher_weights, &data, &device)?) } else { None };
     let reference = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]);
@@ -366,6 +464,12 @@ pub fn run(
         student: student_report,
         baseline: baseline_report,
     };
+    if let Some(setup) = &text {
+        let names: Vec<String> = data.label_names.clone().unwrap_or_else(|| (0..data.classes).map(|c| c.to_string()).collect());
+        text::export(&student, &names, &setup.teacher.dir, job_dir).map_err(|m| EngineError::Other(format!("exporting the Hugging Face folder: {m}")))?;
+        (ctx.sink)(EngineEvent::Log(format!("student exported as a Hugging Face folder: {} (and {})", text::HF_FOLDER, text::HF_ARCHIVE)));
+        artifacts.push(text::HF_ARCHIVE.into());
+    }
     write_json(&job_dir.join(CONFIG_FILE), &export_config(&spec.student.arch, &data, &resolved.student))?;
     write_json(&job_dir.join(REPORT_FILE), &report)?;
     artifacts.push(CONFIG_FILE.into());
@@ -409,7 +513,7 @@ fn phase(
     let path = ctx.job_dir.join(file_of(plan.phase));
     if let (Some(summary), true) = (state.finished.get(&name), path.exists()) {
         let (tensors, _) = read_safetensors(&path, ctx.device).map_err(EngineError::Other)?;
-        let model = Net::from_named(init.arch(), init.input(), data.classes, tensors, ctx.device).map_err(EngineError::Other)?;
+        let model = init.with_named(tensors, ctx.device).map_err(EngineError::Other)?;
         (ctx.sink)(EngineEvent::Log(format!("phase {name} was finished before the restart; its weights are reused")));
         return Ok((model, summary.clone()));
     }
@@ -433,6 +537,10 @@ fn export_config(arch: &ArchSpec, data: &Dataset, blueprint: &Blueprint) -> serd
     let tensors: Vec<&str> = blueprint.params.iter().chain(&blueprint.buffers).map(|(n, _)| n.as_str()).collect();
     let (format, layout) = match arch {
         ArchSpec::Mlp { .. } => ("distillery.mlp", "layers.{i}.weight is out×in, y = x·Wᵀ + b, ReLU between layers, no activation after the last"),
+        ArchSpec::Transformer(_) => (
+            "distillery.transformer",
+            "a Hugging Face BERT-family model; student-hf.tar holds it as a folder (config.json, model.safetensors with Hugging Face names, the tokenizer) that transformers and candle load; input rows here are token ids, segment ids and attention mask, each max_length long",
+        ),
         ArchSpec::Conv { .. } => (
             "distillery.conv",
             "input as C×H×W; each block: conv (PyTorch Conv2d layout out×in×k×k, zero padding) → BatchNorm2d (eps 1e-5, running statistics) when present → ReLU → pooling (window = stride = pool_size); then flatten in C×H×W order and the MLP head as in distillery.mlp",

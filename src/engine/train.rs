@@ -507,8 +507,7 @@ pub fn train_phase(
     let model = match position.best {
         Some(_) => {
             let (tensors, _) = read_safetensors(&best_path, ctx.device).map_err(EngineError::Other)?;
-            let blueprint_input = init.input();
-            Net::from_named(init.arch(), blueprint_input, data.classes, tensors, ctx.device).map_err(EngineError::Other)?
+            init.with_named(tensors, ctx.device).map_err(EngineError::Other)?
         }
         None => init.with_vars(&optimizer.vars()[..student_vars], &buffers).detached(),
     };

@@ -1,0 +1,497 @@
+//! BERT-family encoders (BERT, RoBERTa, DistilBERT) with their sequence-classification heads,
+//! read from and written as Hugging Face folders.
+//!
+//! Built from candle ops that all have a backward pass: candle's fused `layer_norm` and
+//! `softmax_last_dim` have none, so a model built on them trains only its head. Layer norm and
+//! softmax are composed here instead, and `tests/numerics.rs` checks logits, hidden states,
+//! attention maps and gradients against `transformers`.
+//!
+//! A text sample enters the network as one row of `3 × length` numbers: token ids, segment ids
+//! and the attention mask, packed as f32 (exact below 2²⁴), so text runs through the same
+//! training loop, caches and reports as every other dataset.
+//!
+//! Tensor names are Hugging Face's without the base model's prefix (`bert.`, `roberta.`,
+//! `distilbert.`), in the order the forward pass reads them. Layer outputs for distillation:
+//! `embeddings` and `layers.{i}` (hidden states, `length × hidden`), `attentions.{i}` (attention
+//! probabilities, `heads × length × length`), `pooled` (the masked mean of the last hidden state).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use serde_json::{json, Value};
+
+use super::files::read_safetensors;
+use super::linear::Linear;
+use super::model::dropout_mask;
+use super::rng::Rng;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Bert,
+    Roberta,
+    DistilBert,
+}
+
+impl Family {
+    fn prefix(self) -> &'static str {
+        match self {
+            Family::Bert => "bert.",
+            Family::Roberta => "roberta.",
+            Family::DistilBert => "distilbert.",
+        }
+    }
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+            Family::DistilBert => "distilbert",
+        }
+    }
+
+    fn class_name(self) -> &'static str {
+        match self {
+            Family::Bert => "Bert",
+            Family::Roberta => "Roberta",
+            Family::DistilBert => "DistilBert",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Gelu,
+    GeluTanh,
+    Relu,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub max_positions: usize,
+    /// 0 for DistilBERT, which has no segment embeddings.
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: u32,
+    pub hidden_dropout: f32,
+    pub attention_dropout: f32,
+    pub classifier_dropout: f32,
+    pub activation: Activation,
+    pub initializer_range: f32,
+    /// Classes of the sequence-classification head; 0 for an encoder without one.
+    pub num_labels: usize,
+    /// The config.json it was read from; exports keep its other keys.
+    pub raw: Value,
+}
+
+fn field<'a>(raw: &'a Value, names: &[&str]) -> Option<&'a Value> {
+    names.iter().find_map(|n| raw.get(*n).filter(|v| !v.is_null()))
+}
+
+impl BertConfig {
+    /// Reads a Hugging Face `config.json`; errors say which key is missing or unsupported.
+    pub fn from_hf(raw: &Value) -> std::result::Result<Self, String> {
+        let model_type = raw.get("model_type").and_then(Value::as_str).ok_or("config.json has no `model_type`")?;
+        let family = match model_type {
+            "bert" => Family::Bert,
+            "roberta" => Family::Roberta,
+            "distilbert" => Family::DistilBert,
+            other => return Err(format!("model_type `{other}` is not supported; expected bert, roberta or distilbert")),
+        };
+        let usize_of = |names: &[&str]| -> std::result::Result<usize, String> {
+            field(raw, names)
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("config.json lacks `{}`", names[0]))
+        };
+        let f32_or = |names: &[&str], default: f64| field(raw, names).and_then(Value::as_f64).unwrap_or(default) as f32;
+        let distil = family == Family::DistilBert;
+        let act = field(raw, &["hidden_act", "activation"]).and_then(Value::as_str).unwrap_or("gelu");
+        let activation = match act {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => return Err(format!("activation `{other}` is not supported; expected gelu, gelu_new or relu")),
+        };
+        let hidden_dropout = f32_or(&["hidden_dropout_prob", "dropout"], 0.1);
+        let num_labels = match raw.get("id2label").and_then(Value::as_object) {
+            Some(map) => map.len(),
+            None => field(raw, &["num_labels"]).and_then(Value::as_u64).unwrap_or(0) as usize,
+        };
+        let config = Self {
+            family,
+            vocab_size: usize_of(&["vocab_size"])?,
+            hidden_size: usize_of(if distil { &["dim"] } else { &["hidden_size"] })?,
+            num_layers: usize_of(if distil { &["n_layers"] } else { &["num_hidden_layers"] })?,
+            num_heads: usize_of(if distil { &["n_heads"] } else { &["num_attention_heads"] })?,
+            intermediate_size: usize_of(if distil { &["hidden_dim"] } else { &["intermediate_size"] })?,
+            max_positions: usize_of(&["max_position_embeddings"])?,
+            type_vocab_size: if distil { 0 } else { field(raw, &["type_vocab_size"]).and_then(Value::as_u64).unwrap_or(2) as usize },
+            layer_norm_eps: if distil { 1e-12 } else { field(raw, &["layer_norm_eps"]).and_then(Value::as_f64).unwrap_or(1e-12) },
+            pad_token_id: field(raw, &["pad_token_id"]).and_then(Value::as_u64).unwrap_or(if family == Family::Roberta { 1 } else { 0 }) as u32,
+            hidden_dropout,
+            attention_dropout: f32_or(&["attention_probs_dropout_prob", "attention_dropout"], 0.1),
+            classifier_dropout: f32_or(&["classifier_dropout", "seq_classif_dropout"], hidden_dropout as f64),
+            activation,
+            initializer_range: f32_or(&["initializer_range"], 0.02),
+            num_labels,
+            raw: raw.clone(),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Sizes that fit together; for a student config built from overrides too.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+            return Err(format!("hidden size {} is not a multiple of the {} attention heads", self.hidden_size, self.num_heads));
+        }
+        if self.num_layers == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.vocab_size == 0 {
+            return Err("layers, hidden size, intermediate size and vocabulary must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Positions a sequence of `length` tokens needs (RoBERTa's start after the padding index).
+    pub fn positions_needed(&self, length: usize) -> usize {
+        match self.family {
+            Family::Roberta => length + self.pad_token_id as usize + 1,
+            _ => length,
+        }
+    }
+
+    /// Every tensor (name, shape) in the order `forward` reads them.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i) = (self.hidden_size, self.intermediate_size);
+        let mut out: Vec<(String, Vec<usize>)> = vec![
+            ("embeddings.word_embeddings.weight".into(), vec![self.vocab_size, h]),
+            ("embeddings.position_embeddings.weight".into(), vec![self.max_positions, h]),
+        ];
+        if self.type_vocab_size > 0 {
+            out.push(("embeddings.token_type_embeddings.weight".into(), vec![self.type_vocab_size, h]));
+        }
+        out.push(("embeddings.LayerNorm.weight".into(), vec![h]));
+        out.push(("embeddings.LayerNorm.bias".into(), vec![h]));
+        for layer in 0..self.num_layers {
+            let names = self.layer_names(layer);
+            let shapes = [[h, h], [h, h], [h, h], [h, h]].into_iter().flat_map(|s| [s.to_vec(), vec![s[0]]]);
+            let shapes = shapes.chain([vec![h], vec![h], vec![i, h], vec![i], vec![h, i], vec![h], vec![h], vec![h]]);
+            out.extend(names.into_iter().zip(shapes));
+        }
+        if self.num_labels > 0 {
+            let c = self.num_labels;
+            let head: [(&str, Vec<usize>); 4] = match self.family {
+                Family::Bert => [("pooler.dense.weight", vec![h, h]), ("pooler.dense.bias", vec![h]), ("classifier.weight", vec![c, h]), ("classifier.bias", vec![c])],
+                Family::Roberta => [
+                    ("classifier.dense.weight", vec![h, h]),
+                    ("classifier.dense.bias", vec![h]),
+                    ("classifier.out_proj.weight", vec![c, h]),
+                    ("classifier.out_proj.bias", vec![c]),
+                ],
+                Family::DistilBert => [("pre_classifier.weight", vec![h, h]), ("pre_classifier.bias", vec![h]), ("classifier.weight", vec![c, h]), ("classifier.bias", vec![c])],
+            };
+            out.extend(head.into_iter().map(|(n, s)| (n.to_string(), s)));
+        }
+        out
+    }
+
+    /// The 16 tensors of encoder layer `layer`: query, key, value, attention output, its layer
+    /// norm, the two feed-forward linears and their layer norm (weights before biases).
+    pub fn layer_names(&self, layer: usize) -> Vec<String> {
+        let parts: [&str; 8] = match self.family {
+            Family::DistilBert => [
+                "attention.q_lin",
+                "attention.k_lin",
+                "attention.v_lin",
+                "attention.out_lin",
+                "sa_layer_norm",
+                "ffn.lin1",
+                "ffn.lin2",
+                "output_layer_norm",
+            ],
+            _ => [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ],
+        };
+        let stem = match self.family {
+            Family::DistilBert => format!("transformer.layer.{layer}"),
+            _ => format!("encoder.layer.{layer}"),
+        };
+        parts.iter().flat_map(|p| [format!("{stem}.{p}.weight"), format!("{stem}.{p}.bias")]).collect()
+    }
+
+    /// The per-sample shapes of the layer outputs distillation can pair.
+    pub fn outputs(&self, length: usize) -> Vec<(String, Vec<usize>)> {
+        let h = self.hidden_size;
+        let mut out = vec![("embeddings".to_string(), vec![length, h])];
+        for i in 0..self.num_layers {
+            out.push((format!("layers.{i}"), vec![length, h]));
+            out.push((format!("attentions.{i}"), vec![self.num_heads, length, length]));
+        }
+        out.push(("pooled".into(), vec![h]));
+        out
+    }
+
+    /// Whether `name` (prefix already removed) belongs to the classification head.
+    pub fn is_head(&self, name: &str) -> bool {
+        name.starts_with("classifier.") || name.starts_with("pre_classifier.") || (self.family == Family::Bert && name.starts_with("pooler."))
+    }
+
+    /// Fresh tensors as `transformers` initialises them: N(0, initializer_range) for linear and
+    /// embedding weights (the padding row zeroed), zero biases, layer norms 1 and 0.
+    pub fn init(&self, rng: &mut Rng, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let std = self.initializer_range;
+        let mut out = HashMap::new();
+        for (name, shape) in self.tensor_shapes() {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = if name.contains("LayerNorm.weight") || name.contains("layer_norm.weight") {
+                vec![1.0; n]
+            } else if name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm") {
+                vec![0.0; n]
+            } else {
+                let mut v: Vec<f32> = (0..n).map(|_| rng.normal(std)).collect();
+                let pad = self.pad_token_id as usize;
+                if name == "embeddings.word_embeddings.weight" && pad < shape[0] {
+                    v[pad * shape[1]..(pad + 1) * shape[1]].fill(0.0);
+                }
+                v
+            };
+            out.insert(name, Tensor::from_vec(values, shape, device)?);
+        }
+        Ok(out)
+    }
+
+    /// config.json for an exported model: the source's keys, with this model's sizes and labels.
+    pub fn to_hf(&self, label_names: &[String]) -> Value {
+        let mut raw = self.raw.clone();
+        let keys = match self.family {
+            Family::DistilBert => ["dim", "n_layers", "n_heads", "hidden_dim"],
+            _ => ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"],
+        };
+        let values = [self.hidden_size, self.num_layers, self.num_heads, self.intermediate_size];
+        let object = raw.as_object_mut().expect("config.json is an object");
+        for (key, value) in keys.iter().zip(values) {
+            object.insert(key.to_string(), json!(value));
+        }
+        object.remove("id2label");
+        object.remove("label2id");
+        object.remove("num_labels");
+        let class = self.family.class_name();
+        if self.num_labels > 0 {
+            let id2label: serde_json::Map<String, Value> = label_names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
+            let label2id: serde_json::Map<String, Value> = label_names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
+            object.insert("id2label".into(), Value::Object(id2label));
+            object.insert("label2id".into(), Value::Object(label2id));
+            object.insert("architectures".into(), json!([format!("{class}ForSequenceClassification")]));
+        } else {
+            object.insert("architectures".into(), json!([format!("{class}Model")]));
+        }
+        raw
+    }
+
+    /// The tensor name Hugging Face uses in `model.safetensors` for our `name`: with a head, all
+    /// but the classifier's sit under the base model's prefix.
+    pub fn hf_name(&self, name: &str) -> String {
+        let classifier = name.starts_with("classifier.") || name.starts_with("pre_classifier.");
+        match self.num_labels > 0 && !classifier {
+            true => format!("{}{name}", self.family.prefix()),
+            false => name.to_string(),
+        }
+    }
+
+    /// Our name for a tensor read from a Hugging Face file: the base prefix dropped, and the old
+    /// `gamma`/`beta` spelling of layer norms renamed.
+    pub fn our_name(&self, hf: &str) -> String {
+        let name = hf.strip_prefix(self.family.prefix()).unwrap_or(hf);
+        if let Some(stem) = name.strip_suffix(".gamma") {
+            format!("{stem}.weight")
+        } else if let Some(stem) = name.strip_suffix(".beta") {
+            format!("{stem}.bias")
+        } else {
+            name.to_string()
+        }
+    }
+}
+
+/// Packs tokenised samples as network input rows (ids, segment ids, mask).
+pub fn pack(ids: &[u32], type_ids: &[u32], mask: &[u32], length: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(ids.len() * 3);
+    for ((i, t), m) in ids.chunks(length).zip(type_ids.chunks(length)).zip(mask.chunks(length)) {
+        out.extend(i.iter().chain(t).chain(m).map(|&v| v as f32));
+    }
+    out
+}
+
+fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    centred.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, fused: bool) -> Result<Tensor> {
+    if fused {
+        Linear { relu: false, input_grad: x.track_op() }.forward(x, weight, bias)
+    } else {
+        x.matmul(&weight.t()?)?.broadcast_add(bias)
+    }
+}
+
+fn dropout(x: Tensor, p: f32, rng: &mut Option<&mut Rng>) -> Result<Tensor> {
+    match rng.as_deref_mut() {
+        Some(rng) if p > 0.0 => dropout_mask(&x, p, rng),
+        _ => Ok(x),
+    }
+}
+
+fn next<'a>(it: &mut impl Iterator<Item = &'a Tensor>) -> Result<&'a Tensor> {
+    it.next().ok_or_else(|| candle_core::Error::Msg("the encoder has fewer tensors than its config needs".into()))
+}
+
+/// Runs packed rows `x` (`batch × 3·length`) through the encoder and head. With `rng`, training
+/// mode (dropout). Returns the logits (the pooled embedding for an encoder without a head) and
+/// the requested layer outputs.
+pub fn forward(
+    config: &BertConfig,
+    params: &[Tensor],
+    x: &Tensor,
+    mut rng: Option<&mut Rng>,
+    want: &[&str],
+    fused: bool,
+) -> Result<(Tensor, HashMap<String, Tensor>)> {
+    let (batch, packed) = x.dims2()?;
+    let length = packed / 3;
+    let device = x.device();
+    let rows: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let (mut ids, mut types, mut mask, mut positions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for row in rows.chunks(packed) {
+        ids.extend(row[..length].iter().map(|&v| v as u32));
+        types.extend(row[length..2 * length].iter().map(|&v| v as u32));
+        mask.extend_from_slice(&row[2 * length..]);
+        match config.family {
+            // RoBERTa numbers real tokens from pad + 1 and gives padding the pad index.
+            Family::Roberta => {
+                let pad = config.pad_token_id;
+                let mut seen = 0;
+                positions.extend(row[..length].iter().map(|&id| match id as u32 == pad {
+                    true => pad,
+                    false => {
+                        seen += 1;
+                        pad + seen
+                    }
+                }));
+            }
+            _ => positions.extend(0..length as u32),
+        }
+    }
+    let (h, heads) = (config.hidden_size, config.num_heads);
+    let head_dim = h / heads;
+    let mut features = HashMap::new();
+    let mut keep = |name: String, t: &Tensor| {
+        if want.contains(&name.as_str()) {
+            features.insert(name, t.clone());
+        }
+    };
+    let mut p = params.iter();
+    let tokens = batch * length;
+    let (word, position) = (next(&mut p)?, next(&mut p)?);
+    let mut e = word.embedding(&Tensor::from_vec(ids, tokens, device)?)?;
+    e = (e + position.embedding(&Tensor::from_vec(positions, tokens, device)?)?)?;
+    if config.type_vocab_size > 0 {
+        e = (e + next(&mut p)?.embedding(&Tensor::from_vec(types, tokens, device)?)?)?;
+    }
+    let mut hidden = layer_norm(&e, next(&mut p)?, next(&mut p)?, config.layer_norm_eps)?;
+    hidden = dropout(hidden, config.hidden_dropout, &mut rng)?;
+    keep("embeddings".into(), &hidden.reshape((batch, length, h))?);
+    let mask = Tensor::from_vec(mask, (batch, length), device)?;
+    // Masked keys get a large negative score, so their probability is exactly 0 after softmax.
+    let key_bias = ((mask.ones_like()? - &mask)? * -1e9)?.reshape((batch, 1, 1, length))?;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    for layer in 0..config.num_layers {
+        let mut w = || -> Result<(&Tensor, &Tensor)> { Ok((next(&mut p)?, next(&mut p)?)) };
+        let (q, k, v, o, ln1, f1, f2, ln2) = (w()?, w()?, w()?, w()?, w()?, w()?, w()?, w()?);
+        let split_heads = |t: Tensor| t.reshape((batch, length, heads, head_dim))?.transpose(1, 2)?.contiguous();
+        let query = split_heads(linear(&hidden, q.0, q.1, fused)?)?;
+        let key = split_heads(linear(&hidden, k.0, k.1, fused)?)?;
+        let value = split_heads(linear(&hidden, v.0, v.1, fused)?)?;
+        let scores = (query.matmul(&key.t()?.contiguous()?)? * scale)?.broadcast_add(&key_bias)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        keep(format!("attentions.{layer}"), &probs);
+        let probs = dropout(probs, config.attention_dropout, &mut rng)?;
+        let context = probs.matmul(&value)?.transpose(1, 2)?.reshape((tokens, h))?;
+        let attended = dropout(linear(&context, o.0, o.1, fused)?, config.hidden_dropout, &mut rng)?;
+        let attended = layer_norm(&(attended + &hidden)?, ln1.0, ln1.1, config.layer_norm_eps)?;
+        let inner = linear(&attended, f1.0, f1.1, fused)?;
+        let inner = match config.activation {
+            Activation::Gelu => inner.gelu_erf()?,
+            Activation::GeluTanh => inner.gelu()?,
+            Activation::Relu => inner.relu()?,
+        };
+        let out = dropout(linear(&inner, f2.0, f2.1, fused)?, config.hidden_dropout, &mut rng)?;
+        hidden = layer_norm(&(out + &attended)?, ln2.0, ln2.1, config.layer_norm_eps)?;
+        keep(format!("layers.{layer}"), &hidden.reshape((batch, length, h))?);
+    }
+    let sequence = hidden.reshape((batch, length, h))?;
+    let weights = mask.unsqueeze(2)?;
+    let pooled = sequence.broadcast_mul(&weights)?.sum(1)?.broadcast_div(&weights.sum(1)?.clamp(1.0, f64::MAX)?)?;
+    keep("pooled".into(), &pooled);
+    if config.num_labels == 0 {
+        return Ok((pooled, features));
+    }
+    let first = sequence.narrow(1, 0, 1)?.reshape((batch, h))?;
+    let (a, b) = ((next(&mut p)?, next(&mut p)?), (next(&mut p)?, next(&mut p)?));
+    let logits = match config.family {
+        Family::Bert => {
+            let pooled = linear(&first, a.0, a.1, fused)?.tanh()?;
+            linear(&dropout(pooled, config.classifier_dropout, &mut rng)?, b.0, b.1, fused)?
+        }
+        Family::Roberta => {
+            let x = dropout(first, config.classifier_dropout, &mut rng)?;
+            let x = dropout(linear(&x, a.0, a.1, fused)?.tanh()?, config.classifier_dropout, &mut rng)?;
+            linear(&x, b.0, b.1, fused)?
+        }
+        Family::DistilBert => {
+            let x = linear(&first, a.0, a.1, fused)?.relu()?;
+            linear(&dropout(x, config.classifier_dropout, &mut rng)?, b.0, b.1, fused)?
+        }
+    };
+    Ok((logits, features))
+}
+
+/// Reads a Hugging Face folder: its config (`num_labels` set from the head in the weights, 0
+/// without one) and its tensors under our names, as f32 on `device`.
+pub fn load_folder(dir: &Path, device: &Device) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), String> {
+    let raw: Value = std::fs::read(dir.join("config.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|m| format!("config.json is unreadable: {m}"))?;
+    let mut config = BertConfig::from_hf(&raw)?;
+    let (tensors, _) = read_safetensors(&dir.join("model.safetensors"), device)?;
+    let tensors: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(name, t)| Ok((config.our_name(&name), t.to_dtype(DType::F32)?.to_device(device)?)))
+        .collect::<Result<_>>()
+        .map_err(|e| e.to_string())?;
+    let head = match config.family {
+        Family::Roberta => "classifier.out_proj.weight",
+        _ => "classifier.weight",
+    };
+    config.num_labels = match tensors.get(head) {
+        Some(t) => t.dim(0).map_err(|e| e.to_string())?,
+        None => 0,
+    };
+    Ok((config, tensors))
+}

@@ -1,0 +1,260 @@
+//! Text jobs: a Hugging Face teacher folder, its tokenizer, the student derived from it, and the
+//! student exported as a Hugging Face folder that `transformers` and candle load again.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::bert::{self, BertConfig};
+use super::data::{self, Dataset, Normalization, Split};
+use super::model::{Input, Net};
+use super::rng::Rng;
+use super::text_data::{self, TextDataset, TextSplit};
+use crate::spec::{ArchSpec, JobSpec, SpecError, TransformerArch, TransformerInit};
+
+/// Files of a Hugging Face folder that travel with an exported student.
+const TOKENIZER_FILES: [&str; 5] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt"];
+pub const HF_FOLDER: &str = "student-hf";
+pub const HF_ARCHIVE: &str = "student-hf.tar";
+
+/// The teacher folder as found on disk.
+pub struct TeacherFolder {
+    pub dir: PathBuf,
+    pub config: BertConfig,
+    /// Our names; the head only when the folder has one.
+    pub tensors: HashMap<String, Tensor>,
+    /// Whether the weights hold a sequence-classification head.
+    pub has_head: bool,
+}
+
+/// What a text job knows beyond its `Dataset`.
+pub struct TextSetup {
+    pub teacher: TeacherFolder,
+    pub max_length: usize,
+    pub truncated: usize,
+}
+
+fn folder_field(spec: &JobSpec) -> String {
+    format!("{}.arch.path", spec.teacher_field(0))
+}
+
+/// Reads the teacher's folder: config.json, model.safetensors (names normalised), and whether a
+/// classification head is there.
+pub fn read_teacher(spec: &JobSpec, root: &Path, device: &Device) -> Result<TeacherFolder, SpecError> {
+    let field = folder_field(spec);
+    let teacher = spec.teacher_specs()[0];
+    let relative = teacher.arch.transformer().and_then(|t| t.path.as_deref()).ok_or_else(|| SpecError::new(&field, "required"))?;
+    let config_path = data::resolve(root, &format!("{relative}/config.json"), &field)?;
+    data::resolve(root, &format!("{relative}/model.safetensors"), &field)
+        .map_err(|e| SpecError::new(&field, format!("{} (weights must be in model.safetensors)", e.message)))?;
+    let dir = config_path.parent().expect("a file has a parent").to_path_buf();
+    let (config, tensors) = bert::load_folder(&dir, device).map_err(|m| SpecError::new(&field, m))?;
+    let has_head = config.num_labels > 0;
+    Ok(TeacherFolder { dir, config, tensors, has_head })
+}
+
+/// Tokenises the dataset with the teacher's tokenizer and packs it as network input.
+pub fn load(spec: &JobSpec, root: &Path, monitor: bool, device: &Device) -> Result<(Dataset, TextSetup), SpecError> {
+    let teacher = read_teacher(spec, root, device)?;
+    let field = folder_field(spec);
+    let tokenizer = text_data::load_tokenizer(&teacher.dir.join("tokenizer.json"), &field)?;
+    let text = text_data::load_text(&spec.dataset, root, &tokenizer, spec.training.seed, monitor)?;
+    if !text.labelled() {
+        return Err(SpecError::new("dataset.label_column", "this job needs labelled texts (a `label_column`)"));
+    }
+    let needed = teacher.config.positions_needed(text.max_length);
+    if needed > teacher.config.max_positions {
+        return Err(SpecError::new(
+            "dataset.max_length",
+            format!("the teacher has {} positions; at most {} tokens fit", teacher.config.max_positions, text.max_length + teacher.config.max_positions - needed),
+        ));
+    }
+    let dataset = as_dataset(&text);
+    let setup = TextSetup { teacher, max_length: text.max_length, truncated: text.truncated };
+    Ok((dataset, setup))
+}
+
+fn as_dataset(text: &TextDataset) -> Dataset {
+    let length = text.max_length;
+    let split = |s: &TextSplit| Split { x: bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length), y: s.labels.clone() };
+    Dataset {
+        name: text.name.clone(),
+        features: 3 * length,
+        classes: text.classes,
+        label_names: text.label_names.clone(),
+        train: split(&text.train),
+        validation: split(&text.validation),
+        monitor: text.monitor.as_ref().map(split),
+        normalization: Normalization { mean: Vec::new(), std: Vec::new() },
+        image: None,
+    }
+}
+
+/// The teacher's config for this job: its head sized for the dataset's classes.
+pub fn teacher_config(setup: &TextSetup, classes: usize) -> BertConfig {
+    BertConfig { num_labels: classes, ..setup.teacher.config.clone() }
+}
+
+/// The teacher as the job starts it: the folder's weights, with a fresh head where the folder
+/// has none (or one for another number of classes), which only a fine-tuning phase may add.
+pub fn teacher_net(spec: &JobSpec, setup: &TextSetup, data: &Dataset, rng: &mut Rng, device: &Device) -> Result<Net, SpecError> {
+    let field = folder_field(spec);
+    let config = teacher_config(setup, data.classes);
+    let fits = setup.teacher.has_head && setup.teacher.config.num_labels == data.classes;
+    let trains = spec.teacher_specs()[0].train.is_some();
+    if !fits && !trains {
+        let what = match setup.teacher.has_head {
+            true => format!("its classification head has {} classes, the dataset {}", setup.teacher.config.num_labels, data.classes),
+            false => "it has no sequence-classification head".to_string(),
+        };
+        return Err(SpecError::new(format!("{}.train", spec.teacher_field(0)), format!("the teacher needs fine-tuning: {what}; add `train` (e.g. {{\"epochs\": 3}})")));
+    }
+    let fresh = config.init(rng, device).map_err(|e| SpecError::new(&field, e.to_string()))?;
+    let mut named = HashMap::new();
+    for (name, _) in config.tensor_shapes() {
+        let classifier = name.starts_with("classifier.") || name.starts_with("pre_classifier.");
+        let tensor = match setup.teacher.tensors.get(&name) {
+            Some(t) if fits || !classifier => t.clone(),
+            // A head the folder lacks (BERT's pooler included) starts fresh.
+            _ if config.is_head(&name) => fresh[&name].clone(),
+            _ => return Err(SpecError::new(&field, format!("model.safetensors lacks `{}`", config.hf_name(&name)))),
+        };
+        named.insert(name, tensor);
+    }
+    let input = Input { features: data.features, image: None };
+    Net::transformer(&spec.teacher_specs()[0].arch, config, input, named, device).map_err(|m| SpecError::new(&field, m))
+}
+
+/// The student's config and, for each of its layers, the teacher layer it maps to.
+pub fn student_config(teacher: &BertConfig, arch: &TransformerArch) -> Result<(BertConfig, Vec<usize>), SpecError> {
+    let layers = match &arch.layers {
+        Some(layers) => {
+            if let Some(&bad) = layers.iter().find(|&&l| l >= teacher.num_layers) {
+                return Err(SpecError::new("student.arch.layers", format!("the teacher has layers 0..{}; {bad} is not one of them", teacher.num_layers - 1)));
+            }
+            if layers.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(SpecError::new("student.arch.layers", "list teacher layers in increasing order, each once"));
+            }
+            layers.clone()
+        }
+        None => {
+            let count = arch.num_layers.unwrap_or(teacher.num_layers.div_ceil(2));
+            if count > teacher.num_layers && arch.init == TransformerInit::Teacher {
+                return Err(SpecError::new("student.arch.num_layers", format!("the teacher has {} layers; a deeper student cannot copy them (use `init: random`)", teacher.num_layers)));
+            }
+            (0..count).map(|i| i * teacher.num_layers / count.max(1)).collect()
+        }
+    };
+    let config = BertConfig {
+        num_layers: layers.len(),
+        hidden_size: arch.hidden_size.unwrap_or(teacher.hidden_size),
+        num_heads: arch.num_heads.unwrap_or(teacher.num_heads),
+        intermediate_size: arch.intermediate_size.unwrap_or(teacher.intermediate_size),
+        ..teacher.clone()
+    };
+    config.check().map_err(|m| SpecError::new("student.arch", m))?;
+    Ok((config, layers))
+}
+
+/// The student's first weights: fresh, then with `init: teacher`, every teacher tensor whose
+/// shape fits (student layer `i` from teacher layer `layers[i]`). Returns the count copied.
+pub fn student_init(
+    config: &BertConfig,
+    layers: &[usize],
+    arch: &ArchSpec,
+    teacher: &Net,
+    input: Input,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<(Net, usize), String> {
+    let mut named = config.init(rng, device).map_err(|e| e.to_string())?;
+    let mut copied = 0;
+    let copies = arch.transformer().is_some_and(|t| t.init == TransformerInit::Teacher);
+    if copies {
+        let source: HashMap<String, Tensor> = teacher.named().into_iter().collect();
+        let teacher_config = teacher.transformer_config().ok_or("the teacher is not a transformer")?;
+        let mut renames: HashMap<String, String> = HashMap::new();
+        for (i, &from) in layers.iter().enumerate() {
+            for (ours, theirs) in config.layer_names(i).into_iter().zip(teacher_config.layer_names(from)) {
+                renames.insert(ours, theirs);
+            }
+        }
+        for (name, tensor) in named.iter_mut() {
+            let from = renames.get(name).unwrap_or(name);
+            if let Some(t) = source.get(from).filter(|t| t.dims() == tensor.dims()) {
+                *tensor = t.copy().map_err(|e| e.to_string())?;
+                copied += 1;
+            }
+        }
+    }
+    Ok((Net::transformer(arch, config.clone(), input, named, device)?, copied))
+}
+
+/// Writes the student as a Hugging Face folder (config.json with sizes and labels,
+/// model.safetensors with Hugging Face names, the teacher's tokenizer files) and a tar of it.
+pub fn export(student: &Net, label_names: &[String], teacher_dir: &Path, job_dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let config = student.transformer_config().ok_or("the student is not a transformer")?;
+    let dir = job_dir.join(HF_FOLDER);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut files = vec![dir.join("config.json")];
+    let json = serde_json::to_vec_pretty(&config.to_hf(label_names)).map_err(|e| e.to_string())?;
+    std::fs::write(&files[0], json).map_err(|e| e.to_string())?;
+    let named: Vec<(String, Tensor)> = student.named().into_iter().map(|(n, t)| (config.hf_name(&n), t)).collect();
+    let weights = dir.join("model.safetensors");
+    // transformers reads the format key to know the file holds PyTorch tensors.
+    let meta = serde_json::json!({"format": "pt"});
+    super::files::write_safetensors(&weights, &named, Some(&meta)).map_err(|e| e.to_string())?;
+    files.push(weights);
+    for name in TOKENIZER_FILES {
+        let from = teacher_dir.join(name);
+        if from.is_file() {
+            let to = dir.join(name);
+            std::fs::copy(&from, &to).map_err(|e| format!("copying {name}: {e}"))?;
+            files.push(to);
+        }
+    }
+    write_tar(&job_dir.join(HF_ARCHIVE), &files, job_dir)?;
+    Ok(files)
+}
+
+/// A plain ustar archive of `files`, named relative to `base`, written atomically.
+fn write_tar(path: &Path, files: &[PathBuf], base: &Path) -> Result<(), String> {
+    let temporary = path.with_extension("tar.partial");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&temporary).map_err(|e| e.to_string())?);
+    for file in files {
+        let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
+        let name = file.strip_prefix(base).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+        if name.len() > 99 {
+            return Err(format!("{name}: name too long for a tar header"));
+        }
+        let mut header = [0u8; 512];
+        header[..name.len()].copy_from_slice(name.as_bytes());
+        let octal = |field: &mut [u8], value: u64| {
+            let text = format!("{value:0width$o}\0", width = field.len() - 1);
+            field.copy_from_slice(text.as_bytes());
+        };
+        octal(&mut header[100..108], 0o644);
+        octal(&mut header[108..116], 0);
+        octal(&mut header[116..124], 0);
+        octal(&mut header[124..136], bytes.len() as u64);
+        octal(&mut header[136..148], 0);
+        header[156] = b'0';
+        header[257..263].copy_from_slice(b"ustar\0");
+        header[263..265].copy_from_slice(b"00");
+        // The checksum is computed with its own field read as spaces.
+        header[148..156].fill(b' ');
+        let sum: u64 = header.iter().map(|&b| b as u64).sum();
+        let text = format!("{sum:06o}\0 ");
+        header[148..156].copy_from_slice(text.as_bytes());
+        let padding = (512 - bytes.len() % 512) % 512;
+        let write = |out: &mut std::io::BufWriter<std::fs::File>, b: &[u8]| out.write_all(b).map_err(|e| e.to_string());
+        write(&mut out, &header)?;
+        write(&mut out, &bytes)?;
+        write(&mut out, &vec![0u8; padding])?;
+    }
+    out.write_all(&[0u8; 1024]).map_err(|e| e.to_string())?;
+    out.into_inner().map_err(|e| e.to_string())?.sync_all().map_err(|e| e.to_string())?;
+    std::fs::rename(&temporary, path).map_err(|e| e.to_string())
+}
