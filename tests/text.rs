@@ -126,3 +126,180 @@ fn hugging_face_names_round_trip() {
         assert!(ours.iter().all(|n| theirs.contains(n)), "{folder}: ours {ours:?}\ntheirs {theirs:?}");
     }
 }
+
+mod jobs {
+    use std::path::Path;
+
+    use candle_core::{Device, Tensor};
+    use distillery::engine::bert;
+    use distillery::engine::files::read_safetensors;
+    use distillery::engine::model::{Input, Net};
+    use distillery::engine::report::Report;
+    use distillery::engine::{self, Control, EngineEvent, EpochMetrics, Phase};
+    use distillery::spec::{self, ArchSpec, JobSpec, TransformerArch};
+    use serde_json::{json, Value};
+
+    const POSITIVE: [&str; 7] = ["good", "great", "love", "fun", "happy", "best", "enjoy"];
+    const NEGATIVE: [&str; 7] = ["bad", "terrible", "hate", "dull", "sad", "worst", "bore"];
+    const FILLER: [&str; 16] = ["the", "movie", "film", "book", "story", "was", "is", "very", "really", "and", "plot", "music", "food", "service", "i", "it"];
+
+    /// Reviews of 6–11 words: the label is the polarity of the one sentiment word among fillers.
+    fn reviews(path: &Path, n: usize, seed: u64) {
+        let mut state = seed;
+        let mut next = |m: usize| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 33) as usize) % m
+        };
+        let mut csv = String::from("text,label\n");
+        for i in 0..n {
+            let positive = i % 2 == 0;
+            let mut words: Vec<&str> = (0..5 + next(6)).map(|_| FILLER[next(FILLER.len())]).collect();
+            let word = if positive { POSITIVE[next(7)] } else { NEGATIVE[next(7)] };
+            let at = next(words.len() + 1);
+            words.insert(at, word);
+            csv.push_str(&format!("\"{}, really\",{}\n", words.join(" "), if positive { "pos" } else { "neg" }));
+        }
+        std::fs::write(path, csv).unwrap();
+    }
+
+    /// A data root with the tiny BERT as `models/tiny-bert` and reviews under `texts/`.
+    fn root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let models = root.path().join("models/tiny-bert");
+        std::fs::create_dir_all(&models).unwrap();
+        for entry in std::fs::read_dir("tests/fixtures/tiny-bert").unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), models.join(entry.file_name())).unwrap();
+        }
+        std::fs::create_dir_all(root.path().join("texts")).unwrap();
+        reviews(&root.path().join("texts/train.csv"), 400, 1);
+        reviews(&root.path().join("texts/test.csv"), 120, 2);
+        root
+    }
+
+    fn spec(student: Value, intermediate: Value) -> JobSpec {
+        let value = json!({
+            "dataset": {"source": "text", "path": "texts/train.csv", "test_path": "texts/test.csv", "label_column": "label", "max_length": 16},
+            "teacher": {"arch": {"kind": "transformer", "path": "models/tiny-bert"}, "train": {"epochs": 10}},
+            "student": {"arch": student},
+            "distill": {"temperature": 2, "alpha": 0.5, "intermediate": intermediate},
+            "training": {"epochs": 8, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.001}, "warmup_steps": 25, "seed": 5}
+        });
+        let spec = spec::parse(value.to_string().as_bytes()).unwrap();
+        spec.validate().unwrap();
+        spec
+    }
+
+    /// Runs a job to the end: its report, log lines and per-epoch metrics.
+    fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>, Vec<EpochMetrics>) {
+        engine::preflight(spec, root).unwrap();
+        let (mut logs, mut epochs) = (Vec::new(), Vec::new());
+        let output = engine::run(spec, "cpu", root, job, &Control::default(), &mut |e| match e {
+            EngineEvent::Log(line) => logs.push(line),
+            EngineEvent::Epoch(m) => epochs.push(m),
+            _ => {}
+        })
+        .unwrap();
+        (output.report, logs, epochs)
+    }
+
+    #[test]
+    fn a_fine_tuned_bert_distils_into_two_of_its_layers_and_exports_a_hugging_face_folder() {
+        let root = root();
+        let job = tempfile::tempdir().unwrap();
+        let s = spec(
+            json!({"kind": "transformer", "layers": [0, 2]}),
+            json!([
+                {"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse", "weight": 1.0},
+                {"teacher_layer": "attentions.2", "student_layer": "attentions.1", "loss": "kl", "weight": 1.0},
+                {"teacher_layer": "embeddings", "student_layer": "embeddings", "loss": "mse", "weight": 1.0}
+            ]),
+        );
+        let (report, logs, _) = run(&s, root.path(), job.path());
+        // Two balanced classes: chance is 50%.
+        assert!(report.teacher.accuracy > 0.85, "teacher {}", report.teacher.accuracy);
+        assert!(report.student.accuracy > 0.8, "student {}", report.student.accuracy);
+        assert!(report.baseline.as_ref().unwrap().accuracy > 0.6);
+        // Two of three layers: 16 layer tensors fewer.
+        let teacher_config = bert::load_folder(&root.path().join("models/tiny-bert"), &Device::Cpu).unwrap().0;
+        let per_layer: usize = teacher_config.layer_names(0).len();
+        assert_eq!(per_layer, 16);
+        assert!(report.size_ratio < 0.95 && report.size_ratio > 0.5, "{}", report.size_ratio);
+        assert_eq!(report.distillation.projection_parameters, 0);
+        assert_eq!(report.student.latency.batch_n, 32);
+        assert!(logs.iter().any(|l| l.contains("teacher layers [0, 2]") && l.contains("tensors copied")), "{logs:?}");
+
+        // The Hugging Face folder: sizes, labels, names; it reloads to the same logits.
+        let folder = job.path().join("student-hf");
+        let config: Value = serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["model_type"], "bert");
+        assert_eq!(config["num_hidden_layers"], 2);
+        assert_eq!(config["id2label"], json!({"0": "neg", "1": "pos"}));
+        assert_eq!(config["architectures"], json!(["BertForSequenceClassification"]));
+        assert!(folder.join("tokenizer.json").exists());
+        let (reloaded_config, tensors) = bert::load_folder(&folder, &Device::Cpu).unwrap();
+        assert!(tensors.contains_key("encoder.layer.1.output.LayerNorm.weight") && !tensors.contains_key("encoder.layer.2.output.LayerNorm.weight"));
+        let input = Input { features: 48, image: None };
+        let arch = ArchSpec::Transformer(TransformerArch::default());
+        let reloaded = Net::transformer(&arch, reloaded_config.clone(), input, tensors, &Device::Cpu).unwrap();
+        let (ours, _) = read_safetensors(&job.path().join("student.safetensors"), &Device::Cpu).unwrap();
+        let in_memory = Net::transformer(&arch, reloaded_config, input, ours, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..4 * 16).map(|i| [2, 20 + i % 100, 3, 0][((i % 16) / 5).min(3)] as u32).collect();
+        let mask: Vec<u32> = (0..4 * 16).map(|i| ((i % 16) < 15) as u32).collect();
+        let x = Tensor::from_vec(bert::pack(&ids, &vec![0; 64], &mask, 16), (4, 48), &Device::Cpu).unwrap();
+        let a = reloaded.forward(&x, None, &[]).unwrap().logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = in_memory.forward(&x, None, &[]).unwrap().logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, b);
+        let archive = std::fs::read(job.path().join("student-hf.tar")).unwrap();
+        assert_eq!(&archive[..22], b"student-hf/config.json");
+        assert_eq!(&archive[257..262], b"ustar");
+    }
+
+    #[test]
+    fn a_narrower_student_learns_hidden_states_through_a_projection() {
+        let root = root();
+        let job = tempfile::tempdir().unwrap();
+        let s = spec(
+            json!({"kind": "transformer", "num_layers": 2, "hidden_size": 16, "num_heads": 4, "intermediate_size": 32}),
+            json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse", "weight": 1.0}]),
+        );
+        let (report, _, epochs) = run(&s, root.path(), job.path());
+        // At half the width no teacher tensor fits, so the student starts from scratch and eight
+        // epochs are too few for it to beat chance; it must be learning, though.
+        let student: Vec<f64> = epochs.iter().filter(|m| m.phase == Phase::Student).map(|m| m.train_loss).collect();
+        assert!(student[student.len() - 1] < 0.9 * student[0], "{student:?}");
+        assert_eq!(report.distillation.projection_parameters, 16 * 32 + 32);
+        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        assert_eq!((config["hidden_size"].as_u64(), config["num_attention_heads"].as_u64()), (Some(16), Some(4)));
+    }
+
+    #[test]
+    fn text_specs_are_refused_with_the_field_named() {
+        let root = root();
+        let refused = |mutate: &dyn Fn(&mut Value)| -> String {
+            let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0, 2]}), json!([]))).unwrap();
+            mutate(&mut value);
+            let parsed = spec::parse(value.to_string().as_bytes());
+            match parsed {
+                Err(e) => e.field,
+                Ok(s) => engine::preflight(&s, root.path()).unwrap_err().field,
+            }
+        };
+        assert_eq!(refused(&|v| v["student"]["arch"]["layers"] = json!([0, 3])), "student.arch.layers");
+        assert_eq!(refused(&|v| v["student"]["arch"] = json!({"kind": "mlp", "hidden": [8]})), "student.arch.kind");
+        assert_eq!(refused(&|v| v["teacher"]["arch"]["path"] = json!("models/missing")), "teacher.arch.path");
+        assert_eq!(refused(&|v| v["dataset"]["text_column"] = json!("review")), "dataset.text_column");
+        assert_eq!(refused(&|v| v["dataset"]["max_length"] = json!(100)), "dataset.max_length");
+        assert_eq!(
+            refused(&|v| v["distill"]["intermediate"] = json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "kl"}])),
+            "distill.intermediate[0].loss"
+        );
+        assert_eq!(
+            refused(&|v| v["distill"]["intermediate"] = json!([{"teacher_layer": "attentions.2", "student_layer": "layers.1"}])),
+            "distill.intermediate[0]"
+        );
+        assert_eq!(refused(&|v| v["student"]["arch"] = json!({"kind": "transformer", "hidden_size": 30})), "student.arch");
+        // The tiny BERT's head has 3 classes, the reviews 2: only fine-tuning can fit it.
+        assert_eq!(refused(&|v| v["teacher"].as_object_mut().unwrap().remove("train").map(|_| ()).unwrap()), "teacher.train");
+    }
+}

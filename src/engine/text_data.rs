@@ -5,9 +5,10 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
 use serde_json::Value;
 use tokenizers::{
-    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams,
+    Encoding, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams,
     TruncationStrategy,
 };
 
@@ -16,9 +17,6 @@ use super::rng::{streams, Rng};
 use crate::spec::{DatasetSpec, SpecError};
 
 const DEFAULT_MAX_LENGTH: usize = 128;
-/// Texts tokenised per call: `encode_batch` keeps offsets and token strings for every text, so
-/// a large file is encoded in slices to bound that memory.
-const ENCODE_CHUNK: usize = 4096;
 
 /// Tokenised rows, each `max_length` long, row-major.
 #[derive(Debug, Clone, Default)]
@@ -155,10 +153,10 @@ pub fn load_text(spec: &DatasetSpec, root: &Path, tokenizer: &Tokenizer, seed: u
     }
 
     let max_length = spec.max_length.unwrap_or(DEFAULT_MAX_LENGTH);
-    let (tokenizer, pad_id) = configure(tokenizer, max_length)?;
+    let (encoder, pad_id) = Encoder::new(tokenizer, max_length)?;
     let mut truncated = 0;
     let mut encode = |rows: Rows| -> Result<TextSplit, SpecError> {
-        let (split, cut) = encode(&tokenizer, rows, max_length)?;
+        let (split, cut) = encoder.encode(rows)?;
         truncated += cut;
         Ok(split)
     };
@@ -231,8 +229,8 @@ fn read_file(root: &Path, relative: &str, field: &'static str, columns: &[Option
 }
 
 /// The error for a column (or JSON key) that is not there, naming those that are.
-fn missing(k: usize, name: &str, place: &str, present: &[&str]) -> SpecError {
-    SpecError::new(COLUMN_FIELDS[k], format!("{place} has no column `{name}` (it has {})", present.join(", ")))
+fn missing(k: usize, name: &str, place: &str, noun: &str, present: &[&str]) -> SpecError {
+    SpecError::new(COLUMN_FIELDS[k], format!("{place} has no {noun} `{name}`; its {noun}s are {}", present.join(", ")))
 }
 
 /// CSV or TSV with a header row; quoted cells may hold delimiters and newlines.
@@ -248,7 +246,7 @@ fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str>; 3], show
     for (k, name) in columns.iter().enumerate() {
         if let Some(name) = name {
             let place = format!("`{shown}`");
-            at[k] = Some(names.iter().position(|n| n == name).ok_or_else(|| missing(k, name, &place, &names))?);
+            at[k] = Some(names.iter().position(|n| n == name).ok_or_else(|| missing(k, name, &place, "column", &names))?);
         }
     }
     reader
@@ -264,6 +262,8 @@ fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str>; 3], show
 /// One JSON object a line; texts are strings, labels strings or integers.
 fn read_jsonl(bytes: &[u8], columns: &[Option<&str>; 3], shown: &str, field: &str) -> Result<Vec<Record>, SpecError> {
     let text = std::str::from_utf8(bytes).map_err(|_| SpecError::new(field, format!("`{shown}` is not UTF-8 text")))?;
+    // Editors on Windows may start the file with a byte-order mark; the csv crate skips it too.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut records = Vec::new();
     for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let place = format!("`{shown}` line {}", index + 1);
@@ -275,8 +275,8 @@ fn read_jsonl(bytes: &[u8], columns: &[Option<&str>; 3], shown: &str, field: &st
         let mut values = [None, None, None];
         for (k, name) in columns.iter().enumerate() {
             let Some(name) = name else { continue };
-            let keys: Vec<&str> = object.keys().map(String::as_str).collect();
-            values[k] = Some(match object.get(*name).ok_or_else(|| missing(k, name, &place, &keys))? {
+            let keys = || object.keys().map(String::as_str).collect::<Vec<_>>();
+            values[k] = Some(match object.get(*name).ok_or_else(|| missing(k, name, &place, "key", &keys()))? {
                 Value::String(s) => s.clone(),
                 Value::Number(n) if k == LABEL && (n.is_i64() || n.is_u64()) => n.to_string(),
                 _ if k == LABEL => return Err(SpecError::new(field, format!("{place}: `{name}` is not a string or an integer"))),
@@ -288,10 +288,13 @@ fn read_jsonl(bytes: &[u8], columns: &[Option<&str>; 3], shown: &str, field: &st
     Ok(records)
 }
 
+/// Each file's class ids, and id → name when the labels were names.
+type LabelIds = (Vec<Vec<u32>>, Option<Vec<String>>);
+
 /// Class ids for the labels of all files together, so a test file numbers classes as the
 /// training file does: integer labels are the ids; otherwise labels are names, numbered in
 /// sorted order.
-fn label_ids(files: &[File]) -> Result<(Vec<Vec<u32>>, Option<Vec<String>>), SpecError> {
+fn label_ids(files: &[File]) -> Result<LabelIds, SpecError> {
     let label = |r: &Record| r.values[LABEL].as_deref().map_or("", str::trim).to_string();
     let all = || files.iter().flat_map(|f| f.records.iter().map(label));
     if all().all(|l| l.parse::<i64>().is_ok()) {
@@ -394,61 +397,78 @@ fn hold_out(rows: Rows, fraction: f64, seed: u64, stream: u64) -> Result<(Rows, 
     Ok((rows.select(kept), rows.select(held)))
 }
 
-/// A copy of `tokenizer` that cuts and pads every encoding to exactly `max_length` ids, and
-/// its padding id.
-fn configure(tokenizer: &Tokenizer, max_length: usize) -> Result<(Tokenizer, u32), SpecError> {
-    let (pad_token, pad_id) = pad_token(tokenizer, "dataset")?;
-    let mut tokenizer = tokenizer.clone();
-    tokenizer
-        .with_truncation(Some(TruncationParams {
+/// Tokenises rows to exactly `max_length` ids. Each text is tokenised whole (`whole`) and only
+/// then cut and padded (`fit`): with truncation set, tokenizers 0.23.2 stops tokenising each
+/// text at `max_length` tokens, so for a pair of long texts LongestFirst sees wrong lengths and
+/// splits the budget differently from Python's tokenizers, and from the teacher's training.
+struct Encoder {
+    whole: Tokenizer,
+    fit: Tokenizer,
+    max_length: usize,
+}
+
+impl Encoder {
+    fn new(tokenizer: &Tokenizer, max_length: usize) -> Result<(Encoder, u32), SpecError> {
+        let (pad_token, pad_id) = pad_token(tokenizer, "dataset")?;
+        let mut whole = tokenizer.clone();
+        whole.with_truncation(None).expect("removing truncation cannot fail").with_padding(None);
+        let mut fit = tokenizer.clone();
+        fit.with_truncation(Some(TruncationParams {
             direction: TruncationDirection::Right,
             max_length,
             strategy: TruncationStrategy::LongestFirst,
             stride: 0,
         }))
         .map_err(|e| SpecError::new("dataset.max_length", e.to_string()))?;
-    tokenizer.with_padding(Some(PaddingParams {
-        strategy: PaddingStrategy::Fixed(max_length),
-        direction: PaddingDirection::Right,
-        pad_to_multiple_of: None,
-        pad_id,
-        pad_type_id: 0,
-        pad_token: pad_token.to_string(),
-    }));
-    Ok((tokenizer, pad_id))
-}
-
-/// Tokenises `rows` (special tokens included); returns the split and how many texts were cut.
-fn encode(tokenizer: &Tokenizer, rows: Rows, max_length: usize) -> Result<(TextSplit, usize), SpecError> {
-    let n = rows.len();
-    let mut split = TextSplit {
-        input_ids: Vec::with_capacity(n * max_length),
-        type_ids: Vec::with_capacity(n * max_length),
-        attention_mask: Vec::with_capacity(n * max_length),
-        ..TextSplit::default()
-    };
-    let mut truncated = 0;
-    for start in (0..n).step_by(ENCODE_CHUNK) {
-        let inputs: Vec<EncodeInput> = (start..(start + ENCODE_CHUNK).min(n))
-            .map(|i| match rows.pairs.get(i) {
-                Some(pair) => (rows.texts[i].as_str(), pair.as_str()).into(),
-                None => rows.texts[i].as_str().into(),
-            })
-            .collect();
-        let encodings = tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| SpecError::new("dataset", format!("cannot tokenise the texts: {e}")))?;
-        for encoding in &encodings {
-            // With stride 0, truncation moves whatever did not fit into `overflowing`.
-            truncated += usize::from(!encoding.get_overflowing().is_empty());
-            split.input_ids.extend_from_slice(encoding.get_ids());
-            split.type_ids.extend_from_slice(encoding.get_type_ids());
-            split.attention_mask.extend_from_slice(encoding.get_attention_mask());
-        }
+        fit.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(max_length),
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id: 0,
+            pad_token: pad_token.to_string(),
+        }));
+        Ok((Encoder { whole, fit, max_length }, pad_id))
     }
-    split.labels = rows.labels;
-    split.texts = rows.texts;
-    Ok((split, truncated))
+
+    /// Like `Tokenizer::encode(input, true)` on `fit`, without its early stop.
+    fn encode_one(&self, text: &str, pair: Option<&str>) -> tokenizers::Result<Encoding> {
+        let first = self.whole.encode(text, false)?;
+        let second = match pair {
+            Some(pair) => {
+                let mut second = self.whole.encode(pair, false)?;
+                second.set_type_ids(vec![1; second.len()]);
+                Some(second)
+            }
+            None => None,
+        };
+        self.fit.post_process(first, second, true)
+    }
+
+    /// Tokenises `rows` (special tokens included); returns the split and how many texts were cut.
+    fn encode(&self, rows: Rows) -> Result<(TextSplit, usize), SpecError> {
+        let size = rows.len() * self.max_length;
+        let mut split = TextSplit { input_ids: vec![0; size], type_ids: vec![0; size], attention_mask: vec![0; size], ..TextSplit::default() };
+        let truncated = split
+            .input_ids
+            .par_chunks_mut(self.max_length)
+            .zip(split.type_ids.par_chunks_mut(self.max_length))
+            .zip(split.attention_mask.par_chunks_mut(self.max_length))
+            .enumerate()
+            .map(|(i, ((ids, types), mask))| {
+                let encoding = self.encode_one(&rows.texts[i], rows.pairs.get(i).map(String::as_str))?;
+                ids.copy_from_slice(encoding.get_ids());
+                types.copy_from_slice(encoding.get_type_ids());
+                mask.copy_from_slice(encoding.get_attention_mask());
+                // With stride 0, truncation moves whatever did not fit into `overflowing`.
+                Ok(usize::from(!encoding.get_overflowing().is_empty()))
+            })
+            .try_reduce(|| 0, |a, b| Ok(a + b))
+            .map_err(|e: tokenizers::Error| SpecError::new("dataset", format!("cannot tokenise the texts: {e}")))?;
+        split.labels = rows.labels;
+        split.texts = rows.texts;
+        Ok((split, truncated))
+    }
 }
 
 #[cfg(test)]
@@ -552,8 +572,8 @@ mod tests {
     #[test]
     fn tsv_and_jsonl_with_integer_and_string_labels() {
         let files = [
-            ("a.tsv", "label\ttext\n1\t\"quoted\ttab\"\n0\tplain\n"),
-            ("ints.jsonl", "{\"text\": \"first\", \"label\": 0}\n\n{\"text\": \"second\", \"label\": 2}\n{\"text\": \"third\", \"label\": \"1\"}\n"),
+            ("a.tsv", "\u{feff}label\ttext\n1\t\"quoted\ttab\"\n0\tplain\n"),
+            ("ints.jsonl", "\u{feff}{\"text\": \"first\", \"label\": 0}\n\n{\"text\": \"second\", \"label\": 2}\n{\"text\": \"third\", \"label\": \"1\"}\n"),
             ("names.jsonl", "{\"text\": \"x\", \"y\": \"spam\"}\n{\"text\": \"y\", \"y\": \"ham\"}\n"),
         ];
         let split = |path: &str, label: &str| spec(path, serde_json::json!({"label_column": label, "validation_split": 0.5}));
@@ -637,14 +657,25 @@ mod tests {
     }
 
     #[test]
+    fn tokenizers_need_a_padding_token() {
+        let dir = root(&[]);
+        let json = std::fs::read_to_string(Path::new(FIXTURES).join("tiny-bert/tokenizer.json")).unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), json.replace("[PAD]", "[BLANK]")).unwrap();
+        let e = load_tokenizer(&dir.path().join("tokenizer.json"), "teacher.tokenizer").unwrap_err();
+        assert_eq!(e.field, "teacher.tokenizer");
+        assert!(e.message.contains("[PAD]"), "{}", e.message);
+        assert_eq!(load_tokenizer(&dir.path().join("none.json"), "student.tokenizer").unwrap_err().field, "student.tokenizer");
+    }
+
+    #[test]
     fn errors_name_the_field_and_the_row() {
         let files = [
             ("h.csv", "sentence,label\nhi,0\n"),
             ("gap.csv", "text,label\n\"two\nlines\",0\n\"  \",1\n"),
-            ("blank.jsonl", "{\"text\": \"fine\"}\n{\"text\": \"\"}\n"),
+            ("blank.jsonl", "{\"text\": \"fine\", \"label\": 0}\n{\"text\": \"\", \"label\": 1}\n"),
             ("keys.jsonl", "{\"text\": \"fine\", \"label\": 1}\n{\"body\": \"x\", \"label\": 0}\n"),
             ("float.jsonl", "{\"text\": \"a\", \"label\": 1.5}\n"),
-            ("broken.jsonl", "{\"text\": \"a\"}\n{\"text\": \n"),
+            ("broken.jsonl", "{\"text\": \"a\", \"label\": 0}\n{\"text\": \n"),
             ("neg.csv", "text,label\na,0\nb,-1\n"),
             ("empty.csv", ""),
             ("header.tsv", "text\tlabel\n"),
@@ -723,17 +754,5 @@ mod tests {
         let d = load(&files, &s, true).unwrap();
         assert_eq!((d.train.len(), d.monitor.as_ref().unwrap().len(), d.validation.len()), (5, 2, 3));
         assert_eq!(d.validation.texts, ["test a", "test b", "test c"]);
-    }
-}
-#[cfg(test)]
-mod scratch {
-    #[test]
-    fn scratch_lengths() {
-        let mut t = super::load_tokenizer(std::path::Path::new("tests/fixtures/tiny-bert/tokenizer.json"), "x").unwrap();
-        let a = "The acting was terrible and the story was even worse than the book.";
-        let b = "I agree; it was the worst movie of the year!";
-        println!("{:?}\n{:?}", t.encode(a, true).unwrap().get_tokens(), t.encode(b, true).unwrap().get_tokens());
-        t.with_truncation(Some(tokenizers::TruncationParams { max_length: 12, ..Default::default() })).unwrap();
-        println!("{:?}", t.encode((a, b), true).unwrap().get_tokens());
     }
 }
