@@ -572,6 +572,18 @@ impl JobSpec {
             if !self.student.init_from_teacher.is_empty() {
                 return Err(SpecError::new("student.init_from_teacher", "transformer students copy teacher layers through `student.arch.layers` and `init`"));
             }
+            // Unlabelled texts: embedding distillation, through the teacher's layers alone.
+            if self.dataset.label_column.is_none() {
+                if teachers.iter().any(|t| t.train.is_some()) {
+                    return Err(SpecError::new(format!("{}.train", self.teacher_field(0)), "fine-tuning needs labels; unlabelled texts distil an encoder as it is"));
+                }
+                if self.distill.intermediate.is_empty() {
+                    return Err(SpecError::new(
+                        "distill.intermediate",
+                        "unlabelled texts are distilled through layers, e.g. [{\"teacher_layer\": \"pooled\", \"student_layer\": \"pooled\", \"loss\": \"cosine\"}]",
+                    ));
+                }
+            }
         }
         Ok(())
     }

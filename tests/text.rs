@@ -134,7 +134,7 @@ mod jobs {
     use distillery::engine::bert;
     use distillery::engine::files::read_safetensors;
     use distillery::engine::model::{Input, Net};
-    use distillery::engine::report::Report;
+    use distillery::engine::report::{Report, Task};
     use distillery::engine::{self, Control, EngineEvent, EpochMetrics, Phase};
     use distillery::spec::{self, ArchSpec, JobSpec, TransformerArch};
     use serde_json::{json, Value};
@@ -274,6 +274,36 @@ mod jobs {
     }
 
     #[test]
+    fn an_encoder_distils_its_sentence_embeddings_from_unlabelled_texts() {
+        let root = root();
+        let job = tempfile::tempdir().unwrap();
+        let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0, 2]}), json!([]))).unwrap();
+        value["dataset"].as_object_mut().unwrap().remove("label_column");
+        value["teacher"].as_object_mut().unwrap().remove("train");
+        value["distill"]["intermediate"] = json!([
+            {"teacher_layer": "pooled", "student_layer": "pooled", "loss": "cosine", "weight": 1.0},
+            {"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse", "weight": 0.1}
+        ]);
+        let s = spec::parse(value.to_string().as_bytes()).unwrap();
+        let (report, logs, _) = run(&s, root.path(), job.path());
+        assert_eq!(report.task, Task::Embedding);
+        assert_eq!((report.teacher.accuracy, report.teacher.loss), (1.0, 0.0));
+        let baseline = report.baseline.as_ref().unwrap();
+        assert!(baseline.training.is_none(), "the baseline is the untrained student");
+        assert!(logs.iter().any(|l| l.starts_with("baseline: unlabelled")), "{logs:?}");
+        // loss = 1 − mean cosine to the teacher's embeddings: distillation must pull them closer
+        // than the copied layers alone are. (Nearest-neighbour agreement is noise on these
+        // near-identical synthetic reviews; `nearest_neighbours` has its own unit test.)
+        assert!(report.student.loss < 0.5 * baseline.loss, "student {} baseline {}", report.student.loss, baseline.loss);
+        assert!((0.0..=1.0).contains(&report.student.accuracy));
+        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        assert_eq!(config["architectures"], json!(["BertModel"]));
+        assert!(config.get("id2label").is_none());
+        let (_, tensors) = bert::load_folder(&job.path().join("student-hf"), &Device::Cpu).unwrap();
+        assert!(tensors.keys().all(|n| n.starts_with("embeddings.") || n.starts_with("encoder.")), "{:?}", tensors.keys());
+    }
+
+    #[test]
     fn text_specs_are_refused_with_the_field_named() {
         let root = root();
         let refused = |mutate: &dyn Fn(&mut Value)| -> String {
@@ -299,6 +329,17 @@ mod jobs {
             "distill.intermediate[0]"
         );
         assert_eq!(refused(&|v| v["student"]["arch"] = json!({"kind": "transformer", "hidden_size": 30})), "student.arch");
+        let unlabelled = |v: &mut Value| {
+            v["dataset"].as_object_mut().unwrap().remove("label_column");
+        };
+        assert_eq!(refused(&|v| unlabelled(v)), "teacher.train");
+        assert_eq!(
+            refused(&|v| {
+                unlabelled(v);
+                v["teacher"].as_object_mut().unwrap().remove("train");
+            }),
+            "distill.intermediate"
+        );
         // The tiny BERT's head has 3 classes, the reviews 2: only fine-tuning can fit it.
         assert_eq!(refused(&|v| v["teacher"].as_object_mut().unwrap().remove("train").map(|_| ()).unwrap()), "teacher.train");
     }

@@ -11,6 +11,11 @@ use crate::spec::{IntermediateSpec, LayerCopy, LogitLossKind, Scheduled};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
+    /// `classification`, or `embedding` for unlabelled texts, where a model's `accuracy` is the
+    /// share of held-out texts whose nearest neighbour (cosine, among the held-out texts) is the
+    /// teacher's, and its `loss` is 1 − the mean cosine between its and the teacher's embeddings.
+    #[serde(default)]
+    pub task: Task,
     pub dataset: DatasetSummary,
     pub distillation: DistillationSummary,
     pub device: String,
@@ -40,6 +45,14 @@ pub struct Report {
     pub train_samples_per_s: f64,
     /// One plain sentence: did distillation help?
     pub verdict: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    #[default]
+    Classification,
+    Embedding,
 }
 
 /// McNemar's exact test on the held-out samples where exactly one of the two students is right:

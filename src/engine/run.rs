@@ -14,10 +14,10 @@ use super::data::{self, Dataset};
 use super::files::{read_safetensors, write_json, write_safetensors};
 use super::loss::{FeatureLoss, LogitLoss};
 use super::model::{predictions, Blueprint, Input, Net};
-use super::report::{self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
+use super::report::{self, Task, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
 use super::rng::{streams, Rng};
 use super::text::{self, TextSetup};
-use super::train::{evaluate, train_phase, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
+use super::train::{evaluate, evaluate_embedding, train_phase, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use super::{Control, EngineError, EngineEvent, Phase};
 use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, LogitLossKind, Scheduled, SpecError};
 
@@ -91,6 +91,9 @@ fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<R
         (Some(setup), Some(arch)) => {
             let teacher = text::teacher_config(setup, data.classes);
             let (config, layers) = text::student_config(&teacher, arch)?;
+            if data.classes == 0 && config.hidden_size != teacher.hidden_size {
+                return Err(SpecError::new("student.arch.hidden_size", format!("an embedding student keeps the teacher's width ({}), so its embeddings compare with the teacher's", teacher.hidden_size)));
+            }
             let length = setup.max_length;
             (vec![Blueprint::transformer(&teacher, length)], Blueprint::transformer(&config, length), Some((config, layers)))
         }
@@ -344,14 +347,20 @@ pub fn run(
     let (student, student_training) = phase(&mut ctx, &mut state, &state_path, &student_plan, &student_init, &data, &frozen)?;
     artifacts.push(file_of(Phase::Student));
 
-    let baseline = if spec.baseline {
+    let unlabelled = data.classes == 0;
+    let baseline = if spec.baseline && unlabelled {
+        // Without labels nothing trains without a teacher: the reference is the student's
+        // starting point, the teacher's copied layers, untrained.
+        (ctx.sink)(EngineEvent::Log("baseline: unlabelled texts teach nothing without a teacher; the untrained student (its copied teacher layers) is the reference".into()));
+        Some((student_init.clone(), None))
+    } else if spec.baseline {
         // Same initialisation (before any copy from the teacher, except for transformers),
         // data order, shifts and dropout masks; only the teacher is gone.
         let plan = PhasePlan { phase: Phase::Baseline, ..label_plan.clone() };
         let no_teacher = Teachers { nets: Vec::new(), weights: Vec::new() };
-        let trained = phase(&mut ctx, &mut state, &state_path, &plan, &random_init, &data, &no_teacher)?;
+        let (model, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &random_init, &data, &no_teacher)?;
         artifacts.push(file_of(Phase::Baseline));
-        Some(trained)
+        Some((model, Some(summary)))
     } else {
         None
     };
@@ -359,11 +368,16 @@ pub fn run(
     (ctx.sink)(EngineEvent::Log("evaluating on the held-out split and measuring latency".into()));
     // Text latency is per sequence at the dataset's length, at batch 1 and 32.
     let batch_n = if text.is_some() { 32 } else { 256 }.min(data.validation.len().max(1));
-    let teacher_evaluations: Vec<Evaluation> = teachers.iter().map(|t| evaluate(t, &data.validation, &device)).collect::<candle_core::Result<_>>()?;
+    // Unlabelled texts: each model is judged by how closely its embeddings follow the teacher's.
+    let judge = |model: &Net| match unlabelled {
+        true => evaluate_embedding(model, &teachers[0], &data.validation, &device),
+        false => evaluate(model, &data.validation, &device),
+    };
+    let teacher_evaluations: Vec<Evaluation> = teachers.iter().map(judge).collect::<candle_core::Result<_>>()?;
     let ensemble_evaluation = if teachers.len() > 1 { Some(ensemble(&teachers, &teacher_weights, &data, &device)?) } else { None };
     let reference = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]);
-    let student_evaluation = evaluate(&student, &data.validation, &device)?;
-    let baseline_evaluation = baseline.as_ref().map(|(m, _)| evaluate(m, &data.validation, &device)).transpose()?;
+    let student_evaluation = judge(&student)?;
+    let baseline_evaluation = baseline.as_ref().map(|(m, _)| judge(m)).transpose()?;
     let teacher_predictions = reference.predictions.clone();
     let agreement = |e: &Evaluation| e.predictions.iter().zip(&teacher_predictions).filter(|(a, b)| a == b).count() as f64 / e.predictions.len().max(1) as f64;
     let measure = |model: &Net, evaluation: &Evaluation, file: Option<String>, training: Option<PhaseSummary>| -> Result<ModelReport, EngineError> {
@@ -410,8 +424,13 @@ pub fn run(
     let student_report = measure(&student, &student_evaluation, Some(file_of(Phase::Student)), Some(student_training.clone()))?;
     let (baseline_report, gain_test) = match (&baseline, &baseline_evaluation) {
         (Some((model, summary)), Some(evaluation)) => (
-            Some(measure(model, evaluation, Some(file_of(Phase::Baseline)), Some(summary.clone()))?),
-            Some(PairedTest::new(&data.validation.y, &student_evaluation.predictions, &evaluation.predictions)),
+            Some(measure(model, evaluation, summary.as_ref().map(|_| file_of(Phase::Baseline)), summary.clone())?),
+            // Without labels, "right" means the teacher's nearest neighbour.
+            Some(PairedTest::new(
+                if unlabelled { &teacher_predictions } else { &data.validation.y },
+                &student_evaluation.predictions,
+                &evaluation.predictions,
+            )),
         ),
         _ => (None, None),
     };
@@ -428,6 +447,7 @@ pub fn run(
         .sum();
     let projection_parameters = resolved.pairs.iter().filter_map(|p| p.projection).map(|(from, to)| from * to + to).sum();
     let report = Report {
+        task: if unlabelled { Task::Embedding } else { Task::Classification },
         dataset: DatasetSummary {
             name: data.name.clone(),
             features: data.features,

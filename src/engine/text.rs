@@ -14,8 +14,19 @@ use super::rng::Rng;
 use super::text_data::{self, TextDataset, TextSplit};
 use crate::spec::{ArchSpec, JobSpec, SpecError, TransformerArch, TransformerInit};
 
-/// Files of a Hugging Face folder that travel with an exported student.
-const TOKENIZER_FILES: [&str; 5] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt"];
+/// Files of a Hugging Face folder that travel with an exported student: the tokenizer, and
+/// sentence-transformers' pooling settings, so an embedding student loads there too.
+const COMPANION_FILES: [&str; 9] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+];
 pub const HF_FOLDER: &str = "student-hf";
 pub const HF_ARCHIVE: &str = "student-hf.tar";
 
@@ -61,9 +72,6 @@ pub fn load(spec: &JobSpec, root: &Path, monitor: bool, device: &Device) -> Resu
     let field = folder_field(spec);
     let tokenizer = text_data::load_tokenizer(&teacher.dir.join("tokenizer.json"), &field)?;
     let text = text_data::load_text(&spec.dataset, root, &tokenizer, spec.training.seed, monitor)?;
-    if !text.labelled() {
-        return Err(SpecError::new("dataset.label_column", "this job needs labelled texts (a `label_column`)"));
-    }
     let needed = teacher.config.positions_needed(text.max_length);
     if needed > teacher.config.max_positions {
         return Err(SpecError::new(
@@ -78,7 +86,9 @@ pub fn load(spec: &JobSpec, root: &Path, monitor: bool, device: &Device) -> Resu
 
 fn as_dataset(text: &TextDataset) -> Dataset {
     let length = text.max_length;
-    let split = |s: &TextSplit| Split { x: bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length), y: s.labels.clone() };
+    // Unlabelled texts get class 0 throughout; `classes` = 0 tells every phase to ignore it.
+    let labels = |s: &TextSplit| if text.labelled() { s.labels.clone() } else { vec![0; s.len()] };
+    let split = |s: &TextSplit| Split { x: bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length), y: labels(s) };
     Dataset {
         name: text.name.clone(),
         features: 3 * length,
@@ -102,7 +112,7 @@ pub fn teacher_config(setup: &TextSetup, classes: usize) -> BertConfig {
 pub fn teacher_net(spec: &JobSpec, setup: &TextSetup, data: &Dataset, rng: &mut Rng, device: &Device) -> Result<Net, SpecError> {
     let field = folder_field(spec);
     let config = teacher_config(setup, data.classes);
-    let fits = setup.teacher.has_head && setup.teacher.config.num_labels == data.classes;
+    let fits = data.classes == 0 || (setup.teacher.has_head && setup.teacher.config.num_labels == data.classes);
     let trains = spec.teacher_specs()[0].train.is_some();
     if !fits && !trains {
         let what = match setup.teacher.has_head {
@@ -207,10 +217,11 @@ pub fn export(student: &Net, label_names: &[String], teacher_dir: &Path, job_dir
     let meta = serde_json::json!({"format": "pt"});
     super::files::write_safetensors(&weights, &named, Some(&meta)).map_err(|e| e.to_string())?;
     files.push(weights);
-    for name in TOKENIZER_FILES {
+    for name in COMPANION_FILES {
         let from = teacher_dir.join(name);
         if from.is_file() {
             let to = dir.join(name);
+            std::fs::create_dir_all(to.parent().expect("inside the folder")).map_err(|e| e.to_string())?;
             std::fs::copy(&from, &to).map_err(|e| format!("copying {name}: {e}"))?;
             files.push(to);
         }

@@ -387,7 +387,12 @@ pub fn train_phase(
             let out = model.forward(&x, Some(&mut dropout_rng), &student_layers)?;
             let progress = position.global_step as f64 / (total_steps.max(2) - 1) as f64;
             let (alpha, temperature) = (plan.alpha.at(progress), plan.temperature.at(progress));
-            let hard = candle_nn::loss::cross_entropy(&out.logits, &y)?;
+            // Unlabelled texts (embedding distillation) learn from the teacher's layers alone.
+            let labelled = data.classes > 0;
+            let hard = match labelled {
+                true => candle_nn::loss::cross_entropy(&out.logits, &y)?,
+                false => Tensor::zeros((), candle_core::DType::F32, ctx.device)?,
+            };
             let mut total = hard.clone();
             let (mut soft, mut features) = (None, None);
             if distils {
@@ -403,7 +408,7 @@ pub fn train_phase(
                         teacher_features.push(HashMap::new());
                     }
                 }
-                if alpha > 0.0 {
+                if alpha > 0.0 && labelled {
                     let s = logit_loss(plan.loss, &out.logits, &teacher_logits, temperature)?;
                     total = ((&s * alpha)? + (&hard * (1.0 - alpha))?)?;
                     soft = Some(s);
@@ -423,7 +428,7 @@ pub fn train_phase(
                     });
                 }
                 if let Some(f) = &features {
-                    total = (total + f)?;
+                    total = if labelled { (total + f)? } else { f.clone() };
                 }
             }
             let grads = total.backward()?;
@@ -460,7 +465,10 @@ pub fn train_phase(
         position.last_train_loss = Some(epoch_loss / steps_per_epoch as f64);
         position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         let model = init.with_vars(&optimizer.vars()[..student_vars], &buffers).detached();
-        let validation = evaluate(&model, data.monitored(), ctx.device)?;
+        let validation = match (data.classes, teachers.nets.first()) {
+            (0, Some(teacher)) => evaluate_embedding(&model, teacher, data.monitored(), ctx.device)?,
+            _ => evaluate(&model, data.monitored(), ctx.device)?,
+        };
         let mut best_now = None;
         if let Some(rule) = plan.early_stopping {
             let improved = position.best.is_none_or(|b| validation.loss < b.val_loss - rule.min_delta);
@@ -557,6 +565,30 @@ pub fn evaluate(model: &Net, split: &Split, device: &Device) -> candle_core::Res
     Ok(Evaluation { loss, accuracy: correct as f64 / split.len().max(1) as f64, predictions })
 }
 
+/// An encoder against its teacher on a split of unlabelled texts: loss = 1 − the mean cosine
+/// between the two embeddings of each text; accuracy = the share of texts whose nearest other
+/// text (cosine) is the one the teacher's embeddings pick; predictions = those neighbours.
+pub fn evaluate_embedding(model: &Net, teacher: &Net, split: &Split, device: &Device) -> candle_core::Result<Evaluation> {
+    let unit = |net: &Net| -> candle_core::Result<Tensor> {
+        let e = net.logits(&split.x, device)?;
+        e.broadcast_div(&e.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?)
+    };
+    let (s, t) = (unit(model)?, unit(teacher)?);
+    let mean_cosine = (&s * &t)?.sum(1)?.mean_all()?.to_scalar::<f32>()? as f64;
+    let (ours, theirs) = (nearest_neighbours(&s)?, nearest_neighbours(&t)?);
+    let agree = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+    Ok(Evaluation { loss: 1.0 - mean_cosine, accuracy: agree as f64 / ours.len().max(1) as f64, predictions: ours })
+}
+
+/// For each row of unit vectors, the index of the most similar other row.
+pub fn nearest_neighbours(unit: &Tensor) -> candle_core::Result<Vec<u32>> {
+    let n = unit.dim(0)?;
+    let similarity = unit.matmul(&unit.t()?)?;
+    // A row is its own best match; push the diagonal out of the running.
+    let diagonal = (Tensor::eye(n, candle_core::DType::F32, unit.device())? * 4.0)?;
+    (similarity - diagonal)?.argmax(1)?.to_vec1::<u32>()
+}
+
 fn save(path: &Path, position: &Position, optimizer: &Optimizer, buffers: &[Tensor]) -> Result<(), EngineError> {
     let mut tensors: Vec<(String, Tensor)> = optimizer
         .vars()
@@ -608,6 +640,13 @@ mod tests {
             early_stopping: None,
             cache: CacheSpec::default(),
         }
+    }
+
+    #[test]
+    fn nearest_neighbours_skip_the_row_itself() {
+        let rows = [[1.0f32, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]];
+        let unit = Tensor::new(&rows, &Device::Cpu).unwrap();
+        assert_eq!(nearest_neighbours(&unit).unwrap(), vec![1, 0, 1, 2]);
     }
 
     #[test]
