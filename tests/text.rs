@@ -144,7 +144,7 @@ mod jobs {
     const FILLER: [&str; 16] = ["the", "movie", "film", "book", "story", "was", "is", "very", "really", "and", "plot", "music", "food", "service", "i", "it"];
 
     /// Reviews of 6–11 words: the label is the polarity of the one sentiment word among fillers.
-    fn reviews(path: &Path, n: usize, seed: u64) {
+    pub(super) fn reviews(path: &Path, n: usize, seed: u64) {
         let mut state = seed;
         let mut next = |m: usize| {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -191,7 +191,7 @@ mod jobs {
     }
 
     /// Runs a job to the end: its report, log lines and per-epoch metrics.
-    fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>, Vec<EpochMetrics>) {
+    pub(super) fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>, Vec<EpochMetrics>) {
         engine::preflight(spec, root).unwrap();
         let (mut logs, mut epochs) = (Vec::new(), Vec::new());
         let output = engine::run(spec, "cpu", root, job, &Control::default(), &mut |e| match e {
@@ -342,5 +342,93 @@ mod jobs {
         );
         // The tiny BERT's head has 3 classes, the reviews 2: only fine-tuning can fit it.
         assert_eq!(refused(&|v| v["teacher"].as_object_mut().unwrap().remove("train").map(|_| ()).unwrap()), "teacher.train");
+    }
+}
+
+/// The real all-MiniLM-L6-v2 (22.7M parameters), which `scripts/fetch-minilm.sh` (run by
+/// `.ci/run`) puts under `distillery-data/datasets/models/`, or `MINILM_DIR`.
+mod minilm {
+    use std::path::PathBuf;
+
+    use candle_core::{Device, Tensor};
+    use distillery::engine::bert;
+    use distillery::engine::model::{Input, Net};
+    use distillery::spec::{self, ArchSpec, TransformerArch};
+    use serde_json::{json, Value};
+
+    fn folder() -> PathBuf {
+        let dir = PathBuf::from(std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()));
+        assert!(dir.join("model.safetensors").exists(), "all-MiniLM-L6-v2 is not at {}: run scripts/fetch-minilm.sh (.ci/run does) or set MINILM_DIR", dir.display());
+        dir
+    }
+
+    #[test]
+    fn the_real_minilm_tokenises_and_embeds_as_transformers_does() {
+        let reference: Value = serde_json::from_slice(&std::fs::read("tests/fixtures/minilm_reference.json").unwrap()).unwrap();
+        let dir = folder();
+        let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        tokenizer.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(16), ..Default::default() }));
+        let texts: Vec<String> = serde_json::from_value(reference["texts"].clone()).unwrap();
+        let rows = |key: &str| -> Vec<u32> { serde_json::from_value::<Vec<Vec<u32>>>(reference[key].clone()).unwrap().concat() };
+        let (ids, mask) = (rows("input_ids"), rows("attention_mask"));
+        for (i, text) in texts.iter().enumerate() {
+            let encoding = tokenizer.encode(text.as_str(), true).unwrap();
+            assert_eq!(encoding.get_ids(), &ids[i * 16..(i + 1) * 16], "{text}");
+        }
+        let (config, tensors) = bert::load_folder(&dir, &Device::Cpu).unwrap();
+        assert_eq!((config.num_layers, config.hidden_size, config.num_heads, config.num_labels), (6, 384, 12, 0));
+        let named = config.tensor_shapes().into_iter().map(|(n, _)| (n.clone(), tensors[&n].clone())).collect();
+        let input = Input { features: 48, image: None };
+        let net = Net::transformer(&ArchSpec::Transformer(TransformerArch::default()), config, input, named, &Device::Cpu).unwrap();
+        // 22.7M with the pooler (384·384 + 384), which mean pooling does not use.
+        assert_eq!(net.parameter_count(), 22_713_216 - 384 * 384 - 384);
+        let n = texts.len();
+        let x = Tensor::from_vec(bert::pack(&ids, &vec![0; ids.len()], &mask, 16), (n, 48), &Device::Cpu).unwrap();
+        let pooled = net.forward(&x, None, &[]).unwrap().logits;
+        let want: Vec<Vec<f32>> = serde_json::from_value(reference["mean_pooled"].clone()).unwrap();
+        let got = pooled.to_vec2::<f32>().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-4, "max difference {worst}");
+        }
+        let dot: f32 = got[0].iter().zip(&got[1]).map(|(a, b)| a * b).sum();
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>().sqrt();
+        let cosine = dot / (norm(&got[0]) * norm(&got[1]));
+        assert!((cosine as f64 - reference["cosine"].as_f64().unwrap()).abs() < 1e-5, "{cosine}");
+    }
+
+    #[test]
+    fn the_real_minilm_is_fine_tuned_and_distilled_into_two_layers() {
+        let root = tempfile::tempdir().unwrap();
+        let job = tempfile::tempdir().unwrap();
+        // Data paths may not lead outside the data root, so the folder is copied in.
+        std::fs::create_dir(root.path().join("minilm")).unwrap();
+        for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+            std::fs::copy(folder().join(file), root.path().join("minilm").join(file)).unwrap();
+        }
+        super::jobs::reviews(&root.path().join("train.csv"), 192, 11);
+        super::jobs::reviews(&root.path().join("test.csv"), 96, 12);
+        let value = json!({
+            "dataset": {"source": "text", "path": "train.csv", "test_path": "test.csv", "label_column": "label", "max_length": 24},
+            "teacher": {"arch": {"kind": "transformer", "path": "minilm"}, "train": {"epochs": 2}},
+            "student": {"arch": {"kind": "transformer", "layers": [0, 3]}},
+            "distill": {"temperature": 3, "alpha": 0.5, "intermediate": [
+                {"teacher_layer": "layers.5", "student_layer": "layers.1", "loss": "mse"},
+                {"teacher_layer": "attentions.5", "student_layer": "attentions.1", "loss": "kl"}
+            ]},
+            "training": {"epochs": 2, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.0001}, "warmup_steps": 4, "seed": 1}
+        });
+        let s = spec::parse(value.to_string().as_bytes()).unwrap();
+        let (report, logs, _) = super::jobs::run(&s, root.path(), job.path());
+        assert!(logs.iter().any(|l| l.contains("no classification head")), "{logs:?}");
+        assert!(report.teacher.accuracy > 0.9, "teacher {}", report.teacher.accuracy);
+        assert!(report.student.accuracy > 0.8, "student {}", report.student.accuracy);
+        // Two of six layers (1,774,464 parameters each) fewer, a 2-class head more; the 11.7M
+        // word embeddings stay.
+        assert_eq!(report.student.parameters, 22_713_216 - 4 * 1_774_464 + 2 * 384 + 2);
+        assert!(report.speedup.batch_n > 1.5, "{:?}", report.speedup);
+        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        assert_eq!(config["num_hidden_layers"], 2);
+        assert_eq!(config["architectures"], json!(["BertForSequenceClassification"]));
     }
 }
