@@ -268,6 +268,19 @@ fn every_example_is_accepted() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
     }
+    // The transformer examples: all-MiniLM-L6-v2 (scripts/fetch-minilm.sh) and a few tweets in
+    // the election CSVs' columns.
+    let minilm = PathBuf::from(std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()));
+    let models = root.path().join("models/all-minilm-l6-v2");
+    std::fs::create_dir_all(&models).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(minilm.join(file), models.join(file)).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-minilm.sh", minilm.display()));
+    }
+    std::fs::create_dir_all(root.path().join("election")).unwrap();
+    let tweets = "text,label\n\"Make America great again!\",realDonaldTrump\nStronger together.,HillaryClinton\nVote early!,HillaryClinton\n";
+    for file in ["train.csv", "test.csv"] {
+        std::fs::write(root.path().join("election").join(file), tweets).unwrap();
+    }
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut checked = 0;
     for entry in std::fs::read_dir(examples).unwrap() {
@@ -276,7 +289,7 @@ fn every_example_is_accepted() {
         engine::preflight(&spec, root.path()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += 1;
     }
-    assert!(checked >= 8, "{checked} examples");
+    assert!(checked >= 10, "{checked} examples");
 }
 
 /// A conv job with batch norm (running statistics), a projection (extra trained tensors),
