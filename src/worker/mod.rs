@@ -277,7 +277,11 @@ impl Worker {
             Ok((bytes.len() as u64, format!("{:x}", Sha256::digest(&bytes))))
         })
         .await;
-        let content_type = if name.ends_with(".json") { "application/json" } else { "application/octet-stream" };
+        let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {
+            Some("json") => "application/json",
+            Some("tar") => "application/x-tar",
+            _ => "application/octet-stream",
+        };
         match hashed {
             Ok(Ok((size, sha))) => {
                 if let Err(e) = self.store.record_artifact(id, name, size, &sha, content_type).await {
