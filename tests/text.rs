@@ -256,6 +256,33 @@ mod jobs {
     }
 
     #[test]
+    fn a_distilbert_teacher_distils_and_exports_in_its_own_layout() {
+        let root = root();
+        let job = tempfile::tempdir().unwrap();
+        let folder = root.path().join("models/tiny-distilbert");
+        std::fs::create_dir_all(&folder).unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(Path::new("tests/fixtures/tiny-distilbert").join(file), folder.join(file)).unwrap();
+        }
+        // The tiny models share the 150-token vocabulary; DistilBERT pads with id 0 as BERT does.
+        std::fs::copy("tests/fixtures/tiny-bert/tokenizer.json", folder.join("tokenizer.json")).unwrap();
+        let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [1]}), json!([
+            {"teacher_layer": "attentions.1", "student_layer": "attentions.0", "loss": "kl"}
+        ])))
+        .unwrap();
+        value["teacher"]["arch"]["path"] = json!("models/tiny-distilbert");
+        let s = spec::parse(value.to_string().as_bytes()).unwrap();
+        let (report, _, _) = run(&s, root.path(), job.path());
+        assert!(report.teacher.accuracy > 0.85, "teacher {}", report.teacher.accuracy);
+        assert!(report.student.accuracy > 0.7, "student {}", report.student.accuracy);
+        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        assert_eq!((config["model_type"].as_str(), config["n_layers"].as_u64()), (Some("distilbert"), Some(1)));
+        assert_eq!(config["architectures"], json!(["DistilBertForSequenceClassification"]));
+        let (raw, _) = read_safetensors(&job.path().join("student-hf/model.safetensors"), &Device::Cpu).unwrap();
+        assert!(raw.contains_key("distilbert.transformer.layer.0.ffn.lin1.weight") && raw.contains_key("pre_classifier.weight"), "{:?}", raw.keys());
+    }
+
+    #[test]
     fn a_narrower_student_learns_hidden_states_through_a_projection() {
         let root = root();
         let job = tempfile::tempdir().unwrap();
