@@ -149,7 +149,7 @@ impl BertConfig {
 
     /// Sizes that fit together; for a student config built from overrides too.
     pub fn check(&self) -> std::result::Result<(), String> {
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(format!("hidden size {} is not a multiple of the {} attention heads", self.hidden_size, self.num_heads));
         }
         if self.num_layers == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.vocab_size == 0 {
