@@ -135,7 +135,7 @@ mod jobs {
     use distillery::engine::files::read_safetensors;
     use distillery::engine::model::{Input, Net};
     use distillery::engine::report::{Report, Task};
-    use distillery::engine::{self, Control, EngineEvent, EpochMetrics, Phase};
+    use distillery::engine::{self, Control, EngineError, EngineEvent, EpochMetrics, Phase};
     use distillery::spec::{self, ArchSpec, JobSpec, TransformerArch};
     use serde_json::{json, Value};
 
@@ -280,6 +280,41 @@ mod jobs {
         assert_eq!(config["architectures"], json!(["DistilBertForSequenceClassification"]));
         let (raw, _) = read_safetensors(&job.path().join("student-hf/model.safetensors"), &Device::Cpu).unwrap();
         assert!(raw.contains_key("distilbert.transformer.layer.0.ffn.lin1.weight") && raw.contains_key("pre_classifier.weight"), "{:?}", raw.keys());
+    }
+
+    /// Interrupted mid-epoch while fine-tuning the teacher and again while distilling (with a
+    /// projection and dropout), a text job ends exactly where the uninterrupted one does.
+    #[test]
+    fn an_interrupted_text_job_resumes_exactly() {
+        let root = root();
+        let mut value = serde_json::to_value(spec(
+            json!({"kind": "transformer", "num_layers": 2, "hidden_size": 16, "num_heads": 2, "intermediate_size": 32}),
+            json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse", "weight": 0.5}]),
+        ))
+        .unwrap();
+        value["teacher"]["train"]["epochs"] = json!(2);
+        value["training"]["epochs"] = json!(2);
+        value["baseline"] = json!(false);
+        let s = spec::parse(value.to_string().as_bytes()).unwrap();
+        let straight = tempfile::tempdir().unwrap();
+        let (expected, _, _) = run(&s, root.path(), straight.path());
+        // 400 reviews at batch 16: 25 steps an epoch.
+        let dir = tempfile::tempdir().unwrap();
+        for (phase, step) in [(Phase::Teacher(0), 30), (Phase::Student, 7)] {
+            let control = Control::default();
+            let outcome = engine::run(&s, "cpu", root.path(), dir.path(), &control, &mut |e| {
+                if matches!(&e, EngineEvent::Progress(p) if p.phase == phase && p.step == step) {
+                    control.interrupt()
+                }
+            });
+            assert!(matches!(outcome, Err(EngineError::Interrupted)), "{phase:?}");
+        }
+        let (resumed, logs, _) = run(&s, root.path(), dir.path());
+        assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 0, step 7"), "{logs:?}");
+        let numbers = |r: &Report| (r.teacher.accuracy, r.teacher.loss, r.student.accuracy, r.student.loss);
+        assert_eq!(numbers(&resumed), numbers(&expected));
+        let hf = |dir: &Path| std::fs::read(dir.join("student-hf/model.safetensors")).unwrap();
+        assert_eq!(hf(dir.path()), hf(straight.path()));
     }
 
     #[test]
