@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::report::{ModelReport, Report};
+use crate::engine::report::{ModelReport, Report, Task};
 use crate::engine::{self, Control, EngineEvent};
 use crate::spec;
 
@@ -59,7 +59,15 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
     Ok(output.report)
 }
 
-fn cells(m: &ModelReport, ensemble: bool) -> [String; 8] {
+#[derive(Clone, Copy, PartialEq)]
+enum Column {
+    Teacher,
+    Ensemble,
+    Student,
+    Baseline,
+}
+
+fn cells(m: &ModelReport, column: Column) -> [String; 8] {
     [
         m.parameters.to_string(),
         format!("{:.1} KiB", m.size_bytes as f64 / 1024.0),
@@ -68,39 +76,43 @@ fn cells(m: &ModelReport, ensemble: bool) -> [String; 8] {
         format!("{:.2}%", m.agreement * 100.0),
         format!("{:.4} ms", m.latency.batch_1_ms),
         format!("{:.4} ms", m.latency.batch_n_ms),
-        match (&m.training, ensemble) {
+        match (&m.training, column) {
             (Some(t), _) => format!("{:.1} s", t.wall_s),
-            (None, true) => "members".into(),
-            (None, false) => "loaded".into(),
+            (None, Column::Ensemble) => "members".into(),
+            (None, Column::Baseline) => "untrained".into(),
+            (None, _) => "loaded".into(),
         },
     ]
 }
 
 /// The report as the seed table of the field: teacher, distilled student, baseline.
 pub fn table(report: &Report) -> String {
-    let mut columns: Vec<(String, &ModelReport)> = Vec::new();
+    let mut columns: Vec<(String, &ModelReport, Column)> = Vec::new();
     for (i, member) in report.teachers.iter().flatten().enumerate() {
-        columns.push((engine::Phase::Teacher(i).as_str().into_owned(), member));
+        columns.push((engine::Phase::Teacher(i).as_str().into_owned(), member, Column::Teacher));
     }
-    let ensemble = report.teachers.is_some();
-    columns.push((if ensemble { "ensemble" } else { "teacher" }.into(), &report.teacher));
-    columns.push(("student (distilled)".into(), &report.student));
+    match report.teachers.is_some() {
+        true => columns.push(("ensemble".into(), &report.teacher, Column::Ensemble)),
+        false => columns.push(("teacher".into(), &report.teacher, Column::Teacher)),
+    }
+    columns.push(("student (distilled)".into(), &report.student, Column::Student));
     if let Some(b) = &report.baseline {
-        columns.push(("student (baseline)".into(), b));
+        columns.push(("student (baseline)".into(), b, Column::Baseline));
     }
+    let embedding = report.task == Task::Embedding;
     let labels = [
         "parameters".to_string(),
         "size on disk".into(),
-        "accuracy".into(),
-        "loss".into(),
+        if embedding { "neighbour agreement" } else { "accuracy" }.into(),
+        if embedding { "1 − mean cosine" } else { "loss" }.into(),
         "agreement with teacher".into(),
         "latency, batch 1".into(),
         format!("latency, batch {}", report.teacher.latency.batch_n),
         "training time".into(),
     ];
-    let cells: Vec<[String; 8]> = columns.iter().map(|(name, m)| cells(m, name == "ensemble")).collect();
+    let cells: Vec<[String; 8]> = columns.iter().map(|(_, m, column)| cells(m, *column)).collect();
     let mut out = format!("{:<24}", "");
-    for (name, _) in &columns {
+    for (name, _, _) in &columns {
         out += &format!("{name:>22}");
     }
     for (row, label) in labels.iter().enumerate() {

@@ -358,6 +358,8 @@ mod jobs {
         // near-identical synthetic reviews; `nearest_neighbours` has its own unit test.)
         assert!(report.student.loss < 0.5 * baseline.loss, "student {} baseline {}", report.student.loss, baseline.loss);
         assert!((0.0..=1.0).contains(&report.student.accuracy));
+        assert!(report.verdict.starts_with("the student's embeddings have a mean cosine of") && report.verdict.contains("untrained student"), "{}", report.verdict);
+        assert!(distillery::cli::table(&report).contains("neighbour agreement"));
         let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
         assert_eq!(config["architectures"], json!(["BertModel"]));
         assert!(config.get("id2label").is_none());

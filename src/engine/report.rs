@@ -179,6 +179,27 @@ pub fn latency_ms(model: &Net, x: &[f32], batch: usize, device: &Device, budget:
 /// The p-value below which the two students are called different.
 const SIGNIFICANCE: f64 = 0.05;
 
+/// The verdict of an embedding job, where "accuracy" is nearest-neighbour agreement with the
+/// teacher and "loss" 1 − the mean cosine to its embeddings.
+pub fn embedding_verdict(student: &ModelReport, baseline: Option<&ModelReport>, test: Option<&PairedTest>) -> String {
+    let ours = format!(
+        "the student's embeddings have a mean cosine of {:.3} with the teacher's, and its nearest neighbour of a held-out text is the teacher's for {:.1}% of them",
+        1.0 - student.loss,
+        student.accuracy * 100.0
+    );
+    match (baseline, test) {
+        (Some(b), Some(t)) => format!(
+            "{ours}; the untrained student (its copied teacher layers): {:.3} and {:.1}% (neighbours only one of them matches: distilled {}, untrained {}, p = {:.3})",
+            1.0 - b.loss,
+            b.accuracy * 100.0,
+            t.distilled_only_correct,
+            t.baseline_only_correct,
+            t.p_value
+        ),
+        _ => ours,
+    }
+}
+
 pub fn verdict(retention: f64, gain: Option<f64>, test: Option<&PairedTest>) -> String {
     let kept = format!("the student keeps {:.1}% of the teacher's accuracy", retention * 100.0);
     let (Some(g), Some(t)) = (gain, test) else {

@@ -470,7 +470,10 @@ pub fn run(
         device: device_name.to_string(),
         retention,
         gain,
-        verdict: report::verdict(retention, gain, gain_test.as_ref()),
+        verdict: match unlabelled {
+            true => report::embedding_verdict(&student_report, baseline_report.as_ref(), gain_test.as_ref()),
+            false => report::verdict(retention, gain, gain_test.as_ref()),
+        },
         gain_test,
         size_ratio: student_report.parameters as f64 / teacher_report.parameters as f64,
         speedup: Speedup {
