@@ -190,37 +190,10 @@ impl Net {
         self.transformer.as_deref()
     }
 
-    /// The same architecture with weights from named tensors (a checkpoint, a best epoch).
+    /// The same architecture with weights from named tensors (a file, a checkpoint, a best
+    /// epoch), checking every name and shape.
     pub fn with_named(&self, mut named: HashMap<String, Tensor>, device: &Device) -> std::result::Result<Self, String> {
-        let mut take = |specs: &[(String, Vec<usize>)]| -> std::result::Result<Vec<Tensor>, String> {
-            specs
-                .iter()
-                .map(|(name, shape)| {
-                    let tensor = named.remove(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
-                    if tensor.dims() != shape.as_slice() {
-                        return Err(format!("tensor `{name}` has shape {:?}, the architecture needs {shape:?}", tensor.dims()));
-                    }
-                    tensor.to_dtype(DType::F32).and_then(|t| t.to_device(device)).map_err(|e| e.to_string())
-                })
-                .collect()
-        };
-        let params = take(&self.blueprint.params)?;
-        let buffers = take(&self.blueprint.buffers)?;
-        if let Some(extra) = named.keys().next() {
-            return Err(format!("tensor `{extra}` is not part of the architecture"));
-        }
-        Ok(Self { params, buffers, ..self.clone() })
-    }
-
-    /// Rebuilds a network from named tensors, checking every name and shape.
-    pub fn from_named(
-        arch: &ArchSpec,
-        input: Input,
-        classes: usize,
-        mut named: HashMap<String, Tensor>,
-        device: &Device,
-    ) -> std::result::Result<Self, String> {
-        let blueprint = Blueprint::new(arch, input, classes)?;
+        let blueprint = &self.blueprint;
         let mut take = |specs: &[(String, Vec<usize>)]| -> std::result::Result<Vec<Tensor>, String> {
             specs
                 .iter()
@@ -247,7 +220,20 @@ impl Net {
         if let Some(extra) = named.keys().next() {
             return Err(format!("tensor `{extra}` is not part of the architecture"));
         }
-        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, transformer: None })
+        Ok(Self { params, buffers, ..self.clone() })
+    }
+
+    /// Rebuilds a network from named tensors, checking every name and shape.
+    pub fn from_named(
+        arch: &ArchSpec,
+        input: Input,
+        classes: usize,
+        named: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> std::result::Result<Self, String> {
+        let blueprint = Blueprint::new(arch, input, classes)?;
+        let empty = Self { arch: arch.clone(), input, blueprint, params: Vec::new(), buffers: Vec::new(), fused: true, transformer: None };
+        empty.with_named(named, device)
     }
 
     pub fn blueprint(&self) -> &Blueprint {

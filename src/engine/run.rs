@@ -19,7 +19,7 @@ use super::rng::{streams, Rng};
 use super::text::{self, TextSetup};
 use super::train::{evaluate, evaluate_embedding, train_phase, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use super::{Control, EngineError, EngineEvent, Phase};
-use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, LogitLossKind, Scheduled, SpecError};
+use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, SpecError};
 
 pub const STUDENT_FILE: &str = "student.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -265,6 +265,14 @@ pub fn run(
     // Teachers and the baseline learn from labels alone.
     let label_plan = PhasePlan { alpha: Scheduled::Constant(0.0), intermediate: Vec::new(), ..student_plan.clone() };
 
+    let teacher_plan = |i: usize, train: &PhaseTrainSpec| PhasePlan {
+        phase: Phase::Teacher(i),
+        epochs: train.epochs,
+        batch_size: train.batch_size.unwrap_or(training.batch_size),
+        optimizer: train.optimizer.unwrap_or(training.optimizer),
+        schedule: train.schedule.unwrap_or(training.schedule),
+        ..label_plan.clone()
+    };
     let mut teachers = Vec::new();
     let mut teacher_trainings = Vec::new();
     for (i, teacher) in spec.teacher_specs().into_iter().enumerate() {
@@ -278,14 +286,7 @@ pub fn run(
                     teacher_trainings.push(None);
                 }
                 Some(train) => {
-                    let plan = PhasePlan {
-                        phase: Phase::Teacher(i),
-                        epochs: train.epochs,
-                        batch_size: train.batch_size.unwrap_or(training.batch_size),
-                        optimizer: train.optimizer.unwrap_or(training.optimizer),
-                        schedule: train.schedule.unwrap_or(training.schedule),
-                        ..label_plan.clone()
-                    };
+                    let plan = teacher_plan(i, train);
                     let (net, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &loaded, &data, &Teachers { nets: Vec::new(), weights: Vec::new() })?;
                     artifacts.push(file_of(Phase::Teacher(i)));
                     teachers.push(net);
@@ -302,14 +303,7 @@ pub fn run(
                 teacher_trainings.push(None);
             }
             (None, Some(train)) => {
-                let plan = PhasePlan {
-                    phase: Phase::Teacher(i),
-                    epochs: train.epochs,
-                    batch_size: train.batch_size.unwrap_or(training.batch_size),
-                    optimizer: train.optimizer.unwrap_or(training.optimizer),
-                    schedule: train.schedule.unwrap_or(training.schedule),
-                    ..label_plan.clone()
-                };
+                let plan = teacher_plan(i, train);
                 let init = Net::init(&teacher.arch, input, data.classes, &mut Rng::stream(training.seed, &stream), &device).map_err(EngineError::Other)?;
                 let (net, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &init, &data, &Teachers { nets: Vec::new(), weights: Vec::new() })?;
                 artifacts.push(file_of(Phase::Teacher(i)));
