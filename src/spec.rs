@@ -575,12 +575,15 @@ impl JobSpec {
             // Unlabelled texts: embedding distillation, through the teacher's layers alone.
             if self.dataset.label_column.is_none() {
                 if teachers.iter().any(|t| t.train.is_some()) {
-                    return Err(SpecError::new(format!("{}.train", self.teacher_field(0)), "fine-tuning needs labels; unlabelled texts distil an encoder as it is"));
+                    return Err(SpecError::new(
+                        format!("{}.train", self.teacher_field(0)),
+                        "fine-tuning needs labels (`dataset.label_column`); unlabelled texts distil an encoder as it is",
+                    ));
                 }
                 if self.distill.intermediate.is_empty() {
                     return Err(SpecError::new(
                         "distill.intermediate",
-                        "unlabelled texts are distilled through layers, e.g. [{\"teacher_layer\": \"pooled\", \"student_layer\": \"pooled\", \"loss\": \"cosine\"}]",
+                        "without `dataset.label_column` the texts are unlabelled and distil through layers alone, e.g. [{\"teacher_layer\": \"pooled\", \"student_layer\": \"pooled\", \"loss\": \"cosine\"}]; for a classifier, name the label column",
                     ));
                 }
             }

@@ -195,3 +195,37 @@ async fn a_dataset_that_breaks_after_submission_fails_the_job_not_the_service() 
     let report = app.get(&format!("/v1/jobs/{id}/report")).await;
     assert_eq!(report.status(), 409);
 }
+
+#[tokio::test]
+async fn a_text_job_hands_back_a_hugging_face_folder_as_a_tar() {
+    let app = spawn_app().await;
+    let datasets = app.data_dir.path().join("datasets");
+    let teacher = datasets.join("models/tiny-bert");
+    std::fs::create_dir_all(&teacher).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(format!("tests/fixtures/tiny-bert/{file}"), teacher.join(file)).unwrap();
+    }
+    // Three classes, as many as the tiny BERT's head has: it is used as found.
+    let rows: String = (0..60).map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], ["pos", "neu", "neg"][i % 3])).collect();
+    std::fs::write(datasets.join("reviews.csv"), format!("text,label\n{rows}")).unwrap();
+    let spec = json!({
+        "dataset": {"source": "text", "path": "reviews.csv", "label_column": "label", "max_length": 8},
+        "teacher": {"arch": {"kind": "transformer", "path": "models/tiny-bert"}},
+        "student": {"arch": {"kind": "transformer", "layers": [2]}},
+        "distill": {"temperature": 2, "alpha": 0.5},
+        "training": {"epochs": 1, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.001}}
+    });
+    let id = app.submit(&spec).await;
+    let events = app.follow(&id, None, None).await;
+    assert_eq!(events.last().unwrap().data["payload"]["status"], "succeeded");
+    let report = app.get_json(&format!("/v1/jobs/{id}/report")).await;
+    assert_eq!(report["task"], "classification");
+    assert_eq!(report["student"]["latency"]["batch_n"], 12, "12 held-out texts, fewer than 32");
+    let download = app.get(&format!("/v1/jobs/{id}/artifacts/student-hf.tar")).await;
+    assert_eq!(download.status(), 200);
+    assert_eq!(download.headers()["content-type"], "application/x-tar");
+    let tar = download.bytes().await.unwrap();
+    assert_eq!(&tar[..22], b"student-hf/config.json");
+    assert!(tar.windows(28).any(|w| w == b"student-hf/model.safetensors"));
+    assert!(tar.windows(25).any(|w| w == b"student-hf/tokenizer.json"));
+}
