@@ -4,13 +4,18 @@
 //!     cargo run --release --bin bench                # installs PyTorch into .venv when absent
 //!     cargo run --release --bin bench -- --no-torch   # candle only
 //!     cargo run --release --bin bench -- --model conv # the conv nets
+//!     cargo run --release --bin bench -- --model bert # the transformers
 //!
 //! Step: frozen teacher forward, student forward, Hinton loss (T = 4, α = 0.7), backward, AdamW;
-//! batch 128. `--model mlp` (default): teacher MLP 784-1200-1200-10, student MLP 784-800-800-10.
-//! `--model conv`, on 1×28×28 images: teacher conv 32 and 64 (3×3, padding 1, ReLU, 2×2 max
-//! pool), then 3136-256-10; student LeNet-5: conv 6 (5×5, padding 2) and 16 (5×5), each with ReLU
-//! and 2×2 max pool, then 400-120-84-10. Prints samples/s, GFLOP/s, the share of the sgemm peak,
-//! per-phase times, inference latency and the candle ÷ PyTorch ratios.
+//! batch 128 (32 for bert). `--model mlp` (default): teacher MLP 784-1200-1200-10, student MLP
+//! 784-800-800-10. `--model conv`, on 1×28×28 images: teacher conv 32 and 64 (3×3, padding 1,
+//! ReLU, 2×2 max pool), then 3136-256-10; student LeNet-5: conv 6 (5×5, padding 2) and 16 (5×5),
+//! each with ReLU and 2×2 max pool, then 400-120-84-10. `--model bert`: a BERT of
+//! MiniLM-L6-H384's sizes (vocabulary 30522, hidden 384, 6 layers, 12 heads, intermediate 1536,
+//! exact GELU, 2 labels, pooler + classifier head; HF-style random weights) as the teacher, the
+//! same with 3 layers as the student, on 64 random token ids per sample with a full attention
+//! mask; dropout `--dropout` (0.1, as in training) in the student. Prints samples/s, GFLOP/s, the
+//! share of the sgemm peak, per-phase times, inference latency and the candle ÷ PyTorch ratios.
 
 use std::path::Path;
 use std::process::Command;
@@ -18,12 +23,13 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
+use distillery::engine::bert::{self, BertConfig};
 use distillery::engine::data::ImageShape;
 use distillery::engine::loss::hinton;
 use distillery::engine::model::{Input, Net};
 use distillery::engine::optim::Optimizer;
 use distillery::engine::rng::Rng;
-use distillery::spec::{ArchSpec, OptimizerSpec};
+use distillery::spec::{ArchSpec, OptimizerSpec, TransformerArch};
 use serde_json::{json, Value};
 
 #[global_allocator]
@@ -32,15 +38,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(about = "Distillation step throughput: candle vs PyTorch")]
 struct Args {
-    /// Timed steps per repetition.
-    #[arg(long, default_value_t = 30)]
-    steps: usize,
+    /// Timed steps per repetition (default 30; 10 for bert, whose step takes about a second).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Rounds; each runs every candle variant and then PyTorch once, so slow phases of a noisy
     /// machine hit both sides. Medians over rounds are reported, ratios are paired per round.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
+    /// Samples a step (default 128; 32 sequences for bert).
+    #[arg(long)]
+    batch: Option<usize>,
     /// Skip the PyTorch reference.
     #[arg(long)]
     no_torch: bool,
@@ -50,24 +57,62 @@ struct Args {
     /// Which teacher/student pair to distil.
     #[arg(long, value_enum, default_value_t = Model::Mlp)]
     model: Model,
+    /// bert only: dropout probability of the student's hidden states, attention probabilities
+    /// and classifier input in training (the teacher runs in evaluation mode), on both sides.
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f32,
+}
+
+impl Args {
+    fn steps(&self) -> usize {
+        self.steps.unwrap_or(match self.model {
+            Model::Bert => 10,
+            _ => 30,
+        })
+    }
+
+    fn batch(&self) -> usize {
+        self.batch.unwrap_or(match self.model {
+            Model::Bert => 32,
+            _ => 128,
+        })
+    }
+
+    /// Untimed steps before the timed ones, on both sides.
+    fn warmup(&self) -> usize {
+        match self.model {
+            Model::Bert => 3,
+            _ => 5,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Model {
     Mlp,
     Conv,
+    Bert,
 }
 
 const FEATURES: usize = 784;
 const CLASSES: usize = 10;
+/// Tokens a sequence in the bert configuration.
+const LENGTH: usize = 64;
 
-/// The networks of one configuration, as a job spec would give them.
+/// The two networks of one configuration.
+enum Pair {
+    /// MLPs and conv nets, as a job spec would give them.
+    Layers { teacher: ArchSpec, student: ArchSpec },
+    /// Encoders over packed text rows of `LENGTH` tokens.
+    Bert { teacher: BertConfig, student: BertConfig },
+}
+
 struct Setup {
-    teacher: ArchSpec,
-    student: ArchSpec,
+    pair: Pair,
     input: Input,
+    classes: usize,
     /// For the header line.
-    description: &'static str,
+    description: String,
     /// Name of the variant with `Net::with_fused_kernels(true)`: what it switches on here.
     engine_variant: &'static str,
 }
@@ -77,37 +122,103 @@ impl Model {
         match self {
             Model::Mlp => "mlp",
             Model::Conv => "conv",
+            Model::Bert => "bert",
         }
     }
 
-    fn setup(self) -> Setup {
+    fn setup(self, dropout: f32) -> Setup {
         let arch = |spec: Value| serde_json::from_value::<ArchSpec>(spec).expect("a valid architecture");
         match self {
             Model::Mlp => Setup {
-                teacher: arch(json!({"kind": "mlp", "hidden": [1200, 1200]})),
-                student: arch(json!({"kind": "mlp", "hidden": [800, 800]})),
+                pair: Pair::Layers {
+                    teacher: arch(json!({"kind": "mlp", "hidden": [1200, 1200]})),
+                    student: arch(json!({"kind": "mlp", "hidden": [800, 800]})),
+                },
                 input: Input { features: FEATURES, image: None },
-                description: "teacher 784-1200-1200-10 (frozen), student 784-800-800-10",
+                classes: CLASSES,
+                description: "teacher 784-1200-1200-10 (frozen), student 784-800-800-10".into(),
                 engine_variant: "+ fused linear (the engine)",
             },
             Model::Conv => Setup {
-                teacher: arch(json!({"kind": "conv", "hidden": [256], "blocks": [
-                    {"channels": 32, "kernel": 3, "padding": 1, "pool": "max"},
-                    {"channels": 64, "kernel": 3, "padding": 1, "pool": "max"}]})),
-                student: arch(json!({"kind": "conv", "hidden": [120, 84], "blocks": [
-                    {"channels": 6, "kernel": 5, "padding": 2, "pool": "max"},
-                    {"channels": 16, "kernel": 5, "pool": "max"}]})),
+                pair: Pair::Layers {
+                    teacher: arch(json!({"kind": "conv", "hidden": [256], "blocks": [
+                        {"channels": 32, "kernel": 3, "padding": 1, "pool": "max"},
+                        {"channels": 64, "kernel": 3, "padding": 1, "pool": "max"}]})),
+                    student: arch(json!({"kind": "conv", "hidden": [120, 84], "blocks": [
+                        {"channels": 6, "kernel": 5, "padding": 2, "pool": "max"},
+                        {"channels": 16, "kernel": 5, "pool": "max"}]})),
+                },
                 input: Input { features: FEATURES, image: Some(ImageShape { channels: 1, height: 28, width: 28 }) },
-                description: "1×28×28 images, teacher conv 32-64 3×3 + 3136-256-10 (frozen), student LeNet-5",
+                classes: CLASSES,
+                description: "1×28×28 images, teacher conv 32-64 3×3 + 3136-256-10 (frozen), student LeNet-5".into(),
                 engine_variant: "+ fused conv+fc (the engine)",
             },
+            Model::Bert => {
+                // all-MiniLM-L6-v2's config.json sizes, with a 2-label classification head.
+                let config = |layers: usize| {
+                    BertConfig::from_hf(&json!({
+                        "model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
+                        "num_hidden_layers": layers, "num_attention_heads": 12, "intermediate_size": 1536,
+                        "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+                        "hidden_act": "gelu", "hidden_dropout_prob": dropout,
+                        "attention_probs_dropout_prob": dropout, "num_labels": 2,
+                    }))
+                    .expect("a valid BERT config")
+                };
+                Setup {
+                    pair: Pair::Bert { teacher: config(6), student: config(3) },
+                    input: Input { features: 3 * LENGTH, image: None },
+                    classes: 2,
+                    description: format!(
+                        "{LENGTH} random token ids a sequence, full mask; teacher BERT 6 layers × 384 (MiniLM-L6-H384 sizes, frozen), \
+                         student 3 layers; 2 labels; student dropout {dropout}"
+                    ),
+                    engine_variant: "+ fused linear (the engine)",
+                }
+            }
         }
     }
 }
 
+/// Fresh teacher and student: PyTorch's initialisation for MLPs and conv nets, `transformers'`
+/// for the encoders.
+fn networks(setup: &Setup, rng: &mut Rng, device: &Device) -> candle_core::Result<(Net, Net)> {
+    let msg = candle_core::Error::Msg;
+    match &setup.pair {
+        Pair::Layers { teacher, student } => {
+            let mut init = |arch: &ArchSpec| Net::init(arch, setup.input, setup.classes, rng, device).map_err(msg);
+            Ok((init(teacher)?, init(student)?))
+        }
+        Pair::Bert { teacher, student } => {
+            let arch = ArchSpec::Transformer(TransformerArch::default());
+            let mut init = |config: &BertConfig| -> candle_core::Result<Net> {
+                let named = config.init(rng, device)?;
+                Net::transformer(&arch, config.clone(), setup.input, named, device).map_err(msg)
+            };
+            Ok((init(teacher)?, init(student)?))
+        }
+    }
+}
+
+/// One batch of inputs (uniform in ±1, or packed rows of random token ids with segment 0 and a
+/// full mask) and random labels.
+fn batch_data(setup: &Setup, batch: usize, rng: &mut Rng, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let features = setup.input.features;
+    let x: Vec<f32> = match &setup.pair {
+        Pair::Layers { .. } => (0..batch * features).map(|_| rng.uniform(-1.0, 1.0)).collect(),
+        Pair::Bert { teacher, .. } => {
+            let ids: Vec<u32> = (0..batch * LENGTH).map(|_| rng.below(teacher.vocab_size) as u32).collect();
+            bert::pack(&ids, &vec![0; batch * LENGTH], &vec![1; batch * LENGTH], LENGTH)
+        }
+    };
+    let x = Tensor::from_vec(x, (batch, features), device)?;
+    let y: Vec<u32> = (0..batch).map(|_| rng.below(setup.classes) as u32).collect();
+    Ok((x, Tensor::from_vec(y, batch, device)?))
+}
+
 /// Multiply-adds per sample of each conv and linear layer, in order. Pooling and ReLU (a
 /// comparison per value, no multiply-adds) are not counted, like any work outside the products.
-fn layer_macs(arch: &ArchSpec, input: Input) -> Vec<f64> {
+fn layer_macs(arch: &ArchSpec, input: Input, classes: usize) -> Vec<f64> {
     let mut macs = Vec::new();
     let mut width = input.features;
     if let Some(image) = input.image {
@@ -123,20 +234,38 @@ fn layer_macs(arch: &ArchSpec, input: Input) -> Vec<f64> {
         }
         width = h * w * c;
     }
-    for &out in arch.hidden().iter().chain([&CLASSES]) {
+    for &out in arch.hidden().iter().chain([&classes]) {
         macs.push((width * out) as f64);
         width = out;
     }
     macs
 }
 
+/// Multiply-adds of an encoder's forward for one sequence of `length` tokens: per token and
+/// layer the query, key, value and output projections (4h²) and the feed-forward pair (2hi), plus
+/// the attention scores and their product with the values (2·length·h); then the pooler and
+/// classifier on the first token. Embedding lookups, layer norms, softmax and GELU are not
+/// counted, like any work outside the products.
+fn bert_macs(config: &BertConfig, length: usize) -> f64 {
+    let (h, i, l) = (config.hidden_size as f64, config.intermediate_size as f64, length as f64);
+    let per_token_layer = 4.0 * h * h + 2.0 * h * i + 2.0 * l * h;
+    config.num_layers as f64 * l * per_token_layer + h * h + h * config.num_labels as f64
+}
+
 /// Teacher forward + student forward + student backward: weight gradients for every layer (as
-/// many MACs as its forward), input gradients for all but the first (whose input is data).
+/// many MACs as its forward), input gradients for all but the first (whose input is data). An
+/// encoder's first product reads the trainable embeddings, so its backward is twice its forward.
 fn step_flops(setup: &Setup, batch: usize) -> f64 {
-    let teacher: f64 = layer_macs(&setup.teacher, setup.input).iter().sum();
-    let student = layer_macs(&setup.student, setup.input);
-    let forward: f64 = student.iter().sum();
-    2.0 * batch as f64 * (teacher + forward + (2.0 * forward - student[0]))
+    let per_sample = match &setup.pair {
+        Pair::Layers { teacher, student } => {
+            let teacher: f64 = layer_macs(teacher, setup.input, setup.classes).iter().sum();
+            let student = layer_macs(student, setup.input, setup.classes);
+            let forward: f64 = student.iter().sum();
+            teacher + forward + (2.0 * forward - student[0])
+        }
+        Pair::Bert { teacher, student } => bert_macs(teacher, LENGTH) + 3.0 * bert_macs(student, LENGTH),
+    };
+    2.0 * batch as f64 * per_sample
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -183,21 +312,22 @@ fn variants(setup: &Setup) -> [Variant; 3] {
 }
 
 fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) -> candle_core::Result<CandleResult> {
+    let (steps, batch) = (args.steps(), args.batch());
     let mut rng = Rng::new(0);
-    let init = |arch: &ArchSpec, rng: &mut Rng| Net::init(arch, setup.input, CLASSES, rng, device).map_err(candle_core::Error::Msg);
+    let (teacher, student) = networks(setup, &mut rng, device)?;
     // Plain tensors, no vars: the teacher's forward records no graph.
-    let teacher = init(&setup.teacher, &mut rng)?.detached().with_fused_kernels(variant.fused_kernels);
-    let student = init(&setup.student, &mut rng)?;
+    let teacher = teacher.detached().with_fused_kernels(variant.fused_kernels);
     let optimizer_spec = OptimizerSpec::Adamw { lr: 1e-3, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut optimizer = if variant.fused_optimizer {
         Optimizer::new(optimizer_spec, student.to_vars()?)?
     } else {
         Optimizer::with_tensor_ops(optimizer_spec, student.to_vars()?)?
     };
-    let x: Vec<f32> = (0..args.batch * FEATURES).map(|_| rng.uniform(-1.0, 1.0)).collect();
-    let x = Tensor::from_vec(x, (args.batch, FEATURES), device)?;
-    let y: Vec<u32> = (0..args.batch).map(|_| rng.below(CLASSES) as u32).collect();
-    let y = Tensor::from_vec(y, args.batch, device)?;
+    let (x, y) = batch_data(setup, batch, &mut rng, device)?;
+    // Training mode (dropout masks from here) for the encoders, as the engine trains them; the
+    // MLP and conv nets here have neither dropout nor batch norm, so their forward is the same.
+    let trains = matches!(setup.pair, Pair::Bert { .. });
+    let mut dropout_rng = Rng::new(1);
     let mut phases: [Vec<f64>; 4] = Default::default();
     let mut step = |record: bool| -> candle_core::Result<()> {
         let t0 = Instant::now();
@@ -205,7 +335,7 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
         device.synchronize()?;
         let t1 = Instant::now();
         let model = student.with_vars(optimizer.vars(), &[]).with_fused_kernels(variant.fused_kernels);
-        let logits = model.forward(&x, None, &[])?.logits;
+        let logits = model.forward(&x, trains.then_some(&mut dropout_rng), &[])?.logits;
         device.synchronize()?;
         let t2 = Instant::now();
         let loss = hinton(&logits, Some(&teacher_logits), &y, 4.0, 0.7)?;
@@ -222,28 +352,30 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
         }
         Ok(())
     };
-    for _ in 0..5 {
+    for _ in 0..args.warmup() {
         step(false)?;
     }
     let start = Instant::now();
-    for _ in 0..args.steps {
+    for _ in 0..steps {
         step(true)?;
     }
-    let samples_per_s = (args.steps * args.batch) as f64 / start.elapsed().as_secs_f64();
+    let samples_per_s = (steps * batch) as f64 / start.elapsed().as_secs_f64();
     let frozen = student.with_vars(optimizer.vars(), &[]).detached().with_fused_kernels(variant.fused_kernels);
     let samples: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let budget = std::time::Duration::from_millis(350);
     let latency = [
         distillery::engine::report::latency_ms(&frozen, &samples, 1, device, budget)?,
-        distillery::engine::report::latency_ms(&frozen, &samples, 128, device, budget)?,
+        distillery::engine::report::latency_ms(&frozen, &samples, batch, device, budget)?,
     ];
     Ok(CandleResult { samples_per_s, phases_ms: phases.map(median), latency_ms: latency })
 }
 
 /// Runs the committed PyTorch script once.
 fn torch_step(python: &str, args: &Args) -> Result<Value, String> {
+    let (steps, batch, warmup, dropout) = (args.steps().to_string(), args.batch().to_string(), args.warmup().to_string(), args.dropout.to_string());
     let output = Command::new(python)
-        .args(["benches/kd_step.py", "--model", args.model.name(), "--steps", &args.steps.to_string(), "--reps", "1", "--batch", &args.batch.to_string()])
+        .args(["benches/kd_step.py", "--model", args.model.name(), "--steps", &steps, "--reps", "1", "--batch", &batch])
+        .args(["--warmup", &warmup, "--dropout", &dropout])
         .output()
         .map_err(|e| format!("running {python}: {e}"))?;
     if !output.status.success() {
@@ -274,9 +406,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let device = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
-    let setup = args.model.setup();
+    let (steps, batch) = (args.steps(), args.batch());
+    let setup = args.model.setup(args.dropout);
     let variants = variants(&setup);
-    let flops = step_flops(&setup, args.batch);
+    let flops = step_flops(&setup, batch);
     let peak = sgemm_peak(&device)?;
     let python = if args.no_torch { None } else { Some(python(&args).map_err(anyhow::Error::msg)?) };
     let mut candle: Vec<Vec<CandleResult>> = variants.iter().map(|_| Vec::new()).collect();
@@ -296,9 +429,9 @@ fn main() -> anyhow::Result<()> {
         (!torch.is_empty()).then(|| median(torch.iter().filter_map(|t| t[path[0]][path[1]].as_f64()).collect()))
     };
 
-    let gflops = |rate: f64| rate / args.batch as f64 * flops / 1e9;
-    println!("distillation step: {}, Hinton T=4 α=0.7, AdamW, batch {}", setup.description, args.batch);
-    println!("{:.2} GFLOP a step; {} rounds × {} steps, medians; candle threads {threads}", flops / 1e9, args.rounds, args.steps);
+    let gflops = |rate: f64| rate / batch as f64 * flops / 1e9;
+    println!("distillation step: {}, Hinton T=4 α=0.7, AdamW, batch {batch}", setup.description);
+    println!("{:.2} GFLOP a step; {} rounds × {steps} steps, medians; candle threads {threads}", flops / 1e9, args.rounds);
     let torch_peak = (!torch.is_empty()).then(|| median(torch.iter().filter_map(|t| t["sgemm_gflops"].as_f64()).collect()));
     println!("sgemm 2048² peak: candle {peak:.0} GFLOP/s{}", torch_peak.map(|p| format!(", torch {p:.0} GFLOP/s")).unwrap_or_default());
     println!();
@@ -336,9 +469,9 @@ fn main() -> anyhow::Result<()> {
     println!("(variants in the order of the table above)");
     println!();
     println!("{:<18} {:>10} {:>10}", "student latency", "candle", "pytorch");
-    for (i, name) in ["batch_1", "batch_128"].iter().enumerate() {
+    for (i, name) in ["batch_1".to_string(), format!("batch_{batch}")].iter().enumerate() {
         let candle_latency = median(engine.iter().map(|r| r.latency_ms[i]).collect());
-        println!("{:<18} {candle_latency:>10.3} {:>10}", format!("{name} (ms)"), cell(torch_field(["latency_ms", name]), 3));
+        println!("{:<18} {candle_latency:>10.3} {:>10}", format!("{name} (ms)"), cell(torch_field(["latency_ms", name.as_str()]), 3));
     }
     if let Some(t) = torch.first() {
         println!("\ntorch {} with {} threads", t["torch"].as_str().unwrap_or("?"), t["threads"]);
