@@ -247,7 +247,7 @@ impl BertConfig {
 
     /// Whether `name` (prefix already removed) belongs to the classification head.
     pub fn is_head(&self, name: &str) -> bool {
-        name.starts_with("classifier.") || name.starts_with("pre_classifier.") || (self.family == Family::Bert && name.starts_with("pooler."))
+        is_classifier(name) || (self.family == Family::Bert && name.starts_with("pooler."))
     }
 
     /// Fresh tensors as `transformers` initialises them: N(0, initializer_range) for linear and
@@ -305,8 +305,7 @@ impl BertConfig {
     /// The tensor name Hugging Face uses in `model.safetensors` for our `name`: with a head, all
     /// but the classifier's sit under the base model's prefix.
     pub fn hf_name(&self, name: &str) -> String {
-        let classifier = name.starts_with("classifier.") || name.starts_with("pre_classifier.");
-        match self.num_labels > 0 && !classifier {
+        match self.num_labels > 0 && !is_classifier(name) {
             true => format!("{}{name}", self.family.prefix()),
             false => name.to_string(),
         }
@@ -324,6 +323,12 @@ impl BertConfig {
             name.to_string()
         }
     }
+}
+
+/// The head's layers that sit outside the base model (BERT's pooler sits inside it), and that a
+/// head for other classes replaces.
+pub fn is_classifier(name: &str) -> bool {
+    name.starts_with("classifier.") || name.starts_with("pre_classifier.")
 }
 
 /// Packs tokenised samples as network input rows (ids, segment ids, mask).

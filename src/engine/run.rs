@@ -17,7 +17,7 @@ use super::model::{predictions, Blueprint, Input, Net};
 use super::report::{self, Task, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
 use super::rng::{streams, Rng};
 use super::text::{self, TextSetup};
-use super::train::{evaluate, evaluate_embedding, train_phase, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
+use super::train::{evaluate, train_phase, EmbeddingReference, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use super::{Control, EngineError, EngineEvent, Phase};
 use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, SpecError};
 
@@ -363,11 +363,15 @@ pub fn run(
     // Text latency is per sequence at the dataset's length, at batch 1 and 32.
     let batch_n = if text.is_some() { 32 } else { 256 }.min(data.validation.len().max(1));
     // Unlabelled texts: each model is judged by how closely its embeddings follow the teacher's.
-    let judge = |model: &Net| match unlabelled {
-        true => evaluate_embedding(model, &teachers[0], &data.validation, &device),
-        false => evaluate(model, &data.validation, &device),
+    let reference = if unlabelled { Some(EmbeddingReference::new(&teachers[0], &data.validation, &device)?) } else { None };
+    let judge = |model: &Net| match &reference {
+        Some(reference) => reference.evaluate(model, &data.validation, &device),
+        None => evaluate(model, &data.validation, &device),
     };
-    let teacher_evaluations: Vec<Evaluation> = teachers.iter().map(judge).collect::<candle_core::Result<_>>()?;
+    let teacher_evaluations: Vec<Evaluation> = match &reference {
+        Some(reference) => vec![reference.teacher()],
+        None => teachers.iter().map(judge).collect::<candle_core::Result<_>>()?,
+    };
     let ensemble_evaluation = if teachers.len() > 1 { Some(ensemble(&teachers, &teacher_weights, &data, &device)?) } else { None };
     let reference = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]);
     let student_evaluation = judge(&student)?;

@@ -124,9 +124,8 @@ pub fn teacher_net(spec: &JobSpec, setup: &TextSetup, data: &Dataset, rng: &mut 
     let fresh = config.init(rng, device).map_err(|e| SpecError::new(&field, e.to_string()))?;
     let mut named = HashMap::new();
     for (name, _) in config.tensor_shapes() {
-        let classifier = name.starts_with("classifier.") || name.starts_with("pre_classifier.");
         let tensor = match setup.teacher.tensors.get(&name) {
-            Some(t) if fits || !classifier => t.clone(),
+            Some(t) if fits || !bert::is_classifier(&name) => t.clone(),
             // A head the folder lacks (BERT's pooler included) starts fresh.
             _ if config.is_head(&name) => fresh[&name].clone(),
             _ => return Err(SpecError::new(&field, format!("model.safetensors lacks `{}`", config.hf_name(&name)))),

@@ -32,16 +32,6 @@ pub struct TextSplit {
     pub texts: Vec<String>,
 }
 
-/// A batch's rows as flat vectors, ready for `Tensor::from_vec`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TextBatch {
-    pub input_ids: Vec<u32>,
-    pub type_ids: Vec<u32>,
-    pub attention_mask: Vec<u32>,
-    /// Empty when the data is unlabelled.
-    pub labels: Vec<u32>,
-}
-
 impl TextSplit {
     pub fn len(&self) -> usize {
         self.texts.len()
@@ -49,22 +39,6 @@ impl TextSplit {
 
     pub fn is_empty(&self) -> bool {
         self.texts.is_empty()
-    }
-
-    /// Copies rows `batch` out.
-    pub fn gather(&self, batch: &[usize], max_length: usize) -> TextBatch {
-        let rows = |v: &[u32]| -> Vec<u32> {
-            batch.iter().flat_map(|&i| &v[i * max_length..(i + 1) * max_length]).copied().collect()
-        };
-        TextBatch {
-            input_ids: rows(&self.input_ids),
-            type_ids: rows(&self.type_ids),
-            attention_mask: rows(&self.attention_mask),
-            labels: match self.labels.is_empty() {
-                true => Vec::new(),
-                false => batch.iter().map(|&i| self.labels[i]).collect(),
-            },
-        }
     }
 }
 
@@ -84,17 +58,11 @@ pub struct TextDataset {
     pub monitor: Option<TextSplit>,
     /// Texts (all splits) longer than `max_length` tokens, cut to fit.
     pub truncated: usize,
-    pub pad_id: u32,
 }
 
 impl TextDataset {
     pub fn labelled(&self) -> bool {
         self.classes > 0
-    }
-
-    /// The split per-epoch validation metrics (and early stopping) are computed on.
-    pub fn monitored(&self) -> &TextSplit {
-        self.monitor.as_ref().unwrap_or(&self.validation)
     }
 }
 
@@ -153,7 +121,7 @@ pub fn load_text(spec: &DatasetSpec, root: &Path, tokenizer: &Tokenizer, seed: u
     }
 
     let max_length = spec.max_length.unwrap_or(DEFAULT_MAX_LENGTH);
-    let (encoder, pad_id) = Encoder::new(tokenizer, max_length)?;
+    let encoder = Encoder::new(tokenizer, max_length)?;
     let mut truncated = 0;
     let mut encode = |rows: Rows| -> Result<TextSplit, SpecError> {
         let (split, cut) = encoder.encode(rows)?;
@@ -172,7 +140,6 @@ pub fn load_text(spec: &DatasetSpec, root: &Path, tokenizer: &Tokenizer, seed: u
         validation,
         monitor,
         truncated,
-        pad_id,
     })
 }
 
@@ -408,7 +375,7 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(tokenizer: &Tokenizer, max_length: usize) -> Result<(Encoder, u32), SpecError> {
+    fn new(tokenizer: &Tokenizer, max_length: usize) -> Result<Encoder, SpecError> {
         let (pad_token, pad_id) = pad_token(tokenizer, "dataset")?;
         let mut whole = tokenizer.clone();
         whole.with_truncation(None).expect("removing truncation cannot fail").with_padding(None);
@@ -428,7 +395,7 @@ impl Encoder {
             pad_type_id: 0,
             pad_token: pad_token.to_string(),
         }));
-        Ok((Encoder { whole, fit, max_length }, pad_id))
+        Ok(Encoder { whole, fit, max_length })
     }
 
     /// Like `Tokenizer::encode(input, true)` on `fit`, without its early stop.
@@ -501,8 +468,8 @@ mod tests {
 
     /// Row `i` of `split` as (ids, type ids, mask).
     fn row(split: &TextSplit, i: usize, max_length: usize) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
-        let b = split.gather(&[i], max_length);
-        (b.input_ids, b.type_ids, b.attention_mask)
+        let cut = |v: &[u32]| v[i * max_length..(i + 1) * max_length].to_vec();
+        (cut(&split.input_ids), cut(&split.type_ids), cut(&split.attention_mask))
     }
 
     /// What the untouched tokenizer gives for a text that fits, padded by hand.
@@ -557,7 +524,9 @@ mod tests {
         let d = load(&files, &s, false).unwrap();
         assert_eq!(d.name, "train.csv");
         assert_eq!(d.label_names, Some(vec!["neg".into(), "neutral".into(), "pos".into()]));
-        assert_eq!((d.classes, d.truncated, d.pad_id), (3, 0, tokenizer().token_to_id("[PAD]").unwrap()));
+        assert_eq!((d.classes, d.truncated), (3, 0));
+        // Padding is the tokenizer's [PAD]: "plain words" is 4 tokens of 12.
+        assert_eq!(&d.train.input_ids[2 * 12 + 4..3 * 12], &[tokenizer().token_to_id("[PAD]").unwrap(); 8]);
         assert_eq!(d.train.texts, ["hello, world", "two\nlines", "plain words"]);
         assert_eq!(d.train.labels, [2, 0, 2]);
         assert_eq!(d.validation.labels, [1]);
@@ -648,10 +617,7 @@ mod tests {
         assert!(!d.labelled());
         assert_eq!((d.classes, d.label_names.clone(), d.max_length), (0, None, 128));
         assert!(d.train.labels.is_empty() && d.validation.labels.is_empty());
-        let batch = d.train.gather(&[1, 0], 128);
-        assert!(batch.labels.is_empty());
-        assert_eq!(batch.input_ids.len(), 2 * 128);
-        assert_eq!(&batch.input_ids[..128], &d.train.input_ids[128..]);
+        assert_eq!(d.train.input_ids.len(), d.train.len() * 128);
         s.num_classes = Some(3);
         assert_eq!(load(&files, &s, false).unwrap_err().field, "dataset.num_classes");
     }
@@ -730,12 +696,10 @@ mod tests {
         let s = spec("d.csv", serde_json::json!({"label_column": "label", "validation_split": 0.2}));
         let d = load(&files, &s, false).unwrap();
         assert_eq!((d.train.len(), d.validation.len(), d.monitor.is_none()), (8, 2, true));
-        assert_eq!(d.monitored().texts, d.validation.texts);
         let m = load(&files, &s, true).unwrap();
         let monitor = m.monitor.as_ref().unwrap();
         assert_eq!((m.train.len(), monitor.len(), m.validation.len()), (6, 2, 2));
         assert_eq!(m.validation.texts, d.validation.texts, "the monitor comes out of training only");
-        assert_eq!(m.monitored().texts, monitor.texts);
         let mut all = [m.train.texts.clone(), monitor.texts.clone(), m.validation.texts.clone()].concat();
         all.sort();
         let mut expected: Vec<String> = (0..10).map(|i| format!("row {i}")).collect();

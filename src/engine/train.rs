@@ -342,6 +342,11 @@ pub fn train_phase(
     let steps_per_epoch = plan.steps_per_epoch(samples);
     let total_steps = steps_per_epoch * plan.epochs as u64;
     let elapsed_before = position.elapsed_s;
+    // Unlabelled texts: epochs are judged against the teacher's embeddings of the monitored split.
+    let embedding_reference = match (data.classes, teachers.nets.first()) {
+        (0, Some(teacher)) => Some(EmbeddingReference::new(teacher, data.monitored(), ctx.device)?),
+        _ => None,
+    };
 
     for epoch in position.epochs_done..plan.epochs {
         if position.stopped_early {
@@ -465,9 +470,9 @@ pub fn train_phase(
         position.last_train_loss = Some(epoch_loss / steps_per_epoch as f64);
         position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
         let model = init.with_vars(&optimizer.vars()[..student_vars], &buffers).detached();
-        let validation = match (data.classes, teachers.nets.first()) {
-            (0, Some(teacher)) => evaluate_embedding(&model, teacher, data.monitored(), ctx.device)?,
-            _ => evaluate(&model, data.monitored(), ctx.device)?,
+        let validation = match &embedding_reference {
+            Some(reference) => reference.evaluate(&model, data.monitored(), ctx.device)?,
+            None => evaluate(&model, data.monitored(), ctx.device)?,
         };
         let mut best_now = None;
         if let Some(rule) = plan.early_stopping {
@@ -565,19 +570,40 @@ pub fn evaluate(model: &Net, split: &Split, device: &Device) -> candle_core::Res
     Ok(Evaluation { loss, accuracy: correct as f64 / split.len().max(1) as f64, predictions })
 }
 
-/// An encoder against its teacher on a split of unlabelled texts: loss = 1 − the mean cosine
-/// between the two embeddings of each text; accuracy = the share of texts whose nearest other
-/// text (cosine) is the one the teacher's embeddings pick; predictions = those neighbours.
-pub fn evaluate_embedding(model: &Net, teacher: &Net, split: &Split, device: &Device) -> candle_core::Result<Evaluation> {
-    let unit = |net: &Net| -> candle_core::Result<Tensor> {
-        let e = net.logits(&split.x, device)?;
-        e.broadcast_div(&e.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?)
-    };
-    let (s, t) = (unit(model)?, unit(teacher)?);
-    let mean_cosine = (&s * &t)?.sum(1)?.mean_all()?.to_scalar::<f32>()? as f64;
-    let (ours, theirs) = (nearest_neighbours(&s)?, nearest_neighbours(&t)?);
-    let agree = ours.iter().zip(&theirs).filter(|(a, b)| a == b).count();
-    Ok(Evaluation { loss: 1.0 - mean_cosine, accuracy: agree as f64 / ours.len().max(1) as f64, predictions: ours })
+/// The teacher's side of judging encoders on a split of unlabelled texts: its unit embeddings
+/// and each text's nearest neighbour among the others, computed once and reused for every
+/// epoch and every model.
+pub struct EmbeddingReference {
+    unit: Tensor,
+    neighbours: Vec<u32>,
+}
+
+fn unit_embeddings(net: &Net, split: &Split, device: &Device) -> candle_core::Result<Tensor> {
+    let e = net.logits(&split.x, device)?;
+    e.broadcast_div(&e.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-12)?)
+}
+
+impl EmbeddingReference {
+    pub fn new(teacher: &Net, split: &Split, device: &Device) -> candle_core::Result<Self> {
+        let unit = unit_embeddings(teacher, split, device)?;
+        Ok(Self { neighbours: nearest_neighbours(&unit)?, unit })
+    }
+
+    /// An encoder against the teacher: loss = 1 − the mean cosine between the two embeddings of
+    /// each text; accuracy = the share of texts whose nearest other text (cosine) is the one the
+    /// teacher's embeddings pick; predictions = those neighbours.
+    pub fn evaluate(&self, model: &Net, split: &Split, device: &Device) -> candle_core::Result<Evaluation> {
+        let ours = unit_embeddings(model, split, device)?;
+        let mean_cosine = (&ours * &self.unit)?.sum(1)?.mean_all()?.to_scalar::<f32>()? as f64;
+        let neighbours = nearest_neighbours(&ours)?;
+        let agree = neighbours.iter().zip(&self.neighbours).filter(|(a, b)| a == b).count();
+        Ok(Evaluation { loss: 1.0 - mean_cosine, accuracy: agree as f64 / neighbours.len().max(1) as f64, predictions: neighbours })
+    }
+
+    /// The teacher judged against itself.
+    pub fn teacher(&self) -> Evaluation {
+        Evaluation { loss: 0.0, accuracy: 1.0, predictions: self.neighbours.clone() }
+    }
 }
 
 /// For each row of unit vectors, the index of the most similar other row.
