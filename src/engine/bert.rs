@@ -17,13 +17,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde_json::{json, Value};
 
+use super::activation::gelu_erf;
+use super::attention::SelfAttention;
 use super::files::read_safetensors;
 use super::linear::Linear;
-use super::model::dropout_mask;
+use super::model::{dropout_mask, dropout_multipliers};
+use super::norm;
 use super::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,7 +344,10 @@ pub fn pack(ids: &[u32], type_ids: &[u32], mask: &[u32], length: usize) -> Vec<f
     out
 }
 
-fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+    if fused {
+        return norm::layer_norm(x, weight, bias, eps);
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -418,35 +425,48 @@ pub fn forward(
     if config.type_vocab_size > 0 {
         e = (e + next(&mut p)?.embedding(&Tensor::from_vec(types, tokens, device)?)?)?;
     }
-    let mut hidden = layer_norm(&e, next(&mut p)?, next(&mut p)?, config.layer_norm_eps)?;
+    let mut hidden = layer_norm(&e, next(&mut p)?, next(&mut p)?, config.layer_norm_eps, fused)?;
     hidden = dropout(hidden, config.hidden_dropout, &mut rng)?;
     keep("embeddings".into(), &hidden.reshape((batch, length, h))?);
-    let mask = Tensor::from_vec(mask, (batch, length), device)?;
     // Masked keys get a large negative score, so their probability is exactly 0 after softmax.
-    let key_bias = ((mask.ones_like()? - &mask)? * -1e9)?.reshape((batch, 1, 1, length))?;
+    let key_bias_values: Arc<[f32]> = mask.iter().map(|m| (1.0 - m) * -1e9).collect();
+    let key_bias = Tensor::from_slice(&key_bias_values, (batch, 1, 1, length), device)?;
+    let mask = Tensor::from_vec(mask, (batch, length), device)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
     for layer in 0..config.num_layers {
         let mut w = || -> Result<(&Tensor, &Tensor)> { Ok((next(&mut p)?, next(&mut p)?)) };
         let (q, k, v, o, ln1, f1, f2, ln2) = (w()?, w()?, w()?, w()?, w()?, w()?, w()?, w()?);
-        let split_heads = |t: Tensor| t.reshape((batch, length, heads, head_dim))?.transpose(1, 2)?.contiguous();
-        let query = split_heads(linear(&hidden, q.0, q.1, fused)?)?;
-        let key = split_heads(linear(&hidden, k.0, k.1, fused)?)?;
-        let value = split_heads(linear(&hidden, v.0, v.1, fused)?)?;
-        let scores = (query.matmul(&key.t()?.contiguous()?)? * scale)?.broadcast_add(&key_bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        keep(format!("attentions.{layer}"), &probs);
-        let probs = dropout(probs, config.attention_dropout, &mut rng)?;
-        let context = probs.matmul(&value)?.transpose(1, 2)?.reshape((tokens, h))?;
+        let context = if fused {
+            let qkv = linear(&hidden, &Tensor::cat(&[q.0, k.0, v.0], 0)?, &Tensor::cat(&[q.1, k.1, v.1], 0)?, fused)?;
+            let dropout = match rng.as_deref_mut() {
+                Some(rng) if config.attention_dropout > 0.0 => Some(dropout_multipliers(batch * heads * length * length, config.attention_dropout, rng).into()),
+                _ => None,
+            };
+            let (context, probs) = SelfAttention { batch, length, heads, key_bias: key_bias_values.clone(), dropout }.forward(&qkv)?;
+            keep(format!("attentions.{layer}"), &probs);
+            context
+        } else {
+            let split_heads = |t: Tensor| t.reshape((batch, length, heads, head_dim))?.transpose(1, 2)?.contiguous();
+            let query = split_heads(linear(&hidden, q.0, q.1, fused)?)?;
+            let key = split_heads(linear(&hidden, k.0, k.1, fused)?)?;
+            let value = split_heads(linear(&hidden, v.0, v.1, fused)?)?;
+            let scores = (query.matmul(&key.t()?.contiguous()?)? * scale)?.broadcast_add(&key_bias)?;
+            let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+            keep(format!("attentions.{layer}"), &probs);
+            let probs = dropout(probs, config.attention_dropout, &mut rng)?;
+            probs.matmul(&value)?.transpose(1, 2)?.reshape((tokens, h))?
+        };
         let attended = dropout(linear(&context, o.0, o.1, fused)?, config.hidden_dropout, &mut rng)?;
-        let attended = layer_norm(&(attended + &hidden)?, ln1.0, ln1.1, config.layer_norm_eps)?;
+        let attended = layer_norm(&(attended + &hidden)?, ln1.0, ln1.1, config.layer_norm_eps, fused)?;
         let inner = linear(&attended, f1.0, f1.1, fused)?;
         let inner = match config.activation {
+            Activation::Gelu if fused => gelu_erf(&inner)?,
             Activation::Gelu => inner.gelu_erf()?,
             Activation::GeluTanh => inner.gelu()?,
             Activation::Relu => inner.relu()?,
         };
         let out = dropout(linear(&inner, f2.0, f2.1, fused)?, config.hidden_dropout, &mut rng)?;
-        hidden = layer_norm(&(out + &attended)?, ln2.0, ln2.1, config.layer_norm_eps)?;
+        hidden = layer_norm(&(out + &attended)?, ln2.0, ln2.1, config.layer_norm_eps, fused)?;
         keep(format!("layers.{layer}"), &hidden.reshape((batch, length, h))?);
     }
     let sequence = hidden.reshape((batch, length, h))?;

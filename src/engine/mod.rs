@@ -2,6 +2,8 @@
 //! checkpoints and export. No HTTP and no SQL: progress goes out through a callback, and a
 //! [`Control`] carries cancellation and shutdown requests in.
 
+pub mod activation;
+pub mod attention;
 pub mod bert;
 pub mod conv;
 pub mod data;

@@ -446,9 +446,14 @@ fn pool(x: &Tensor, block: &ConvBlock, fused: bool) -> Result<Tensor> {
 }
 
 pub(super) fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..h.elem_count()).map(|_| if rng.next_f32() < p { 0.0 } else { keep }).collect();
+    let mask = dropout_multipliers(h.elem_count(), p, rng);
     h.mul(&Tensor::from_vec(mask, h.shape(), h.device())?)
+}
+
+/// `n` dropout multipliers: 0 with probability `p`, else 1/(1 − p).
+pub(super) fn dropout_multipliers(n: usize, p: f32, rng: &mut Rng) -> Vec<f32> {
+    let keep = 1.0 / (1.0 - p);
+    (0..n).map(|_| if rng.next_f32() < p { 0.0 } else { keep }).collect()
 }
 
 /// Index of the largest logit per row.
