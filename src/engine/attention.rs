@@ -34,6 +34,13 @@ struct Shared(*mut f32);
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
+impl Shared {
+    /// The pointer `offset` elements on. A method, so closures capture the whole `Shared`.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `dst (m × n) = scale · lhs (m × k) · rhs (k × n)` on one thread (the callers run one product
 /// per task). Each matrix is given as (pointer, row stride, column stride).
 ///
@@ -129,9 +136,8 @@ impl CustomOp1 for SelfAttention {
                 }
                 None => &p[..],
             };
-            let context = context;
             unsafe {
-                let dst = context.0.add(sequence * length * hidden + head * head_dim);
+                let dst = context.at(sequence * length * hidden + head * head_dim);
                 product(length, head_dim, length, (dst, hidden), (weights.as_ptr(), length, 1), (q.add(2 * hidden), 3 * hidden, 1), 1.0);
             }
         });
@@ -192,12 +198,11 @@ impl CustomOp3 for AttentionGrad {
             };
             let q = qkv[sequence * length * 3 * hidden + head * head_dim..].as_ptr();
             let dc = grad_context[sequence * length * hidden + head * head_dim..].as_ptr();
-            let grad_qkv = grad_qkv;
             let mut dp = vec![0f32; block];
             // SAFETY: as in the forward; the three destination blocks (rows of `sequence`,
             // columns of `head` in the query, key and value thirds) belong to this task only.
             unsafe {
-                let dq = grad_qkv.0.add(sequence * length * 3 * hidden + head * head_dim);
+                let dq = grad_qkv.at(sequence * length * 3 * hidden + head * head_dim);
                 // dV = weightsᵀ · dC; d(weights) = dC · Vᵀ
                 product(length, head_dim, length, (dq.add(2 * hidden), 3 * hidden), (weights.as_ptr(), 1, length), (dc, hidden, 1), 1.0);
                 product(length, length, head_dim, (dp.as_mut_ptr(), length), (dc, hidden, 1), (q.add(2 * hidden), 1, 3 * hidden), 1.0);
@@ -215,7 +220,7 @@ impl CustomOp3 for AttentionGrad {
                 row.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot) * scale);
             }
             unsafe {
-                let dq = grad_qkv.0.add(sequence * length * 3 * hidden + head * head_dim);
+                let dq = grad_qkv.at(sequence * length * 3 * hidden + head * head_dim);
                 // dQ = dS · K; dK = dSᵀ · Q
                 product(length, head_dim, length, (dq, 3 * hidden), (dp.as_ptr(), length, 1), (q.add(hidden), 3 * hidden, 1), 1.0);
                 product(length, head_dim, length, (dq.add(hidden), 3 * hidden), (dp.as_ptr(), 1, length), (q, 3 * hidden, 1), 1.0);
