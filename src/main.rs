@@ -38,6 +38,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     distillery::engine::pin_thread_count();
+    distillery::engine::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Run { spec, data_dir, out, device }) => {

@@ -403,6 +403,7 @@ fn python(args: &Args) -> Result<String, String> {
 
 fn main() -> anyhow::Result<()> {
     distillery::engine::pin_thread_count();
+    distillery::engine::tune_allocator();
     let args = Args::parse();
     let device = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
