@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fastmath;
 use super::linear::contiguous_f32;
 
 #[derive(Debug, Clone)]
@@ -149,22 +150,13 @@ impl CustomOp1 for SelfAttention {
     }
 }
 
-/// In place: softmax(row + bias).
+/// In place: softmax(row + bias). Separate passes, so the exponentials vectorise.
 fn softmax_row(row: &mut [f32], bias: &[f32]) {
-    let mut max = f32::NEG_INFINITY;
-    for (s, b) in row.iter_mut().zip(bias) {
-        *s += b;
-        max = max.max(*s);
-    }
-    let mut sum = 0f32;
-    for s in row.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    let inverse = 1.0 / sum;
-    for s in row.iter_mut() {
-        *s *= inverse;
-    }
+    row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    row.iter_mut().for_each(|s| *s = fastmath::exp(*s - max));
+    let inverse = 1.0 / row.iter().sum::<f32>();
+    row.iter_mut().for_each(|s| *s *= inverse);
 }
 
 /// The gradient of the projections from the gradients of the context and the probabilities.

@@ -7,6 +7,7 @@
 //! textbook ones, checked against PyTorch and finite differences in `tests/numerics.rs`.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Linear {
@@ -109,23 +110,28 @@ impl CustomOp3 for Linear {
     fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, inputs) = x.dims2()?;
         let outputs = weight.dim(0)?;
-        // One pass gives the masked gradient, the bias gradient and the weight gradient; they
+        let grad_y = grad_y.contiguous()?;
+        // One op gives the bias and weight gradients and, with ReLU, the masked gradient; they
         // come back stacked in one buffer: weight (out·in), bias (out), masked gradient (rows·out).
-        let stacked = x.contiguous()?.apply_op3_no_bwd(y, &grad_y.contiguous()?, &LinearGrad { relu: self.relu })?;
+        let stacked = x.contiguous()?.apply_op3_no_bwd(y, &grad_y, &LinearGrad { relu: self.relu })?;
         let grad_weight = stacked.narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?;
         let grad_bias = stacked.narrow(0, outputs * inputs, outputs)?;
-        let grad_x = match self.input_grad {
-            true => Some(stacked.narrow(0, outputs * (inputs + 1), rows * outputs)?.reshape((rows, outputs))?.matmul(weight)?),
-            false => None,
+        let grad_x = match (self.input_grad, self.relu) {
+            (false, _) => None,
+            (true, true) => Some(stacked.narrow(0, outputs * (inputs + 1), rows * outputs)?.reshape((rows, outputs))?.matmul(weight)?),
+            (true, false) => Some(grad_y.matmul(weight)?),
         };
         Ok((grad_x, Some(grad_weight), Some(grad_bias)))
     }
 }
 
-/// The backward of `Linear` but for the input gradient: ReLU's mask (PyTorch: 0 at 0), the bias
-/// gradient (column sums) and the weight gradient (maskedᵀ·x, one gemm reading the masked
-/// gradient transposed in place). Built from candle's ops these were three passes over the
-/// gradient, a slow reduction along rows and a transposed copy.
+/// Rows per parallel task in the backward's passes over the gradient.
+const ROWS_PER_TASK: usize = 64;
+
+/// The backward of `Linear` but for the input gradient: with ReLU, its mask (PyTorch: 0 at 0);
+/// the bias gradient (column sums, rows in parallel); and the weight gradient (gradientᵀ·x, one
+/// gemm reading the gradient transposed in place). Built from candle's ops these were three
+/// passes over the gradient, a slow reduction along rows and a transposed copy.
 struct LinearGrad {
     relu: bool,
 }
@@ -141,24 +147,44 @@ impl CustomOp3 for LinearGrad {
         let x = contiguous_f32(xs, xl, "fused linear grad: the input")?;
         let y = contiguous_f32(ys, yl, "fused linear grad: the output")?;
         let g = contiguous_f32(gs, gl, "fused linear grad: the gradient")?;
-        let mut out = vec![0f32; outputs * inputs + outputs + rows * outputs];
+        let masked_len = if self.relu { rows * outputs } else { 0 };
+        let mut out = vec![0f32; outputs * inputs + outputs + masked_len];
         let (weight_grad, rest) = out.split_at_mut(outputs * inputs);
         let (bias_grad, masked) = rest.split_at_mut(outputs);
-        let mut sums = vec![0f64; outputs];
-        for ((m, &gv), &yv) in masked.iter_mut().zip(g).zip(y) {
-            *m = if self.relu && yv <= 0.0 { 0.0 } else { gv };
-        }
-        for row in masked.chunks_exact(outputs) {
-            for (s, &v) in sums.iter_mut().zip(row) {
-                *s += v as f64;
+        let chunk = ROWS_PER_TASK * outputs;
+        let column_sums = |rows: &[f32]| {
+            let mut sums = vec![0f64; outputs];
+            for row in rows.chunks_exact(outputs) {
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
             }
-        }
+            sums
+        };
+        let add = |mut a: Vec<f64>, b: Vec<f64>| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        };
+        let sums = if self.relu {
+            masked
+                .par_chunks_mut(chunk)
+                .zip(g.par_chunks(chunk))
+                .zip(y.par_chunks(chunk))
+                .map(|((m, g), y)| {
+                    for ((m, &gv), &yv) in m.iter_mut().zip(g).zip(y) {
+                        *m = if yv <= 0.0 { 0.0 } else { gv };
+                    }
+                    column_sums(m)
+                })
+                .reduce(|| vec![0f64; outputs], add)
+        } else {
+            g.par_chunks(chunk).map(column_sums).reduce(|| vec![0f64; outputs], add)
+        };
         for (b, s) in bias_grad.iter_mut().zip(&sums) {
             *b = *s as f32;
         }
+        let gradient = if self.relu { &masked[..] } else { g };
         let parallelism = gemm_parallelism();
         // SAFETY: `weight_grad` holds out×in values written row-major; the left operand is the
-        // rows×out `masked` read transposed (row o, column r at r·out + o), the right one the
+        // rows×out `gradient` read transposed (row o, column r at r·out + o), the right one the
         // rows×in `x` row-major, so every address stays inside its buffer.
         unsafe {
             gemm::gemm(
@@ -169,7 +195,7 @@ impl CustomOp3 for LinearGrad {
                 1,
                 inputs as isize,
                 false,
-                masked.as_ptr(),
+                gradient.as_ptr(),
                 outputs as isize,
                 1,
                 x.as_ptr(),
@@ -183,6 +209,6 @@ impl CustomOp3 for LinearGrad {
                 parallelism,
             );
         }
-        Ok((CpuStorage::F32(out), Shape::from(outputs * inputs + outputs + rows * outputs)))
+        Ok((CpuStorage::F32(out), Shape::from(outputs * inputs + outputs + masked_len)))
     }
 }

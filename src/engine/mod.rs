@@ -7,6 +7,7 @@ pub mod attention;
 pub mod bert;
 pub mod conv;
 pub mod data;
+pub mod fastmath;
 pub mod files;
 pub mod linear;
 pub mod loss;
