@@ -61,6 +61,9 @@ struct Args {
     /// and classifier input in training (the teacher runs in evaluation mode), on both sides.
     #[arg(long, default_value_t = 0.1)]
     dropout: f32,
+    /// Run only the engine's variant (for profiling it, or for quicker rounds).
+    #[arg(long)]
+    engine_only: bool,
 }
 
 impl Args {
@@ -409,7 +412,10 @@ fn main() -> anyhow::Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let (steps, batch) = (args.steps(), args.batch());
     let setup = args.model.setup(args.dropout);
-    let variants = variants(&setup);
+    let variants = match args.engine_only {
+        true => variants(&setup)[2..].to_vec(),
+        false => variants(&setup).to_vec(),
+    };
     let flops = step_flops(&setup, batch);
     let peak = sgemm_peak(&device)?;
     let python = if args.no_torch { None } else { Some(python(&args).map_err(anyhow::Error::msg)?) };
