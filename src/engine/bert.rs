@@ -344,14 +344,20 @@ pub fn pack(ids: &[u32], type_ids: &[u32], mask: &[u32], length: usize) -> Vec<f
     out
 }
 
-fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, fused: bool) -> Result<Tensor> {
+/// LayerNorm(dropout(x) + residual), with dropout probability `p` (in training).
+fn add_norm(x: Tensor, residual: &Tensor, norm: (&Tensor, &Tensor), eps: f64, p: f32, rng: &mut Option<&mut Rng>, fused: bool) -> Result<Tensor> {
     if fused {
-        return norm::layer_norm(x, weight, bias, eps);
+        let dropout = match rng.as_deref_mut() {
+            Some(rng) if p > 0.0 => Some(dropout_multipliers(x.elem_count(), p, rng)),
+            _ => None,
+        };
+        return norm::add_layer_norm(&x, residual, norm.0, norm.1, eps, dropout);
     }
+    let x = (dropout(x, p, rng)? + residual)?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    centred.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(weight)?.broadcast_add(bias)
+    centred.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(norm.0)?.broadcast_add(norm.1)
 }
 
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, fused: bool) -> Result<Tensor> {
@@ -420,12 +426,13 @@ pub fn forward(
     let mut p = params.iter();
     let tokens = batch * length;
     let (word, position) = (next(&mut p)?, next(&mut p)?);
-    let mut e = word.embedding(&Tensor::from_vec(ids, tokens, device)?)?;
-    e = (e + position.embedding(&Tensor::from_vec(positions, tokens, device)?)?)?;
+    let words = word.embedding(&Tensor::from_vec(ids, tokens, device)?)?;
+    let mut rest = position.embedding(&Tensor::from_vec(positions, tokens, device)?)?;
     if config.type_vocab_size > 0 {
-        e = (e + next(&mut p)?.embedding(&Tensor::from_vec(types, tokens, device)?)?)?;
+        rest = (rest + next(&mut p)?.embedding(&Tensor::from_vec(types, tokens, device)?)?)?;
     }
-    let mut hidden = layer_norm(&e, next(&mut p)?, next(&mut p)?, config.layer_norm_eps, fused)?;
+    let eps = config.layer_norm_eps;
+    let mut hidden = add_norm(words, &rest, (next(&mut p)?, next(&mut p)?), eps, 0.0, &mut rng, fused)?;
     hidden = dropout(hidden, config.hidden_dropout, &mut rng)?;
     keep("embeddings".into(), &hidden.reshape((batch, length, h))?);
     // Masked keys get a large negative score, so their probability is exactly 0 after softmax.
@@ -456,8 +463,7 @@ pub fn forward(
             let probs = dropout(probs, config.attention_dropout, &mut rng)?;
             probs.matmul(&value)?.transpose(1, 2)?.reshape((tokens, h))?
         };
-        let attended = dropout(linear(&context, o.0, o.1, fused)?, config.hidden_dropout, &mut rng)?;
-        let attended = layer_norm(&(attended + &hidden)?, ln1.0, ln1.1, config.layer_norm_eps, fused)?;
+        let attended = add_norm(linear(&context, o.0, o.1, fused)?, &hidden, ln1, eps, config.hidden_dropout, &mut rng, fused)?;
         let inner = linear(&attended, f1.0, f1.1, fused)?;
         let inner = match config.activation {
             Activation::Gelu if fused => gelu_erf(&inner)?,
@@ -465,8 +471,7 @@ pub fn forward(
             Activation::GeluTanh => inner.gelu()?,
             Activation::Relu => inner.relu()?,
         };
-        let out = dropout(linear(&inner, f2.0, f2.1, fused)?, config.hidden_dropout, &mut rng)?;
-        hidden = layer_norm(&(out + &attended)?, ln2.0, ln2.1, config.layer_norm_eps, fused)?;
+        hidden = add_norm(linear(&inner, f2.0, f2.1, fused)?, &attended, ln2, eps, config.hidden_dropout, &mut rng, fused)?;
         keep(format!("layers.{layer}"), &hidden.reshape((batch, length, h))?);
     }
     let sequence = hidden.reshape((batch, length, h))?;

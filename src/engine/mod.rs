@@ -193,12 +193,13 @@ pub fn pin_thread_count() {
     }
 }
 
-/// How long mimalloc keeps freed memory before handing it back to the OS, in ms. Its default,
-/// 1 s, is about one transformer training step: each step freed hundreds of MB of activations,
-/// mimalloc returned them, and the next step faulted them in again with the kernel zeroing
-/// every page (18% of the samples of a `bench --model bert` profile, 5% after this). Ten
-/// seconds still returns a finished job's memory soon after it ends.
-const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+/// mimalloc's purge delay: −1, freed memory stays in the process for reuse. By default mimalloc
+/// hands memory unused for 1 s back to the OS, about one transformer training step: each step
+/// freed hundreds of MB of activations and the next faulted them in again, the kernel zeroing
+/// every page (18% of the samples of a `bench --model bert` profile). A 10 s delay still left
+/// 290 huge-page faults a step (`perf stat`); −1 leaves none. The price: the process keeps the
+/// peak memory of its largest job for the next one, as PyTorch's CUDA caching allocator does.
+const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = -1;
 
 /// mimalloc's `mi_option_purge_delay` (its position in `mi_option_t`, mimalloc.h v3); the Rust
 /// bindings name no constant for it.

@@ -453,7 +453,10 @@ pub(super) fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> 
 /// `n` dropout multipliers: 0 with probability `p`, else 1/(1 − p).
 pub(super) fn dropout_multipliers(n: usize, p: f32, rng: &mut Rng) -> Vec<f32> {
     let keep = 1.0 / (1.0 - p);
-    (0..n).map(|_| if rng.next_f32() < p { 0.0 } else { keep }).collect()
+    let mut mask = vec![0f32; n];
+    rng.fill_unit(&mut mask);
+    mask.iter_mut().for_each(|u| *u = if *u < p { 0.0 } else { keep });
+    mask
 }
 
 /// Index of the largest logit per row.

@@ -1,4 +1,4 @@
-//! Batch norm and layer norm for the CPU, each as a pass or two over the map instead of a dozen.
+//! Batch norm and (add +) layer norm for the CPU, each a pass or two over the map instead of a dozen.
 //!
 //! Built from candle's ops, batch norm over a 128 × 28 × 28 × 32 map took longer than the
 //! convolution before it: each op is a full pass, and its reductions run along the slow axis.
@@ -6,6 +6,8 @@
 //! closed form (one pass for the two sums, one for the input gradient).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use super::linear::contiguous_f32;
@@ -128,17 +130,30 @@ pub fn batch_norm_train(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> 
 /// Rows per parallel task in the layer-norm passes.
 const ROWS_PER_TASK: usize = 32;
 
-/// Layer norm over the last axis, as one pass forward and one backward (rows in parallel).
-/// Composed of candle's ops it was eight passes with fresh outputs, and twice that backward.
-pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+/// LayerNorm(x ⊙ dropout + residual) over the last axis: a transformer sublayer's output, its
+/// dropout, the residual connection and the norm as one op, one pass forward and one backward
+/// (rows in parallel). Composed of candle's ops this was ten passes with fresh outputs, and
+/// twice that backward. `dropout`: multipliers (0 or 1/(1 − p)) for `x`, one per element.
+pub fn add_layer_norm(x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, dropout: Option<Vec<f32>>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let width = gamma.elem_count();
-    let rows = x.reshape(((), width))?.contiguous()?;
-    rows.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNorm { eps: eps as f32 })?.reshape(dims)
+    let (x, residual) = (x.reshape(((), width))?.contiguous()?, residual.reshape(((), width))?.contiguous()?);
+    let affine = Tensor::cat(&[gamma, beta], 0)?;
+    let op = AddLayerNorm { eps: eps as f32, dropout: dropout.map(Arc::from) };
+    x.apply_op3(&residual, &affine, op)?.reshape(dims)
 }
 
-struct LayerNorm {
+struct AddLayerNorm {
     eps: f32,
+    dropout: Option<Arc<[f32]>>,
+}
+
+/// One row of x ⊙ dropout + residual.
+fn row_sum(x: &[f32], residual: &[f32], dropout: Option<&[f32]>, out: &mut [f32]) {
+    match dropout {
+        Some(mask) => out.iter_mut().zip(x).zip(residual).zip(mask).for_each(|(((o, x), r), m)| *o = x * m + r),
+        None => out.iter_mut().zip(x).zip(residual).for_each(|((o, x), r)| *o = x + r),
+    }
 }
 
 /// The mean and 1/√(variance + ε) of one row.
@@ -149,67 +164,97 @@ fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (variance + eps).sqrt())
 }
 
-impl CustomOp3 for LayerNorm {
+impl AddLayerNorm {
+    fn mask_rows(&self, task: usize, width: usize) -> Option<&[f32]> {
+        let chunk = width * ROWS_PER_TASK;
+        self.dropout.as_deref().map(|m| &m[task * chunk..((task + 1) * chunk).min(m.len())])
+    }
+}
+
+impl CustomOp3 for AddLayerNorm {
     fn name(&self) -> &'static str {
-        "layer-norm"
+        "add-layer-norm"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, rs: &CpuStorage, rl: &Layout, a_s: &CpuStorage, al: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, "layer norm: the input")?;
-        let gamma = contiguous_f32(gs, gl, "layer norm: the weight")?;
-        let beta = contiguous_f32(bs, bl, "layer norm: the bias")?;
-        let width = gamma.len();
+        let residual = contiguous_f32(rs, rl, "layer norm: the residual")?;
+        let affine = contiguous_f32(a_s, al, "layer norm: the weight and bias")?;
+        let width = affine.len() / 2;
+        let (gamma, beta) = affine.split_at(width);
+        let chunk = width * ROWS_PER_TASK;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(width * ROWS_PER_TASK).zip(x.par_chunks(width * ROWS_PER_TASK)).for_each(|(y, x)| {
-            for (y, x) in y.chunks_exact_mut(width).zip(x.chunks_exact(width)) {
-                let (mean, inv_std) = row_statistics(x, self.eps);
-                for (((y, x), g), b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-                    *y = (x - mean) * inv_std * g + b;
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(residual.par_chunks(chunk)).enumerate().for_each(|(task, ((y, x), residual))| {
+            let mask = self.mask_rows(task, width);
+            for (row, y) in y.chunks_exact_mut(width).enumerate() {
+                let range = row * width..(row + 1) * width;
+                row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), y);
+                let (mean, inv_std) = row_statistics(y, self.eps);
+                for ((y, g), b) in y.iter_mut().zip(gamma).zip(beta) {
+                    *y = (*y - mean) * inv_std * g + b;
                 }
             }
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let stacked = x.apply_op3_no_bwd(gamma, &grad_y.contiguous()?, &LayerNormGrad { eps: self.eps })?;
-        let rows = x.dim(0)?;
-        Ok((Some(stacked.narrow(0, 0, rows)?), Some(stacked.get(rows)?), Some(stacked.get(rows + 1)?)))
+    fn bwd(&self, x: &Tensor, residual: &Tensor, affine: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, width) = x.dims2()?;
+        let grad = AddLayerNormGrad { eps: self.eps, dropout: self.dropout.clone(), gamma: affine.narrow(0, 0, width)?.to_vec1()? };
+        let stacked = x.apply_op3_no_bwd(residual, &grad_y.contiguous()?, &grad)?;
+        let grad_sum = stacked.narrow(0, 0, rows)?;
+        let grad_x = match self.dropout {
+            Some(_) => stacked.narrow(0, rows, rows)?,
+            None => grad_sum.clone(),
+        };
+        let grad_affine = stacked.narrow(0, stacked.dim(0)? - 2, 2)?.flatten_all()?;
+        Ok((Some(grad_x), Some(grad_sum), Some(grad_affine)))
     }
 }
 
-/// The input, γ and β gradients of `LayerNorm` stacked as rows × width, then γ, then β.
-struct LayerNormGrad {
+/// The gradients of `AddLayerNorm` stacked as rows × width: the sum's (the residual's), with
+/// dropout the input's, then γ's and β's rows.
+struct AddLayerNormGrad {
     eps: f32,
+    dropout: Option<Arc<[f32]>>,
+    gamma: Vec<f32>,
 }
 
-impl CustomOp3 for LayerNormGrad {
+impl CustomOp3 for AddLayerNormGrad {
     fn name(&self) -> &'static str {
-        "layer-norm-grad"
+        "add-layer-norm-grad"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, rs: &CpuStorage, rl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, "layer norm grad: the input")?;
-        let gamma = contiguous_f32(gs, gl, "layer norm grad: the weight")?;
+        let residual = contiguous_f32(rs, rl, "layer norm grad: the residual")?;
         let dy = contiguous_f32(ds, dl, "layer norm grad: the gradient")?;
-        let width = gamma.len();
+        let (gamma, width) = (&self.gamma, self.gamma.len());
         let rows = x.len() / width;
-        let mut out = vec![0f32; x.len() + 2 * width];
-        let (dx, parameter_grads) = out.split_at_mut(x.len());
+        let masked_rows = if self.dropout.is_some() { rows } else { 0 };
+        let mut out = vec![0f32; (rows + masked_rows + 2) * width];
+        let (grad_sum, rest) = out.split_at_mut(x.len());
+        let (grad_x, parameter_grads) = rest.split_at_mut(masked_rows * width);
         let chunk = width * ROWS_PER_TASK;
-        // Per task: the rows' input gradients, and partial sums of dy·x̂ (γ) and dy (β).
-        let sums = dx
+        // Per task: the rows' gradients, and partial sums of dy·x̂ (γ) and dy (β).
+        let sums = grad_sum
             .par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
+            .zip(residual.par_chunks(chunk))
             .zip(dy.par_chunks(chunk))
-            .map(|((dx, x), dy)| {
+            .enumerate()
+            .map(|(task, (((grad_sum, x), residual), dy))| {
+                let mask = self.dropout.as_deref().map(|m| &m[task * chunk..((task + 1) * chunk).min(m.len())]);
                 let mut sums = vec![0f32; 2 * width];
                 let mut xhat = vec![0f32; width];
-                for ((dx, x), dy) in dx.chunks_exact_mut(width).zip(x.chunks_exact(width)).zip(dy.chunks_exact(width)) {
-                    let (mean, inv_std) = row_statistics(x, self.eps);
+                for (row, grad_sum) in grad_sum.chunks_exact_mut(width).enumerate() {
+                    let range = row * width..(row + 1) * width;
+                    let dy = &dy[range.clone()];
+                    row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), &mut xhat);
+                    let (mean, inv_std) = row_statistics(&xhat, self.eps);
                     let (mut mean_g, mut mean_g_xhat) = (0f32, 0f32);
                     for (j, h) in xhat.iter_mut().enumerate() {
-                        *h = (x[j] - mean) * inv_std;
+                        *h = (*h - mean) * inv_std;
                         let g = dy[j] * gamma[j];
                         mean_g += g;
                         mean_g_xhat += g * *h;
@@ -218,7 +263,7 @@ impl CustomOp3 for LayerNormGrad {
                     }
                     mean_g /= width as f32;
                     mean_g_xhat /= width as f32;
-                    for (j, d) in dx.iter_mut().enumerate() {
+                    for (j, d) in grad_sum.iter_mut().enumerate() {
                         *d = inv_std * (dy[j] * gamma[j] - mean_g - xhat[j] * mean_g_xhat);
                     }
                 }
@@ -231,8 +276,13 @@ impl CustomOp3 for LayerNormGrad {
                     a
                 },
             );
+        if let Some(mask) = &self.dropout {
+            grad_x.par_chunks_mut(chunk).zip(grad_sum.par_chunks(chunk)).zip(mask.par_chunks(chunk)).for_each(|((gx, gs), m)| {
+                gx.iter_mut().zip(gs).zip(m).for_each(|((gx, gs), m)| *gx = gs * m);
+            });
+        }
         parameter_grads.copy_from_slice(&sums);
-        Ok((CpuStorage::F32(out), Shape::from((rows + 2, width))))
+        Ok((CpuStorage::F32(out), Shape::from((rows + masked_rows + 2, width))))
     }
 }
 
@@ -241,29 +291,38 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     use super::*;
+    use crate::engine::model::dropout_multipliers;
     use crate::engine::rng::Rng;
 
     #[test]
-    fn layer_norm_matches_the_composed_one_and_its_gradients() {
+    fn add_layer_norm_matches_the_composed_one_and_its_gradients() {
         let mut rng = Rng::new(5);
         let (rows, width) = (70, 12);
-        let mut random = |n: usize, shift: f32| -> Var { Var::from_vec((0..n).map(|_| rng.normal(1.0) + shift).collect(), n, &Device::Cpu).unwrap() };
-        let x = random(rows * width, 3.0);
+        let mut random = |n: usize, shift: f32| -> Var { Var::from_vec((0..n).map(|_| rng.normal(1.0) + shift).collect(), (n / width, width), &Device::Cpu).unwrap() };
+        let (x, residual) = (random(rows * width, 3.0), random(rows * width, -1.0));
         let (gamma, beta) = (random(width, 1.0), random(width, 0.0));
-        let x2 = x.as_tensor().reshape((rows, width)).unwrap();
-        let ours = layer_norm(&x2, &gamma, &beta, 1e-5).unwrap();
-        let mean = x2.mean_keepdim(D::Minus1).unwrap();
-        let centred = x2.broadcast_sub(&mean).unwrap();
-        let variance = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-        let want = centred.broadcast_div(&(variance + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&gamma).unwrap().broadcast_add(&beta).unwrap();
-        let difference = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(difference(&ours, &want) < 1e-5);
-        let weights = Tensor::from_vec((0..rows * width).map(|i| ((i * 7) % 11) as f32 - 5.0).collect::<Vec<f32>>(), (rows, width), &Device::Cpu).unwrap();
-        let ours = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let want = want.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-        for var in [&x, &gamma, &beta] {
-            let (a, b) = (ours.get(var.as_tensor()).unwrap(), want.get(var.as_tensor()).unwrap());
-            assert!(difference(a, b) < 1e-4, "gradients differ by {}", difference(a, b));
+        let (gamma_row, beta_row) = (gamma.as_tensor().flatten_all().unwrap(), beta.as_tensor().flatten_all().unwrap());
+        let mask = dropout_multipliers(rows * width, 0.25, &mut Rng::new(8));
+        for dropout in [None, Some(mask)] {
+            let ours = add_layer_norm(&x, &residual, &gamma_row, &beta_row, 1e-5, dropout.clone()).unwrap();
+            let dropped = match &dropout {
+                Some(m) => x.as_tensor().mul(&Tensor::from_slice(m, (rows, width), &Device::Cpu).unwrap()).unwrap(),
+                None => x.as_tensor().clone(),
+            };
+            let sum = (dropped + residual.as_tensor()).unwrap();
+            let mean = sum.mean_keepdim(D::Minus1).unwrap();
+            let centred = sum.broadcast_sub(&mean).unwrap();
+            let variance = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let want = centred.broadcast_div(&(variance + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&gamma_row).unwrap().broadcast_add(&beta_row).unwrap();
+            let difference = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(difference(&ours, &want) < 1e-5);
+            let weights = Tensor::from_vec((0..rows * width).map(|i| ((i * 7) % 11) as f32 - 5.0).collect::<Vec<f32>>(), (rows, width), &Device::Cpu).unwrap();
+            let ours = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            let want = want.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
+            for var in [&x, &residual, &gamma, &beta] {
+                let (a, b) = (ours.get(var.as_tensor()).unwrap(), want.get(var.as_tensor()).unwrap());
+                assert!(difference(a, b) < 1e-4, "gradients differ by {}", difference(a, b));
+            }
         }
     }
 }

@@ -1,6 +1,21 @@
 //! A small seeded generator. candle's CPU generator cannot be seeded, so weights, data order and
 //! dropout masks all come from here, which makes runs reproducible and resumable.
 
+use rayon::prelude::*;
+
+/// SplitMix64's increment: the state after n numbers is the seed plus n of these.
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn to_unit(bits: u64) -> f32 {
+    (bits >> 40) as f32 / (1u64 << 24) as f32
+}
+
 /// SplitMix64: tiny state, good statistical quality for initialisation and shuffling.
 #[derive(Debug, Clone)]
 pub struct Rng {
@@ -24,16 +39,29 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.state = self.state.wrapping_add(GAMMA);
+        mix(self.state)
     }
 
     /// Uniform in [0, 1).
     pub fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        to_unit(self.next_u64())
+    }
+
+    /// Fills `out` with the next `out.len()` numbers of `next_f32`, in parallel: SplitMix64's
+    /// i-th number depends only on the state and i, so the chunks need not wait for each other
+    /// (dropout draws millions a transformer step).
+    pub fn fill_unit(&mut self, out: &mut [f32]) {
+        const CHUNK: usize = 64 * 1024;
+        let start = self.state;
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, values)| {
+            let mut state = start.wrapping_add(GAMMA.wrapping_mul((chunk * CHUNK) as u64));
+            for v in values {
+                state = state.wrapping_add(GAMMA);
+                *v = to_unit(mix(state));
+            }
+        });
+        self.state = start.wrapping_add(GAMMA.wrapping_mul(out.len() as u64));
     }
 
     pub fn uniform(&mut self, low: f32, high: f32) -> f32 {
@@ -94,6 +122,16 @@ mod tests {
             assert!(r.below(10) < 10);
         }
         assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
+    }
+
+    #[test]
+    fn fill_unit_draws_what_next_f32_would() {
+        let (mut a, mut b) = (Rng::new(9), Rng::new(9));
+        let mut filled = vec![0f32; 200_001];
+        a.fill_unit(&mut filled);
+        let drawn: Vec<f32> = (0..filled.len()).map(|_| b.next_f32()).collect();
+        assert_eq!(filled, drawn);
+        assert_eq!(a.next_u64(), b.next_u64());
     }
 
     #[test]
