@@ -36,11 +36,25 @@ impl Window {
         self.kernel * self.kernel * self.c
     }
 
-    /// For output pixel (oy, ox) and kernel offset (ky, kx): the input pixel, or None in the padding.
-    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-        let y = (oy * self.stride + ky).checked_sub(self.padding)?;
-        let x = (ox * self.stride + kx).checked_sub(self.padding)?;
-        (y < self.h && x < self.w).then_some((y, x))
+    /// The kernel offsets that land inside an input axis of `size` pixels for output coordinate
+    /// `o`, as a range. Consecutive offsets read consecutive input pixels (the stride applies to
+    /// `o` only), so a kernel row inside the image is one contiguous span of its row.
+    fn inside(&self, o: usize, size: usize) -> std::ops::Range<usize> {
+        let origin = o * self.stride;
+        let start = self.padding.saturating_sub(origin);
+        let end = (size + self.padding).saturating_sub(origin).min(self.kernel);
+        start..end.max(start)
+    }
+
+    /// For each kernel row inside the image at output pixel (oy, ox): the offset of its span in
+    /// an im2col row, the offset in the image, and the span's length (in values).
+    fn spans(&self, oy: usize, ox: usize) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let columns = self.inside(ox, self.w);
+        let len = columns.len() * self.c;
+        self.inside(oy, self.h).filter(move |_| len > 0).map(move |ky| {
+            let (y, x) = (oy * self.stride + ky - self.padding, ox * self.stride + columns.start - self.padding);
+            ((ky * self.kernel + columns.start) * self.c, (y * self.w + x) * self.c, len)
+        })
     }
 }
 
@@ -64,15 +78,8 @@ impl CustomOp1 for Im2col {
         out.par_chunks_mut(oh * ow * cols).enumerate().for_each(|(n, image_rows)| {
             let image = &x[n * g.h * g.w * g.c..(n + 1) * g.h * g.w * g.c];
             for (r, row) in image_rows.chunks_exact_mut(cols).enumerate() {
-                let (oy, ox) = (r / ow, r % ow);
-                for ky in 0..g.kernel {
-                    for kx in 0..g.kernel {
-                        if let Some((y, xx)) = g.source(oy, ox, ky, kx) {
-                            let at = (ky * g.kernel + kx) * g.c;
-                            let from = (y * g.w + xx) * g.c;
-                            row[at..at + g.c].copy_from_slice(&image[from..from + g.c]);
-                        }
-                    }
+                for (at, from, len) in g.spans(r / ow, r % ow) {
+                    row[at..at + len].copy_from_slice(&image[from..from + len]);
                 }
             }
         });
@@ -97,17 +104,8 @@ impl CustomOp1 for Col2im {
         out.par_chunks_mut(g.h * g.w * g.c).enumerate().for_each(|(n, image)| {
             let rows = &cols[n * oh * ow * width..(n + 1) * oh * ow * width];
             for (r, row) in rows.chunks_exact(width).enumerate() {
-                let (oy, ox) = (r / ow, r % ow);
-                for ky in 0..g.kernel {
-                    for kx in 0..g.kernel {
-                        if let Some((y, xx)) = g.source(oy, ox, ky, kx) {
-                            let at = (ky * g.kernel + kx) * g.c;
-                            let to = (y * g.w + xx) * g.c;
-                            for (o, v) in image[to..to + g.c].iter_mut().zip(&row[at..at + g.c]) {
-                                *o += v;
-                            }
-                        }
-                    }
+                for (at, to, len) in g.spans(r / ow, r % ow) {
+                    image[to..to + len].iter_mut().zip(&row[at..at + len]).for_each(|(o, v)| *o += v);
                 }
             }
         });
@@ -243,9 +241,10 @@ mod tests {
     #[test]
     fn matches_candle_conv2d() {
         let dev = Device::Cpu;
-        for (stride, padding) in [(1, 0), (1, 1), (2, 1)] {
-            let x = Var::randn(0f32, 1.0, (2, 7, 9, 3), &dev).unwrap();
-            let wt = Var::randn(0f32, 1.0, (4, 3, 3, 3), &dev).unwrap();
+        // The last case is LeNet's first layer: one channel, 5×5, padding 2.
+        for (kernel, channels, stride, padding) in [(3, 3, 1, 0), (3, 3, 1, 1), (3, 3, 2, 1), (5, 1, 1, 2)] {
+            let x = Var::randn(0f32, 1.0, (2, 7, 9, channels), &dev).unwrap();
+            let wt = Var::randn(0f32, 1.0, (4, channels, kernel, kernel), &dev).unwrap();
             let b = Var::randn(0f32, 1.0, 4, &dev).unwrap();
             let ours = conv2d(x.as_tensor(), &wt, &b, stride, padding, false).unwrap();
             let theirs = x
