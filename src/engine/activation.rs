@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath;
+use super::fastmath::{self, vectorised};
 use super::linear::contiguous_f32;
 
 /// Elements per parallel task.
@@ -20,6 +20,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Φ(x) and the density φ(x).
+#[inline(always)]
 fn normal_cdf_pdf(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_8, -1.453_152, 1.061_405_4];
@@ -44,9 +45,11 @@ impl CustomOp1 for Gelu {
         let x = contiguous_f32(storage, layout, "gelu: the input")?;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * normal_cdf_pdf(x).0;
-            }
+            vectorised(|| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * normal_cdf_pdf(x).0;
+                }
+            })
         });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
@@ -69,10 +72,12 @@ impl CustomOp2 for GeluGrad {
         let dy = contiguous_f32(gs, gl, "gelu grad: the gradient")?;
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
-            for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                let (cdf, pdf) = normal_cdf_pdf(x);
-                *dx = dy * (cdf + x * pdf);
-            }
+            vectorised(|| {
+                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+                    let (cdf, pdf) = normal_cdf_pdf(x);
+                    *dx = dy * (cdf + x * pdf);
+                }
+            })
         });
         Ok((CpuStorage::F32(dx), xl.shape().clone()))
     }

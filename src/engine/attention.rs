@@ -126,9 +126,7 @@ impl CustomOp1 for SelfAttention {
                 product(length, length, head_dim, (p.as_mut_ptr(), length), (q, 3 * hidden, 1), (q.add(hidden), 1, 3 * hidden), scale);
             }
             let bias = &self.key_bias[sequence * length..(sequence + 1) * length];
-            for row in p.chunks_exact_mut(length) {
-                softmax_row(row, bias);
-            }
+            fastmath::vectorised(|| p.chunks_exact_mut(length).for_each(|row| softmax_row(row, bias)));
             let kept;
             let weights = match &self.dropout {
                 Some(mask) => {
@@ -151,6 +149,7 @@ impl CustomOp1 for SelfAttention {
 }
 
 /// In place: softmax(row + bias). Separate passes, so the exponentials vectorise.
+#[inline(always)]
 fn softmax_row(row: &mut [f32], bias: &[f32]) {
     row.iter_mut().zip(bias).for_each(|(s, b)| *s += b);
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
@@ -200,7 +199,7 @@ impl CustomOp3 for AttentionGrad {
                 product(length, length, head_dim, (dp.as_mut_ptr(), length), (dc, hidden, 1), (q.add(2 * hidden), 1, 3 * hidden), 1.0);
             }
             let direct = &grad_probs[task * block..(task + 1) * block];
-            for (i, row) in dp.chunks_exact_mut(length).enumerate() {
+            fastmath::vectorised(|| for (i, row) in dp.chunks_exact_mut(length).enumerate() {
                 let range = i * length..(i + 1) * length;
                 let p = &p[range.clone()];
                 if let Some(mask) = mask {
@@ -210,7 +209,7 @@ impl CustomOp3 for AttentionGrad {
                 // softmax: dS = P ⊙ (dP − Σ dP ⊙ P), times the score scale.
                 let dot: f32 = row.iter().zip(p).map(|(d, p)| d * p).sum();
                 row.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot) * scale);
-            }
+            });
             unsafe {
                 let dq = grad_qkv.at(sequence * length * 3 * hidden + head * head_dim);
                 // dQ = dS · K; dK = dSᵀ · Q

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::fastmath::vectorised;
 use super::linear::contiguous_f32;
 
 /// Per-channel mean and biased variance of a rows × channels matrix, accumulated in f64.
@@ -149,6 +150,7 @@ struct AddLayerNorm {
 }
 
 /// One row of x ⊙ dropout + residual.
+#[inline(always)]
 fn row_sum(x: &[f32], residual: &[f32], dropout: Option<&[f32]>, out: &mut [f32]) {
     match dropout {
         Some(mask) => out.iter_mut().zip(x).zip(residual).zip(mask).for_each(|(((o, x), r), m)| *o = x * m + r),
@@ -157,6 +159,7 @@ fn row_sum(x: &[f32], residual: &[f32], dropout: Option<&[f32]>, out: &mut [f32]
 }
 
 /// The mean and 1/√(variance + ε) of one row.
+#[inline(always)]
 fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = row.iter().sum::<f32>() / n;
@@ -186,14 +189,14 @@ impl CustomOp3 for AddLayerNorm {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(residual.par_chunks(chunk)).enumerate().for_each(|(task, ((y, x), residual))| {
             let mask = self.mask_rows(task, width);
-            for (row, y) in y.chunks_exact_mut(width).enumerate() {
+            vectorised(|| for (row, y) in y.chunks_exact_mut(width).enumerate() {
                 let range = row * width..(row + 1) * width;
                 row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), y);
                 let (mean, inv_std) = row_statistics(y, self.eps);
                 for ((y, g), b) in y.iter_mut().zip(gamma).zip(beta) {
                     *y = (*y - mean) * inv_std * g + b;
                 }
-            }
+            })
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -247,7 +250,7 @@ impl CustomOp3 for AddLayerNormGrad {
                 let mask = self.dropout.as_deref().map(|m| &m[task * chunk..((task + 1) * chunk).min(m.len())]);
                 let mut sums = vec![0f32; 2 * width];
                 let mut xhat = vec![0f32; width];
-                for (row, grad_sum) in grad_sum.chunks_exact_mut(width).enumerate() {
+                vectorised(|| for (row, grad_sum) in grad_sum.chunks_exact_mut(width).enumerate() {
                     let range = row * width..(row + 1) * width;
                     let dy = &dy[range.clone()];
                     row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), &mut xhat);
@@ -266,7 +269,7 @@ impl CustomOp3 for AddLayerNormGrad {
                     for (j, d) in grad_sum.iter_mut().enumerate() {
                         *d = inv_std * (dy[j] * gamma[j] - mean_g - xhat[j] * mean_g_xhat);
                     }
-                }
+                });
                 sums
             })
             .reduce(
