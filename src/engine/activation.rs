@@ -1,22 +1,28 @@
-//! Exact (erf) GELU for the CPU as one pass forward and one backward.
+//! gelu(x·Wᵀ + b), exact (erf) GELU, as one op for the CPU: the fused linear's forward with the
+//! activation applied in a second pass, and a backward that turns the gradient into the
+//! pre-activation's in one pass before the linear's own gradients.
 //!
-//! candle's `gelu_erf` calls libm's `erff` per element and its backward is ten tensor ops, each
-//! a full pass over the `tokens × intermediate` map with a fresh output. Here Φ(x) comes from
-//! Abramowitz & Stegun 7.1.26 (absolute error below 1.5·10⁻⁷) in plain arithmetic that
-//! vectorises, and its e^(−x²/2) also gives the density the backward needs.
+//! As candle's ops (`gelu_erf` after the linear) the activation was a node of its own: libm's
+//! `erff` per element, ten tensor ops in its backward, and candle's gradient store zero-filling
+//! and adding a `tokens × intermediate` gradient once more. Here Φ(x) comes from Abramowitz &
+//! Stegun 7.1.26 (absolute error below 1.5·10⁻⁷) in plain arithmetic that vectorises, and its
+//! e^(−x²/2) also gives the density the backward needs.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{self, vectorised};
-use super::linear::contiguous_f32;
+use super::linear::{affine, weight_and_bias_grads};
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
 
-/// x·Φ(x), Φ the standard normal distribution function.
-pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(Gelu)
+/// gelu(x·Wᵀ + b) for `x` batch × in, `weight` out × in (PyTorch's layout), `bias` out.
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let op = LinearGelu { input_grad: x.track_op(), pre_activation: OnceLock::new() };
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
 /// Φ(x) and the density φ(x).
@@ -34,52 +40,55 @@ fn normal_cdf_pdf(x: f32) -> (f32, f32) {
     (cdf, gaussian * 0.398_942_3)
 }
 
-struct Gelu;
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "gelu-erf"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, "gelu: the input")?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-            vectorised(|| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = x * normal_cdf_pdf(x).0;
-                }
-            })
-        });
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
-    }
-
-    fn bwd(&self, x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&grad_y.contiguous()?, &GeluGrad)?))
-    }
+struct LinearGelu {
+    /// Compute the gradient for the input; false where the input is data.
+    input_grad: bool,
+    /// x·Wᵀ + b, kept from the forward for the backward. (An op that records no graph is
+    /// dropped after its forward, and this with it.)
+    pre_activation: OnceLock<Vec<f32>>,
 }
 
-/// dy · (Φ(x) + x·φ(x)).
-struct GeluGrad;
-
-impl CustomOp2 for GeluGrad {
+impl CustomOp3 for LinearGelu {
     fn name(&self) -> &'static str {
-        "gelu-erf-grad"
+        "fused-linear-gelu"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, "gelu grad: the input")?;
-        let dy = contiguous_f32(gs, gl, "gelu grad: the gradient")?;
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((dx, x), dy)| {
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (z, shape) = affine(xs, xl, ws, wl, bs, bl)?;
+        let mut y = vec![0f32; z.len()];
+        y.par_chunks_mut(CHUNK).zip(z.par_chunks(CHUNK)).for_each(|(y, z)| {
             vectorised(|| {
-                for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-                    let (cdf, pdf) = normal_cdf_pdf(x);
-                    *dx = dy * (cdf + x * pdf);
+                for (y, &z) in y.iter_mut().zip(z) {
+                    *y = z * normal_cdf_pdf(z).0;
                 }
             })
         });
-        Ok((CpuStorage::F32(dx), xl.shape().clone()))
+        if self.pre_activation.set(z).is_err() {
+            candle_core::bail!("fused linear gelu: an op instance runs its forward once")
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(z) = self.pre_activation.get() else { candle_core::bail!("fused linear gelu: backward before forward") };
+        let grad_y = grad_y.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        // dz = dy · (Φ(z) + z·φ(z))
+        let mut grad_z = vec![0f32; z.len()];
+        grad_z.par_chunks_mut(CHUNK).zip(z.par_chunks(CHUNK)).zip(grad_y.par_chunks(CHUNK)).for_each(|((dz, z), dy)| {
+            vectorised(|| {
+                for ((dz, &z), &dy) in dz.iter_mut().zip(z).zip(dy) {
+                    let (cdf, pdf) = normal_cdf_pdf(z);
+                    *dz = dy * (cdf + z * pdf);
+                }
+            })
+        });
+        let grad_z = Tensor::from_vec(grad_z, (x.dim(0)?, weight.dim(0)?), x.device())?;
+        let (grad_weight, grad_bias) = weight_and_bias_grads(x, &grad_z)?;
+        let grad_x = match self.input_grad {
+            true => Some(grad_z.matmul(weight)?),
+            false => None,
+        };
+        Ok((grad_x, Some(grad_weight), Some(grad_bias)))
     }
 }
 
@@ -94,18 +103,22 @@ mod tests {
     }
 
     #[test]
-    fn matches_candles_exact_gelu_and_its_gradient() {
-        let x = Var::from_vec(inputs(), 1601, &Device::Cpu).unwrap();
-        let ours = gelu_erf(x.as_tensor()).unwrap();
-        let reference = x.as_tensor().gelu_erf().unwrap();
-        let difference = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(difference < 1e-6, "forward differs by {difference}");
-        let weights = Tensor::from_vec((0..1601).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<f32>>(), 1601, &Device::Cpu).unwrap();
+    fn matches_candles_linear_and_exact_gelu_with_their_gradients() {
+        let mut rng = crate::engine::rng::Rng::new(3);
+        let mut random = |shape: &[usize], std: f32| Var::from_vec((0..shape.iter().product()).map(|_| rng.normal(std)).collect(), shape, &Device::Cpu).unwrap();
+        // Pre-activations spread over (−8, 8), where both tails and the bend show.
+        let (x, weight, bias) = (random(&[40, 7], 1.0), random(&[9, 7], 1.2), random(&[9], 1.0));
+        let ours = linear_gelu(&x, &weight, &bias).unwrap();
+        let reference = x.matmul(&weight.t().unwrap()).unwrap().broadcast_add(&bias).unwrap().gelu_erf().unwrap();
+        let difference = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(difference(&ours, &reference) < 1e-5, "forward differs by {}", difference(&ours, &reference));
+        let weights = Tensor::from_vec((0..360).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<f32>>(), (40, 9), &Device::Cpu).unwrap();
         let ours = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
         let reference = reference.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
-        let (ours, reference) = (ours.get(x.as_tensor()).unwrap(), reference.get(x.as_tensor()).unwrap());
-        let difference = (ours - reference).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(difference < 1e-5, "gradient differs by {difference}");
+        for var in [x.as_tensor(), weight.as_tensor(), bias.as_tensor()] {
+            let (a, b) = (ours.get(var).unwrap(), reference.get(var).unwrap());
+            assert!(difference(a, b) < 1e-4, "gradient differs by {}", difference(a, b));
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde_json::{json, Value};
 
-use super::activation::gelu_erf;
+use super::activation::linear_gelu;
 use super::attention::SelfAttention;
 use super::files::read_safetensors;
 use super::linear::Linear;
@@ -464,12 +464,11 @@ pub fn forward(
             probs.matmul(&value)?.transpose(1, 2)?.reshape((tokens, h))?
         };
         let attended = add_norm(linear(&context, o.0, o.1, fused)?, &hidden, ln1, eps, config.hidden_dropout, &mut rng, fused)?;
-        let inner = linear(&attended, f1.0, f1.1, fused)?;
         let inner = match config.activation {
-            Activation::Gelu if fused => gelu_erf(&inner)?,
-            Activation::Gelu => inner.gelu_erf()?,
-            Activation::GeluTanh => inner.gelu()?,
-            Activation::Relu => inner.relu()?,
+            Activation::Gelu if fused => linear_gelu(&attended, f1.0, f1.1)?,
+            Activation::Gelu => linear(&attended, f1.0, f1.1, fused)?.gelu_erf()?,
+            Activation::GeluTanh => linear(&attended, f1.0, f1.1, fused)?.gelu()?,
+            Activation::Relu => linear(&attended, f1.0, f1.1, fused)?.relu()?,
         };
         hidden = add_norm(linear(&inner, f2.0, f2.1, fused)?, &attended, ln2, eps, config.hidden_dropout, &mut rng, fused)?;
         keep(format!("layers.{layer}"), &hidden.reshape((batch, length, h))?);

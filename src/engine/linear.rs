@@ -43,68 +43,74 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what:
     Ok(&values[start..end])
 }
 
+/// x·Wᵀ + b for the fused kernels' forward: `x` batch × in, `weight` out × in, `bias` out.
+pub(crate) fn affine(xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(Vec<f32>, Shape)> {
+    let (&[batch, inputs], &[outputs, w_inputs], &[b_outputs]) = (xl.dims(), wl.dims(), bl.dims()) else {
+        candle_core::bail!("fused linear: expected x batch×in, weight out×in, bias out")
+    };
+    if inputs != w_inputs || outputs != b_outputs {
+        candle_core::bail!("fused linear: x {:?}, weight {:?}, bias {:?} do not fit", xl.dims(), wl.dims(), bl.dims());
+    }
+    let x = contiguous_f32(xs, xl, "fused linear: the input")?;
+    let w = contiguous_f32(ws, wl, "fused linear: the weight")?;
+    let b = contiguous_f32(bs, bl, "fused linear: the bias")?;
+    // Start from the bias and let the matmul accumulate onto it: one pass fewer than
+    // zero-filling, multiplying and adding.
+    let mut y: Vec<f32> = Vec::with_capacity(batch * outputs);
+    for _ in 0..batch {
+        y.extend_from_slice(b);
+    }
+    let parallelism = gemm_parallelism();
+    // SAFETY: the three buffers hold batch×out, batch×in and out×in f32 values, and the
+    // strides below address exactly those: y row-major, x row-major, and Wᵀ read from the
+    // row-major out×in weight (row of Wᵀ = column of W: stride 1; column: stride `inputs`).
+    unsafe {
+        gemm::gemm(
+            batch,
+            outputs,
+            inputs,
+            y.as_mut_ptr(),
+            1,
+            outputs as isize,
+            true,
+            x.as_ptr(),
+            1,
+            inputs as isize,
+            w.as_ptr(),
+            inputs as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok((y, Shape::from((batch, outputs))))
+}
+
+/// The weight and bias gradients of x·Wᵀ + b for the gradient `grad` of its (pre-activation)
+/// output, as one op.
+pub(crate) fn weight_and_bias_grads(x: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (outputs, inputs) = (grad.dim(1)?, x.dim(1)?);
+    let stacked = x.contiguous()?.apply_op3_no_bwd(grad, grad, &LinearGrad { relu: false })?;
+    Ok((stacked.narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?, stacked.narrow(0, outputs * inputs, outputs)?))
+}
+
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
         "fused-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        x_storage: &CpuStorage,
-        x_layout: &Layout,
-        w_storage: &CpuStorage,
-        w_layout: &Layout,
-        b_storage: &CpuStorage,
-        b_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (&[batch, inputs], &[outputs, w_inputs], &[b_outputs]) = (x_layout.dims(), w_layout.dims(), b_layout.dims()) else {
-            candle_core::bail!("fused linear: expected x batch×in, weight out×in, bias out")
-        };
-        if inputs != w_inputs || outputs != b_outputs {
-            candle_core::bail!("fused linear: x {:?}, weight {:?}, bias {:?} do not fit", x_layout.dims(), w_layout.dims(), b_layout.dims());
-        }
-        let x = contiguous_f32(x_storage, x_layout, "fused linear: the input")?;
-        let w = contiguous_f32(w_storage, w_layout, "fused linear: the weight")?;
-        let b = contiguous_f32(b_storage, b_layout, "fused linear: the bias")?;
-        // Start from the bias and let the matmul accumulate onto it: one pass fewer than
-        // zero-filling, multiplying and adding.
-        let mut y: Vec<f32> = Vec::with_capacity(batch * outputs);
-        for _ in 0..batch {
-            y.extend_from_slice(b);
-        }
-        let parallelism = gemm_parallelism();
-        // SAFETY: the three buffers hold batch×out, batch×in and out×in f32 values, and the
-        // strides below address exactly those: y row-major, x row-major, and Wᵀ read from the
-        // row-major out×in weight (row of Wᵀ = column of W: stride 1; column: stride `inputs`).
-        unsafe {
-            gemm::gemm(
-                batch,
-                outputs,
-                inputs,
-                y.as_mut_ptr(),
-                1,
-                outputs as isize,
-                true,
-                x.as_ptr(),
-                1,
-                inputs as isize,
-                w.as_ptr(),
-                inputs as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (mut y, shape) = affine(xs, xl, ws, wl, bs, bl)?;
         if self.relu {
             for v in &mut y {
                 *v = v.max(0.0);
             }
         }
-        Ok((CpuStorage::F32(y), Shape::from((batch, outputs))))
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
