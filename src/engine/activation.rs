@@ -98,10 +98,6 @@ mod tests {
 
     use super::*;
 
-    fn inputs() -> Vec<f32> {
-        (-800..=800).map(|i| i as f32 / 100.0).collect()
-    }
-
     #[test]
     fn matches_candles_linear_and_exact_gelu_with_their_gradients() {
         let mut rng = crate::engine::rng::Rng::new(3);
