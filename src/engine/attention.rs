@@ -135,6 +135,7 @@ impl CustomOp1 for SelfAttention {
                 }
                 None => &p[..],
             };
+            // SAFETY: as above; `weights` is this task's length × length block.
             unsafe {
                 let dst = context.at(sequence * length * hidden + head * head_dim);
                 product(length, head_dim, length, (dst, hidden), (weights.as_ptr(), length, 1), (q.add(2 * hidden), 3 * hidden, 1), 1.0);
@@ -210,6 +211,7 @@ impl CustomOp3 for AttentionGrad {
                 let dot: f32 = row.iter().zip(p).map(|(d, p)| d * p).sum();
                 row.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot) * scale);
             });
+            // SAFETY: as above; `dp` now holds this task's dS block.
             unsafe {
                 let dq = grad_qkv.at(sequence * length * 3 * hidden + head * head_dim);
                 // dQ = dS · K; dK = dSᵀ · Q

@@ -1,10 +1,12 @@
 //! BERT-family encoders (BERT, RoBERTa, DistilBERT) with their sequence-classification heads,
 //! read from and written as Hugging Face folders.
 //!
-//! Built from candle ops that all have a backward pass: candle's fused `layer_norm` and
-//! `softmax_last_dim` have none, so a model built on them trains only its head. Layer norm and
-//! softmax are composed here instead, and `tests/numerics.rs` checks logits, hidden states,
-//! attention maps and gradients against `transformers`.
+//! Built only from ops that have a backward pass: candle's fused `layer_norm` and
+//! `softmax_last_dim` have none, so a model built on them trains only its head. On the CPU the
+//! encoder runs on the engine's own ops (`attention.rs`, `norm::add_layer_norm`,
+//! `activation::linear_gelu`, the fused linear); elsewhere, and with fused kernels off, on
+//! candle ops composed here. `tests/text.rs` checks logits, hidden states, attention maps and
+//! gradients against `transformers` through both.
 //!
 //! A text sample enters the network as one row of `3 × length` numbers: token ids, segment ids
 //! and the attention mask, packed as f32 (exact below 2²⁴), so text runs through the same
