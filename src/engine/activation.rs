@@ -10,11 +10,11 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fastmath::{self, vectorised};
-use super::linear::{affine, weight_and_bias_grads};
+use super::linear::{affine, contiguous_f32, weight_and_bias_grads};
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
@@ -71,10 +71,30 @@ impl CustomOp3 for LinearGelu {
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Some(z) = self.pre_activation.get() else { candle_core::bail!("fused linear gelu: backward before forward") };
-        let grad_y = grad_y.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        // dz = dy · (Φ(z) + z·φ(z))
-        let mut grad_z = vec![0f32; z.len()];
-        grad_z.par_chunks_mut(CHUNK).zip(z.par_chunks(CHUNK)).zip(grad_y.par_chunks(CHUNK)).for_each(|((dz, z), dy)| {
+        let grad_z = grad_y.contiguous()?.apply_op1_no_bwd(&GeluGrad { pre_activation: z })?;
+        let (grad_weight, grad_bias) = weight_and_bias_grads(x, &grad_z)?;
+        let grad_x = match self.input_grad {
+            true => Some(grad_z.matmul(weight)?),
+            false => None,
+        };
+        Ok((grad_x, Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// dz = dy · (Φ(z) + z·φ(z)), from the gradient of gelu(z) read in place.
+struct GeluGrad<'a> {
+    pre_activation: &'a [f32],
+}
+
+impl CustomOp1 for GeluGrad<'_> {
+    fn name(&self) -> &'static str {
+        "gelu-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let grad_y = contiguous_f32(storage, layout, "gelu grad: the gradient")?;
+        let mut grad_z = vec![0f32; grad_y.len()];
+        grad_z.par_chunks_mut(CHUNK).zip(self.pre_activation.par_chunks(CHUNK)).zip(grad_y.par_chunks(CHUNK)).for_each(|((dz, z), dy)| {
             vectorised(|| {
                 for ((dz, &z), &dy) in dz.iter_mut().zip(z).zip(dy) {
                     let (cdf, pdf) = normal_cdf_pdf(z);
@@ -82,13 +102,7 @@ impl CustomOp3 for LinearGelu {
                 }
             })
         });
-        let grad_z = Tensor::from_vec(grad_z, (x.dim(0)?, weight.dim(0)?), x.device())?;
-        let (grad_weight, grad_bias) = weight_and_bias_grads(x, &grad_z)?;
-        let grad_x = match self.input_grad {
-            true => Some(grad_z.matmul(weight)?),
-            false => None,
-        };
-        Ok((grad_x, Some(grad_weight), Some(grad_bias)))
+        Ok((CpuStorage::F32(grad_z), layout.shape().clone()))
     }
 }
 

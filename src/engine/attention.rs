@@ -8,6 +8,7 @@
 //! single passes over each `length × length` block. `tests/text.rs` checks the encoder against
 //! `transformers`, and the tests below check this op against the composed one, gradients too.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
@@ -96,6 +97,14 @@ impl SelfAttention {
         Ok((hidden, hidden / self.heads))
     }
 
+    /// Task `task`'s probabilities after dropout: the weights the context is made of.
+    fn dropped<'a>(&self, probs: &'a [f32], task: usize, block: usize) -> Cow<'a, [f32]> {
+        match &self.dropout {
+            Some(mask) => Cow::Owned(probs.iter().zip(&mask[task * block..(task + 1) * block]).map(|(p, m)| p * m).collect()),
+            None => Cow::Borrowed(probs),
+        }
+    }
+
     fn scale(head_dim: usize) -> f32 {
         1.0 / (head_dim as f32).sqrt()
     }
@@ -127,14 +136,7 @@ impl CustomOp1 for SelfAttention {
             }
             let bias = &self.key_bias[sequence * length..(sequence + 1) * length];
             fastmath::vectorised(|| p.chunks_exact_mut(length).for_each(|row| softmax_row(row, bias)));
-            let kept;
-            let weights = match &self.dropout {
-                Some(mask) => {
-                    kept = p.iter().zip(&mask[task * block..(task + 1) * block]).map(|(a, b)| a * b).collect::<Vec<f32>>();
-                    &kept[..]
-                }
-                None => &p[..],
-            };
+            let weights = self.dropped(p, task, block);
             // SAFETY: as above; `weights` is this task's length × length block.
             unsafe {
                 let dst = context.at(sequence * length * hidden + head * head_dim);
@@ -184,10 +186,7 @@ impl CustomOp3 for AttentionGrad {
             let (sequence, head) = (task / heads, task % heads);
             let p = &probs[task * block..(task + 1) * block];
             let mask = attention.dropout.as_ref().map(|m| &m[task * block..(task + 1) * block]);
-            let weights: Vec<f32> = match mask {
-                Some(mask) => p.iter().zip(mask).map(|(a, b)| a * b).collect(),
-                None => p.to_vec(),
-            };
+            let weights = attention.dropped(p, task, block);
             let q = qkv[sequence * length * 3 * hidden + head * head_dim..].as_ptr();
             let dc = grad_context[sequence * length * hidden + head * head_dim..].as_ptr();
             let mut dp = vec![0f32; block];

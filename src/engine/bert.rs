@@ -28,7 +28,7 @@ use super::activation::linear_gelu;
 use super::attention::SelfAttention;
 use super::files::read_safetensors;
 use super::linear::Linear;
-use super::model::{dropout_mask, dropout_multipliers};
+use super::model::dropout_multipliers;
 use super::norm;
 use super::rng::Rng;
 
@@ -349,11 +349,7 @@ pub fn pack(ids: &[u32], type_ids: &[u32], mask: &[u32], length: usize) -> Vec<f
 /// LayerNorm(dropout(x) + residual), with dropout probability `p` (in training).
 fn add_norm(x: Tensor, residual: &Tensor, norm: (&Tensor, &Tensor), eps: f64, p: f32, rng: &mut Option<&mut Rng>, fused: bool) -> Result<Tensor> {
     if fused {
-        let dropout = match rng.as_deref_mut() {
-            Some(rng) if p > 0.0 => Some(dropout_multipliers(x.elem_count(), p, rng)),
-            _ => None,
-        };
-        return norm::add_layer_norm(&x, residual, norm.0, norm.1, eps, dropout);
+        return norm::add_layer_norm(&x, residual, norm.0, norm.1, eps, dropout_draw(x.elem_count(), p, rng));
     }
     let x = (dropout(x, p, rng)? + residual)?;
     let mean = x.mean_keepdim(D::Minus1)?;
@@ -370,10 +366,18 @@ fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, fused: bool) -> Result<Ten
     }
 }
 
-fn dropout(x: Tensor, p: f32, rng: &mut Option<&mut Rng>) -> Result<Tensor> {
+/// Dropout multipliers for `n` values in training (with `rng`), None in evaluation or at p = 0.
+fn dropout_draw(n: usize, p: f32, rng: &mut Option<&mut Rng>) -> Option<Vec<f32>> {
     match rng.as_deref_mut() {
-        Some(rng) if p > 0.0 => dropout_mask(&x, p, rng),
-        _ => Ok(x),
+        Some(rng) if p > 0.0 => Some(dropout_multipliers(n, p, rng)),
+        _ => None,
+    }
+}
+
+fn dropout(x: Tensor, p: f32, rng: &mut Option<&mut Rng>) -> Result<Tensor> {
+    match dropout_draw(x.elem_count(), p, rng) {
+        Some(mask) => x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?),
+        None => Ok(x),
     }
 }
 
@@ -447,10 +451,7 @@ pub fn forward(
         let (q, k, v, o, ln1, f1, f2, ln2) = (w()?, w()?, w()?, w()?, w()?, w()?, w()?, w()?);
         let context = if fused {
             let qkv = linear(&hidden, &Tensor::cat(&[q.0, k.0, v.0], 0)?, &Tensor::cat(&[q.1, k.1, v.1], 0)?, fused)?;
-            let dropout = match rng.as_deref_mut() {
-                Some(rng) if config.attention_dropout > 0.0 => Some(dropout_multipliers(batch * heads * length * length, config.attention_dropout, rng).into()),
-                _ => None,
-            };
+            let dropout = dropout_draw(batch * heads * length * length, config.attention_dropout, &mut rng).map(Arc::from);
             let (context, probs) = SelfAttention { batch, length, heads, key_bias: key_bias_values.clone(), dropout }.forward(&qkv)?;
             keep(format!("attentions.{layer}"), &probs);
             context

@@ -90,12 +90,26 @@ pub(crate) fn affine(xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout,
     Ok((y, Shape::from((batch, outputs))))
 }
 
+/// The weight and bias gradients of x·Wᵀ + b for the gradient `grad` of its output, and with
+/// `relu` (`y` the ReLU's output) the masked gradient, from one `LinearGrad` op.
+fn grads(x: &Tensor, y: &Tensor, grad: &Tensor, relu: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let ((rows, inputs), outputs) = (x.dims2()?, grad.dim(1)?);
+    // Stacked in one buffer: weight (out·in), bias (out), with ReLU the masked gradient (rows·out).
+    let stacked = x.contiguous()?.apply_op3_no_bwd(y, grad, &LinearGrad { relu })?;
+    let grad_weight = stacked.narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?;
+    let grad_bias = stacked.narrow(0, outputs * inputs, outputs)?;
+    let masked = match relu {
+        true => Some(stacked.narrow(0, outputs * (inputs + 1), rows * outputs)?.reshape((rows, outputs))?),
+        false => None,
+    };
+    Ok((grad_weight, grad_bias, masked))
+}
+
 /// The weight and bias gradients of x·Wᵀ + b for the gradient `grad` of its (pre-activation)
-/// output, as one op.
+/// output.
 pub(crate) fn weight_and_bias_grads(x: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (outputs, inputs) = (grad.dim(1)?, x.dim(1)?);
-    let stacked = x.contiguous()?.apply_op3_no_bwd(grad, grad, &LinearGrad { relu: false })?;
-    Ok((stacked.narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?, stacked.narrow(0, outputs * inputs, outputs)?))
+    let (grad_weight, grad_bias, _) = grads(x, grad, grad, false)?;
+    Ok((grad_weight, grad_bias))
 }
 
 impl CustomOp3 for Linear {
@@ -114,18 +128,11 @@ impl CustomOp3 for Linear {
     }
 
     fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, inputs) = x.dims2()?;
-        let outputs = weight.dim(0)?;
         let grad_y = grad_y.contiguous()?;
-        // One op gives the bias and weight gradients and, with ReLU, the masked gradient; they
-        // come back stacked in one buffer: weight (out·in), bias (out), masked gradient (rows·out).
-        let stacked = x.contiguous()?.apply_op3_no_bwd(y, &grad_y, &LinearGrad { relu: self.relu })?;
-        let grad_weight = stacked.narrow(0, 0, outputs * inputs)?.reshape((outputs, inputs))?;
-        let grad_bias = stacked.narrow(0, outputs * inputs, outputs)?;
-        let grad_x = match (self.input_grad, self.relu) {
-            (false, _) => None,
-            (true, true) => Some(stacked.narrow(0, outputs * (inputs + 1), rows * outputs)?.reshape((rows, outputs))?.matmul(weight)?),
-            (true, false) => Some(grad_y.matmul(weight)?),
+        let (grad_weight, grad_bias, masked) = grads(x, y, &grad_y, self.relu)?;
+        let grad_x = match self.input_grad {
+            true => Some(masked.as_ref().unwrap_or(&grad_y).matmul(weight)?),
+            false => None,
         };
         Ok((grad_x, Some(grad_weight), Some(grad_bias)))
     }

@@ -445,7 +445,7 @@ fn pool(x: &Tensor, block: &ConvBlock, fused: bool) -> Result<Tensor> {
     }
 }
 
-pub(super) fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
+fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     let mask = dropout_multipliers(h.elem_count(), p, rng);
     h.mul(&Tensor::from_vec(mask, h.shape(), h.device())?)
 }

@@ -167,11 +167,9 @@ fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (variance + eps).sqrt())
 }
 
-impl AddLayerNorm {
-    fn mask_rows(&self, task: usize, width: usize) -> Option<&[f32]> {
-        let chunk = width * ROWS_PER_TASK;
-        self.dropout.as_deref().map(|m| &m[task * chunk..((task + 1) * chunk).min(m.len())])
-    }
+/// The dropout multipliers of parallel task `task`'s rows (`chunk` values a task).
+fn task_mask(dropout: &Option<Arc<[f32]>>, task: usize, chunk: usize) -> Option<&[f32]> {
+    dropout.as_deref().map(|m| &m[task * chunk..((task + 1) * chunk).min(m.len())])
 }
 
 impl CustomOp3 for AddLayerNorm {
@@ -188,7 +186,7 @@ impl CustomOp3 for AddLayerNorm {
         let chunk = width * ROWS_PER_TASK;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(residual.par_chunks(chunk)).enumerate().for_each(|(task, ((y, x), residual))| {
-            let mask = self.mask_rows(task, width);
+            let mask = task_mask(&self.dropout, task, chunk);
             vectorised(|| for (row, y) in y.chunks_exact_mut(width).enumerate() {
                 let range = row * width..(row + 1) * width;
                 row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), y);
@@ -247,7 +245,7 @@ impl CustomOp3 for AddLayerNormGrad {
             .zip(dy.par_chunks(chunk))
             .enumerate()
             .map(|(task, (((grad_sum, x), residual), dy))| {
-                let mask = self.dropout.as_deref().map(|m| &m[task * chunk..((task + 1) * chunk).min(m.len())]);
+                let mask = task_mask(&self.dropout, task, chunk);
                 let mut sums = vec![0f32; 2 * width];
                 let mut xhat = vec![0f32; width];
                 vectorised(|| for (row, grad_sum) in grad_sum.chunks_exact_mut(width).enumerate() {
