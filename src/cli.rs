@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::report::{ModelReport, Report, Task};
-use crate::engine::{self, Control, EngineEvent};
+use crate::engine::{self, Control, DataRoot, EngineEvent};
 use crate::spec;
 
-pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &str) -> anyhow::Result<Report> {
+/// Runs the job `spec_path` describes, reading its files from `data_dir`'s data root, and lets
+/// it use at most `max_job_memory` bytes (as estimated from the spec).
+pub fn run(spec_path: &Path, data_dir: &Path, out: Option<PathBuf>, device: &str, max_job_memory: u64) -> anyhow::Result<Report> {
     let body = std::fs::read(spec_path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", spec_path.display()))?;
     let spec = spec::parse(&body).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
-    engine::preflight(&spec, data_root).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
+    let data_root = DataRoot::of_data_dir(data_dir).with_max_file_bytes(max_job_memory);
+    let estimate = engine::preflight(&spec, &data_root).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
+    estimate.check(max_job_memory).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
     let out = out.unwrap_or_else(|| {
         let stem = spec_path.file_stem().and_then(|s| s.to_str()).unwrap_or("job");
         PathBuf::from("runs").join(format!("{stem}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")))
@@ -52,7 +56,7 @@ pub fn run(spec_path: &Path, data_root: &Path, out: Option<PathBuf>, device: &st
         EngineEvent::Log(message) => say(message),
         EngineEvent::Checkpoint(_) => {}
     };
-    let output = engine::run(&spec, device, data_root, &out, &Control::default(), &mut sink)?;
+    let output = engine::run(&spec, device, &data_root, &out, &Control::default(), &mut sink)?;
     bar.finish_and_clear();
     println!("{}", table(&output.report));
     println!("artifacts in {}: {}", out.display(), output.artifacts.join(", "));

@@ -25,6 +25,19 @@ pub struct ServeConfig {
     /// requeued and resumes from its last checkpoint.
     #[arg(long, env = "DISTILLERY_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
+    /// The most memory one job may need, as estimated from its spec at submission (e.g. `8GiB`);
+    /// larger jobs are refused with 422. Default: half the machine's memory, shared among the
+    /// workers.
+    #[arg(long, env = "DISTILLERY_MAX_JOB_MEMORY", value_parser = parse_bytes)]
+    pub max_job_memory: Option<u64>,
+    /// Submissions are refused (507) and `/readyz` reports `low_disk` when the data directory's
+    /// file system has less free space than this (e.g. `1GiB`).
+    #[arg(long, env = "DISTILLERY_MIN_FREE_DISK", default_value = "512MiB", value_parser = parse_bytes)]
+    pub min_free_disk: u64,
+    /// Times the process may die while running one job (killed, out of memory) before that job
+    /// fails instead of going back to the queue.
+    #[arg(long, env = "DISTILLERY_MAX_CRASHES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_crashes: u32,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -32,6 +45,52 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("distillery.db").display()))
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", crate::layout::database(&self.data_dir).display()))
+    }
+
+    pub fn job_memory_limit(&self) -> u64 {
+        self.max_job_memory.unwrap_or_else(|| default_job_memory(self.workers))
+    }
+}
+
+/// Half the machine's physical memory, shared among `workers` jobs.
+pub fn default_job_memory(workers: u16) -> u64 {
+    // SAFETY: sysconf only reads system configuration values.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGE_SIZE)) };
+    let physical = (pages.max(0) as u64).saturating_mul(page_size.max(0) as u64);
+    physical / 2 / u64::from(workers.max(1))
+}
+
+/// A size in bytes: a whole number with an optional binary unit (`K`, `M`, `G`, `T`, also
+/// written `KiB`, `MB`, …; all are powers of 1024).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size; write e.g. 8GiB, 512MiB or 1048576"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown unit `{other}`; use K, M, G or T (powers of 1024)")),
+    };
+    number.checked_mul(1u64 << shift).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_with_and_without_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+        assert!(default_job_memory(1) > default_job_memory(4));
     }
 }

@@ -33,6 +33,10 @@ enum Command {
         /// Device for a spec that names none: `cpu` or `cuda:N`.
         #[arg(long, env = "DISTILLERY_DEVICE", default_value = "cpu")]
         device: String,
+        /// The most memory the job may need, as estimated from its spec (e.g. `8GiB`); default:
+        /// half the machine's memory.
+        #[arg(long, env = "DISTILLERY_MAX_JOB_MEMORY", value_parser = distillery::config::parse_bytes)]
+        max_job_memory: Option<u64>,
     },
 }
 
@@ -41,8 +45,9 @@ fn main() -> anyhow::Result<()> {
     distillery::engine::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Run { spec, data_dir, out, device }) => {
-            distillery::cli::run(&spec, &data_dir.join("datasets"), out, &device)?;
+        Some(Command::Run { spec, data_dir, out, device, max_job_memory }) => {
+            let max_job_memory = max_job_memory.unwrap_or_else(|| distillery::config::default_job_memory(1));
+            distillery::cli::run(&spec, &data_dir, out, &device, max_job_memory)?;
             Ok(())
         }
         Some(Command::Serve(config)) => distillery::server::serve(config),

@@ -9,9 +9,11 @@ use anyhow::Context;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Limits};
 use crate::config::ServeConfig;
-use crate::store::Store;
+use crate::engine::DataRoot;
+use crate::layout;
+use crate::store::{Abandoned, Store};
 use crate::worker::{self, Running, WorkerConfig};
 
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -79,11 +81,17 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
 /// Opens the store, starts the workers and serves HTTP on `config.bind` (port 0 picks one).
 pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     crate::engine::device(&config.device).with_context(|| format!("--device {}", config.device))?;
-    for dir in ["datasets", "jobs"] {
-        let path = config.data_dir.join(dir);
+    for path in [layout::datasets(&config.data_dir), layout::jobs(&config.data_dir)] {
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     }
+    let lock = lock_data_dir(&config.data_dir)?;
     let store = Store::connect(&config.database_url()).await.context("opening the database")?;
+    // Under the lock no other process runs jobs from this data directory: whatever is still
+    // marked running was left by a process that died, and need not wait for its lease.
+    let recovered = store.recover_abandoned(Abandoned::AllRunning, config.max_crashes).await.context("recovering jobs of a stopped process")?;
+    if !recovered.is_empty() {
+        tracing::info!(jobs = ?recovered, "took back the jobs a stopped process was running");
+    }
     let (shutdown_tx, shutdown) = watch::channel(false);
     let running = Arc::new(Running::default());
     let queue = Arc::new(Notify::new());
@@ -93,7 +101,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
             workers: config.workers as usize,
             lease: Duration::from_secs(config.lease_secs),
             data_dir: config.data_dir.clone(),
+            data_root: data_root(&config),
             default_device: config.device.clone(),
+            max_crashes: config.max_crashes,
         },
         running.clone(),
         queue.clone(),
@@ -104,13 +114,21 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         queue,
         running,
         data_dir: config.data_dir.clone(),
+        data_root: data_root(&config),
+        limits: Limits { max_job_memory: config.job_memory_limit(), min_free_disk: config.min_free_disk },
         workers: config.workers as usize,
         shutdown: shutdown.clone(),
         started: Instant::now(),
     };
     let listener = tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
-    tracing::info!(address = %addr, data_dir = %config.data_dir.display(), workers = config.workers, "distillery listening");
+    tracing::info!(
+        address = %addr,
+        data_dir = %config.data_dir.display(),
+        workers = config.workers,
+        max_job_memory = config.job_memory_limit(),
+        "distillery listening"
+    );
     let mut stop = shutdown.clone();
     let task = tokio::spawn(async move {
         axum::serve(listener, api::router(state))
@@ -122,9 +140,37 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         for task in workers {
             let _ = task.await;
         }
+        drop(lock);
         Ok(())
     });
     Ok(ServerHandle { addr, shutdown: shutdown_tx, task: Some(task) })
+}
+
+/// What specs may read: the data root, without the service's own files, and no file larger
+/// than a job may be.
+fn data_root(config: &ServeConfig) -> DataRoot {
+    let root = DataRoot::of_data_dir(&config.data_dir).with_max_file_bytes(config.job_memory_limit());
+    match config.database_url().strip_prefix("sqlite://").map(|path| path.split('?').next().unwrap_or_default()) {
+        Some(path) if !path.is_empty() => root.with_private(path.into()),
+        _ => root,
+    }
+}
+
+/// Takes the data directory's lock for the life of the server: two servers on one SQLite
+/// database would each run its jobs, and one's restart recovery would take the other's. The
+/// lock is `flock`, which (unlike SQLite's POSIX locks) no other descriptor's close can drop.
+fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = layout::lock(data_dir);
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another distillery server is using the data directory {} ({} is locked); stop it first, or give this one its own --data-dir",
+            data_dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
 async fn terminate() {

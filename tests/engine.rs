@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use candle_core::Device;
+use distillery::engine::DataRoot;
 use distillery::engine::files::read_safetensors;
 use distillery::engine::model::{Input, Net};
 use distillery::engine::report::Report;
@@ -29,7 +30,7 @@ fn small(alpha: f64) -> Value {
 }
 
 fn run(spec: &JobSpec, dir: &Path, data_root: &Path, control: &Control, sink: &mut dyn FnMut(EngineEvent)) -> Result<Report, EngineError> {
-    engine::run(spec, "cpu", data_root, dir, control, sink).map(|o| o.report)
+    engine::run(spec, "cpu", &DataRoot::new(data_root), dir, control, sink).map(|o| o.report)
 }
 
 fn quiet(spec: &JobSpec, dir: &Path) -> Report {
@@ -118,7 +119,7 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
     let (tensors, _) = read_safetensors(&dir.path().join("student.safetensors"), &Device::Cpu).unwrap();
     let input = Input { features, image: serde_json::from_value(config["image"].clone()).unwrap() };
     let student = Net::from_named(&arch, input, classes, tensors, &Device::Cpu).unwrap();
-    let data = data::load(&s.dataset, dir.path(), s.training.seed, false).unwrap();
+    let data = data::load(&s.dataset, &DataRoot::new(dir.path()), s.training.seed, false).unwrap();
     let evaluation = evaluate(&student, &data.validation, &Device::Cpu).unwrap();
     assert_eq!((evaluation.loss, evaluation.accuracy), (report.student.loss, report.student.accuracy));
     let mean: Vec<f32> = serde_json::from_value(config["normalization"]["mean"].clone()).unwrap();
@@ -130,7 +131,7 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
     let mut loaded = small(0.7);
     loaded["teacher"] = json!({"arch": {"kind": "mlp", "hidden": [64], "dropout": 0.1}, "weights": "t.safetensors"});
     let loaded = spec(loaded);
-    engine::preflight(&loaded, root.path()).unwrap();
+    engine::preflight(&loaded, &DataRoot::new(root.path())).unwrap();
     let out = tempfile::tempdir().unwrap();
     let second = run(&loaded, out.path(), root.path(), &Control::default(), &mut |_| {}).unwrap();
     assert_eq!(second.teacher.accuracy, report.teacher.accuracy);

@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use distillery::engine::DataRoot;
 use distillery::engine::files::read_safetensors;
 use distillery::engine::report::Report;
 use distillery::engine::{self, Control, EngineError, EngineEvent, Phase};
@@ -80,9 +81,9 @@ fn spec(value: Value) -> JobSpec {
 
 /// Runs a job to the end, returning its report and its log lines.
 fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>) {
-    engine::preflight(spec, root).unwrap();
+    engine::preflight(spec, &DataRoot::new(root)).unwrap();
     let mut logs = Vec::new();
-    let report = engine::run(spec, "cpu", root, job, &Control::default(), &mut |e| {
+    let report = engine::run(spec, "cpu", &DataRoot::new(root), job, &Control::default(), &mut |e| {
         if let EngineEvent::Log(line) = e {
             logs.push(line)
         }
@@ -175,8 +176,8 @@ fn an_ensemble_with_js_loss_schedules_top_k_cache_and_early_stopping() {
     s.distill.temperature = spec::Scheduled::Constant(4.0);
     s.distill.cache.top_k = Some(3);
     let mut progress = Vec::new();
-    engine::preflight(&s, root.path()).unwrap();
-    let report = engine::run(&s, "cpu", root.path(), job.path(), &Control::default(), &mut |e| {
+    engine::preflight(&s, &DataRoot::new(root.path())).unwrap();
+    let report = engine::run(&s, "cpu", &DataRoot::new(root.path()), job.path(), &Control::default(), &mut |e| {
         if let EngineEvent::Progress(p) = e {
             progress.push(p)
         }
@@ -239,21 +240,21 @@ fn shifted_inputs_reverse_kl_and_a_student_that_starts_from_the_teachers_layers(
     // is accepted, naming the field.
     let mut bad = serde_json::to_value(&s).unwrap();
     bad["student"]["init_from_teacher"][0]["teacher_layer"] = json!("blocks.1");
-    let err = engine::preflight(&spec(bad), root.path()).unwrap_err();
+    let err = engine::preflight(&spec(bad), &DataRoot::new(root.path())).unwrap_err();
     assert_eq!(err.field, "student.init_from_teacher[0]", "{err}");
     let mut bad = serde_json::to_value(&s).unwrap();
     bad["distill"]["intermediate"] = json!([{"teacher_layer": "blocks.0", "student_layer": "blocks.7"}]);
-    let err = engine::preflight(&spec(bad), root.path()).unwrap_err();
+    let err = engine::preflight(&spec(bad), &DataRoot::new(root.path())).unwrap_err();
     assert_eq!(err.field, "distill.intermediate[0].student_layer", "{err}");
     assert!(err.message.contains("blocks.0, blocks.1, layers.0, layers.1"), "{err}");
     let mut bad = serde_json::to_value(&s).unwrap();
     bad["distill"]["intermediate"] = json!([{"teacher_layer": "blocks.1", "student_layer": "blocks.0"}]);
-    let err = engine::preflight(&spec(bad), root.path()).unwrap_err();
+    let err = engine::preflight(&spec(bad), &DataRoot::new(root.path())).unwrap_err();
     assert_eq!(err.field, "distill.intermediate[0]", "{err}");
     // Shifts need images; the digits are rows of features.
     let mut bad = serde_json::to_value(&s).unwrap();
     bad["dataset"] = json!({"source": "builtin:digits"});
-    let err = engine::preflight(&spec(bad), root.path()).unwrap_err();
+    let err = engine::preflight(&spec(bad), &DataRoot::new(root.path())).unwrap_err();
     assert_eq!(err.field, "training.augment", "{err}");
 }
 
@@ -286,7 +287,7 @@ fn every_example_is_accepted() {
     for entry in std::fs::read_dir(examples).unwrap() {
         let path = entry.unwrap().path();
         let spec = spec::parse(&std::fs::read(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        engine::preflight(&spec, root.path()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        engine::preflight(&spec, &DataRoot::new(root.path())).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += 1;
     }
     assert!(checked >= 10, "{checked} examples");
@@ -315,7 +316,7 @@ fn a_conv_job_with_batch_norm_projections_and_early_stopping_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();
     for (phase, step) in [(Phase::Teacher(0), 11), (Phase::Student, 13)] {
         let control = Control::default();
-        let outcome = engine::run(&s, "cpu", root.path(), dir.path(), &control, &mut |e| {
+        let outcome = engine::run(&s, "cpu", &DataRoot::new(root.path()), dir.path(), &control, &mut |e| {
             if matches!(&e, EngineEvent::Progress(p) if p.phase == phase && p.step == step) {
                 control.interrupt()
             }

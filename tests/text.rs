@@ -192,9 +192,9 @@ mod jobs {
 
     /// Runs a job to the end: its report, log lines and per-epoch metrics.
     pub(super) fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>, Vec<EpochMetrics>) {
-        engine::preflight(spec, root).unwrap();
+        engine::preflight(spec, &engine::DataRoot::new(root)).unwrap();
         let (mut logs, mut epochs) = (Vec::new(), Vec::new());
-        let output = engine::run(spec, "cpu", root, job, &Control::default(), &mut |e| match e {
+        let output = engine::run(spec, "cpu", &engine::DataRoot::new(root), job, &Control::default(), &mut |e| match e {
             EngineEvent::Log(line) => logs.push(line),
             EngineEvent::Epoch(m) => epochs.push(m),
             _ => {}
@@ -302,7 +302,7 @@ mod jobs {
         let dir = tempfile::tempdir().unwrap();
         for (phase, step) in [(Phase::Teacher(0), 30), (Phase::Student, 7)] {
             let control = Control::default();
-            let outcome = engine::run(&s, "cpu", root.path(), dir.path(), &control, &mut |e| {
+            let outcome = engine::run(&s, "cpu", &engine::DataRoot::new(root.path()), dir.path(), &control, &mut |e| {
                 if matches!(&e, EngineEvent::Progress(p) if p.phase == phase && p.step == step) {
                     control.interrupt()
                 }
@@ -376,7 +376,7 @@ mod jobs {
             let parsed = spec::parse(value.to_string().as_bytes());
             match parsed {
                 Err(e) => e.field,
-                Ok(s) => engine::preflight(&s, root.path()).unwrap_err().field,
+                Ok(s) => engine::preflight(&s, &engine::DataRoot::new(root.path())).unwrap_err().field,
             }
         };
         assert_eq!(refused(&|v| v["student"]["arch"]["layers"] = json!([0, 3])), "student.arch.layers");

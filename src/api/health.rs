@@ -15,10 +15,21 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the database answers with every migration applied and the disk has room; the
+/// body also says what the service allows a job.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store.ready().await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "reason": e.to_string()}))),
+    let limits = json!({
+        "max_job_memory_bytes": state.limits.max_job_memory,
+        "min_free_disk_bytes": state.limits.min_free_disk,
+        "free_disk_bytes": crate::layout::free_bytes(&state.data_dir).ok(),
+    });
+    let problem = match state.store.ready().await {
+        Err(e) => Some(("not_ready", e.to_string())),
+        Ok(()) => state.limits.check_disk(&state.data_dir).err().map(|reason| ("low_disk", reason)),
+    };
+    match problem {
+        None => (StatusCode::OK, Json(json!({"status": "ready", "limits": limits}))),
+        Some((status, reason)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": status, "reason": reason, "limits": limits}))),
     }
 }
 

@@ -22,7 +22,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !content_type.starts_with("application/json") {
+    if !is_json(content_type) {
         return Err(ApiError::Rejected {
             status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
             code: "unsupported_media_type",
@@ -30,6 +30,9 @@ pub async fn create(
         });
     }
     let body = body?;
+    if std::str::from_utf8(&body).is_err() {
+        return Err(ApiError::bad_request("malformed_json", "body", "the body is not UTF-8 text, so not JSON"));
+    }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
         if !e.is_data() {
             return Err(ApiError::bad_request("malformed_json", "body", format!("the body is not valid JSON: {e}")));
@@ -51,11 +54,16 @@ pub async fn create(
             return idempotent_replay(job, &spec);
         }
     }
-    let data_root = state.data_dir.join("datasets");
-    let checked = spec.clone();
-    tokio::task::spawn_blocking(move || engine::preflight(&checked, &data_root))
+    state.limits.check_disk(&state.data_dir).map_err(|message| ApiError::Rejected {
+        status: StatusCode::INSUFFICIENT_STORAGE,
+        code: "insufficient_storage",
+        message,
+    })?;
+    let (checked, data_root) = (spec.clone(), state.data_root.clone());
+    let estimate = tokio::task::spawn_blocking(move || engine::preflight(&checked, &data_root))
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
+    estimate.check(state.limits.max_job_memory)?;
     match state.store.insert_job(&spec, idempotency_key.as_deref()).await? {
         Inserted::Created(job) => {
             state.queue.notify_waiters();
@@ -64,6 +72,12 @@ pub async fn create(
         }
         Inserted::Existing(job) => idempotent_replay(job, &spec),
     }
+}
+
+/// Whether a `Content-Type` is JSON: `application/json`, any letter case, any parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
 }
 
 fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, Json<Job>)> {
@@ -129,7 +143,7 @@ pub async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> Ap
             message: format!("job {id} is {}; cancel it first", status.as_str()),
         }),
         DeleteOutcome::Deleted => {
-            let dir = crate::worker::job_dir(&state.data_dir, id);
+            let dir = crate::layout::job_dir(&state.data_dir, id);
             match tokio::fs::remove_dir_all(&dir).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     tracing::warn!(error = %e, dir = %dir.display(), "removing a deleted job's files failed")

@@ -19,11 +19,36 @@ use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use tokio::sync::{watch, Notify};
 
+use crate::engine::DataRoot;
 use crate::store::Store;
 use crate::worker::Running;
 
 /// The largest request body accepted (job specs are small).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// What the service allows: each job's estimated memory, and the free disk below which it takes
+/// no new jobs.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_job_memory: u64,
+    pub min_free_disk: u64,
+}
+
+impl Limits {
+    /// Refuses new work while the data directory's disk is nearly full: a job would fail
+    /// writing its first checkpoint, and SQLite would fail recording it.
+    pub fn check_disk(&self, data_dir: &std::path::Path) -> Result<(), String> {
+        let free = crate::layout::free_bytes(data_dir).map_err(|e| format!("cannot measure the free disk space: {e}"))?;
+        if free < self.min_free_disk {
+            return Err(format!(
+                "the service's disk is nearly full: {} free, below the {} it keeps free (--min-free-disk); delete finished jobs or free space",
+                crate::engine::budget::human(free),
+                crate::engine::budget::human(self.min_free_disk)
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +56,8 @@ pub struct AppState {
     pub queue: Arc<Notify>,
     pub running: Arc<Running>,
     pub data_dir: PathBuf,
+    pub data_root: DataRoot,
+    pub limits: Limits,
     pub workers: usize,
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use super::activation::linear_gelu;
 use super::attention::SelfAttention;
-use super::files::read_safetensors;
+use super::files::parse_safetensors;
 use super::linear::Linear;
 use super::model::dropout_multipliers;
 use super::norm;
@@ -506,12 +506,15 @@ pub fn forward(
 /// Reads a Hugging Face folder: its config (`num_labels` set from the head in the weights, 0
 /// without one) and its tensors under our names, as f32 on `device`.
 pub fn load_folder(dir: &Path, device: &Device) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), String> {
-    let raw: Value = std::fs::read(dir.join("config.json"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|m| format!("config.json is unreadable: {m}"))?;
+    let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name} is unreadable: {e}"));
+    from_files(&read("config.json")?, &read("model.safetensors")?, device)
+}
+
+/// A Hugging Face folder's model from the bytes of its `config.json` and `model.safetensors`.
+pub fn from_files(config_json: &[u8], weights: &[u8], device: &Device) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), String> {
+    let raw: Value = serde_json::from_slice(config_json).map_err(|e| format!("config.json is unreadable: {e}"))?;
     let mut config = BertConfig::from_hf(&raw)?;
-    let (tensors, _) = read_safetensors(&dir.join("model.safetensors"), device)?;
+    let (tensors, _) = parse_safetensors(weights, device)?;
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(name, t)| Ok((config.our_name(&name), t.to_dtype(DType::F32)?.to_device(device)?)))

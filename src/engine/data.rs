@@ -2,10 +2,10 @@
 //! standardised with statistics of the training split only.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::data_root::DataRoot;
 use super::rng::{streams, Rng};
 use crate::spec::{DatasetSpec, SpecError};
 
@@ -89,39 +89,21 @@ struct Raw {
     label_names: Option<Vec<String>>,
 }
 
-/// Resolves a spec path under the data root, refusing anything (symlinks included) outside it.
-pub fn resolve(root: &Path, relative: &str, field: &str) -> Result<PathBuf, SpecError> {
-    let candidate = root.join(relative);
-    let resolved = candidate.canonicalize().map_err(|_| {
-        SpecError::new(field, format!("`{relative}` does not exist under the data root {}", root.display()))
-    })?;
-    let root = root
-        .canonicalize()
-        .map_err(|_| SpecError::new(field, format!("the data root {} does not exist", root.display())))?;
-    if !resolved.starts_with(&root) {
-        return Err(SpecError::new(field, format!("`{relative}` leads outside the data root")));
-    }
-    if !resolved.is_file() {
-        return Err(SpecError::new(field, format!("`{relative}` is not a file")));
-    }
-    Ok(resolved)
-}
-
 /// Loads, splits and standardises the dataset a spec names; with `monitor`, also holds a
 /// `validation_split` share of the training samples out for early stopping. Errors name the
 /// spec field.
-pub fn load(spec: &DatasetSpec, root: &Path, seed: u64, monitor: bool) -> Result<Dataset, SpecError> {
+pub fn load(spec: &DatasetSpec, root: &DataRoot, seed: u64, monitor: bool) -> Result<Dataset, SpecError> {
     let (name, raw, test) = match spec.source.as_str() {
         "builtin:digits" => {
-            let csv = gunzip_if_needed(DIGITS_CSV_GZ.to_vec(), "dataset.source")?;
+            let csv = gunzip_if_needed(DIGITS_CSV_GZ.to_vec(), u64::MAX, "dataset.source")?;
             ("digits".to_string(), read_csv_rows(&csv, None, false, "dataset.source")?, None)
         }
         "csv" => {
             let path = spec.path.as_deref().unwrap_or_default();
             let label = spec.label_column.as_deref().unwrap_or("label");
-            let train = read_csv_file(&resolve(root, path, "dataset.path")?, label, "dataset.path")?;
+            let train = read_csv_file(root, path, label, "dataset.path")?;
             let test = match &spec.test_path {
-                Some(p) => Some(read_csv_file(&resolve(root, p, "dataset.test_path")?, label, "dataset.test_path")?),
+                Some(p) => Some(read_csv_file(root, p, label, "dataset.test_path")?),
                 None => None,
             };
             (path.to_string(), train, test)
@@ -292,26 +274,31 @@ fn standardise(split: &mut Split, norm: &Normalization) {
     }
 }
 
-fn open_maybe_gz(path: &Path, field: &str) -> Result<Vec<u8>, SpecError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| SpecError::new(field, format!("cannot read {}: {e}", path.display())))?;
-    gunzip_if_needed(bytes, field)
+/// A file's bytes, gunzipped when it is gzip (by its magic bytes, whatever its name).
+fn open_maybe_gz(root: &DataRoot, relative: &str, field: &str) -> Result<Vec<u8>, SpecError> {
+    let bytes = root.read(relative, field)?;
+    gunzip_if_needed(bytes, root.max_file_bytes(), field).map_err(|e| SpecError::new(field, format!("`{relative}`: {}", e.message)))
 }
 
-fn gunzip_if_needed(bytes: Vec<u8>, field: &str) -> Result<Vec<u8>, SpecError> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&bytes[..])
-            .read_to_end(&mut out)
-            .map_err(|e| SpecError::new(field, format!("not a valid gzip file: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(bytes)
+/// Gunzips `bytes` when they are gzip, refusing more than `limit` bytes of output: a few
+/// megabytes of gzip can expand to gigabytes, so the cap is checked while inflating.
+pub fn gunzip_if_needed(bytes: Vec<u8>, limit: u64, field: &str) -> Result<Vec<u8>, SpecError> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
     }
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(&bytes[..])
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| SpecError::new(field, format!("not a valid gzip file: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(SpecError::new(field, format!("expands to more than {limit} bytes, the limit (--max-job-memory)")));
+    }
+    Ok(out)
 }
 
-fn read_csv_file(path: &Path, label_column: &str, field: &str) -> Result<Raw, SpecError> {
-    let bytes = open_maybe_gz(path, field)?;
+fn read_csv_file(root: &DataRoot, relative: &str, label_column: &str, field: &str) -> Result<Raw, SpecError> {
+    let bytes = open_maybe_gz(root, relative, field)?;
     read_csv_rows(&bytes, Some(label_column), true, field)
 }
 
@@ -392,12 +379,12 @@ fn label_ids(labels: &[String], field: &str) -> Result<(Vec<u32>, Option<Vec<Str
     }
 }
 
-fn read_idx_pair(root: &Path, images: &str, labels: &str, images_field: &str, labels_field: &str) -> Result<Raw, SpecError> {
-    let (dims, pixels) = read_idx(&resolve(root, images, images_field)?, images_field)?;
+fn read_idx_pair(root: &DataRoot, images: &str, labels: &str, images_field: &str, labels_field: &str) -> Result<Raw, SpecError> {
+    let (dims, pixels) = read_idx(&open_maybe_gz(root, images, images_field)?, images_field)?;
     if dims.len() < 2 {
         return Err(SpecError::new(images_field, format!("expected an images file (2 or more dimensions), got {} dimension(s)", dims.len())));
     }
-    let (label_dims, label_bytes) = read_idx(&resolve(root, labels, labels_field)?, labels_field)?;
+    let (label_dims, label_bytes) = read_idx(&open_maybe_gz(root, labels, labels_field)?, labels_field)?;
     if label_dims.len() != 1 {
         return Err(SpecError::new(labels_field, format!("expected a labels file (1 dimension), got {}", label_dims.len())));
     }
@@ -435,8 +422,7 @@ fn read_idx_pair(root: &Path, images: &str, labels: &str, images_field: &str, la
 
 /// IDX: two zero bytes, a type byte (0x08: unsigned bytes), the number of dimensions, then each
 /// dimension as a big-endian u32, then the data.
-fn read_idx(path: &Path, field: &str) -> Result<(Vec<usize>, Vec<u8>), SpecError> {
-    let bytes = open_maybe_gz(path, field)?;
+fn read_idx(bytes: &[u8], field: &str) -> Result<(Vec<usize>, Vec<u8>), SpecError> {
     let bad = |m: String| SpecError::new(field, format!("not a valid IDX file: {m}"));
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad("bad magic number".into()));
@@ -452,7 +438,10 @@ fn read_idx(path: &Path, field: &str) -> Result<(Vec<usize>, Vec<u8>), SpecError
     let dims: Vec<usize> = (0..ndims)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let expected: usize = dims.iter().product();
+    if dims.contains(&0) {
+        return Err(bad(format!("a dimension of size 0 in {dims:?}")));
+    }
+    let expected = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| bad(format!("dimensions {dims:?} are too large")))?;
     if bytes.len() - header != expected {
         return Err(bad(format!("header promises {expected} bytes of data, file has {}", bytes.len() - header)));
     }
@@ -469,7 +458,7 @@ mod tests {
 
     #[test]
     fn digits_loads_and_is_standardised_on_the_training_split() {
-        let d = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42, false).unwrap();
+        let d = load(&spec("builtin:digits"), &DataRoot::new("/nonexistent"), 42, false).unwrap();
         assert_eq!(d.features, 64);
         assert_eq!(d.classes, 10);
         assert_eq!(d.train.len() + d.validation.len(), 1797);
@@ -477,9 +466,9 @@ mod tests {
         let n = d.train.len() as f32;
         let mean_of_feature_20: f32 = d.train.x.iter().skip(20).step_by(64).sum::<f32>() / n;
         assert!(mean_of_feature_20.abs() < 1e-4, "{mean_of_feature_20}");
-        let again = load(&spec("builtin:digits"), Path::new("/nonexistent"), 42, false).unwrap();
+        let again = load(&spec("builtin:digits"), &DataRoot::new("/nonexistent"), 42, false).unwrap();
         assert_eq!(d.validation.y, again.validation.y);
-        let other = load(&spec("builtin:digits"), Path::new("/nonexistent"), 43, false).unwrap();
+        let other = load(&spec("builtin:digits"), &DataRoot::new("/nonexistent"), 43, false).unwrap();
         assert_ne!(d.validation.y, other.validation.y);
     }
 
@@ -490,20 +479,20 @@ mod tests {
         let mut s = spec("csv");
         s.path = Some("ok.csv".into());
         s.label_column = Some("species".into());
-        let d = load(&s, dir.path(), 1, false).unwrap();
+        let d = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap();
         assert_eq!(d.features, 2);
         assert_eq!(d.label_names, Some(vec!["cat".into(), "dog".into()]));
 
         std::fs::write(dir.path().join("bad.csv"), "a,label\n1,0\nx,1\n").unwrap();
         s.path = Some("bad.csv".into());
         s.label_column = None;
-        let err = load(&s, dir.path(), 1, false).unwrap_err();
+        let err = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err();
         assert_eq!(err.field, "dataset.path");
         assert!(err.message.contains("line 3"), "{}", err.message);
 
         std::fs::write(dir.path().join("neg.csv"), "a,label\n1,0\n2,-1\n").unwrap();
         s.path = Some("neg.csv".into());
-        assert!(load(&s, dir.path(), 1, false).unwrap_err().message.contains("out of range"));
+        assert!(load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err().message.contains("out of range"));
     }
 
     #[test]
@@ -520,12 +509,12 @@ mod tests {
         s.images = Some("img".into());
         s.labels = Some("lab.gz".into());
         s.validation_split = 0.25;
-        let d = load(&s, dir.path(), 1, false).unwrap();
+        let d = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap();
         assert_eq!((d.features, d.classes, d.train.len(), d.validation.len()), (4, 3, 3, 1));
 
         std::fs::write(dir.path().join("short"), &images[..20]).unwrap();
         s.images = Some("short".into());
-        assert_eq!(load(&s, dir.path(), 1, false).unwrap_err().field, "dataset.images");
+        assert_eq!(load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err().field, "dataset.images");
     }
 
     #[test]
@@ -534,8 +523,40 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("x.csv"), "a,label\n1,0\n").unwrap();
         std::os::unix::fs::symlink(outside.path().join("x.csv"), root.path().join("link.csv")).unwrap();
-        let err = resolve(root.path(), "link.csv", "dataset.path").unwrap_err();
+        let err = DataRoot::new(root.path()).resolve("link.csv", "dataset.path").unwrap_err();
         assert!(err.message.contains("outside"), "{}", err.message);
-        assert!(resolve(root.path(), "missing.csv", "dataset.path").is_err());
+        assert!(DataRoot::new(root.path()).resolve("missing.csv", "dataset.path").is_err());
+    }
+
+    #[test]
+    fn an_idx_file_with_a_zero_dimension_is_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("img"), [0, 0, 8, 4, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3]).unwrap();
+        std::fs::write(dir.path().join("lab"), [0, 0, 8, 1, 0, 0, 0, 10, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
+        let mut s = spec("idx");
+        s.images = Some("img".into());
+        s.labels = Some("lab".into());
+        let error = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err();
+        assert_eq!(error.field, "dataset.images");
+        assert!(error.message.contains("dimension of size 0"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_at_the_cap_without_inflating_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 MiB of zeros compress to about 64 KiB; many members, as the reported bomb had.
+        let mut bomb = Vec::new();
+        for _ in 0..8 {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            std::io::Write::write_all(&mut gz, &vec![b'0'; 8 << 20]).unwrap();
+            bomb.extend(gz.finish().unwrap());
+        }
+        std::fs::write(dir.path().join("bomb.csv.gz"), &bomb).unwrap();
+        let mut s = spec("csv");
+        s.path = Some("bomb.csv.gz".into());
+        let root = DataRoot::new(dir.path()).with_max_file_bytes(16 << 20);
+        let error = load(&s, &root, 1, false).unwrap_err();
+        assert_eq!(error.field, "dataset.path");
+        assert!(error.message.contains("expands to more than 16777216 bytes"), "{}", error.message);
     }
 }

@@ -41,12 +41,17 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Op
 
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, Option<serde_json::Value>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
+    parse_safetensors(&bytes, device)
+}
+
+/// Safetensors bytes as tensors, with the `distillery` metadata entry when there is one.
+pub fn parse_safetensors(bytes: &[u8], device: &Device) -> Result<(HashMap<String, Tensor>, Option<serde_json::Value>), String> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let metadata = header
         .metadata()
         .as_ref()
         .and_then(|m| m.get("distillery"))
         .and_then(|m| serde_json::from_str(m).ok());
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| format!("not a safetensors file: {e}"))?;
+    let tensors = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| format!("not a safetensors file: {e}"))?;
     Ok((tensors, metadata))
 }

@@ -5,8 +5,10 @@
 pub mod activation;
 pub mod attention;
 pub mod bert;
+pub mod budget;
 pub mod conv;
 pub mod data;
+pub mod data_root;
 pub mod fastmath;
 pub mod files;
 pub mod linear;
@@ -25,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+pub use data_root::DataRoot;
 pub use run::{preflight, run, RunOutput};
 
 /// The trainings a job may run, in this order: each teacher to train, the distilled student,
@@ -180,6 +183,16 @@ pub enum EngineError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Other(String),
+}
+
+impl EngineError {
+    /// Whether the job failed because a file system it wrote to was full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            EngineError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
 }
 
 /// Fixes the CPU thread count for the process. candle asks for it on every parallel operation

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::bert::BertConfig;
 use super::data::{self, Dataset};
-use super::files::{read_safetensors, write_json, write_safetensors};
+use super::budget::{self, MemoryEstimate};
+use super::data_root::DataRoot;
+use super::files::{parse_safetensors, read_safetensors, write_json, write_safetensors};
 use super::loss::{FeatureLoss, LogitLoss};
 use super::model::{predictions, Blueprint, Input, Net};
 use super::report::{self, Task, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
@@ -42,6 +44,7 @@ struct JobState {
 /// copied layers have the same shapes in both networks.
 struct Resolved {
     input: Input,
+    teachers: Vec<Blueprint>,
     student: Blueprint,
     pairs: Vec<LayerPair>,
     /// A transformer student's config and the teacher layer each of its layers maps to.
@@ -51,24 +54,78 @@ struct Resolved {
 /// The checks a spec must pass before it is accepted: ranges, then the dataset and the teacher
 /// files, read for real, and the architectures against the data. A job that passes can still
 /// fail later if its files change.
-pub fn preflight(spec: &JobSpec, data_root: &Path) -> Result<(), SpecError> {
+pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<MemoryEstimate, SpecError> {
     spec.validate()?;
     let (data, text) = load_data(spec, data_root, &Device::Cpu)?;
-    resolve(spec, &data, text.as_ref())?;
+    let resolved = resolve(spec, &data, text.as_ref())?;
+    check_warmup(spec, &data)?;
     if let Some(setup) = &text {
         text::teacher_net(spec, setup, &data, &mut Rng::new(0), &Device::Cpu)?;
-        return Ok(());
-    }
-    for (i, teacher) in spec.teacher_specs().iter().enumerate() {
-        if let Some(weights) = &teacher.weights {
-            load_teacher(spec, i, weights, data_root, &data, &Device::Cpu)?;
+    } else {
+        for (i, teacher) in spec.teacher_specs().iter().enumerate() {
+            if let Some(weights) = &teacher.weights {
+                load_teacher(spec, i, weights, data_root, &data, &Device::Cpu)?;
+            }
         }
+    }
+    Ok(estimate_memory(spec, &data, &resolved))
+}
+
+/// A warm-up longer than a phase would keep its learning rate below the one asked for to the
+/// end: almost certainly a mistake.
+fn check_warmup(spec: &JobSpec, data: &Dataset) -> Result<(), SpecError> {
+    let training = &spec.training;
+    let steps = |epochs: u32, batch: usize| u64::from(epochs).saturating_mul(data.train.len().div_ceil(batch) as u64);
+    let mut phases = vec![("the student", steps(training.epochs, training.batch_size))];
+    for (i, teacher) in spec.teacher_specs().iter().enumerate() {
+        if let Some(train) = &teacher.train {
+            phases.push((if i == 0 { "the teacher" } else { "a teacher" }, steps(train.epochs, train.batch_size.unwrap_or(training.batch_size))));
+        }
+    }
+    let (phase, shortest) = phases.into_iter().min_by_key(|(_, steps)| *steps).expect("the student trains");
+    if training.warmup_steps > shortest {
+        return Err(SpecError::new(
+            "training.warmup_steps",
+            format!("{} warm-up steps, but {phase} trains for {shortest} steps in all; use at most {shortest}", training.warmup_steps),
+        ));
     }
     Ok(())
 }
 
+/// The job's peak memory: every model it holds, the data, the teacher cache and the largest
+/// phase's activations.
+fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolved) -> MemoryEstimate {
+    let mut estimate = MemoryEstimate::default();
+    let samples = (data.train.len() + data.validation.len() + data.monitor.as_ref().map_or(0, |m| m.len())) as u64;
+    estimate.add("dataset", "the dataset", budget::f32_bytes(samples.saturating_mul(data.features as u64 + 1)));
+    let features = data.features;
+    let mut teacher_forward = 0u64;
+    let mut largest_phase = 0u64;
+    for (i, (teacher, blueprint)) in spec.teacher_specs().iter().zip(&resolved.teachers).enumerate() {
+        let field = format!("{}.arch", spec.teacher_field(i));
+        estimate.add(&field, format!("teacher {i}'s weights"), budget::model_bytes(blueprint, teacher.train.is_some()));
+        teacher_forward = teacher_forward.saturating_add(budget::activation_bytes(blueprint, features, spec.training.batch_size, false));
+        if let Some(train) = &teacher.train {
+            let batch = train.batch_size.unwrap_or(spec.training.batch_size);
+            largest_phase = largest_phase.max(budget::activation_bytes(blueprint, features, batch, true));
+        }
+        largest_phase = largest_phase.max(budget::inference_bytes(blueprint, features));
+    }
+    let students = if spec.baseline { 2 } else { 1 };
+    estimate.add("student.arch", "the student's weights", budget::model_bytes(&resolved.student, true).saturating_mul(students));
+    let student_phase = budget::activation_bytes(&resolved.student, features, spec.training.batch_size, true).saturating_add(teacher_forward);
+    largest_phase = largest_phase.max(student_phase);
+    estimate.add("training.batch_size", "activations", largest_phase);
+    if spec.distill.cache.enabled {
+        let kept = spec.distill.cache.top_k.map_or(data.classes.max(1), |k| 2 * k) as u64;
+        let cache = (data.train.len() as u64).saturating_mul(kept).saturating_mul(resolved.teachers.len() as u64);
+        estimate.add("distill.cache", "the teacher cache", budget::f32_bytes(cache));
+    }
+    estimate
+}
+
 /// The dataset; for text, tokenised with the teacher's tokenizer, with the teacher's folder.
-fn load_data(spec: &JobSpec, data_root: &Path, device: &Device) -> Result<(Dataset, Option<TextSetup>), SpecError> {
+fn load_data(spec: &JobSpec, data_root: &DataRoot, device: &Device) -> Result<(Dataset, Option<TextSetup>), SpecError> {
     let monitor = spec.training.early_stopping.is_some();
     if spec.dataset.source == "text" {
         let (data, setup) = text::load(spec, data_root, monitor, device)?;
@@ -161,7 +218,7 @@ fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<R
             return Err(SpecError::new(field, format!("shapes differ: student {a:?}, teacher {b:?}")));
         }
     }
-    Ok(Resolved { input, student, pairs, transformer })
+    Ok(Resolved { input, teachers, student, pairs, transformer })
 }
 
 fn layer_list(blueprint: &Blueprint) -> String {
@@ -169,10 +226,10 @@ fn layer_list(blueprint: &Blueprint) -> String {
     names.join(", ")
 }
 
-fn load_teacher(spec: &JobSpec, index: usize, weights: &str, data_root: &Path, data: &Dataset, device: &Device) -> Result<Net, SpecError> {
+fn load_teacher(spec: &JobSpec, index: usize, weights: &str, data_root: &DataRoot, data: &Dataset, device: &Device) -> Result<Net, SpecError> {
     let field = format!("{}.weights", spec.teacher_field(index));
-    let path = data::resolve(data_root, weights, &field)?;
-    let (tensors, _) = read_safetensors(&path, device).map_err(|m| SpecError::new(&field, m))?;
+    let bytes = data_root.read(weights, &field)?;
+    let (tensors, _) = parse_safetensors(&bytes, device).map_err(|m| SpecError::new(&field, m))?;
     Net::from_named(&spec.teacher_specs()[index].arch, input_of(data), data.classes, tensors, device)
         .map_err(|m| SpecError::new(&field, format!("does not fit the teacher's arch and the dataset: {m}")))
 }
@@ -198,7 +255,7 @@ fn student_from_teacher(spec: &JobSpec, resolved: &Resolved, random_init: &Net, 
 pub fn run(
     spec: &JobSpec,
     default_device: &str,
-    data_root: &Path,
+    data_root: &DataRoot,
     job_dir: &Path,
     control: &Control,
     sink: &mut dyn FnMut(EngineEvent),
@@ -281,7 +338,7 @@ pub fn run(
             let loaded = text::teacher_net(spec, setup, &data, &mut Rng::stream(training.seed, &stream), &device)?;
             match &teacher.train {
                 None => {
-                    (ctx.sink)(EngineEvent::Log(format!("teacher used as found in {}", setup.teacher.dir.display())));
+                    (ctx.sink)(EngineEvent::Log(format!("teacher used as found in {}", setup.teacher.path)));
                     teachers.push(loaded);
                     teacher_trainings.push(None);
                 }
@@ -487,7 +544,7 @@ pub fn run(
     };
     if let Some(setup) = &text {
         let names: Vec<String> = data.label_names.clone().unwrap_or_else(|| (0..data.classes).map(|c| c.to_string()).collect());
-        text::export(&student, &names, &setup.teacher.dir, job_dir).map_err(|m| EngineError::Other(format!("exporting the Hugging Face folder: {m}")))?;
+        text::export(&student, &names, &setup.teacher, job_dir).map_err(|m| EngineError::Other(format!("exporting the Hugging Face folder: {m}")))?;
         (ctx.sink)(EngineEvent::Log(format!("student exported as a Hugging Face folder: {} (and {})", text::HF_FOLDER, text::HF_ARCHIVE)));
         artifacts.push(text::HF_ARCHIVE.into());
     }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::bert::{self, BertConfig};
-use super::data::{self, Dataset, Normalization, Split};
+use super::data::{Dataset, Normalization, Split};
+use super::data_root::DataRoot;
 use super::model::{Input, Net};
 use super::rng::Rng;
 use super::text_data::{self, TextDataset, TextSplit};
@@ -17,7 +18,7 @@ use crate::spec::{ArchSpec, JobSpec, SpecError, TransformerArch, TransformerInit
 /// Files of a Hugging Face folder that travel with an exported student: the tokenizer, and
 /// sentence-transformers' pooling settings, so an embedding student loads there too.
 const COMPANION_FILES: [&str; 9] = [
-    "tokenizer.json",
+    TOKENIZER,
     "tokenizer_config.json",
     "special_tokens_map.json",
     "vocab.txt",
@@ -27,17 +28,22 @@ const COMPANION_FILES: [&str; 9] = [
     "config_sentence_transformers.json",
     "1_Pooling/config.json",
 ];
+const TOKENIZER: &str = "tokenizer.json";
 pub const HF_FOLDER: &str = "student-hf";
 pub const HF_ARCHIVE: &str = "student-hf.tar";
 
 /// The teacher folder as found on disk.
 pub struct TeacherFolder {
-    pub dir: PathBuf,
+    /// The folder as the spec names it, relative to the data root.
+    pub path: String,
     pub config: BertConfig,
     /// Our names; the head only when the folder has one.
     pub tensors: HashMap<String, Tensor>,
     /// Whether the weights hold a sequence-classification head.
     pub has_head: bool,
+    /// The bytes of the folder's tokenizer and other [`COMPANION_FILES`] present, read (and
+    /// checked) once, for the tokenizer and the export.
+    pub companions: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// What a text job knows beyond its `Dataset`.
@@ -53,24 +59,36 @@ fn folder_field(spec: &JobSpec) -> String {
 
 /// Reads the teacher's folder: config.json, model.safetensors (names normalised), and whether a
 /// classification head is there.
-pub fn read_teacher(spec: &JobSpec, root: &Path, device: &Device) -> Result<TeacherFolder, SpecError> {
+pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<TeacherFolder, SpecError> {
     let field = folder_field(spec);
     let teacher = spec.teacher_specs()[0];
     let relative = teacher.arch.transformer().and_then(|t| t.path.as_deref()).ok_or_else(|| SpecError::new(&field, "required"))?;
-    let config_path = data::resolve(root, &format!("{relative}/config.json"), &field)?;
-    data::resolve(root, &format!("{relative}/model.safetensors"), &field)
+    let file = |name: &str| format!("{relative}/{name}");
+    let config_json = root.read(&file("config.json"), &field)?;
+    let weights = root
+        .read(&file("model.safetensors"), &field)
         .map_err(|e| SpecError::new(&field, format!("{} (weights must be in model.safetensors)", e.message)))?;
-    let dir = config_path.parent().expect("a file has a parent").to_path_buf();
-    let (config, tensors) = bert::load_folder(&dir, device).map_err(|m| SpecError::new(&field, m))?;
+    root.resolve(&file(TOKENIZER), &field)?;
+    let mut companions = Vec::new();
+    for name in COMPANION_FILES.into_iter().filter(|name| root.exists(&file(name))) {
+        companions.push((name, root.read(&file(name), &field)?));
+    }
+    let (config, tensors) = bert::from_files(&config_json, &weights, device).map_err(|m| SpecError::new(&field, m))?;
     let has_head = config.num_labels > 0;
-    Ok(TeacherFolder { dir, config, tensors, has_head })
+    Ok(TeacherFolder { path: relative.to_string(), config, tensors, has_head, companions })
+}
+
+impl TeacherFolder {
+    fn tokenizer_json(&self) -> &[u8] {
+        self.companions.iter().find(|(name, _)| *name == TOKENIZER).map(|(_, bytes)| bytes.as_slice()).unwrap_or_default()
+    }
 }
 
 /// Tokenises the dataset with the teacher's tokenizer and packs it as network input.
-pub fn load(spec: &JobSpec, root: &Path, monitor: bool, device: &Device) -> Result<(Dataset, TextSetup), SpecError> {
+pub fn load(spec: &JobSpec, root: &DataRoot, monitor: bool, device: &Device) -> Result<(Dataset, TextSetup), SpecError> {
     let teacher = read_teacher(spec, root, device)?;
     let field = folder_field(spec);
-    let tokenizer = text_data::load_tokenizer(&teacher.dir.join("tokenizer.json"), &field)?;
+    let tokenizer = text_data::load_tokenizer(teacher.tokenizer_json(), &field)?;
     let text = text_data::load_text(&spec.dataset, root, &tokenizer, spec.training.seed, monitor)?;
     let needed = teacher.config.positions_needed(text.max_length);
     if needed > teacher.config.max_positions {
@@ -203,7 +221,7 @@ pub fn student_init(
 
 /// Writes the student as a Hugging Face folder (config.json with sizes and labels,
 /// model.safetensors with Hugging Face names, the teacher's tokenizer files) and a tar of it.
-pub fn export(student: &Net, label_names: &[String], teacher_dir: &Path, job_dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn export(student: &Net, label_names: &[String], teacher: &TeacherFolder, job_dir: &Path) -> Result<Vec<PathBuf>, String> {
     let config = student.transformer_config().ok_or("the student is not a transformer")?;
     let dir = job_dir.join(HF_FOLDER);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -216,14 +234,11 @@ pub fn export(student: &Net, label_names: &[String], teacher_dir: &Path, job_dir
     let meta = serde_json::json!({"format": "pt"});
     super::files::write_safetensors(&weights, &named, Some(&meta)).map_err(|e| e.to_string())?;
     files.push(weights);
-    for name in COMPANION_FILES {
-        let from = teacher_dir.join(name);
-        if from.is_file() {
-            let to = dir.join(name);
-            std::fs::create_dir_all(to.parent().expect("inside the folder")).map_err(|e| e.to_string())?;
-            std::fs::copy(&from, &to).map_err(|e| format!("copying {name}: {e}"))?;
-            files.push(to);
-        }
+    for (name, bytes) in &teacher.companions {
+        let to = dir.join(name);
+        std::fs::create_dir_all(to.parent().expect("inside the folder")).map_err(|e| e.to_string())?;
+        std::fs::write(&to, bytes).map_err(|e| format!("writing {name}: {e}"))?;
+        files.push(to);
     }
     write_tar(&job_dir.join(HF_ARCHIVE), &files, job_dir)?;
     Ok(files)

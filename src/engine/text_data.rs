@@ -12,7 +12,7 @@ use tokenizers::{
     TruncationStrategy,
 };
 
-use super::data::resolve;
+use super::data_root::DataRoot;
 use super::rng::{streams, Rng};
 use crate::spec::{DatasetSpec, SpecError};
 
@@ -67,9 +67,8 @@ impl TextDataset {
 }
 
 /// Reads a Hugging Face fast tokenizer file (`tokenizer.json`); errors name `field`.
-pub fn load_tokenizer(path: &Path, field: &str) -> Result<Tokenizer, SpecError> {
-    let tokenizer = Tokenizer::from_file(path)
-        .map_err(|e| SpecError::new(field, format!("cannot read the tokenizer {}: {e}", path.display())))?;
+pub fn load_tokenizer(json: &[u8], field: &str) -> Result<Tokenizer, SpecError> {
+    let tokenizer = Tokenizer::from_bytes(json).map_err(|e| SpecError::new(field, format!("cannot read the tokenizer (tokenizer.json): {e}")))?;
     pad_token(&tokenizer, field)?;
     Ok(tokenizer)
 }
@@ -85,7 +84,7 @@ fn pad_token(tokenizer: &Tokenizer, field: &str) -> Result<(&'static str, u32), 
 /// Loads, splits and tokenises the text dataset a spec names; with `monitor`, also holds a
 /// `validation_split` share of the training rows out for early stopping. Errors name the spec
 /// field.
-pub fn load_text(spec: &DatasetSpec, root: &Path, tokenizer: &Tokenizer, seed: u64, monitor: bool) -> Result<TextDataset, SpecError> {
+pub fn load_text(spec: &DatasetSpec, root: &DataRoot, tokenizer: &Tokenizer, seed: u64, monitor: bool) -> Result<TextDataset, SpecError> {
     let path = spec.path.as_deref().unwrap_or_default();
     let columns = [Some(spec.text_column.as_deref().unwrap_or("text")), spec.text_pair_column.as_deref(), spec.label_column.as_deref()];
     let mut files = vec![read_file(root, path, "dataset.path", &columns)?];
@@ -165,9 +164,8 @@ struct File {
 }
 
 /// Reads a file by its extension and checks every row has a text (and a label when asked for).
-fn read_file(root: &Path, relative: &str, field: &'static str, columns: &[Option<&str>; 3]) -> Result<File, SpecError> {
-    let path = resolve(root, relative, field)?;
-    let delimiter = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+fn read_file(root: &DataRoot, relative: &str, field: &'static str, columns: &[Option<&str>; 3]) -> Result<File, SpecError> {
+    let delimiter = match Path::new(relative).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("csv") => Some(b','),
         Some("tsv") => Some(b'\t'),
         Some("jsonl") => None,
@@ -175,7 +173,7 @@ fn read_file(root: &Path, relative: &str, field: &'static str, columns: &[Option
             return Err(SpecError::new(field, format!("`{relative}`: unsupported file type; expected a .csv, .tsv or .jsonl file")))
         }
     };
-    let bytes = std::fs::read(&path).map_err(|e| SpecError::new(field, format!("cannot read `{relative}`: {e}")))?;
+    let bytes = root.read(relative, field)?;
     let records = match delimiter {
         Some(delimiter) => read_delimited(&bytes, delimiter, columns, relative, field)?,
         None => read_jsonl(&bytes, columns, relative, field)?,
@@ -445,7 +443,7 @@ mod tests {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     fn tokenizer() -> Tokenizer {
-        load_tokenizer(&Path::new(FIXTURES).join("tiny-bert/tokenizer.json"), "teacher.tokenizer").unwrap()
+        load_tokenizer(&std::fs::read(Path::new(FIXTURES).join("tiny-bert/tokenizer.json")).unwrap(), "teacher.tokenizer").unwrap()
     }
 
     fn spec(path: &str, extra: Value) -> DatasetSpec {
@@ -463,7 +461,7 @@ mod tests {
     }
 
     fn load(files: &[(&str, &str)], spec: &DatasetSpec, monitor: bool) -> Result<TextDataset, SpecError> {
-        load_text(spec, root(files).path(), &tokenizer(), 7, monitor)
+        load_text(spec, &DataRoot::new(root(files).path()), &tokenizer(), 7, monitor)
     }
 
     /// Row `i` of `split` as (ids, type ids, mask).
@@ -627,10 +625,10 @@ mod tests {
         let dir = root(&[]);
         let json = std::fs::read_to_string(Path::new(FIXTURES).join("tiny-bert/tokenizer.json")).unwrap();
         std::fs::write(dir.path().join("tokenizer.json"), json.replace("[PAD]", "[BLANK]")).unwrap();
-        let e = load_tokenizer(&dir.path().join("tokenizer.json"), "teacher.tokenizer").unwrap_err();
+        let e = load_tokenizer(&std::fs::read(dir.path().join("tokenizer.json")).unwrap(), "teacher.tokenizer").unwrap_err();
         assert_eq!(e.field, "teacher.tokenizer");
         assert!(e.message.contains("[PAD]"), "{}", e.message);
-        assert_eq!(load_tokenizer(&dir.path().join("none.json"), "student.tokenizer").unwrap_err().field, "student.tokenizer");
+        assert_eq!(load_tokenizer(b"not json", "student.tokenizer").unwrap_err().field, "student.tokenizer");
     }
 
     #[test]
@@ -709,7 +707,7 @@ mod tests {
             let n: usize = split.texts[i]["row ".len()..].parse().unwrap();
             assert_eq!(split.labels[i], n as u32 % 2, "labels travel with their rows");
         }
-        let other_seed = load_text(&s, root(&files).path(), &tokenizer(), 8, false).unwrap();
+        let other_seed = load_text(&s, &DataRoot::new(root(&files).path()), &tokenizer(), 8, false).unwrap();
         assert_ne!(other_seed.validation.texts, d.validation.texts);
 
         let mut s = s;

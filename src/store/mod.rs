@@ -120,6 +120,59 @@ pub enum CancelOutcome {
     Requested(Job),
 }
 
+/// Which running jobs a recovery takes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Those whose lease has expired: their worker stopped renewing it.
+    LeaseExpired,
+    /// All of them: at start-up, under the data-dir lock, no other process can be running one.
+    AllRunning,
+}
+
+impl Abandoned {
+    fn reason(self, status: Status) -> &'static str {
+        match (self, status) {
+            (_, Status::Cancelled) => "cancellation was requested while its process was gone",
+            (Abandoned::LeaseExpired, _) => "its worker stopped (lease expired); it resumes from its last checkpoint",
+            (Abandoned::AllRunning, _) => "the service restarted while it ran; it resumes from its last checkpoint",
+        }
+    }
+}
+
+/// What became of a job whose process died.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovered {
+    Requeued(Uuid),
+    Cancelled(Uuid),
+    /// The process died `max_crashes` times while running it: most likely the job itself kills
+    /// it (memory), so it is not run again.
+    Failed(Uuid, String),
+}
+
+impl Recovered {
+    fn decide(id: Uuid, crashes: i64, cancel_requested: bool, max_crashes: u32) -> Recovered {
+        if cancel_requested {
+            Recovered::Cancelled(id)
+        } else if crashes >= i64::from(max_crashes) {
+            Recovered::Failed(
+                id,
+                format!(
+                    "the service stopped {crashes} times while running this job (killed, most likely for lack of memory); \
+                     it is not retried: make it smaller (batch size, layer widths, sequence length) or give the service more memory"
+                ),
+            )
+        } else {
+            Recovered::Requeued(id)
+        }
+    }
+
+    pub fn id(&self) -> Uuid {
+        match self {
+            Recovered::Requeued(id) | Recovered::Cancelled(id) | Recovered::Failed(id, _) => *id,
+        }
+    }
+}
+
 pub enum DeleteOutcome {
     NotFound,
     NotFinished(Status),
@@ -151,7 +204,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).after_release(|conn, _| Box::pin(outside_transaction(conn))).connect_with(options).await?;
         MIGRATOR.run(&pool).await?;
         let (events, _) = broadcast::channel(4096);
         Ok(Self { pool, events })
@@ -278,25 +331,52 @@ impl Store {
         Ok(cancel)
     }
 
-    /// Puts running jobs whose lease has expired (their worker died) back in the queue.
-    pub async fn requeue_expired(&self) -> Result<Vec<Uuid>, StoreError> {
+    /// Takes back running jobs whose process died: with `Abandoned::LeaseExpired`, those whose
+    /// lease ran out; with `Abandoned::AllRunning` (at start-up, when this process holds the
+    /// data-dir lock and so is the only one), every running job. Each goes back to the queue to
+    /// resume from its checkpoint, unless cancellation was asked for (then it is cancelled) or
+    /// the process has now died `max_crashes` times while running it (then it fails).
+    pub async fn recover_abandoned(&self, abandoned: Abandoned, max_crashes: u32) -> Result<Vec<Recovered>, StoreError> {
         let mut tx = self.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL
-             WHERE status = 'running' AND lease_expires_ms < ? RETURNING id",
+        let deadline = match abandoned {
+            Abandoned::LeaseExpired => now_ms(),
+            Abandoned::AllRunning => i64::MAX,
+        };
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "UPDATE jobs SET crashes = crashes + 1, lease_owner = NULL, lease_expires_ms = NULL
+             WHERE status = 'running' AND lease_expires_ms < ? RETURNING id, crashes, cancel_requested",
         )
-        .bind(now_ms())
+        .bind(deadline)
         .fetch_all(&mut *tx)
         .await?;
         let mut events = Vec::new();
-        let mut requeued = Vec::new();
-        for id in ids {
+        let mut recovered = Vec::new();
+        for (id, crashes, cancel_requested) in rows {
             let id = parse_id(&id)?;
-            events.push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": "its worker stopped (lease expired); it resumes from its last checkpoint"})).await?);
-            requeued.push(id);
+            let outcome = Recovered::decide(id, crashes, cancel_requested != 0, max_crashes);
+            let (status, error) = match &outcome {
+                Recovered::Requeued(_) => (Status::Queued, None),
+                Recovered::Cancelled(_) => (Status::Cancelled, None),
+                Recovered::Failed(_, error) => (Status::Failed, Some(error.clone())),
+            };
+            let finished = status.is_terminal().then(now);
+            sqlx::query("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(&error)
+                .bind(finished)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let mut payload = serde_json::json!({"status": status.as_str()});
+            match &error {
+                Some(error) => payload["error"] = error.as_str().into(),
+                None => payload["reason"] = abandoned.reason(status).into(),
+            }
+            events.push(append(&mut tx, id, "status", payload).await?);
+            recovered.push(outcome);
         }
         self.commit(tx, events).await?;
-        Ok(requeued)
+        Ok(recovered)
     }
 
     /// Returns a job this worker holds to the queue (shutdown): it resumes from its checkpoint.
@@ -450,6 +530,11 @@ impl Store {
         Ok(())
     }
 
+    pub async fn delete_artifacts(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM artifacts WHERE job_id = ?").bind(id.to_string()).execute(&self.pool).await?;
+        Ok(())
+    }
+
     pub async fn artifacts(&self, id: Uuid) -> Result<Vec<Artifact>, StoreError> {
         let rows = sqlx::query("SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? ORDER BY name")
             .bind(id.to_string())
@@ -478,6 +563,17 @@ impl Store {
         }
         Ok(counts)
     }
+}
+
+/// Whether a connection going back to the pool is outside any transaction. A COMMIT or statement
+/// that fails for lack of disk space can end SQLite's transaction behind sqlx's back; the
+/// rollback sqlx then queues fails, and the connection would keep a transaction depth of 1, so
+/// every later `BEGIN` on it fails. Such a connection is closed instead (`false`), and the pool
+/// opens a fresh one.
+async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    // Runs any rollback queued by a dropped transaction first: commands run in order.
+    sqlx::Connection::ping(conn).await?;
+    Ok(<<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::get_transaction_depth(conn) == 0)
 }
 
 async fn append(conn: &mut sqlx::SqliteConnection, id: Uuid, kind: &str, payload: serde_json::Value) -> Result<Event, StoreError> {
@@ -548,4 +644,71 @@ fn artifact_from_row(row: &SqliteRow) -> Result<Artifact, StoreError> {
         content_type: row.try_get("content_type")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with_a_job() -> (tempfile::TempDir, Store, Uuid) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+        let Inserted::Created(job) = store.insert_job(&tiny_spec(), None).await.unwrap() else { panic!("not created") };
+        (dir, store, job.id)
+    }
+
+    fn tiny_spec() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "dataset": {"source": "builtin:digits"},
+            "teacher": {"arch": {"kind": "mlp", "hidden": [8]}, "train": {"epochs": 1}},
+            "student": {"arch": {"kind": "mlp", "hidden": [4]}},
+            "distill": {"temperature": 4.0, "alpha": 0.7},
+            "training": {"epochs": 1, "batch_size": 8, "optimizer": {"kind": "adamw", "lr": 0.001}}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_that_keeps_killing_the_process_fails_instead_of_looping() {
+        let (_dir, store, id) = store_with_a_job().await;
+        for crash in 1..=3 {
+            let claimed = store.claim_next("worker", Duration::from_secs(60)).await.unwrap();
+            assert_eq!(claimed.map(|j| j.id), Some(id), "crash {crash}: the job is claimable");
+            let recovered = store.recover_abandoned(Abandoned::AllRunning, 3).await.unwrap();
+            match crash {
+                3 => assert!(matches!(&recovered[..], [Recovered::Failed(job, why)] if *job == id && why.contains("stopped 3 times"))),
+                _ => assert_eq!(recovered, vec![Recovered::Requeued(id)]),
+            }
+        }
+        let job = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(job.status, Status::Failed);
+        assert!(job.error.unwrap().contains("not retried"));
+        assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none(), "a failed job is never claimed");
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_job_whose_process_died_wins_over_the_requeue() {
+        let (_dir, store, id) = store_with_a_job().await;
+        store.claim_next("worker", Duration::from_millis(1)).await.unwrap().unwrap();
+        assert!(matches!(store.request_cancel(id).await.unwrap(), CancelOutcome::Requested(_)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
+        assert_eq!(store.get_job(id).await.unwrap().unwrap().status, Status::Cancelled);
+        assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_transaction_that_sqlite_ended_alone_does_not_poison_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+        for _ in 0..3 {
+            // SQLite ends the transaction (as it may on a full disk) without sqlx knowing; the
+            // rollback sqlx queues on drop then fails.
+            let mut tx = store.begin().await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            drop(tx);
+            assert!(matches!(store.insert_job(&tiny_spec(), None).await, Ok(Inserted::Created(_))));
+        }
+        assert_eq!(store.list_jobs(None, None, 10).await.unwrap().0.len(), 3);
+    }
 }

@@ -12,8 +12,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
-use crate::engine::{self, Control, EngineError, EngineEvent, RunOutput};
-use crate::store::{Job, Status, Store};
+use crate::engine::{self, Control, DataRoot, EngineError, EngineEvent, RunOutput};
+use crate::layout;
+use crate::store::{Abandoned, Job, Status, Store};
 
 /// Progress events are persisted at most this often; epoch ends and status changes always.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -23,21 +24,21 @@ pub struct WorkerConfig {
     pub workers: usize,
     pub lease: Duration,
     pub data_dir: PathBuf,
+    /// What a job's spec may read.
+    pub data_root: DataRoot,
     pub default_device: String,
+    /// Deaths of the process while running a job before the job fails for good.
+    pub max_crashes: u32,
 }
 
 impl WorkerConfig {
-    pub fn datasets_dir(&self) -> PathBuf {
-        self.data_dir.join("datasets")
-    }
-
     pub fn job_dir(&self, id: Uuid) -> PathBuf {
-        job_dir(&self.data_dir, id)
+        layout::job_dir(&self.data_dir, id)
     }
 }
 
 pub fn job_dir(data_dir: &Path, id: Uuid) -> PathBuf {
-    data_dir.join("jobs").join(id.to_string())
+    layout::job_dir(data_dir, id)
 }
 
 /// Controls of the jobs running in this process, so a cancel request reaches the engine at
@@ -84,17 +85,17 @@ pub fn spawn(
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     {
-        let (store, mut shutdown, lease) = (store.clone(), shutdown.clone(), config.lease);
+        let (store, mut shutdown, lease, max_crashes) = (store.clone(), shutdown.clone(), config.lease, config.max_crashes);
         let queue = queue.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                match store.requeue_expired().await {
-                    Ok(ids) if !ids.is_empty() => {
-                        info!(jobs = ?ids, "requeued jobs whose lease expired");
+                match store.recover_abandoned(Abandoned::LeaseExpired, max_crashes).await {
+                    Ok(jobs) if !jobs.is_empty() => {
+                        info!(jobs = ?jobs, "took back jobs whose lease expired");
                         queue.notify_waiters();
                     }
                     Ok(_) => {}
-                    Err(e) => warn!(error = %e, "requeue of expired leases failed"),
+                    Err(e) => warn!(error = %e, "recovering jobs with expired leases failed"),
                 }
                 tokio::select! {
                     _ = tokio::time::sleep((lease / 2).max(Duration::from_millis(200))) => {}
@@ -177,10 +178,7 @@ impl Worker {
                 info!("job interrupted by shutdown; back in the queue");
                 self.store.release(job.id, &self.id, "the service shut down; the job resumes from its checkpoint").await
             }
-            Err(e) => {
-                warn!(error = %e, "job failed");
-                self.store.finish(job.id, &self.id, Status::Failed, Some(&e.to_string()), None, None).await
-            }
+            Err(e) => self.fail(&job, e).await,
         };
         if let Err(e) = recorded {
             warn!(error = %e, "recording the job's outcome failed; its lease will expire and it will run again");
@@ -200,7 +198,7 @@ impl Worker {
                     let _ = events_tx.send(event);
                 };
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    engine::run(&spec, &config.default_device, &config.datasets_dir(), &job_dir, &thread_control, &mut sink)
+                    engine::run(&spec, &config.default_device, &config.data_root, &job_dir, &thread_control, &mut sink)
                 }));
                 let result = result.unwrap_or_else(|_| Err(EngineError::Other("internal error: the training thread panicked".into())));
                 let _ = done_tx.send(result);
@@ -273,8 +271,9 @@ impl Worker {
     async fn record_file(&self, id: Uuid, name: &str) {
         let path = self.config.job_dir(id).join(name);
         let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
-            let bytes = std::fs::read(&path)?;
-            Ok((bytes.len() as u64, format!("{:x}", Sha256::digest(&bytes))))
+            let mut hasher = Sha256::new();
+            let size = std::io::copy(&mut std::fs::File::open(&path)?, &mut hasher)?;
+            Ok((size, format!("{:x}", hasher.finalize())))
         })
         .await;
         let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {
@@ -290,6 +289,36 @@ impl Worker {
             }
             Ok(Err(e)) => warn!(error = %e, name, "reading an artifact failed"),
             Err(e) => warn!(error = %e, name, "hashing an artifact failed"),
+        }
+    }
+
+    /// Records a failure. A job that failed for lack of disk space first deletes what it wrote
+    /// (partial checkpoints included), so the space is back and SQLite can record the failure;
+    /// any failure whose recording fails is retried once after that clean-up, so the job fails
+    /// once instead of being requeued to fill the disk again.
+    async fn fail(&self, job: &Job, error: EngineError) -> Result<(), crate::store::StoreError> {
+        let mut message = error.to_string();
+        if error.is_disk_full() {
+            self.delete_files(job.id).await;
+            message += "; the disk is full: the job's files were deleted to free the space";
+        }
+        warn!(error = %message, "job failed");
+        let recorded = self.store.finish(job.id, &self.id, Status::Failed, Some(&message), None, None).await;
+        if recorded.is_ok() || error.is_disk_full() {
+            return recorded;
+        }
+        self.delete_files(job.id).await;
+        self.store.finish(job.id, &self.id, Status::Failed, Some(&message), None, None).await
+    }
+
+    /// Deletes a failed job's folder and the artifact records that pointed into it.
+    async fn delete_files(&self, id: Uuid) {
+        let dir = self.config.job_dir(id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+            warn!(error = %e, "deleting the job's files failed");
+        }
+        if let Err(e) = self.store.delete_artifacts(id).await {
+            warn!(error = %e, "deleting the job's artifact records failed");
         }
     }
 

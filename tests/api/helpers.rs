@@ -35,6 +35,9 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         workers: 1,
         device: "cpu".into(),
         lease_secs: 30,
+        max_job_memory: None,
+        min_free_disk: 64 << 20,
+        max_crashes: 3,
         log_format: "text".into(),
     }
 }

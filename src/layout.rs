@@ -1,0 +1,62 @@
+//! The data directory's layout, in one place: the database, the lock that makes this process
+//! its only server, the data root that specs read from, and the job folders.
+
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+/// The SQLite database (and its `-wal` and `-shm` files beside it).
+pub const DATABASE: &str = "distillery.db";
+/// Held with an exclusive lock while a server runs on the directory.
+pub const LOCK: &str = "distillery.lock";
+/// The data root: dataset and teacher paths in specs are relative to it.
+pub const DATASETS: &str = "datasets";
+/// One folder per job: checkpoints and artifacts.
+pub const JOBS: &str = "jobs";
+
+pub fn database(data_dir: &Path) -> PathBuf {
+    data_dir.join(DATABASE)
+}
+
+pub fn lock(data_dir: &Path) -> PathBuf {
+    data_dir.join(LOCK)
+}
+
+pub fn datasets(data_dir: &Path) -> PathBuf {
+    data_dir.join(DATASETS)
+}
+
+pub fn jobs(data_dir: &Path) -> PathBuf {
+    data_dir.join(JOBS)
+}
+
+pub fn job_dir(data_dir: &Path, id: Uuid) -> PathBuf {
+    jobs(data_dir).join(id.to_string())
+}
+
+/// The service's own files, which no spec may read: the database with its journal files, the
+/// lock and the job folders.
+pub fn private_paths(data_dir: &Path) -> Vec<PathBuf> {
+    let database = database(data_dir);
+    let mut paths = vec![lock(data_dir), jobs(data_dir)];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = database.clone().into_os_string();
+        name.push(suffix);
+        paths.push(name.into());
+    }
+    paths.push(database);
+    paths
+}
+
+/// Free bytes for an unprivileged writer on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs writes the struct on success; it is read only then.
+    if unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the struct.
+    let stats = unsafe { stats.assume_init() };
+    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
