@@ -129,7 +129,11 @@ impl Follow {
             }
             tokio::select! {
                 received = self.live.recv() => match received {
-                    Ok(event) if event.job_id != self.job || event.seq <= self.last => {}
+                    Ok(event) if event.job_id != self.job => {}
+                    // The job has ended: so does the stream, even if the client claimed to have
+                    // seen a seq beyond the end (a `Last-Event-ID` from the future).
+                    Ok(event) if event.seq <= self.last && event.is_terminal() => return None,
+                    Ok(event) if event.seq <= self.last => {}
                     Ok(event) if event.seq == self.last + 1 => self.buffer.push_back(event),
                     // A gap or a lag: the store has everything, in order.
                     Ok(_) | Err(RecvError::Lagged(_)) => self.replaying = true,

@@ -39,3 +39,32 @@ async fn replaying_a_finished_job_and_paging_the_log() {
     let bad = app.client.get(app.url(&format!("/v1/jobs/{id}/events"))).header("accept", "text/event-stream").header("last-event-id", "x").send().await.unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn a_last_event_id_beyond_the_end_still_ends_with_the_job() {
+    use futures_util::StreamExt;
+    let app = spawn_app().await;
+    let id = app.submit(&slow_spec()).await;
+    app.follow(&id, None, Some(3)).await;
+    let response = app
+        .client
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "1000000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.get_json(&format!("/v1/jobs/{id}")).await["status"], "running", "the test needs a running job");
+    app.client.post(app.url(&format!("/v1/jobs/{id}/cancel"))).send().await.unwrap();
+    app.wait_for_status(&id, &["cancelled"]).await;
+    let mut stream = response.bytes_stream();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            let text = String::from_utf8(chunk.unwrap().to_vec()).unwrap();
+            assert!(!text.contains("data:"), "an event below the client's Last-Event-ID was sent: {text}");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream stayed open after the job ended");
+}
