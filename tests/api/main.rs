@@ -1,6 +1,7 @@
 //! The service as a user meets it: start it, submit jobs, watch them, read the results.
 
 mod contract;
+mod hardening;
 mod helpers;
 mod jobs;
 mod sse;
