@@ -31,6 +31,7 @@ use super::linear::Linear;
 use super::model::dropout_multipliers;
 use super::norm;
 use super::rng::Rng;
+use crate::spec::{MAX_LAYERS, MAX_LAYER_WIDTH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -100,6 +101,10 @@ fn field<'a>(raw: &'a Value, names: &[&str]) -> Option<&'a Value> {
     names.iter().find_map(|n| raw.get(*n).filter(|v| !v.is_null()))
 }
 
+const MAX_VOCABULARY: usize = 1 << 24;
+const MAX_POSITIONS: usize = 1 << 16;
+const MAX_TOKEN_TYPES: usize = 1 << 10;
+
 impl BertConfig {
     /// Reads a Hugging Face `config.json`; errors say which key is missing or unsupported.
     pub fn from_hf(raw: &Value) -> std::result::Result<Self, String> {
@@ -160,6 +165,19 @@ impl BertConfig {
         }
         if self.num_layers == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.vocab_size == 0 {
             return Err("layers, hidden size, intermediate size and vocabulary must be positive".into());
+        }
+        // A config.json is user input: sizes past any real encoder would only make the service
+        // loop over or allocate for them before the memory estimate could refuse the job.
+        let limits = [
+            ("layers", self.num_layers, MAX_LAYERS),
+            ("hidden size", self.hidden_size, MAX_LAYER_WIDTH),
+            ("intermediate size", self.intermediate_size, MAX_LAYER_WIDTH),
+            ("vocabulary", self.vocab_size, MAX_VOCABULARY),
+            ("positions", self.max_positions, MAX_POSITIONS),
+            ("token types", self.type_vocab_size, MAX_TOKEN_TYPES),
+        ];
+        if let Some((what, value, max)) = limits.into_iter().find(|(_, value, max)| value > max) {
+            return Err(format!("{what} {value} is more than the {max} this service supports"));
         }
         Ok(())
     }
