@@ -68,7 +68,11 @@ impl TextDataset {
 
 /// Reads a Hugging Face fast tokenizer file (`tokenizer.json`); errors name `field`.
 pub fn load_tokenizer(json: &[u8], field: &str) -> Result<Tokenizer, SpecError> {
-    let tokenizer = Tokenizer::from_bytes(json).map_err(|e| SpecError::new(field, format!("cannot read the tokenizer (tokenizer.json): {e}")))?;
+    // The tokenizers crate panics on some malformed files (found by `engine::fuzz`); a user's
+    // file must get an error, not take a request down.
+    let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(json))
+        .unwrap_or_else(|_| Err("the file is malformed (the tokenizers library gave up on it)".into()));
+    let tokenizer = parsed.map_err(|e| SpecError::new(field, format!("cannot read the tokenizer (tokenizer.json): {e}")))?;
     pad_token(&tokenizer, field)?;
     Ok(tokenizer)
 }
@@ -150,7 +154,7 @@ const COLUMN_FIELDS: [&str; 3] = ["dataset.text_column", "dataset.text_pair_colu
 
 /// One data row as read: the file line it starts on and the text, pair and label cells (each
 /// present when its column was asked for).
-struct Record {
+pub(crate) struct Record {
     line: usize,
     values: [Option<String>; 3],
 }
@@ -199,7 +203,7 @@ fn missing(k: usize, name: &str, place: &str, noun: &str, present: &[&str]) -> S
 }
 
 /// CSV or TSV with a header row; quoted cells may hold delimiters and newlines.
-fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str>; 3], shown: &str, field: &str) -> Result<Vec<Record>, SpecError> {
+pub(crate) fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str>; 3], shown: &str, field: &str) -> Result<Vec<Record>, SpecError> {
     let bad = |e: csv::Error| SpecError::new(field, format!("`{shown}`: {e}"));
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::Headers).from_reader(bytes);
     let header = reader.headers().map_err(bad)?.clone();
@@ -225,7 +229,7 @@ fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str>; 3], show
 }
 
 /// One JSON object a line; texts are strings, labels strings or integers.
-fn read_jsonl(bytes: &[u8], columns: &[Option<&str>; 3], shown: &str, field: &str) -> Result<Vec<Record>, SpecError> {
+pub(crate) fn read_jsonl(bytes: &[u8], columns: &[Option<&str>; 3], shown: &str, field: &str) -> Result<Vec<Record>, SpecError> {
     let text = std::str::from_utf8(bytes).map_err(|_| SpecError::new(field, format!("`{shown}` is not UTF-8 text")))?;
     // Editors on Windows may start the file with a byte-order mark; the csv crate skips it too.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
