@@ -82,7 +82,7 @@ impl Dataset {
 }
 
 /// Raw samples as read from a source, before splitting.
-struct Raw {
+pub(crate) struct Raw {
     image: Option<ImageShape>,
     features: usize,
     split: Split,
@@ -305,7 +305,7 @@ fn read_csv_file(root: &DataRoot, relative: &str, label_column: &str, field: &st
 /// Reads numeric feature columns and a label column. Without a header (the digits file) the
 /// label is the last column. Integer labels are class ids; any other labels are names, mapped
 /// to ids in sorted order.
-fn read_csv_rows(
+pub(crate) fn read_csv_rows(
     bytes: &[u8],
     label_column: Option<&str>,
     has_header: bool,
@@ -422,7 +422,7 @@ fn read_idx_pair(root: &DataRoot, images: &str, labels: &str, images_field: &str
 
 /// IDX: two zero bytes, a type byte (0x08: unsigned bytes), the number of dimensions, then each
 /// dimension as a big-endian u32, then the data.
-fn read_idx(bytes: &[u8], field: &str) -> Result<(Vec<usize>, Vec<u8>), SpecError> {
+pub(crate) fn read_idx(bytes: &[u8], field: &str) -> Result<(Vec<usize>, Vec<u8>), SpecError> {
     let bad = |m: String| SpecError::new(field, format!("not a valid IDX file: {m}"));
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad("bad magic number".into()));

@@ -11,6 +11,8 @@ pub mod data;
 pub mod data_root;
 pub mod fastmath;
 pub mod files;
+#[cfg(test)]
+mod fuzz;
 pub mod linear;
 pub mod loss;
 pub mod model;
