@@ -17,9 +17,14 @@ struct Service {
 
 impl Service {
     fn start(data_dir: &Path) -> Service {
+        Service::start_with(data_dir, &[])
+    }
+
+    fn start_with(data_dir: &Path, extra: &[&str]) -> Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
             .args(["serve", "--bind", "127.0.0.1:0", "--lease-secs", "2", "--log-format", "json", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -171,4 +176,86 @@ async fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let (resumed, next) = resumption(&events);
     assert_eq!(resumed, shutdown_checkpoint, "resumes from the checkpoint written at shutdown");
     assert_eq!(next, resumed + 1);
+}
+
+/// A small file system, mounted for the test (as root; CI runs as root).
+struct Mount(tempfile::TempDir);
+
+impl Mount {
+    fn tmpfs(size: &str) -> Option<Mount> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).status();
+        match mounted {
+            Ok(status) if status.success() => Some(Mount(dir)),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_a_job_once_frees_its_files_and_the_service_keeps_serving() {
+    let Some(mount) = Mount::tmpfs("24m") else {
+        eprintln!("SKIPPED: mounting a 24 MB tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let data = mount.0.path().join("data");
+    let client = reqwest::Client::new();
+    {
+        // Below the free-space floor, submissions are refused up front and /readyz says why.
+        let service = Service::start_with(&data, &["--min-free-disk", "1GiB"]);
+        let response = client.post(format!("{}/v1/jobs", service.base)).json(&spec()).send().await.unwrap();
+        assert_eq!(response.status(), 507);
+        assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "insufficient_storage");
+        let ready = client.get(format!("{}/readyz", service.base)).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        assert_eq!(ready.json::<Value>().await.unwrap()["status"], "low_disk");
+    }
+    let service = Service::start_with(&data, &["--min-free-disk", "1MiB"]);
+    let mut heavy = spec();
+    heavy["teacher"] = json!({"arch": {"kind": "mlp", "hidden": [1024, 1024]}, "train": {"epochs": 3}});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let response = client.post(format!("{}/v1/jobs", service.base)).json(&heavy).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let mut jobs = Vec::new();
+    for id in &ids {
+        let mut job = Value::Null;
+        wait_until("the job to end", async || {
+            job = client.get(format!("{}/v1/jobs/{id}", service.base)).send().await.unwrap().json().await.unwrap();
+            matches!(job["status"].as_str(), Some("succeeded" | "failed"))
+        })
+        .await;
+        jobs.push(job);
+    }
+    let full: Vec<&Value> = jobs.iter().filter(|j| j["error"].as_str().unwrap_or("").contains("the disk is full")).collect();
+    assert!(!full.is_empty(), "no job hit the full disk: {jobs:?}");
+    for job in &jobs {
+        assert_eq!(job["attempts"], 1, "a job ran twice: {job}");
+    }
+    for job in &full {
+        assert_eq!(job["status"], "failed");
+        assert!(!data.join("jobs").join(job["id"].as_str().unwrap()).exists(), "the failed job's files are still there");
+    }
+    // The pool was not left inside a transaction: the service still accepts and answers.
+    let response = client.post(format!("{}/v1/jobs", service.base)).json(&spec()).send().await.unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    client.post(format!("{}/v1/jobs/{id}/cancel", service.base)).send().await.unwrap();
+    drop(service);
+
+    // A restart runs none of them again.
+    let again = Service::start_with(&data, &["--min-free-disk", "1MiB"]);
+    for old in &jobs {
+        let id = old["id"].as_str().unwrap();
+        let job: Value = client.get(format!("{}/v1/jobs/{id}", again.base)).send().await.unwrap().json().await.unwrap();
+        assert_eq!((&job["status"], &job["attempts"]), (&old["status"], &json!(1)), "{job}");
+    }
 }
