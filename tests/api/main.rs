@@ -3,5 +3,6 @@
 mod contract;
 mod helpers;
 mod jobs;
+mod limits;
 mod sse;
 mod validation;
