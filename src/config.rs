@@ -25,6 +25,14 @@ pub struct ServeConfig {
     /// requeued and resumes from its last checkpoint.
     #[arg(long, env = "DISTILLERY_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
+    /// HTTP connections open at once; when all are taken, new ones wait in the OS backlog until
+    /// one closes.
+    #[arg(long, env = "DISTILLERY_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// Seconds a connection has to send a request's headers; a slower one (or a keep-alive
+    /// connection idle that long) is closed.
+    #[arg(long, env = "DISTILLERY_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

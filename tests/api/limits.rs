@@ -1,9 +1,18 @@
 //! What keeps one client from exhausting the service: downloads streamed from disk with
 //! `Range` support, a header-read timeout, a connection cap and a request timeout.
 
-use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
 
-use crate::helpers::{small_spec, spawn_app};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{small_spec, spawn_app, spawn_app_with, TestApp};
+
+/// A raw connection, for clients that misbehave in ways reqwest cannot.
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.base.trim_start_matches("http://")).await.unwrap()
+}
 
 #[tokio::test]
 async fn downloads_are_whole_or_the_range_asked_for() {
@@ -47,4 +56,35 @@ async fn downloads_are_whole_or_the_range_asked_for() {
         assert_eq!(body["error"]["code"], "range_not_satisfiable", "{body}");
         assert_eq!(body["error"]["field"], "Range", "{body}");
     }
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    let app = spawn_app_with(|config| config.header_timeout_secs = 1).await;
+    let mut stream = connect(&app).await;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // Ends when the server closes the connection, whether with a reset or after a 408.
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the connection was still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed after {:?}, before the timeout", started.elapsed());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(app.get_json("/healthz").await["status"], "ok");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let app = spawn_app_with(|config| config.max_connections = 4).await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(connect(&app).await);
+    }
+    let request = tokio::spawn(app.client.get(app.url("/healthz")).send());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!request.is_finished(), "a fifth connection was served while four were open");
+    drop(silent);
+    let response = tokio::time::timeout(Duration::from_secs(5), request).await.expect("still waiting after the four closed");
+    assert_eq!(response.unwrap().unwrap().status(), 200);
 }
