@@ -33,6 +33,10 @@ pub struct ServeConfig {
     /// connection idle that long) is closed.
     #[arg(long, env = "DISTILLERY_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub header_timeout_secs: u64,
+    /// Seconds a request may take to be answered, reading its body included, before it gets
+    /// 408; event streams and artifact downloads are exempt.
+    #[arg(long, env = "DISTILLERY_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub request_timeout_secs: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

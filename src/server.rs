@@ -114,6 +114,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         workers: config.workers as usize,
         shutdown: shutdown.clone(),
         started: Instant::now(),
+        request_timeout: Duration::from_secs(config.request_timeout_secs),
     };
     let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;

@@ -44,6 +44,7 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         lease_secs: 30,
         max_connections: 512,
         header_timeout_secs: 10,
+        request_timeout_secs: 60,
         log_format: "text".into(),
     }
 }

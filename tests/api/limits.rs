@@ -3,11 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{small_spec, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{slow_spec, small_spec, spawn_app, spawn_app_with, TestApp};
 
 /// A raw connection, for clients that misbehave in ways reqwest cannot.
 async fn connect(app: &TestApp) -> TcpStream {
@@ -87,4 +88,55 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     drop(silent);
     let response = tokio::time::timeout(Duration::from_secs(5), request).await.expect("still waiting after the four closed");
     assert_eq!(response.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_dribbled_slower_than_the_request_timeout_gets_408() {
+    let app = spawn_app_with(|config| config.request_timeout_secs = 1).await;
+    let body = serde_json::to_vec(&small_spec(1)).unwrap();
+    let (mut reader, mut writer) = connect(&app).await.into_split();
+    let head = format!("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // A byte every 250 ms: the whole body would take over a minute.
+    let dribble = tokio::spawn(async move {
+        for byte in body {
+            if writer.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
+    dribble.abort();
+    assert!(closed.is_ok(), "no answer, and the connection still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(900), "answered after {:?}, before the timeout", started.elapsed());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#"{"error":{"code":"request_timeout","#), "{answer}");
+    assert!(app.get_json("/v1/jobs").await["data"].as_array().unwrap().is_empty(), "no job was created");
+}
+
+#[tokio::test]
+async fn an_event_stream_outlives_the_request_timeout() {
+    let app = spawn_app_with(|config| config.request_timeout_secs = 1).await;
+    let mut spec = slow_spec();
+    spec["training"]["epochs"] = 500.into(); // still running when the test ends
+    let id = app.submit(&spec).await;
+    let url = app.url(&format!("/v1/jobs/{id}/events"));
+    let response = app.client.get(&url).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let mut stream = response.bytes_stream();
+    let mut late_events = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        let chunk = tokio::time::timeout(Duration::from_secs(2), stream.next()).await.expect("no event for 2 s");
+        let chunk = chunk.expect("the stream ended").expect("the stream broke");
+        if started.elapsed() > Duration::from_millis(1500) && chunk.windows(5).any(|w| w == b"data:") {
+            late_events += 1;
+        }
+    }
+    assert!(late_events > 0, "no event arrived after the request timeout");
+    app.client.post(app.url(&format!("/v1/jobs/{id}/cancel"))).send().await.unwrap();
 }
