@@ -38,6 +38,18 @@ pub struct ServeConfig {
     /// fails instead of going back to the queue.
     #[arg(long, env = "DISTILLERY_MAX_CRASHES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_crashes: u32,
+    /// HTTP connections open at once; when all are taken, new ones wait in the OS backlog until
+    /// one closes.
+    #[arg(long, env = "DISTILLERY_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+    /// Seconds a connection has to send a request's headers; a slower one (or a keep-alive
+    /// connection idle that long) is closed.
+    #[arg(long, env = "DISTILLERY_HEADER_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+    /// Seconds a request may take to be answered, reading its body included, before it gets
+    /// 408; event streams and artifact downloads are exempt.
+    #[arg(long, env = "DISTILLERY_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub request_timeout_secs: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -1,12 +1,19 @@
 //! `distillery serve`: the store, the worker pool and the HTTP API in one process, with a
 //! graceful shutdown that checkpoints running jobs and returns them to the queue.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::{watch, Notify};
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState, Limits};
@@ -119,8 +126,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         workers: config.workers as usize,
         shutdown: shutdown.clone(),
         started: Instant::now(),
+        request_timeout: Duration::from_secs(config.request_timeout_secs),
     };
-    let listener = tokio::net::TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+    let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(
         address = %addr,
@@ -129,14 +137,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         max_job_memory = config.job_memory_limit(),
         "distillery listening"
     );
-    let mut stop = shutdown.clone();
+    let limits = ConnectionLimits {
+        max_connections: config.max_connections as usize,
+        header_timeout: Duration::from_secs(config.header_timeout_secs),
+    };
     let task = tokio::spawn(async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("serving HTTP")?;
+        serve_http(listener, api::router(state), limits, shutdown).await;
         for task in workers {
             let _ = task.await;
         }
@@ -171,6 +177,57 @@ fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
         );
     }
     Ok(file)
+}
+
+struct ConnectionLimits {
+    max_connections: usize,
+    header_timeout: Duration,
+}
+
+/// Serves HTTP/1 until `shutdown`, then lets each open connection finish its request.
+/// Our own loop rather than `axum::serve`, which gives hyper no timer, so no header-read timeout.
+async fn serve_http(listener: TcpListener, router: Router, limits: ConnectionLimits, mut shutdown: watch::Receiver<bool>) {
+    let mut http = http1::Builder::new();
+    // Closes connections that dribble their headers (slowloris), and idle keep-alive ones.
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    // The router serves `Request<Incoming>` itself (it wraps any body in `axum::body::Body`).
+    let service = TowerToHyperService::new(router);
+    // One permit per open connection: with none left we stop accepting, and the OS backlog
+    // holds newcomers until a connection closes.
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = accept(&listener, &permits) => accepted,
+        };
+        let Some((stream, permit)) = accepted else { continue };
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The next connection, once there is a permit for it; `None` after an accept error.
+async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    match listener.accept().await {
+        Ok((stream, _)) => Some((stream, permit)),
+        // The peer gave up before we accepted it: nothing to do.
+        Err(e) if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused) => None,
+        Err(e) => {
+            // Out of file descriptors, most likely: pause rather than spin.
+            tracing::error!(error = %e, "accepting a connection failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        }
+    }
 }
 
 async fn terminate() {

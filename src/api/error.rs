@@ -2,7 +2,7 @@
 //! rendered as `{"error": {"code", "message", "field"}}`. Internal errors are logged, not leaked.
 
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -21,6 +21,9 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     Rejected { status: StatusCode, code: &'static str, message: String },
+    /// A `Range` the file cannot serve; the 416 names the file's size in `Content-Range`.
+    #[error("{message}")]
+    RangeNotSatisfiable { size: u64, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -37,6 +40,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code, None),
             ApiError::Rejected { status, code, .. } => (*status, code, None),
+            ApiError::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", Some("Range")),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
@@ -57,7 +61,11 @@ impl IntoResponse for ApiError {
         if let Some(field) = field {
             error["field"] = field.into();
         }
-        (status, Json(serde_json::json!({ "error": error }))).into_response()
+        let body = Json(serde_json::json!({ "error": error }));
+        match self {
+            ApiError::RangeNotSatisfiable { size, .. } => (status, [(header::CONTENT_RANGE, format!("bytes */{size}"))], body).into_response(),
+            _ => (status, body).into_response(),
+        }
     }
 }
 

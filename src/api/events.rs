@@ -37,8 +37,7 @@ pub async fn events(
         Some(a) => a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| ApiError::bad_request("invalid_query", "after", "must be an event seq (integer ≥ 0)"))?,
         None => 0,
     };
-    let wants_stream = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
-    if !wants_stream {
+    if !wants_stream(&headers) {
         let limit = match query.get("limit") {
             Some(l) => l.parse::<usize>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| ApiError::bad_request("invalid_query", "limit", "must be within [1, 1000]"))?,
             None => PAGE,
@@ -70,6 +69,11 @@ pub async fn events(
         done: false,
     };
     Ok(Sse::new(follow.into_stream()).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// Whether the client asks for the live SSE stream rather than a JSON page.
+pub(super) fn wants_stream(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"))
 }
 
 async fn ensure_job(store: &Store, id: Uuid) -> ApiResult<()> {

@@ -9,12 +9,12 @@ mod jobs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::Method;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use tokio::sync::{watch, Notify};
@@ -61,6 +61,8 @@ pub struct AppState {
     pub workers: usize,
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,
+    /// How long an ordinary request may take; see `limit_request_time`.
+    pub request_timeout: Duration,
 }
 
 /// The router, and the (method, path) pairs it serves, which the OpenAPI test checks against
@@ -78,6 +80,10 @@ impl Routes {
     }
 }
 
+/// The routes whose responses may stream for long: exempt from the request timeout.
+const EVENTS: &str = "/v1/jobs/{id}/events";
+const DOWNLOAD: &str = "/v1/jobs/{id}/artifacts/{name}";
+
 pub fn routes() -> Routes {
     Routes { router: Router::new(), table: Vec::new() }
         .add(Method::POST, "/v1/jobs", post(jobs::create))
@@ -85,11 +91,11 @@ pub fn routes() -> Routes {
         .add(Method::GET, "/v1/jobs/{id}", get(jobs::show))
         .add(Method::DELETE, "/v1/jobs/{id}", delete(jobs::remove))
         .add(Method::POST, "/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .add(Method::GET, "/v1/jobs/{id}/events", get(events::events))
+        .add(Method::GET, EVENTS, get(events::events))
         .add(Method::GET, "/v1/jobs/{id}/metrics", get(events::metrics))
         .add(Method::GET, "/v1/jobs/{id}/report", get(artifacts::report))
         .add(Method::GET, "/v1/jobs/{id}/artifacts", get(artifacts::list))
-        .add(Method::GET, "/v1/jobs/{id}/artifacts/{name}", get(artifacts::download))
+        .add(Method::GET, DOWNLOAD, get(artifacts::download))
         .add(Method::GET, "/healthz", get(health::healthz))
         .add(Method::GET, "/readyz", get(health::readyz))
         .add(Method::GET, "/metrics", get(health::prometheus))
@@ -108,6 +114,7 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.request_timeout, limit_request_time))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
 }
@@ -121,6 +128,38 @@ async fn trace_request(request: Request, next: Next) -> Response {
         tracing::info!(status = response.status().as_u16(), latency_ms = started.elapsed().as_secs_f64() * 1000.0, "request done")
     });
     response
+}
+
+/// Answers 408 when a handler, reading the request body included, outlasts `limit`: a client
+/// dribbling its body cannot hold a task and its buffers for ever. Only the handler is timed,
+/// never the response body it returns.
+async fn limit_request_time(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    if streams_long(&request) {
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let refused = error::ApiError::Rejected {
+                status: StatusCode::REQUEST_TIMEOUT,
+                code: "request_timeout",
+                message: format!("the request was not answered within {} s; send the body promptly", limit.as_secs()),
+            };
+            // The body may be half read, so the connection cannot carry another request.
+            ([(header::CONNECTION, "close")], refused).into_response()
+        }
+    }
+}
+
+/// SSE streams and artifact downloads are exempt from the request timeout, explicitly: their
+/// handlers return at once today, but their bodies legitimately last minutes, and a later
+/// change that does more work before answering (a long replay, a slow disk) must not cut them.
+fn streams_long(request: &Request) -> bool {
+    match request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
+        Some(EVENTS) => request.method() == Method::GET && events::wants_stream(request.headers()),
+        Some(DOWNLOAD) => request.method() == Method::GET,
+        _ => false,
+    }
 }
 
 fn parse_id(text: &str) -> error::ApiResult<uuid::Uuid> {

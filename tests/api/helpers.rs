@@ -17,8 +17,15 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A service with some settings changed from `config`'s.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let data_dir = tempfile::tempdir().unwrap();
-    let server = server::start(config(data_dir.path().to_path_buf())).await.unwrap();
+    let mut config = config(data_dir.path().to_path_buf());
+    adjust(&mut config);
+    let server = server::start(config).await.unwrap();
     TestApp {
         base: format!("http://{}", server.addr),
         client: reqwest::Client::new(),
@@ -38,6 +45,9 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         max_job_memory: None,
         min_free_disk: 64 << 20,
         max_crashes: 3,
+        max_connections: 512,
+        header_timeout_secs: 10,
+        request_timeout_secs: 60,
         log_format: "text".into(),
     }
 }

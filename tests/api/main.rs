@@ -4,5 +4,6 @@ mod contract;
 mod hardening;
 mod helpers;
 mod jobs;
+mod limits;
 mod sse;
 mod validation;
