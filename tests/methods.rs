@@ -278,9 +278,11 @@ fn every_example_is_accepted() {
         std::fs::copy(minilm.join(file), models.join(file)).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-minilm.sh", minilm.display()));
     }
     std::fs::create_dir_all(root.path().join("election")).unwrap();
-    let tweets = "text,label\n\"Make America great again!\",realDonaldTrump\nStronger together.,HillaryClinton\nVote early!,HillaryClinton\n";
+    // Enough rows that each example's warm-up fits in its training (it is checked against the data).
+    let rows = "\"Make America great again!\",realDonaldTrump\nStronger together.,HillaryClinton\nVote early!,HillaryClinton\n".repeat(700);
+    let tweets = format!("text,label\n{rows}");
     for file in ["train.csv", "test.csv"] {
-        std::fs::write(root.path().join("election").join(file), tweets).unwrap();
+        std::fs::write(root.path().join("election").join(file), &tweets).unwrap();
     }
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut checked = 0;
