@@ -99,6 +99,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     if !recovered.is_empty() {
         tracing::info!(jobs = ?recovered, "took back the jobs a stopped process was running");
     }
+    let limits = Limits { max_job_memory: config.job_memory_limit(), min_free_disk: config.min_free_disk };
+    let data_root = data_root(&config, limits.max_job_memory);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let running = Arc::new(Running::default());
     let queue = Arc::new(Notify::new());
@@ -108,7 +110,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
             workers: config.workers as usize,
             lease: Duration::from_secs(config.lease_secs),
             data_dir: config.data_dir.clone(),
-            data_root: data_root(&config),
+            data_root: data_root.clone(),
             default_device: config.device.clone(),
             max_crashes: config.max_crashes,
         },
@@ -121,8 +123,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         queue,
         running,
         data_dir: config.data_dir.clone(),
-        data_root: data_root(&config),
-        limits: Limits { max_job_memory: config.job_memory_limit(), min_free_disk: config.min_free_disk },
+        data_root,
+        limits,
         workers: config.workers as usize,
         shutdown: shutdown.clone(),
         started: Instant::now(),
@@ -134,15 +136,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         address = %addr,
         data_dir = %config.data_dir.display(),
         workers = config.workers,
-        max_job_memory = config.job_memory_limit(),
+        max_job_memory = limits.max_job_memory,
         "distillery listening"
     );
-    let limits = ConnectionLimits {
+    let connection_limits = ConnectionLimits {
         max_connections: config.max_connections as usize,
         header_timeout: Duration::from_secs(config.header_timeout_secs),
     };
     let task = tokio::spawn(async move {
-        serve_http(listener, api::router(state), limits, shutdown).await;
+        serve_http(listener, api::router(state), connection_limits, shutdown).await;
         for task in workers {
             let _ = task.await;
         }
@@ -154,8 +156,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
 
 /// What specs may read: the data root, without the service's own files, and no file larger
 /// than a job may be.
-fn data_root(config: &ServeConfig) -> DataRoot {
-    let root = DataRoot::of_data_dir(&config.data_dir).with_max_file_bytes(config.job_memory_limit());
+fn data_root(config: &ServeConfig, max_file_bytes: u64) -> DataRoot {
+    let root = DataRoot::of_data_dir(&config.data_dir).with_max_file_bytes(max_file_bytes);
     match config.database_url().strip_prefix("sqlite://").map(|path| path.split('?').next().unwrap_or_default()) {
         Some(path) if !path.is_empty() => root.with_private(path.into()),
         _ => root,

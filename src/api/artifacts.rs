@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiResult};
 use super::{parse_id, AppState};
 use crate::engine::run::REPORT_FILE;
 use crate::store::Status;
-use crate::worker::job_dir;
+use crate::layout::job_dir;
 
 pub async fn report(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;

@@ -41,10 +41,6 @@ impl DataRoot {
         Self { max_file_bytes, ..self }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn max_file_bytes(&self) -> u64 {
         self.max_file_bytes
     }

@@ -166,11 +166,6 @@ impl Recovered {
         }
     }
 
-    pub fn id(&self) -> Uuid {
-        match self {
-            Recovered::Requeued(id) | Recovered::Cancelled(id) | Recovered::Failed(id, _) => *id,
-        }
-    }
 }
 
 pub enum DeleteOutcome {

@@ -2,7 +2,7 @@
 //! thread per job, forwards its events to the store, and reacts to cancellation and shutdown.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,9 +37,6 @@ impl WorkerConfig {
     }
 }
 
-pub fn job_dir(data_dir: &Path, id: Uuid) -> PathBuf {
-    layout::job_dir(data_dir, id)
-}
 
 /// Controls of the jobs running in this process, so a cancel request reaches the engine at
 /// once (other processes see it through the lease heartbeat).
@@ -293,22 +290,26 @@ impl Worker {
     }
 
     /// Records a failure. A job that failed for lack of disk space first deletes what it wrote
-    /// (partial checkpoints included), so the space is back and SQLite can record the failure;
-    /// any failure whose recording fails is retried once after that clean-up, so the job fails
-    /// once instead of being requeued to fill the disk again.
+    /// (partial checkpoints included), so the space is back and SQLite can record the failure.
+    /// If recording fails anyway (another job filled the disk), the job's files go and it is
+    /// tried once more: the job fails once instead of being requeued to fill the disk again.
     async fn fail(&self, job: &Job, error: EngineError) -> Result<(), crate::store::StoreError> {
+        let disk_full = error.is_disk_full();
         let mut message = error.to_string();
-        if error.is_disk_full() {
+        if disk_full {
             self.delete_files(job.id).await;
             message += "; the disk is full: the job's files were deleted to free the space";
         }
         warn!(error = %message, "job failed");
-        let recorded = self.store.finish(job.id, &self.id, Status::Failed, Some(&message), None, None).await;
-        if recorded.is_ok() || error.is_disk_full() {
-            return recorded;
+        let record = || self.store.finish(job.id, &self.id, Status::Failed, Some(&message), None, None);
+        if let Err(e) = record().await {
+            warn!(error = %e, "recording the failure failed; freeing the job's files and trying once more");
+            if !disk_full {
+                self.delete_files(job.id).await;
+            }
+            return record().await;
         }
-        self.delete_files(job.id).await;
-        self.store.finish(job.id, &self.id, Status::Failed, Some(&message), None, None).await
+        Ok(())
     }
 
     /// Deletes a failed job's folder and the artifact records that pointed into it.
