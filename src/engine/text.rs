@@ -68,9 +68,9 @@ pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<
     let weights = root
         .read(&file("model.safetensors"), &field)
         .map_err(|e| SpecError::new(&field, format!("{} (weights must be in model.safetensors)", e.message)))?;
-    root.resolve(&file(TOKENIZER), &field)?;
+    // The tokenizer is required (a missing one is an error here); the others travel if present.
     let mut companions = Vec::new();
-    for name in COMPANION_FILES.into_iter().filter(|name| root.exists(&file(name))) {
+    for name in COMPANION_FILES.into_iter().filter(|name| *name == TOKENIZER || root.exists(&file(name))) {
         companions.push((name, root.read(&file(name), &field)?));
     }
     let (config, tensors) = bert::from_files(&config_json, &weights, device).map_err(|m| SpecError::new(&field, m))?;
@@ -80,7 +80,8 @@ pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<
 
 impl TeacherFolder {
     fn tokenizer_json(&self) -> &[u8] {
-        self.companions.iter().find(|(name, _)| *name == TOKENIZER).map(|(_, bytes)| bytes.as_slice()).unwrap_or_default()
+        let (_, bytes) = self.companions.iter().find(|(name, _)| *name == TOKENIZER).expect("read_teacher requires the tokenizer");
+        bytes
     }
 }
 
