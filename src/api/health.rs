@@ -18,14 +18,15 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// Ready when the database answers with every migration applied and the disk has room; the
 /// body also says what the service allows a job.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let free = crate::layout::free_bytes(&state.data_dir);
     let limits = json!({
         "max_job_memory_bytes": state.limits.max_job_memory,
         "min_free_disk_bytes": state.limits.min_free_disk,
-        "free_disk_bytes": crate::layout::free_bytes(&state.data_dir).ok(),
+        "free_disk_bytes": free.as_ref().ok(),
     });
     let problem = match state.store.ready().await {
         Err(e) => Some(("not_ready", e.to_string())),
-        Ok(()) => state.limits.check_disk(&state.data_dir).err().map(|reason| ("low_disk", reason)),
+        Ok(()) => state.limits.check_free(free).err().map(|reason| ("low_disk", reason)),
     };
     match problem {
         None => (StatusCode::OK, Json(json!({"status": "ready", "limits": limits}))),

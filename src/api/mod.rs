@@ -38,7 +38,12 @@ impl Limits {
     /// Refuses new work while the data directory's disk is nearly full: a job would fail
     /// writing its first checkpoint, and SQLite would fail recording it.
     pub fn check_disk(&self, data_dir: &std::path::Path) -> Result<(), String> {
-        let free = crate::layout::free_bytes(data_dir).map_err(|e| format!("cannot measure the free disk space: {e}"))?;
+        self.check_free(crate::layout::free_bytes(data_dir))
+    }
+
+    /// [`Limits::check_disk`] on a measurement already taken.
+    pub fn check_free(&self, free: std::io::Result<u64>) -> Result<(), String> {
+        let free = free.map_err(|e| format!("cannot measure the free disk space: {e}"))?;
         if free < self.min_free_disk {
             return Err(format!(
                 "the service's disk is nearly full: {} free, below the {} it keeps free (--min-free-disk); delete finished jobs or free space",
