@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{config, small_spec, spawn_app, TestApp};
+use crate::helpers::{config, small_spec, spawn_app, tiny_bert_job, TestApp};
 
 async fn refusal(app: &TestApp, spec: &Value) -> Value {
     let response = app.post_json("/v1/jobs", spec).await;
@@ -85,21 +85,11 @@ async fn symlinks_in_a_teacher_folder_cannot_reach_the_database_which_survives()
     let finished = app.submit(&small_spec(1)).await;
     app.wait_for_status(&finished, &["succeeded"]).await;
 
+    let spec = tiny_bert_job(&app);
     let datasets = app.data_dir.path().join("datasets");
     let teacher = datasets.join("models/tiny-bert");
-    std::fs::create_dir_all(&teacher).unwrap();
-    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(format!("tests/fixtures/tiny-bert/{file}"), teacher.join(file)).unwrap();
-    }
     let rows: String = (0..30).map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], i % 3)).collect();
     std::fs::write(datasets.join("reviews.csv"), format!("text,label\n{rows}")).unwrap();
-    let spec = json!({
-        "dataset": {"source": "text", "path": "reviews.csv", "label_column": "label", "max_length": 8},
-        "teacher": {"arch": {"kind": "transformer", "path": "models/tiny-bert"}},
-        "student": {"arch": {"kind": "transformer", "layers": [2]}},
-        "distill": {"temperature": 2, "alpha": 0.5},
-        "training": {"epochs": 1, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.001}}
-    });
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "a secret").unwrap();
     for (name, target) in [("special_tokens_map.json", secret.path().to_path_buf()), ("vocab.txt", app.data_dir.path().join("distillery.db"))] {

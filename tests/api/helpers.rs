@@ -73,6 +73,23 @@ pub fn slow_spec() -> Value {
     spec
 }
 
+/// A text job on the tiny BERT fixture, which it copies to `models/tiny-bert` under the data
+/// root; the caller writes `reviews.csv` (a `text` and a `label` column).
+pub fn tiny_bert_job(app: &TestApp) -> Value {
+    let teacher = app.data_dir.path().join("datasets/models/tiny-bert");
+    std::fs::create_dir_all(&teacher).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(format!("tests/fixtures/tiny-bert/{file}"), teacher.join(file)).unwrap();
+    }
+    json!({
+        "dataset": {"source": "text", "path": "reviews.csv", "label_column": "label", "max_length": 8},
+        "teacher": {"arch": {"kind": "transformer", "path": "models/tiny-bert"}},
+        "student": {"arch": {"kind": "transformer", "layers": [2]}},
+        "distill": {"temperature": 2, "alpha": 0.5},
+        "training": {"epochs": 1, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.001}}
+    })
+}
+
 #[derive(Debug, Clone)]
 pub struct SseEvent {
     pub id: Option<i64>,

@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{slow_spec, small_spec, spawn_app};
+use crate::helpers::{slow_spec, small_spec, spawn_app, tiny_bert_job};
 
 #[tokio::test]
 async fn a_job_runs_to_a_report_and_downloadable_artifacts() {
@@ -199,22 +199,11 @@ async fn a_dataset_that_breaks_after_submission_fails_the_job_not_the_service() 
 #[tokio::test]
 async fn a_text_job_hands_back_a_hugging_face_folder_as_a_tar() {
     let app = spawn_app().await;
+    let spec = tiny_bert_job(&app);
     let datasets = app.data_dir.path().join("datasets");
-    let teacher = datasets.join("models/tiny-bert");
-    std::fs::create_dir_all(&teacher).unwrap();
-    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(format!("tests/fixtures/tiny-bert/{file}"), teacher.join(file)).unwrap();
-    }
     // Three classes, as many as the tiny BERT's head has: it is used as found.
     let rows: String = (0..60).map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], ["pos", "neu", "neg"][i % 3])).collect();
     std::fs::write(datasets.join("reviews.csv"), format!("text,label\n{rows}")).unwrap();
-    let spec = json!({
-        "dataset": {"source": "text", "path": "reviews.csv", "label_column": "label", "max_length": 8},
-        "teacher": {"arch": {"kind": "transformer", "path": "models/tiny-bert"}},
-        "student": {"arch": {"kind": "transformer", "layers": [2]}},
-        "distill": {"temperature": 2, "alpha": 0.5},
-        "training": {"epochs": 1, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.001}}
-    });
     let id = app.submit(&spec).await;
     let events = app.follow(&id, None, None).await;
     assert_eq!(events.last().unwrap().data["payload"]["status"], "succeeded");
