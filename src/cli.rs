@@ -11,7 +11,13 @@ use crate::spec;
 
 /// Runs the job `spec_path` describes, reading its files from `data_dir`'s data root, and lets
 /// it use at most `max_job_memory` bytes (as estimated from the spec).
-pub fn run(spec_path: &Path, data_dir: &Path, out: Option<PathBuf>, device: &str, max_job_memory: u64) -> anyhow::Result<Report> {
+pub fn run(
+    spec_path: &Path,
+    data_dir: &Path,
+    out: Option<PathBuf>,
+    device: &str,
+    max_job_memory: u64,
+) -> anyhow::Result<Report> {
     let body = std::fs::read(spec_path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", spec_path.display()))?;
     let spec = spec::parse(&body).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
     let data_root = DataRoot::of_data_dir(data_dir).with_max_file_bytes(max_job_memory);
@@ -136,10 +142,17 @@ pub fn table(report: &Report) -> String {
     if let Some(gain) = report.gain {
         out += &format!("  gain over baseline {:+.2} points", gain * 100.0);
     }
-    out += &format!("\nwall time {:.1} s, {:.0} training samples/s (distillation)", report.wall_time_s, report.train_samples_per_s);
+    out += &format!(
+        "\nwall time {:.1} s, {:.0} training samples/s (distillation)",
+        report.wall_time_s, report.train_samples_per_s
+    );
     if let Some(cache) = &report.distillation.teacher_cache {
         out += &match cache.used {
-            true => format!("; teacher cache used ({:.0} KiB, filled in {:.1} s)", cache.bytes as f64 / 1024.0, cache.fill_s),
+            true => format!(
+                "; teacher cache used ({:.0} KiB, filled in {:.1} s)",
+                cache.bytes as f64 / 1024.0,
+                cache.fill_s
+            ),
             false => format!("; teacher cache not used: {}", cache.reason),
         };
     }

@@ -57,7 +57,9 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", crate::layout::database(&self.data_dir).display()))
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", crate::layout::database(&self.data_dir).display()))
     }
 
     pub fn job_memory_limit(&self) -> u64 {
@@ -79,7 +81,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a size; write e.g. 8GiB, 512MiB or 1048576"))?;
+    let number: u64 =
+        number.parse().map_err(|_| format!("`{text}` is not a size; write e.g. 8GiB, 512MiB or 1048576"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,

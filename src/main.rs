@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(version, about = "Distillery: knowledge-distillation training jobs over REST", args_conflicts_with_subcommands = true)]
+#[command(
+    version,
+    about = "Distillery: knowledge-distillation training jobs over REST",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

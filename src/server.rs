@@ -95,7 +95,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     let store = Store::connect(&config.database_url()).await.context("opening the database")?;
     // Under the lock no other process runs jobs from this data directory: whatever is still
     // marked running was left by a process that died, and need not wait for its lease.
-    let recovered = store.recover_abandoned(Abandoned::AllRunning, config.max_crashes).await.context("recovering jobs of a stopped process")?;
+    let recovered = store
+        .recover_abandoned(Abandoned::AllRunning, config.max_crashes)
+        .await
+        .context("recovering jobs of a stopped process")?;
     if !recovered.is_empty() {
         tracing::info!(jobs = ?recovered, "took back the jobs a stopped process was running");
     }
@@ -169,7 +172,12 @@ fn data_root(config: &ServeConfig, max_file_bytes: u64) -> DataRoot {
 /// lock is `flock`, which (unlike SQLite's POSIX locks) no other descriptor's close can drop.
 fn lock_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     let path = layout::lock(data_dir);
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         anyhow::bail!(
@@ -188,7 +196,12 @@ struct ConnectionLimits {
 
 /// Serves HTTP/1 until `shutdown`, then lets each open connection finish its request.
 /// Our own loop rather than `axum::serve`, which gives hyper no timer, so no header-read timeout.
-async fn serve_http(listener: TcpListener, router: Router, limits: ConnectionLimits, mut shutdown: watch::Receiver<bool>) {
+async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut http = http1::Builder::new();
     // Closes connections that dribble their headers (slowloris), and idle keep-alive ones.
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
@@ -222,7 +235,14 @@ async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<(Tcp
     match listener.accept().await {
         Ok((stream, _)) => Some((stream, permit)),
         // The peer gave up before we accepted it: nothing to do.
-        Err(e) if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused) => None,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+            ) =>
+        {
+            None
+        }
         Err(e) => {
             // Out of file descriptors, most likely: pause rather than spin.
             tracing::error!(error = %e, "accepting a connection failed");

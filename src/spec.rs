@@ -554,23 +554,40 @@ impl JobSpec {
         let student = self.student.arch.transformer();
         for (i, teacher) in teachers.iter().enumerate() {
             if teacher.arch.transformer().is_some() != text {
-                let need = if text { "a `transformer` (text data needs a tokenizer and an encoder)" } else { "an `mlp` or `conv` (transformers need `text` data)" };
+                let need = if text {
+                    "a `transformer` (text data needs a tokenizer and an encoder)"
+                } else {
+                    "an `mlp` or `conv` (transformers need `text` data)"
+                };
                 return Err(SpecError::new(format!("{}.arch.kind", self.teacher_field(i)), format!("must be {need}")));
             }
         }
         if student.is_some() != text {
-            let need = if text { "a `transformer`, derived from the teacher" } else { "an `mlp` or `conv` (transformers need `text` data)" };
+            let need = if text {
+                "a `transformer`, derived from the teacher"
+            } else {
+                "an `mlp` or `conv` (transformers need `text` data)"
+            };
             return Err(SpecError::new("student.arch.kind", format!("must be {need}")));
         }
         if let Some(student) = student {
             if student.path.is_some() {
-                return Err(SpecError::new("student.arch.path", "a student is derived from its teacher; give `layers` or sizes instead"));
+                return Err(SpecError::new(
+                    "student.arch.path",
+                    "a student is derived from its teacher; give `layers` or sizes instead",
+                ));
             }
             if teachers.len() > 1 {
-                return Err(SpecError::new("teachers", "a transformer student learns from one teacher (its tokenizer and layers)"));
+                return Err(SpecError::new(
+                    "teachers",
+                    "a transformer student learns from one teacher (its tokenizer and layers)",
+                ));
             }
             if !self.student.init_from_teacher.is_empty() {
-                return Err(SpecError::new("student.init_from_teacher", "transformer students copy teacher layers through `student.arch.layers` and `init`"));
+                return Err(SpecError::new(
+                    "student.init_from_teacher",
+                    "transformer students copy teacher layers through `student.arch.layers` and `init`",
+                ));
             }
             // Unlabelled texts: embedding distillation, through the teacher's layers alone.
             if self.dataset.label_column.is_none() {
@@ -621,14 +638,29 @@ impl TeacherSpec {
         }
         if let Some(t) = self.arch.transformer() {
             if t.path.is_none() {
-                return Err(SpecError::new(format!("{field}.arch.path"), "a transformer teacher is a Hugging Face folder under the data root"));
+                return Err(SpecError::new(
+                    format!("{field}.arch.path"),
+                    "a transformer teacher is a Hugging Face folder under the data root",
+                ));
             }
-            let student_only = [("layers", t.layers.is_some()), ("num_layers", t.num_layers.is_some()), ("hidden_size", t.hidden_size.is_some()), ("num_heads", t.num_heads.is_some()), ("intermediate_size", t.intermediate_size.is_some())];
+            let student_only = [
+                ("layers", t.layers.is_some()),
+                ("num_layers", t.num_layers.is_some()),
+                ("hidden_size", t.hidden_size.is_some()),
+                ("num_heads", t.num_heads.is_some()),
+                ("intermediate_size", t.intermediate_size.is_some()),
+            ];
             if let Some((name, _)) = student_only.iter().find(|(_, given)| *given) {
-                return Err(SpecError::new(format!("{field}.arch.{name}"), "a teacher's sizes come from its config.json"));
+                return Err(SpecError::new(
+                    format!("{field}.arch.{name}"),
+                    "a teacher's sizes come from its config.json",
+                ));
             }
             if self.weights.is_some() {
-                return Err(SpecError::new(format!("{field}.weights"), "a transformer teacher's weights are its folder's model.safetensors"));
+                return Err(SpecError::new(
+                    format!("{field}.weights"),
+                    "a transformer teacher's weights are its folder's model.safetensors",
+                ));
             }
             return match &self.train {
                 Some(train) => validate_phase_train(train, field),
@@ -706,7 +738,10 @@ impl DistillSpec {
                 ));
             }
             if self.loss == LogitLossKind::Mse {
-                return Err(SpecError::new("distill.cache.top_k", "does not apply to `loss: mse`, which needs every logit"));
+                return Err(SpecError::new(
+                    "distill.cache.top_k",
+                    "does not apply to `loss: mse`, which needs every logit",
+                ));
             }
         }
         Ok(())
@@ -716,9 +751,9 @@ impl DistillSpec {
 /// `blocks.{i}` or `layers.{i}`; whether the layer exists is checked against the architecture.
 fn validate_layer_name(name: &str, field: &str) -> Result<(), SpecError> {
     let ok = matches!(name, "embeddings" | "pooled")
-        || name
-            .split_once('.')
-            .is_some_and(|(kind, index)| matches!(kind, "blocks" | "layers" | "attentions") && index.parse::<usize>().is_ok());
+        || name.split_once('.').is_some_and(|(kind, index)| {
+            matches!(kind, "blocks" | "layers" | "attentions") && index.parse::<usize>().is_ok()
+        });
     if !ok {
         return Err(SpecError::new(
             field,
@@ -763,10 +798,7 @@ impl DatasetSpec {
         }
         for (name, value) in given {
             if value.is_some() && !allowed.contains(&name) {
-                return Err(SpecError::new(
-                    format!("dataset.{name}"),
-                    format!("not used by source `{}`", self.source),
-                ));
+                return Err(SpecError::new(format!("dataset.{name}"), format!("not used by source `{}`", self.source)));
             }
         }
         let required: &[(&str, &Option<String>)] = match self.source.as_str() {
@@ -783,10 +815,7 @@ impl DatasetSpec {
             }
         }
         if self.test_images.is_some() != self.test_labels.is_some() {
-            return Err(SpecError::new(
-                "dataset.test_labels",
-                "`test_images` and `test_labels` go together",
-            ));
+            return Err(SpecError::new("dataset.test_labels", "`test_images` and `test_labels` go together"));
         }
         let columns = ["label_column", "text_column", "text_pair_column"];
         for (name, value) in given.iter().filter(|(name, _)| !columns.contains(name)) {
@@ -796,10 +825,7 @@ impl DatasetSpec {
         }
         let split = self.validation_split;
         if !(split.is_finite() && split > 0.0 && split < 1.0) {
-            return Err(SpecError::new(
-                "dataset.validation_split",
-                format!("must be within (0, 1), got {split}"),
-            ));
+            return Err(SpecError::new("dataset.validation_split", format!("must be within (0, 1), got {split}")));
         }
         if let Some(classes) = self.num_classes {
             if !(2..=100_000).contains(&classes) {
@@ -821,16 +847,10 @@ fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecError> {
     match arch {
         ArchSpec::Mlp { hidden, dropout } => {
             if hidden.is_empty() {
-                return Err(SpecError::new(
-                    format!("{field}.hidden"),
-                    "an MLP needs at least one hidden layer",
-                ));
+                return Err(SpecError::new(format!("{field}.hidden"), "an MLP needs at least one hidden layer"));
             }
             if hidden.len() > MAX_LAYERS {
-                return Err(SpecError::new(
-                    format!("{field}.hidden"),
-                    format!("at most {MAX_LAYERS} hidden layers"),
-                ));
+                return Err(SpecError::new(format!("{field}.hidden"), format!("at most {MAX_LAYERS} hidden layers")));
             }
             if let Some(i) = hidden.iter().position(|&w| w == 0 || w > MAX_LAYER_WIDTH) {
                 return Err(SpecError::new(
@@ -847,7 +867,10 @@ fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecError> {
             for (i, b) in blocks.iter().enumerate() {
                 let f = format!("{field}.blocks[{i}]");
                 if b.channels == 0 || b.channels > MAX_LAYER_WIDTH {
-                    return Err(SpecError::new(format!("{f}.channels"), format!("must be within [1, {MAX_LAYER_WIDTH}]")));
+                    return Err(SpecError::new(
+                        format!("{f}.channels"),
+                        format!("must be within [1, {MAX_LAYER_WIDTH}]"),
+                    ));
                 }
                 if b.kernel == 0 || b.kernel > 15 {
                     return Err(SpecError::new(format!("{f}.kernel"), "must be within [1, 15]"));
@@ -882,13 +905,24 @@ fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecError> {
                     return Err(SpecError::new(format!("{field}.layers"), format!("keep 1 to {MAX_LAYERS} layers")));
                 }
                 if t.num_layers.is_some_and(|n| n != layers.len()) {
-                    return Err(SpecError::new(format!("{field}.num_layers"), "must equal the number of `layers` kept (or be left out)"));
+                    return Err(SpecError::new(
+                        format!("{field}.num_layers"),
+                        "must equal the number of `layers` kept (or be left out)",
+                    ));
                 }
             }
-            let sizes = [("num_layers", t.num_layers), ("hidden_size", t.hidden_size), ("num_heads", t.num_heads), ("intermediate_size", t.intermediate_size)];
+            let sizes = [
+                ("num_layers", t.num_layers),
+                ("hidden_size", t.hidden_size),
+                ("num_heads", t.num_heads),
+                ("intermediate_size", t.intermediate_size),
+            ];
             for (name, value) in sizes {
                 if value.is_some_and(|v| v == 0 || v > MAX_LAYER_WIDTH) {
-                    return Err(SpecError::new(format!("{field}.{name}"), format!("must be within [1, {MAX_LAYER_WIDTH}]")));
+                    return Err(SpecError::new(
+                        format!("{field}.{name}"),
+                        format!("must be within [1, {MAX_LAYER_WIDTH}]"),
+                    ));
                 }
             }
         }
@@ -912,10 +946,7 @@ fn validate_epochs(epochs: u32, field: &str) -> Result<(), SpecError> {
 
 fn validate_batch(batch: usize, field: &str) -> Result<(), SpecError> {
     if batch == 0 || batch > MAX_BATCH_SIZE {
-        return Err(SpecError::new(
-            field,
-            format!("must be within [1, {MAX_BATCH_SIZE}], got {batch}"),
-        ));
+        return Err(SpecError::new(field, format!("must be within [1, {MAX_BATCH_SIZE}], got {batch}")));
     }
     Ok(())
 }
@@ -956,9 +987,8 @@ fn validate_optimizer(opt: &OptimizerSpec, field: &str) -> Result<(), SpecError>
 /// Paths in a spec are relative to the data root; refuse anything that could leave it.
 fn validate_relative_path(path: &str, field: &str) -> Result<(), SpecError> {
     let p = std::path::Path::new(path);
-    let escapes = p.is_absolute()
-        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
-        || path.is_empty();
+    let escapes =
+        p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) || path.is_empty();
     if escapes {
         return Err(SpecError::new(
             field,
@@ -982,9 +1012,7 @@ pub fn parse_device(text: &str) -> Result<DeviceSpec, String> {
     let ordinal = text.strip_prefix("cuda:").or(if text == "cuda" { Some("0") } else { None });
     match ordinal.map(str::parse::<usize>) {
         Some(Ok(n)) if cfg!(feature = "cuda") => Ok(DeviceSpec::Cuda(n)),
-        Some(Ok(_)) => Err(format!(
-            "`{text}` needs a build with the `cuda` feature; this build runs on `cpu` only"
-        )),
+        Some(Ok(_)) => Err(format!("`{text}` needs a build with the `cuda` feature; this build runs on `cpu` only")),
         _ => Err(format!("unknown device `{text}`; expected `cpu` or `cuda:N`")),
     }
 }

@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use candle_core::Device;
-use distillery::engine::DataRoot;
 use distillery::engine::files::read_safetensors;
 use distillery::engine::model::{Input, Net};
 use distillery::engine::report::Report;
 use distillery::engine::train::evaluate;
+use distillery::engine::DataRoot;
 use distillery::engine::{self, data, Control, EngineError, EngineEvent, Phase};
 use distillery::spec::{self, ArchSpec, JobSpec};
 use serde_json::{json, Value};
@@ -29,7 +29,13 @@ fn small(alpha: f64) -> Value {
     })
 }
 
-fn run(spec: &JobSpec, dir: &Path, data_root: &Path, control: &Control, sink: &mut dyn FnMut(EngineEvent)) -> Result<Report, EngineError> {
+fn run(
+    spec: &JobSpec,
+    dir: &Path,
+    data_root: &Path,
+    control: &Control,
+    sink: &mut dyn FnMut(EngineEvent),
+) -> Result<Report, EngineError> {
     engine::run(spec, "cpu", &DataRoot::new(data_root), dir, control, sink).map(|o| o.report)
 }
 
@@ -115,7 +121,8 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
 
     let config: Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
     let arch: ArchSpec = serde_json::from_value(config["arch"].clone()).unwrap();
-    let (features, classes) = (config["input_features"].as_u64().unwrap() as usize, config["num_classes"].as_u64().unwrap() as usize);
+    let (features, classes) =
+        (config["input_features"].as_u64().unwrap() as usize, config["num_classes"].as_u64().unwrap() as usize);
     let (tensors, _) = read_safetensors(&dir.path().join("student.safetensors"), &Device::Cpu).unwrap();
     let input = Input { features, image: serde_json::from_value(config["image"].clone()).unwrap() };
     let student = Net::from_named(&arch, input, classes, tensors, &Device::Cpu).unwrap();

@@ -7,15 +7,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use distillery::engine::DataRoot;
 use distillery::engine::files::read_safetensors;
 use distillery::engine::report::Report;
+use distillery::engine::DataRoot;
 use distillery::engine::{self, Control, EngineError, EngineEvent, Phase};
 use distillery::spec::{self, JobSpec};
 use serde_json::{json, Value};
 
 fn fashion_dir() -> PathBuf {
-    let dir = PathBuf::from(std::env::var("FASHION_MNIST_DIR").unwrap_or_else(|_| "/usr/share/datasets/fashion-mnist".into()));
+    let dir = PathBuf::from(
+        std::env::var("FASHION_MNIST_DIR").unwrap_or_else(|_| "/usr/share/datasets/fashion-mnist".into()),
+    );
     assert!(
         dir.join("train-images-idx3-ubyte.gz").exists(),
         "Fashion-MNIST is not at {}: install Debian's `dataset-fashion-mnist` (.ci/run does) or set FASHION_MNIST_DIR",
@@ -271,11 +273,14 @@ fn every_example_is_accepted() {
     }
     // The transformer examples: all-MiniLM-L6-v2 (scripts/fetch-minilm.sh) and a few tweets in
     // the election CSVs' columns.
-    let minilm = PathBuf::from(std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()));
+    let minilm = PathBuf::from(
+        std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()),
+    );
     let models = root.path().join("models/all-minilm-l6-v2");
     std::fs::create_dir_all(&models).unwrap();
     for file in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(minilm.join(file), models.join(file)).unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-minilm.sh", minilm.display()));
+        std::fs::copy(minilm.join(file), models.join(file))
+            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/fetch-minilm.sh", minilm.display()));
     }
     std::fs::create_dir_all(root.path().join("election")).unwrap();
     // Enough rows that each example's warm-up fits in its training (it is checked against the data).
@@ -327,6 +332,14 @@ fn a_conv_job_with_batch_norm_projections_and_early_stopping_resumes_exactly() {
     }
     let (resumed, logs) = run(&s, root.path(), dir.path());
     assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 1, step 13"), "{logs:?}");
-    let numbers = |r: &Report| (r.teacher.accuracy, r.teacher.loss, r.student.accuracy, r.student.loss, r.student.training.as_ref().unwrap().best_epoch);
+    let numbers = |r: &Report| {
+        (
+            r.teacher.accuracy,
+            r.teacher.loss,
+            r.student.accuracy,
+            r.student.loss,
+            r.student.training.as_ref().unwrap().best_epoch,
+        )
+    };
     assert_eq!(numbers(&resumed), numbers(&expected));
 }

@@ -169,7 +169,11 @@ fn optimizers_match_pytorch_step_by_step() {
             let store = (var.as_tensor() * &g).unwrap().sum_all().unwrap().backward().unwrap();
             optimizer.step(&store, spec.lr()).unwrap();
             let want: Vec<Vec<f64>> = serde_json::from_value(want.clone()).unwrap();
-            assert_all_close(&format!("{name} after step {}", step + 1), &var.as_tensor().to_vec2::<f32>().unwrap(), &want);
+            assert_all_close(
+                &format!("{name} after step {}", step + 1),
+                &var.as_tensor().to_vec2::<f32>().unwrap(),
+                &want,
+            );
         }
     }
 }
@@ -249,8 +253,12 @@ fn the_fused_linear_gradients_match_finite_differences() {
             let (mut plus, mut minus) = (inputs.clone(), inputs.clone());
             plus[which][i] += h;
             minus[which][i] -= h;
-            let numeric = (loss(&plus[0], &plus[1], &plus[2]) - loss(&minus[0], &minus[1], &minus[2])) / (2.0 * h as f64);
-            assert!((numeric - *g as f64).abs() < 2e-3, "argument {which}, element {i}: analytic {g}, numeric {numeric}");
+            let numeric =
+                (loss(&plus[0], &plus[1], &plus[2]) - loss(&minus[0], &minus[1], &minus[2])) / (2.0 * h as f64);
+            assert!(
+                (numeric - *g as f64).abs() < 2e-3,
+                "argument {which}, element {i}: analytic {g}, numeric {numeric}"
+            );
         }
     }
 }
@@ -325,7 +333,8 @@ fn conv_net_matches_pytorch(fused: bool) {
             // exactly 0 (PyTorch: ~1e-17 in f64). In f32 only rounding is left; it must be small
             // next to the block's weight gradient.
             let block = name.trim_end_matches("conv.bias");
-            let weight_scale = nd(&data["grads"][&format!("{block}conv.weight")]).0.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let weight_scale =
+                nd(&data["grads"][&format!("{block}conv.weight")]).0.iter().fold(0f64, |m, v| m.max(v.abs()));
             for g in &got {
                 assert!((*g as f64).abs() <= 1e-5 * weight_scale, "{path}: {name}: got {g}, PyTorch 0");
             }

@@ -70,7 +70,8 @@ fn spec() -> Value {
 }
 
 async fn events(client: &reqwest::Client, base: &str, id: &str) -> Vec<Value> {
-    let page: Value = client.get(format!("{base}/v1/jobs/{id}/events?limit=1000")).send().await.unwrap().json().await.unwrap();
+    let page: Value =
+        client.get(format!("{base}/v1/jobs/{id}/events?limit=1000")).send().await.unwrap().json().await.unwrap();
     page["data"].as_array().unwrap().clone()
 }
 
@@ -102,7 +103,10 @@ async fn wait_for_success(client: &reqwest::Client, base: &str, id: &str) -> Val
 fn resumption(events: &[Value]) -> (u64, u64) {
     let at = events
         .iter()
-        .position(|e| e["type"] == "log" && e["payload"]["message"].as_str().unwrap().starts_with("resumed from checkpoint: phase student"))
+        .position(|e| {
+            e["type"] == "log"
+                && e["payload"]["message"].as_str().unwrap().starts_with("resumed from checkpoint: phase student")
+        })
         .expect("no 'resumed from checkpoint' event");
     let message = events[at]["payload"]["message"].as_str().unwrap();
     let resumed: u64 = message.rsplit("step ").next().unwrap().parse().unwrap();
@@ -119,7 +123,8 @@ async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
     let mut checkpoint_step = 0;
     wait_until("a student checkpoint", async || {
         let events = events(&client, &first.base, &id).await;
-        let found = events.iter().rev().find(|e| e["type"] == "checkpoint" && e["payload"]["phase"] == "student").cloned();
+        let found =
+            events.iter().rev().find(|e| e["type"] == "checkpoint" && e["payload"]["phase"] == "student").cloned();
         found.map(|e| checkpoint_step = e["payload"]["step"].as_u64().unwrap()).is_some()
     })
     .await;
@@ -132,13 +137,18 @@ async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
     let (resumed, next) = resumption(&events);
     assert!(resumed >= checkpoint_step && resumed > 0, "resumed at {resumed}, checkpoint was at {checkpoint_step}");
     assert_eq!(next, resumed + 1, "the step counter must continue from the checkpoint");
-    assert!(events.iter().any(|e| e["payload"]["message"] == "phase teacher was finished before the restart; its weights are reused"));
+    assert!(events
+        .iter()
+        .any(|e| e["payload"]["message"] == "phase teacher was finished before the restart; its weights are reused"));
     // The new process holds the data-dir lock, so it takes the dead one's job back at start-up
     // instead of waiting for its lease to run out.
-    assert!(events.iter().any(|e| e["type"] == "status" && e["payload"]["status"] == "queued" && e["payload"]["reason"].as_str().unwrap_or("").contains("restarted while it ran")));
+    assert!(events.iter().any(|e| e["type"] == "status"
+        && e["payload"]["status"] == "queued"
+        && e["payload"]["reason"].as_str().unwrap_or("").contains("restarted while it ran")));
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
-    let report: Value = client.get(format!("{}/v1/jobs/{id}/report", second.base)).send().await.unwrap().json().await.unwrap();
+    let report: Value =
+        client.get(format!("{}/v1/jobs/{id}/report", second.base)).send().await.unwrap().json().await.unwrap();
     assert!(report["student"]["accuracy"].as_f64().unwrap() > 0.8, "{report}");
 }
 
@@ -149,7 +159,10 @@ async fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let mut first = Service::start(data.path());
     let id = submit(&client, &first.base).await;
     wait_until("student training", async || {
-        events(&client, &first.base, &id).await.iter().any(|e| e["type"] == "progress" && e["payload"]["phase"] == "student")
+        events(&client, &first.base, &id)
+            .await
+            .iter()
+            .any(|e| e["type"] == "progress" && e["payload"]["phase"] == "student")
     })
     .await;
     first.signal(libc::SIGTERM);
@@ -168,9 +181,14 @@ async fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let events = events(&client, &second.base, &id).await;
     let requeued = events
         .iter()
-        .position(|e| e["type"] == "status" && e["payload"]["status"] == "queued" && e["payload"]["reason"].as_str().unwrap_or("").contains("shut down"))
+        .position(|e| {
+            e["type"] == "status"
+                && e["payload"]["status"] == "queued"
+                && e["payload"]["reason"].as_str().unwrap_or("").contains("shut down")
+        })
         .expect("the job went back to the queue at shutdown");
-    let checkpoint = events[..requeued].iter().rev().find(|e| e["type"] == "checkpoint").expect("a checkpoint at shutdown");
+    let checkpoint =
+        events[..requeued].iter().rev().find(|e| e["type"] == "checkpoint").expect("a checkpoint at shutdown");
     assert_eq!(checkpoint["payload"]["phase"], "student");
     let shutdown_checkpoint = checkpoint["payload"]["step"].as_u64().unwrap();
     let (resumed, next) = resumption(&events);
@@ -184,7 +202,10 @@ struct Mount(tempfile::TempDir);
 impl Mount {
     fn tmpfs(size: &str) -> Option<Mount> {
         let dir = tempfile::tempdir().unwrap();
-        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).status();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status();
         match mounted {
             Ok(status) if status.success() => Some(Mount(dir)),
             _ => None,
@@ -235,14 +256,18 @@ async fn a_full_disk_fails_a_job_once_frees_its_files_and_the_service_keeps_serv
         .await;
         jobs.push(job);
     }
-    let full: Vec<&Value> = jobs.iter().filter(|j| j["error"].as_str().unwrap_or("").contains("the disk is full")).collect();
+    let full: Vec<&Value> =
+        jobs.iter().filter(|j| j["error"].as_str().unwrap_or("").contains("the disk is full")).collect();
     assert!(!full.is_empty(), "no job hit the full disk: {jobs:?}");
     for job in &jobs {
         assert_eq!(job["attempts"], 1, "a job ran twice: {job}");
     }
     for job in &full {
         assert_eq!(job["status"], "failed");
-        assert!(!data.join("jobs").join(job["id"].as_str().unwrap()).exists(), "the failed job's files are still there");
+        assert!(
+            !data.join("jobs").join(job["id"].as_str().unwrap()).exists(),
+            "the failed job's files are still there"
+        );
     }
     // The pool was not left inside a transaction: the service still accepts and answers.
     let response = client.post(format!("{}/v1/jobs", service.base)).json(&spec()).send().await.unwrap();

@@ -22,7 +22,11 @@ fn floats(t: &Value) -> (Vec<usize>, Vec<f32>) {
 }
 
 fn ints(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32)).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32))
+        .collect()
 }
 
 /// Largest absolute difference, relative to the largest expected magnitude.
@@ -36,12 +40,20 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tolerance: f32) {
 fn load(folder: &str) -> (BertConfig, Net) {
     let (config, tensors) = bert::load_folder(Path::new(folder), &Device::Cpu).unwrap();
     let input = Input { features: 36, image: None };
-    let net = Net::transformer(&ArchSpec::Transformer(TransformerArch::default()), config.clone(), input, tensors, &Device::Cpu).unwrap();
+    let net = Net::transformer(
+        &ArchSpec::Transformer(TransformerArch::default()),
+        config.clone(),
+        input,
+        tensors,
+        &Device::Cpu,
+    )
+    .unwrap();
     (config, net)
 }
 
 fn packed(case: &Value) -> Tensor {
-    let rows = bert::pack(&ints(&case["input_ids"]), &ints(&case["token_type_ids"]), &ints(&case["attention_mask"]), 12);
+    let rows =
+        bert::pack(&ints(&case["input_ids"]), &ints(&case["token_type_ids"]), &ints(&case["attention_mask"]), 12);
     Tensor::from_vec(rows, (3, 36), &Device::Cpu).unwrap()
 }
 
@@ -67,13 +79,23 @@ fn encoders_match_transformers_outputs() {
             let per_layer = hidden.len() / shape[0];
             for layer in 0..shape[0] {
                 let key = if layer == 0 { "embeddings".to_string() } else { format!("layers.{}", layer - 1) };
-                assert_close(&what(&key), &flat(&out.features[&key]), &hidden[layer * per_layer..(layer + 1) * per_layer], 1e-4);
+                assert_close(
+                    &what(&key),
+                    &flat(&out.features[&key]),
+                    &hidden[layer * per_layer..(layer + 1) * per_layer],
+                    1e-4,
+                );
             }
             let (shape, attentions) = floats(&case["attentions"]);
             let per_layer = attentions.len() / shape[0];
             for layer in 0..shape[0] {
                 let key = format!("attentions.{layer}");
-                assert_close(&what(&key), &flat(&out.features[&key]), &attentions[layer * per_layer..(layer + 1) * per_layer], 1e-4);
+                assert_close(
+                    &what(&key),
+                    &flat(&out.features[&key]),
+                    &attentions[layer * per_layer..(layer + 1) * per_layer],
+                    1e-4,
+                );
             }
         }
     }
@@ -84,7 +106,11 @@ fn bert_gradients_match_transformers_and_reach_every_parameter() {
     let fixtures = fixtures();
     let case = &fixtures["models"]["tiny-bert"];
     let (config, net) = load(case["folder"].as_str().unwrap());
-    let labels = Tensor::new(case["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+    let labels = Tensor::new(
+        case["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect::<Vec<_>>(),
+        &Device::Cpu,
+    )
+    .unwrap();
     for fused in [true, false] {
         let vars: Vec<Var> = net.to_vars().unwrap();
         let model = net.with_vars(&vars, &[]).with_fused_kernels(fused);
@@ -97,7 +123,9 @@ fn bert_gradients_match_transformers_and_reach_every_parameter() {
             .named()
             .into_iter()
             .zip(&vars)
-            .map(|((name, _), var)| (name, grads.get(var.as_tensor()).cloned().unwrap_or_else(|| var.as_tensor().zeros_like().unwrap())))
+            .map(|((name, _), var)| {
+                (name, grads.get(var.as_tensor()).cloned().unwrap_or_else(|| var.as_tensor().zeros_like().unwrap()))
+            })
             .collect();
         for (hf_name, expected) in case["grads"].as_object().unwrap() {
             let ours = config.our_name(hf_name);
@@ -117,7 +145,9 @@ fn bert_gradients_match_transformers_and_reach_every_parameter() {
 fn hugging_face_names_round_trip() {
     for folder in ["tests/fixtures/tiny-bert", "tests/fixtures/tiny-roberta", "tests/fixtures/tiny-distilbert"] {
         let (config, _) = load(folder);
-        let (raw, _) = distillery::engine::files::read_safetensors(&PathBuf::from(folder).join("model.safetensors"), &Device::Cpu).unwrap();
+        let (raw, _) =
+            distillery::engine::files::read_safetensors(&PathBuf::from(folder).join("model.safetensors"), &Device::Cpu)
+                .unwrap();
         let mut theirs: Vec<String> = raw.keys().cloned().collect();
         let mut ours: Vec<String> = config.tensor_shapes().into_iter().map(|(n, _)| config.hf_name(&n)).collect();
         theirs.sort();
@@ -141,7 +171,10 @@ mod jobs {
 
     const POSITIVE: [&str; 7] = ["good", "great", "love", "fun", "happy", "best", "enjoy"];
     const NEGATIVE: [&str; 7] = ["bad", "terrible", "hate", "dull", "sad", "worst", "bore"];
-    const FILLER: [&str; 16] = ["the", "movie", "film", "book", "story", "was", "is", "very", "really", "and", "plot", "music", "food", "service", "i", "it"];
+    const FILLER: [&str; 16] = [
+        "the", "movie", "film", "book", "story", "was", "is", "very", "really", "and", "plot", "music", "food",
+        "service", "i", "it",
+    ];
 
     /// Reviews of 6–11 words: the label is the polarity of the one sentiment word among fillers.
     pub(super) fn reviews(path: &Path, n: usize, seed: u64) {
@@ -194,12 +227,13 @@ mod jobs {
     pub(super) fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>, Vec<EpochMetrics>) {
         engine::preflight(spec, &engine::DataRoot::new(root)).unwrap();
         let (mut logs, mut epochs) = (Vec::new(), Vec::new());
-        let output = engine::run(spec, "cpu", &engine::DataRoot::new(root), job, &Control::default(), &mut |e| match e {
-            EngineEvent::Log(line) => logs.push(line),
-            EngineEvent::Epoch(m) => epochs.push(m),
-            _ => {}
-        })
-        .unwrap();
+        let output =
+            engine::run(spec, "cpu", &engine::DataRoot::new(root), job, &Control::default(), &mut |e| match e {
+                EngineEvent::Log(line) => logs.push(line),
+                EngineEvent::Epoch(m) => epochs.push(m),
+                _ => {}
+            })
+            .unwrap();
         (output.report, logs, epochs)
     }
 
@@ -238,7 +272,10 @@ mod jobs {
         assert_eq!(config["architectures"], json!(["BertForSequenceClassification"]));
         assert!(folder.join("tokenizer.json").exists());
         let (reloaded_config, tensors) = bert::load_folder(&folder, &Device::Cpu).unwrap();
-        assert!(tensors.contains_key("encoder.layer.1.output.LayerNorm.weight") && !tensors.contains_key("encoder.layer.2.output.LayerNorm.weight"));
+        assert!(
+            tensors.contains_key("encoder.layer.1.output.LayerNorm.weight")
+                && !tensors.contains_key("encoder.layer.2.output.LayerNorm.weight")
+        );
         let input = Input { features: 48, image: None };
         let arch = ArchSpec::Transformer(TransformerArch::default());
         let reloaded = Net::transformer(&arch, reloaded_config.clone(), input, tensors, &Device::Cpu).unwrap();
@@ -266,20 +303,29 @@ mod jobs {
         }
         // The tiny models share the 150-token vocabulary; DistilBERT pads with id 0 as BERT does.
         std::fs::copy("tests/fixtures/tiny-bert/tokenizer.json", folder.join("tokenizer.json")).unwrap();
-        let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [1]}), json!([
-            {"teacher_layer": "attentions.1", "student_layer": "attentions.0", "loss": "kl"}
-        ])))
+        let mut value = serde_json::to_value(spec(
+            json!({"kind": "transformer", "layers": [1]}),
+            json!([
+                {"teacher_layer": "attentions.1", "student_layer": "attentions.0", "loss": "kl"}
+            ]),
+        ))
         .unwrap();
         value["teacher"]["arch"]["path"] = json!("models/tiny-distilbert");
         let s = spec::parse(value.to_string().as_bytes()).unwrap();
         let (report, _, _) = run(&s, root.path(), job.path());
         assert!(report.teacher.accuracy > 0.85, "teacher {}", report.teacher.accuracy);
         assert!(report.student.accuracy > 0.7, "student {}", report.student.accuracy);
-        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
         assert_eq!((config["model_type"].as_str(), config["n_layers"].as_u64()), (Some("distilbert"), Some(1)));
         assert_eq!(config["architectures"], json!(["DistilBertForSequenceClassification"]));
         let (raw, _) = read_safetensors(&job.path().join("student-hf/model.safetensors"), &Device::Cpu).unwrap();
-        assert!(raw.contains_key("distilbert.transformer.layer.0.ffn.lin1.weight") && raw.contains_key("pre_classifier.weight"), "{:?}", raw.keys());
+        assert!(
+            raw.contains_key("distilbert.transformer.layer.0.ffn.lin1.weight")
+                && raw.contains_key("pre_classifier.weight"),
+            "{:?}",
+            raw.keys()
+        );
     }
 
     /// Interrupted mid-epoch while fine-tuning the teacher and again while distilling (with a
@@ -331,7 +377,8 @@ mod jobs {
         let student: Vec<f64> = epochs.iter().filter(|m| m.phase == Phase::Student).map(|m| m.train_loss).collect();
         assert!(student[student.len() - 1] < 0.9 * student[0], "{student:?}");
         assert_eq!(report.distillation.projection_parameters, 16 * 32 + 32);
-        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
         assert_eq!((config["hidden_size"].as_u64(), config["num_attention_heads"].as_u64()), (Some(16), Some(4)));
     }
 
@@ -339,7 +386,8 @@ mod jobs {
     fn an_encoder_distils_its_sentence_embeddings_from_unlabelled_texts() {
         let root = root();
         let job = tempfile::tempdir().unwrap();
-        let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0, 2]}), json!([]))).unwrap();
+        let mut value =
+            serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0, 2]}), json!([]))).unwrap();
         value["dataset"].as_object_mut().unwrap().remove("label_column");
         value["teacher"].as_object_mut().unwrap().remove("train");
         value["distill"]["intermediate"] = json!([
@@ -356,22 +404,38 @@ mod jobs {
         // loss = 1 − mean cosine to the teacher's embeddings: distillation must pull them closer
         // than the copied layers alone are. (Nearest-neighbour agreement is noise on these
         // near-identical synthetic reviews; `nearest_neighbours` has its own unit test.)
-        assert!(report.student.loss < 0.5 * baseline.loss, "student {} baseline {}", report.student.loss, baseline.loss);
+        assert!(
+            report.student.loss < 0.5 * baseline.loss,
+            "student {} baseline {}",
+            report.student.loss,
+            baseline.loss
+        );
         assert!((0.0..=1.0).contains(&report.student.accuracy));
-        assert!(report.verdict.starts_with("the student's embeddings have a mean cosine of") && report.verdict.contains("untrained student"), "{}", report.verdict);
+        assert!(
+            report.verdict.starts_with("the student's embeddings have a mean cosine of")
+                && report.verdict.contains("untrained student"),
+            "{}",
+            report.verdict
+        );
         assert!(distillery::cli::table(&report).contains("neighbour agreement"));
-        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
         assert_eq!(config["architectures"], json!(["BertModel"]));
         assert!(config.get("id2label").is_none());
         let (_, tensors) = bert::load_folder(&job.path().join("student-hf"), &Device::Cpu).unwrap();
-        assert!(tensors.keys().all(|n| n.starts_with("embeddings.") || n.starts_with("encoder.")), "{:?}", tensors.keys());
+        assert!(
+            tensors.keys().all(|n| n.starts_with("embeddings.") || n.starts_with("encoder.")),
+            "{:?}",
+            tensors.keys()
+        );
     }
 
     #[test]
     fn text_specs_are_refused_with_the_field_named() {
         let root = root();
         let refused = |mutate: &dyn Fn(&mut Value)| -> String {
-            let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0, 2]}), json!([]))).unwrap();
+            let mut value =
+                serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0, 2]}), json!([]))).unwrap();
             mutate(&mut value);
             let parsed = spec::parse(value.to_string().as_bytes());
             match parsed {
@@ -385,14 +449,19 @@ mod jobs {
         assert_eq!(refused(&|v| v["dataset"]["text_column"] = json!("review")), "dataset.text_column");
         assert_eq!(refused(&|v| v["dataset"]["max_length"] = json!(100)), "dataset.max_length");
         assert_eq!(
-            refused(&|v| v["distill"]["intermediate"] = json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "kl"}])),
+            refused(&|v| v["distill"]["intermediate"] =
+                json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "kl"}])),
             "distill.intermediate[0].loss"
         );
         assert_eq!(
-            refused(&|v| v["distill"]["intermediate"] = json!([{"teacher_layer": "attentions.2", "student_layer": "layers.1"}])),
+            refused(&|v| v["distill"]["intermediate"] =
+                json!([{"teacher_layer": "attentions.2", "student_layer": "layers.1"}])),
             "distill.intermediate[0]"
         );
-        assert_eq!(refused(&|v| v["student"]["arch"] = json!({"kind": "transformer", "hidden_size": 30})), "student.arch");
+        assert_eq!(
+            refused(&|v| v["student"]["arch"] = json!({"kind": "transformer", "hidden_size": 30})),
+            "student.arch"
+        );
         let unlabelled = |v: &mut Value| {
             v["dataset"].as_object_mut().unwrap().remove("label_column");
         };
@@ -405,7 +474,10 @@ mod jobs {
             "distill.intermediate"
         );
         // The tiny BERT's head has 3 classes, the reviews 2: only fine-tuning can fit it.
-        assert_eq!(refused(&|v| v["teacher"].as_object_mut().unwrap().remove("train").map(|_| ()).unwrap()), "teacher.train");
+        assert_eq!(
+            refused(&|v| v["teacher"].as_object_mut().unwrap().remove("train").map(|_| ()).unwrap()),
+            "teacher.train"
+        );
     }
 }
 
@@ -421,19 +493,31 @@ mod minilm {
     use serde_json::{json, Value};
 
     fn folder() -> PathBuf {
-        let dir = PathBuf::from(std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()));
-        assert!(dir.join("model.safetensors").exists(), "all-MiniLM-L6-v2 is not at {}: run scripts/fetch-minilm.sh (.ci/run does) or set MINILM_DIR", dir.display());
+        let dir = PathBuf::from(
+            std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()),
+        );
+        assert!(
+            dir.join("model.safetensors").exists(),
+            "all-MiniLM-L6-v2 is not at {}: run scripts/fetch-minilm.sh (.ci/run does) or set MINILM_DIR",
+            dir.display()
+        );
         dir
     }
 
     #[test]
     fn the_real_minilm_tokenises_and_embeds_as_transformers_does() {
-        let reference: Value = serde_json::from_slice(&std::fs::read("tests/fixtures/minilm_reference.json").unwrap()).unwrap();
+        let reference: Value =
+            serde_json::from_slice(&std::fs::read("tests/fixtures/minilm_reference.json").unwrap()).unwrap();
         let dir = folder();
         let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-        tokenizer.with_padding(Some(tokenizers::PaddingParams { strategy: tokenizers::PaddingStrategy::Fixed(16), ..Default::default() }));
+        tokenizer.with_padding(Some(tokenizers::PaddingParams {
+            strategy: tokenizers::PaddingStrategy::Fixed(16),
+            ..Default::default()
+        }));
         let texts: Vec<String> = serde_json::from_value(reference["texts"].clone()).unwrap();
-        let rows = |key: &str| -> Vec<u32> { serde_json::from_value::<Vec<Vec<u32>>>(reference[key].clone()).unwrap().concat() };
+        let rows = |key: &str| -> Vec<u32> {
+            serde_json::from_value::<Vec<Vec<u32>>>(reference[key].clone()).unwrap().concat()
+        };
         let (ids, mask) = (rows("input_ids"), rows("attention_mask"));
         for (i, text) in texts.iter().enumerate() {
             let encoding = tokenizer.encode(text.as_str(), true).unwrap();
@@ -443,7 +527,9 @@ mod minilm {
         assert_eq!((config.num_layers, config.hidden_size, config.num_heads, config.num_labels), (6, 384, 12, 0));
         let named = config.tensor_shapes().into_iter().map(|(n, _)| (n.clone(), tensors[&n].clone())).collect();
         let input = Input { features: 48, image: None };
-        let net = Net::transformer(&ArchSpec::Transformer(TransformerArch::default()), config, input, named, &Device::Cpu).unwrap();
+        let net =
+            Net::transformer(&ArchSpec::Transformer(TransformerArch::default()), config, input, named, &Device::Cpu)
+                .unwrap();
         // 22.7M with the pooler (384·384 + 384), which mean pooling does not use.
         assert_eq!(net.parameter_count(), 22_713_216 - 384 * 384 - 384);
         let n = texts.len();
@@ -467,7 +553,14 @@ mod minilm {
         let job = tempfile::tempdir().unwrap();
         // Data paths may not lead outside the data root, so the folder is copied in.
         std::fs::create_dir(root.path().join("minilm")).unwrap();
-        for file in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.txt",
+        ] {
             std::fs::copy(folder().join(file), root.path().join("minilm").join(file)).unwrap();
         }
         super::jobs::reviews(&root.path().join("train.csv"), 192, 11);
@@ -491,7 +584,8 @@ mod minilm {
         // word embeddings stay.
         assert_eq!(report.student.parameters, 22_713_216 - 4 * 1_774_464 + 2 * 384 + 2);
         assert!(report.speedup.batch_n > 1.5, "{:?}", report.speedup);
-        let config: Value = serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
         assert_eq!(config["num_hidden_layers"], 2);
         assert_eq!(config["architectures"], json!(["BertForSequenceClassification"]));
     }

@@ -14,8 +14,8 @@ use tokio_util::io::ReaderStream;
 use super::error::{ApiError, ApiResult};
 use super::{parse_id, AppState};
 use crate::engine::run::REPORT_FILE;
-use crate::store::Status;
 use crate::layout::job_dir;
+use crate::store::Status;
 
 pub async fn report(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_id(&id)?;
@@ -100,12 +100,14 @@ fn file_body(file: tokio::fs::File, len: u64) -> Body {
 /// `None`, the whole file (RFC 9110 lets a server ignore `Range`); a malformed or unsatisfiable
 /// one is a 416.
 fn byte_range(value: &HeaderValue, size: u64) -> ApiResult<Option<(u64, u64)>> {
-    let refused = || ApiError::RangeNotSatisfiable {
+    let refused = || {
+        ApiError::RangeNotSatisfiable {
         size,
         message: format!(
             "`{}` is not a satisfiable range of this {size}-byte file; send bytes=first-last, bytes=first- or bytes=-suffix",
             String::from_utf8_lossy(value.as_bytes())
         ),
+    }
     };
     let text = value.to_str().map_err(|_| refused())?.trim();
     let spec = match text.split_once('=') {
@@ -117,7 +119,9 @@ fn byte_range(value: &HeaderValue, size: u64) -> ApiResult<Option<(u64, u64)>> {
     }
     let (first, last) = spec.split_once('-').ok_or_else(refused)?;
     let range = match (position(first), position(last)) {
-        (None, Some(suffix)) if first.trim().is_empty() && suffix > 0 && size > 0 => Some((size.saturating_sub(suffix), size - 1)),
+        (None, Some(suffix)) if first.trim().is_empty() && suffix > 0 && size > 0 => {
+            Some((size.saturating_sub(suffix), size - 1))
+        }
         (Some(first), None) if last.trim().is_empty() && first < size => Some((first, size - 1)),
         (Some(first), Some(last)) if first <= last && first < size => Some((first, last.min(size - 1))),
         _ => None,
@@ -140,7 +144,8 @@ mod tests {
 
     #[test]
     fn byte_ranges() {
-        let range = |text: &str, size| byte_range(&HeaderValue::from_str(text).unwrap(), size).map_err(|e| e.to_string());
+        let range =
+            |text: &str, size| byte_range(&HeaderValue::from_str(text).unwrap(), size).map_err(|e| e.to_string());
         assert_eq!(range("bytes=0-9", 100).unwrap(), Some((0, 9)));
         assert_eq!(range("bytes=10-", 100).unwrap(), Some((10, 99)));
         assert_eq!(range("bytes=-5", 100).unwrap(), Some((95, 99)));
@@ -148,7 +153,9 @@ mod tests {
         assert_eq!(range("bytes=90-200", 100).unwrap(), Some((90, 99)));
         assert_eq!(range("Bytes=99-99999999999999999999999", 100).unwrap(), Some((99, 99)));
         assert_eq!(range("bytes=0-1, 5-6", 100).unwrap(), None);
-        for refused in ["bytes=100-", "bytes=5-3", "bytes=-0", "bytes=+1-2", "bytes=x-", "bytes=-", "bytes=3", "items=0-1"] {
+        for refused in
+            ["bytes=100-", "bytes=5-3", "bytes=-0", "bytes=+1-2", "bytes=x-", "bytes=-", "bytes=3", "items=0-1"]
+        {
             assert!(range(refused, 100).is_err(), "{refused} was accepted");
         }
         assert!(range("bytes=0-0", 0).is_err(), "an empty file has no byte 0");

@@ -40,7 +40,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code, None),
             ApiError::Rejected { status, code, .. } => (*status, code, None),
-            ApiError::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", Some("Range")),
+            ApiError::RangeNotSatisfiable { .. } => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", Some("Range"))
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
@@ -63,7 +65,9 @@ impl IntoResponse for ApiError {
         }
         let body = Json(serde_json::json!({ "error": error }));
         match self {
-            ApiError::RangeNotSatisfiable { size, .. } => (status, [(header::CONTENT_RANGE, format!("bytes */{size}"))], body).into_response(),
+            ApiError::RangeNotSatisfiable { size, .. } => {
+                (status, [(header::CONTENT_RANGE, format!("bytes */{size}"))], body).into_response()
+            }
             _ => (status, body).into_response(),
         }
     }

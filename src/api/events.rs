@@ -31,15 +31,27 @@ pub async fn events(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     if let Some(unknown) = query.keys().find(|k| !["after", "limit"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request("invalid_query", unknown, "unknown query parameter; expected after or limit"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            unknown,
+            "unknown query parameter; expected after or limit",
+        ));
     }
     let after = match query.get("after") {
-        Some(a) => a.parse::<i64>().ok().filter(|a| *a >= 0).ok_or_else(|| ApiError::bad_request("invalid_query", "after", "must be an event seq (integer ≥ 0)"))?,
+        Some(a) => a
+            .parse::<i64>()
+            .ok()
+            .filter(|a| *a >= 0)
+            .ok_or_else(|| ApiError::bad_request("invalid_query", "after", "must be an event seq (integer ≥ 0)"))?,
         None => 0,
     };
     if !wants_stream(&headers) {
         let limit = match query.get("limit") {
-            Some(l) => l.parse::<usize>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| ApiError::bad_request("invalid_query", "limit", "must be within [1, 1000]"))?,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|l| (1..=1000).contains(l))
+                .ok_or_else(|| ApiError::bad_request("invalid_query", "limit", "must be within [1, 1000]"))?,
             None => PAGE,
         };
         ensure_job(&state.store, id).await?;

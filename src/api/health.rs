@@ -30,7 +30,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     };
     match problem {
         None => (StatusCode::OK, Json(json!({"status": "ready", "limits": limits}))),
-        Some((status, reason)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": status, "reason": reason, "limits": limits}))),
+        Some((status, reason)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": status, "reason": reason, "limits": limits})))
+        }
     }
 }
 

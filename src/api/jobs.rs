@@ -90,9 +90,16 @@ fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, J
     Ok((StatusCode::OK, Json(job)))
 }
 
-pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
     if let Some(unknown) = query.keys().find(|k| !["status", "limit", "after"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request("invalid_query", unknown, "unknown query parameter; expected status, limit or after"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            unknown,
+            "unknown query parameter; expected status, limit or after",
+        ));
     }
     let status = query
         .get("status")
@@ -106,7 +113,9 @@ pub async fn list(State(state): State<AppState>, Query(query): Query<HashMap<Str
     };
     let after = query
         .get("after")
-        .map(|a| uuid::Uuid::parse_str(a).map_err(|_| ApiError::bad_request("invalid_query", "after", "must be a job id")))
+        .map(|a| {
+            uuid::Uuid::parse_str(a).map_err(|_| ApiError::bad_request("invalid_query", "after", "must be a job id"))
+        })
         .transpose()?;
     let (jobs, has_more) = state.store.list_jobs(status, after, limit).await?;
     Ok(Json(json!({"data": jobs, "has_more": has_more})))

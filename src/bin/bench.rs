@@ -375,7 +375,8 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
 
 /// Runs the committed PyTorch script once.
 fn torch_step(python: &str, args: &Args) -> Result<Value, String> {
-    let (steps, batch, warmup, dropout) = (args.steps().to_string(), args.batch().to_string(), args.warmup().to_string(), args.dropout.to_string());
+    let (steps, batch, warmup, dropout) =
+        (args.steps().to_string(), args.batch().to_string(), args.warmup().to_string(), args.dropout.to_string());
     let output = Command::new(python)
         .args(["benches/kd_step.py", "--model", args.model.name(), "--steps", &steps, "--reps", "1", "--batch", &batch])
         .args(["--warmup", &warmup, "--dropout", &dropout])
@@ -392,11 +393,15 @@ fn python(args: &Args) -> Result<String, String> {
         return Ok(p.clone());
     }
     let venv = Path::new(".venv/bin/python");
-    let has_torch = venv.exists() && Command::new(venv).args(["-c", "import torch"]).status().is_ok_and(|s| s.success());
+    let has_torch =
+        venv.exists() && Command::new(venv).args(["-c", "import torch"]).status().is_ok_and(|s| s.success());
     if !has_torch {
         eprintln!("installing PyTorch into .venv (once)…");
         let ok = Command::new("python3").args(["-m", "venv", ".venv"]).status().is_ok_and(|s| s.success())
-            && Command::new(venv).args(["-m", "pip", "install", "--quiet", "torch", "numpy"]).status().is_ok_and(|s| s.success());
+            && Command::new(venv)
+                .args(["-m", "pip", "install", "--quiet", "torch", "numpy"])
+                .status()
+                .is_ok_and(|s| s.success());
         if !ok {
             return Err("could not install PyTorch into .venv; pass --python or --no-torch".into());
         }
@@ -438,9 +443,17 @@ fn main() -> anyhow::Result<()> {
 
     let gflops = |rate: f64| rate / batch as f64 * flops / 1e9;
     println!("distillation step: {}, Hinton T=4 α=0.7, AdamW, batch {batch}", setup.description);
-    println!("{:.2} GFLOP a step; {} rounds × {steps} steps, medians; candle threads {threads}", flops / 1e9, args.rounds);
-    let torch_peak = (!torch.is_empty()).then(|| median(torch.iter().filter_map(|t| t["sgemm_gflops"].as_f64()).collect()));
-    println!("sgemm 2048² peak: candle {peak:.0} GFLOP/s{}", torch_peak.map(|p| format!(", torch {p:.0} GFLOP/s")).unwrap_or_default());
+    println!(
+        "{:.2} GFLOP a step; {} rounds × {steps} steps, medians; candle threads {threads}",
+        flops / 1e9,
+        args.rounds
+    );
+    let torch_peak =
+        (!torch.is_empty()).then(|| median(torch.iter().filter_map(|t| t["sgemm_gflops"].as_f64()).collect()));
+    println!(
+        "sgemm 2048² peak: candle {peak:.0} GFLOP/s{}",
+        torch_peak.map(|p| format!(", torch {p:.0} GFLOP/s")).unwrap_or_default()
+    );
     println!();
     println!("{:<30} {:>11} {:>9} {:>13} {:>11}", "", "samples/s", "GFLOP/s", "share of peak", "vs PyTorch");
     let row = |name: &str, rates: &[f64]| {
@@ -478,7 +491,11 @@ fn main() -> anyhow::Result<()> {
     println!("{:<18} {:>10} {:>10}", "student latency", "candle", "pytorch");
     for (i, name) in ["batch_1".to_string(), format!("batch_{batch}")].iter().enumerate() {
         let candle_latency = median(engine.iter().map(|r| r.latency_ms[i]).collect());
-        println!("{:<18} {candle_latency:>10.3} {:>10}", format!("{name} (ms)"), cell(torch_field(["latency_ms", name.as_str()]), 3));
+        println!(
+            "{:<18} {candle_latency:>10.3} {:>10}",
+            format!("{name} (ms)"),
+            cell(torch_field(["latency_ms", name.as_str()]), 3)
+        );
     }
     if let Some(t) = torch.first() {
         println!("\ntorch {} with {} threads", t["torch"].as_str().unwrap_or("?"), t["threads"]);

@@ -53,7 +53,15 @@ impl CustomOp3 for LinearGelu {
         "fused-linear-gelu"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (z, shape) = affine(xs, xl, ws, wl, bs, bl)?;
         let mut y = vec![0f32; z.len()];
         y.par_chunks_mut(CHUNK).zip(z.par_chunks(CHUNK)).for_each(|(y, z)| {
@@ -69,8 +77,17 @@ impl CustomOp3 for LinearGelu {
         Ok((CpuStorage::F32(y), shape))
     }
 
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(z) = self.pre_activation.get() else { candle_core::bail!("fused linear gelu: backward before forward") };
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(z) = self.pre_activation.get() else {
+            candle_core::bail!("fused linear gelu: backward before forward")
+        };
         let grad_z = grad_y.contiguous()?.apply_op1_no_bwd(&GeluGrad { pre_activation: z })?;
         let (grad_weight, grad_bias) = weight_and_bias_grads(x, &grad_z)?;
         let grad_x = match self.input_grad {
@@ -94,14 +111,16 @@ impl CustomOp1 for GeluGrad<'_> {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let grad_y = contiguous_f32(storage, layout, "gelu grad: the gradient")?;
         let mut grad_z = vec![0f32; grad_y.len()];
-        grad_z.par_chunks_mut(CHUNK).zip(self.pre_activation.par_chunks(CHUNK)).zip(grad_y.par_chunks(CHUNK)).for_each(|((dz, z), dy)| {
-            vectorised(|| {
-                for ((dz, &z), &dy) in dz.iter_mut().zip(z).zip(dy) {
-                    let (cdf, pdf) = normal_cdf_pdf(z);
-                    *dz = dy * (cdf + z * pdf);
-                }
-            })
-        });
+        grad_z.par_chunks_mut(CHUNK).zip(self.pre_activation.par_chunks(CHUNK)).zip(grad_y.par_chunks(CHUNK)).for_each(
+            |((dz, z), dy)| {
+                vectorised(|| {
+                    for ((dz, &z), &dy) in dz.iter_mut().zip(z).zip(dy) {
+                        let (cdf, pdf) = normal_cdf_pdf(z);
+                        *dz = dy * (cdf + z * pdf);
+                    }
+                })
+            },
+        );
         Ok((CpuStorage::F32(grad_z), layout.shape().clone()))
     }
 }
@@ -115,14 +134,19 @@ mod tests {
     #[test]
     fn matches_candles_linear_and_exact_gelu_with_their_gradients() {
         let mut rng = crate::engine::rng::Rng::new(3);
-        let mut random = |shape: &[usize], std: f32| Var::from_vec((0..shape.iter().product()).map(|_| rng.normal(std)).collect(), shape, &Device::Cpu).unwrap();
+        let mut random = |shape: &[usize], std: f32| {
+            Var::from_vec((0..shape.iter().product()).map(|_| rng.normal(std)).collect(), shape, &Device::Cpu).unwrap()
+        };
         // Pre-activations spread over (−8, 8), where both tails and the bend show.
         let (x, weight, bias) = (random(&[40, 7], 1.0), random(&[9, 7], 1.2), random(&[9], 1.0));
         let ours = linear_gelu(&x, &weight, &bias).unwrap();
         let reference = x.matmul(&weight.t().unwrap()).unwrap().broadcast_add(&bias).unwrap().gelu_erf().unwrap();
-        let difference = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let difference =
+            |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(difference(&ours, &reference) < 1e-5, "forward differs by {}", difference(&ours, &reference));
-        let weights = Tensor::from_vec((0..360).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<f32>>(), (40, 9), &Device::Cpu).unwrap();
+        let weights =
+            Tensor::from_vec((0..360).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<f32>>(), (40, 9), &Device::Cpu)
+                .unwrap();
         let ours = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
         let reference = reference.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
         for var in [x.as_tensor(), weight.as_tensor(), bias.as_tensor()] {

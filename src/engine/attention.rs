@@ -50,7 +50,15 @@ impl Shared {
 /// Each pointer with its strides must address an m×n, m×k and k×n matrix inside its buffer, and
 /// `dst` must not overlap the other two.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product(m: usize, n: usize, k: usize, dst: (*mut f32, usize), lhs: (*const f32, usize, usize), rhs: (*const f32, usize, usize), scale: f32) {
+unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    scale: f32,
+) {
     gemm::gemm(
         m,
         n,
@@ -84,7 +92,9 @@ impl SelfAttention {
         let (batch, heads, length) = (self.batch, self.heads, self.length);
         let stacked = qkv.contiguous()?.apply_op1(self)?;
         let context = stacked.narrow(0, 0, tokens * hidden)?.reshape((tokens, hidden))?;
-        let probs = stacked.narrow(0, tokens * hidden, batch * heads * length * length)?.reshape((batch, heads, length, length))?;
+        let probs = stacked
+            .narrow(0, tokens * hidden, batch * heads * length * length)?
+            .reshape((batch, heads, length, length))?;
         Ok((context, probs))
     }
 
@@ -92,7 +102,13 @@ impl SelfAttention {
         let &[tokens, width] = layout.dims() else { candle_core::bail!("attention: expected tokens × 3·hidden") };
         let hidden = width / 3;
         if tokens != self.batch * self.length || width % 3 != 0 || hidden % self.heads != 0 {
-            candle_core::bail!("attention: {:?} does not fit {} sequences of {} tokens and {} heads", layout.dims(), self.batch, self.length, self.heads)
+            candle_core::bail!(
+                "attention: {:?} does not fit {} sequences of {} tokens and {} heads",
+                layout.dims(),
+                self.batch,
+                self.length,
+                self.heads
+            )
         }
         Ok((hidden, hidden / self.heads))
     }
@@ -100,7 +116,9 @@ impl SelfAttention {
     /// Task `task`'s probabilities after dropout: the weights the context is made of.
     fn dropped<'a>(&self, probs: &'a [f32], task: usize, block: usize) -> Cow<'a, [f32]> {
         match &self.dropout {
-            Some(mask) => Cow::Owned(probs.iter().zip(&mask[task * block..(task + 1) * block]).map(|(p, m)| p * m).collect()),
+            Some(mask) => {
+                Cow::Owned(probs.iter().zip(&mask[task * block..(task + 1) * block]).map(|(p, m)| p * m).collect())
+            }
             None => Cow::Borrowed(probs),
         }
     }
@@ -132,7 +150,15 @@ impl CustomOp1 for SelfAttention {
             // this task's length × length block; the context block is rows of `sequence`,
             // columns of `head`, which no other task writes.
             unsafe {
-                product(length, length, head_dim, (p.as_mut_ptr(), length), (q, 3 * hidden, 1), (q.add(hidden), 1, 3 * hidden), scale);
+                product(
+                    length,
+                    length,
+                    head_dim,
+                    (p.as_mut_ptr(), length),
+                    (q, 3 * hidden, 1),
+                    (q.add(hidden), 1, 3 * hidden),
+                    scale,
+                );
             }
             let bias = &self.key_bias[sequence * length..(sequence + 1) * length];
             fastmath::vectorised(|| p.chunks_exact_mut(length).for_each(|row| softmax_row(row, bias)));
@@ -140,7 +166,15 @@ impl CustomOp1 for SelfAttention {
             // SAFETY: as above; `weights` is this task's length × length block.
             unsafe {
                 let dst = context.at(sequence * length * hidden + head * head_dim);
-                product(length, head_dim, length, (dst, hidden), (weights.as_ptr(), length, 1), (q.add(2 * hidden), 3 * hidden, 1), 1.0);
+                product(
+                    length,
+                    head_dim,
+                    length,
+                    (dst, hidden),
+                    (weights.as_ptr(), length, 1),
+                    (q.add(2 * hidden), 3 * hidden, 1),
+                    1.0,
+                );
             }
         });
         Ok((CpuStorage::F32(out), Shape::from(tokens * hidden + self.batch * heads * block)))
@@ -169,7 +203,15 @@ impl CustomOp3 for AttentionGrad {
         "self-attention-grad"
     }
 
-    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, rs: &CpuStorage, rl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let attention = &self.0;
         let (hidden, head_dim) = attention.geometry(ql)?;
         let qkv = contiguous_f32(qs, ql, "attention grad: the projections")?;
@@ -178,7 +220,8 @@ impl CustomOp3 for AttentionGrad {
         let (length, heads) = (attention.length, attention.heads);
         let tokens = attention.batch * length;
         let block = length * length;
-        let (probs, grad_context, grad_probs) = (&res[tokens * hidden..], &grad[..tokens * hidden], &grad[tokens * hidden..]);
+        let (probs, grad_context, grad_probs) =
+            (&res[tokens * hidden..], &grad[..tokens * hidden], &grad[tokens * hidden..]);
         let mut out = vec![0f32; tokens * 3 * hidden];
         let grad_qkv = Shared(out.as_mut_ptr());
         let scale = SelfAttention::scale(head_dim);
@@ -195,27 +238,61 @@ impl CustomOp3 for AttentionGrad {
             unsafe {
                 let dq = grad_qkv.at(sequence * length * 3 * hidden + head * head_dim);
                 // dV = weightsᵀ · dC; d(weights) = dC · Vᵀ
-                product(length, head_dim, length, (dq.add(2 * hidden), 3 * hidden), (weights.as_ptr(), 1, length), (dc, hidden, 1), 1.0);
-                product(length, length, head_dim, (dp.as_mut_ptr(), length), (dc, hidden, 1), (q.add(2 * hidden), 1, 3 * hidden), 1.0);
+                product(
+                    length,
+                    head_dim,
+                    length,
+                    (dq.add(2 * hidden), 3 * hidden),
+                    (weights.as_ptr(), 1, length),
+                    (dc, hidden, 1),
+                    1.0,
+                );
+                product(
+                    length,
+                    length,
+                    head_dim,
+                    (dp.as_mut_ptr(), length),
+                    (dc, hidden, 1),
+                    (q.add(2 * hidden), 1, 3 * hidden),
+                    1.0,
+                );
             }
             let direct = &grad_probs[task * block..(task + 1) * block];
-            fastmath::vectorised(|| for (i, row) in dp.chunks_exact_mut(length).enumerate() {
-                let range = i * length..(i + 1) * length;
-                let p = &p[range.clone()];
-                if let Some(mask) = mask {
-                    row.iter_mut().zip(&mask[range.clone()]).for_each(|(d, m)| *d *= m);
+            fastmath::vectorised(|| {
+                for (i, row) in dp.chunks_exact_mut(length).enumerate() {
+                    let range = i * length..(i + 1) * length;
+                    let p = &p[range.clone()];
+                    if let Some(mask) = mask {
+                        row.iter_mut().zip(&mask[range.clone()]).for_each(|(d, m)| *d *= m);
+                    }
+                    row.iter_mut().zip(&direct[range]).for_each(|(d, g)| *d += g);
+                    // softmax: dS = P ⊙ (dP − Σ dP ⊙ P), times the score scale.
+                    let dot: f32 = row.iter().zip(p).map(|(d, p)| d * p).sum();
+                    row.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot) * scale);
                 }
-                row.iter_mut().zip(&direct[range]).for_each(|(d, g)| *d += g);
-                // softmax: dS = P ⊙ (dP − Σ dP ⊙ P), times the score scale.
-                let dot: f32 = row.iter().zip(p).map(|(d, p)| d * p).sum();
-                row.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dot) * scale);
             });
             // SAFETY: as above; `dp` now holds this task's dS block.
             unsafe {
                 let dq = grad_qkv.at(sequence * length * 3 * hidden + head * head_dim);
                 // dQ = dS · K; dK = dSᵀ · Q
-                product(length, head_dim, length, (dq, 3 * hidden), (dp.as_ptr(), length, 1), (q.add(hidden), 3 * hidden, 1), 1.0);
-                product(length, head_dim, length, (dq.add(hidden), 3 * hidden), (dp.as_ptr(), 1, length), (q, 3 * hidden, 1), 1.0);
+                product(
+                    length,
+                    head_dim,
+                    length,
+                    (dq, 3 * hidden),
+                    (dp.as_ptr(), length, 1),
+                    (q.add(hidden), 3 * hidden, 1),
+                    1.0,
+                );
+                product(
+                    length,
+                    head_dim,
+                    length,
+                    (dq.add(hidden), 3 * hidden),
+                    (dp.as_ptr(), 1, length),
+                    (q, 3 * hidden, 1),
+                    1.0,
+                );
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, 3 * hidden))))
@@ -235,10 +312,20 @@ mod tests {
         let (batch, length, heads) = (attention.batch, attention.length, attention.heads);
         let hidden = qkv.dim(1).unwrap() / 3;
         let head_dim = hidden / heads;
-        let split = |i: usize| qkv.narrow(1, i * hidden, hidden).unwrap().reshape((batch, length, heads, head_dim)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+        let split = |i: usize| {
+            qkv.narrow(1, i * hidden, hidden)
+                .unwrap()
+                .reshape((batch, length, heads, head_dim))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
         let (q, k, v) = (split(0), split(1), split(2));
         let bias = Tensor::from_slice(&attention.key_bias, (batch, 1, 1, length), &Device::Cpu).unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (head_dim as f64).sqrt()).unwrap().broadcast_add(&bias).unwrap();
+        let scores =
+            (q.matmul(&k.t().unwrap()).unwrap() / (head_dim as f64).sqrt()).unwrap().broadcast_add(&bias).unwrap();
         let probs = candle_nn::ops::softmax(&scores, D::Minus1).unwrap();
         let weights = match &attention.dropout {
             Some(mask) => probs.mul(&Tensor::from_slice(mask, probs.shape(), &Device::Cpu).unwrap()).unwrap(),
@@ -259,7 +346,9 @@ mod tests {
         let values: Vec<f32> = (0..batch * length * 3 * hidden).map(|_| rng.normal(1.0)).collect();
         let qkv = Var::from_vec(values, (batch * length, 3 * hidden), &Device::Cpu).unwrap();
         // Sequence 1 has three padding tokens, sequence 2 one.
-        let key_bias: Vec<f32> = (0..batch * length).map(|i| if (i / length == 1 && i % length >= 4) || i == 2 * length + 6 { -1e9 } else { 0.0 }).collect();
+        let key_bias: Vec<f32> = (0..batch * length)
+            .map(|i| if (i / length == 1 && i % length >= 4) || i == 2 * length + 6 { -1e9 } else { 0.0 })
+            .collect();
         for dropout in [None, Some(dropout_multipliers(batch * heads * length * length, 0.3, &mut rng).into())] {
             let attention = SelfAttention { batch, length, heads, key_bias: key_bias.clone().into(), dropout };
             let (context, probs) = attention.clone().forward(qkv.as_tensor()).unwrap();
@@ -267,15 +356,33 @@ mod tests {
             assert!(largest_difference(&context, &want_context) < 1e-5);
             assert!(largest_difference(&probs, &want_probs) < 1e-6);
             // A loss that reads both outputs, so both gradients flow back.
-            let context_weights = Tensor::from_vec((0..context.elem_count()).map(|_| rng.normal(1.0)).collect::<Vec<f32>>(), context.shape(), &Device::Cpu).unwrap();
-            let probs_weights = Tensor::from_vec((0..probs.elem_count()).map(|_| rng.normal(1.0)).collect::<Vec<f32>>(), probs.shape(), &Device::Cpu).unwrap();
-            let loss = |c: &Tensor, p: &Tensor| (c.mul(&context_weights).unwrap().sum_all().unwrap() + p.mul(&probs_weights).unwrap().sum_all().unwrap()).unwrap();
+            let context_weights = Tensor::from_vec(
+                (0..context.elem_count()).map(|_| rng.normal(1.0)).collect::<Vec<f32>>(),
+                context.shape(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let probs_weights = Tensor::from_vec(
+                (0..probs.elem_count()).map(|_| rng.normal(1.0)).collect::<Vec<f32>>(),
+                probs.shape(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let loss = |c: &Tensor, p: &Tensor| {
+                (c.mul(&context_weights).unwrap().sum_all().unwrap()
+                    + p.mul(&probs_weights).unwrap().sum_all().unwrap())
+                .unwrap()
+            };
             let ours = loss(&context, &probs).backward().unwrap();
             let want = loss(&want_context, &want_probs).backward().unwrap();
             let (ours, want) = (ours.get(qkv.as_tensor()).unwrap(), want.get(qkv.as_tensor()).unwrap());
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(scale > 0.0);
-            assert!(largest_difference(ours, want) < 1e-5 * scale, "gradients differ by {}", largest_difference(ours, want));
+            assert!(
+                largest_difference(ours, want) < 1e-5 * scale,
+                "gradients differ by {}",
+                largest_difference(ours, want)
+            );
         }
     }
 }

@@ -113,7 +113,9 @@ impl BertConfig {
             "bert" => Family::Bert,
             "roberta" => Family::Roberta,
             "distilbert" => Family::DistilBert,
-            other => return Err(format!("model_type `{other}` is not supported; expected bert, roberta or distilbert")),
+            other => {
+                return Err(format!("model_type `{other}` is not supported; expected bert, roberta or distilbert"))
+            }
         };
         let usize_of = |names: &[&str]| -> std::result::Result<usize, String> {
             field(raw, names)
@@ -143,9 +145,19 @@ impl BertConfig {
             num_heads: usize_of(if distil { &["n_heads"] } else { &["num_attention_heads"] })?,
             intermediate_size: usize_of(if distil { &["hidden_dim"] } else { &["intermediate_size"] })?,
             max_positions: usize_of(&["max_position_embeddings"])?,
-            type_vocab_size: if distil { 0 } else { field(raw, &["type_vocab_size"]).and_then(Value::as_u64).unwrap_or(2) as usize },
-            layer_norm_eps: if distil { 1e-12 } else { field(raw, &["layer_norm_eps"]).and_then(Value::as_f64).unwrap_or(1e-12) },
-            pad_token_id: field(raw, &["pad_token_id"]).and_then(Value::as_u64).unwrap_or(if family == Family::Roberta { 1 } else { 0 }) as u32,
+            type_vocab_size: if distil {
+                0
+            } else {
+                field(raw, &["type_vocab_size"]).and_then(Value::as_u64).unwrap_or(2) as usize
+            },
+            layer_norm_eps: if distil {
+                1e-12
+            } else {
+                field(raw, &["layer_norm_eps"]).and_then(Value::as_f64).unwrap_or(1e-12)
+            },
+            pad_token_id: field(raw, &["pad_token_id"])
+                .and_then(Value::as_u64)
+                .unwrap_or(if family == Family::Roberta { 1 } else { 0 }) as u32,
             hidden_dropout,
             attention_dropout: f32_or(&["attention_probs_dropout_prob", "attention_dropout"], 0.1),
             classifier_dropout: f32_or(&["classifier_dropout", "seq_classif_dropout"], hidden_dropout as f64),
@@ -161,7 +173,10 @@ impl BertConfig {
     /// Sizes that fit together; for a student config built from overrides too.
     pub fn check(&self) -> std::result::Result<(), String> {
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
-            return Err(format!("hidden size {} is not a multiple of the {} attention heads", self.hidden_size, self.num_heads));
+            return Err(format!(
+                "hidden size {} is not a multiple of the {} attention heads",
+                self.hidden_size, self.num_heads
+            ));
         }
         if self.num_layers == 0 || self.hidden_size == 0 || self.intermediate_size == 0 || self.vocab_size == 0 {
             return Err("layers, hidden size, intermediate size and vocabulary must be positive".into());
@@ -211,14 +226,24 @@ impl BertConfig {
         if self.num_labels > 0 {
             let c = self.num_labels;
             let head: [(&str, Vec<usize>); 4] = match self.family {
-                Family::Bert => [("pooler.dense.weight", vec![h, h]), ("pooler.dense.bias", vec![h]), ("classifier.weight", vec![c, h]), ("classifier.bias", vec![c])],
+                Family::Bert => [
+                    ("pooler.dense.weight", vec![h, h]),
+                    ("pooler.dense.bias", vec![h]),
+                    ("classifier.weight", vec![c, h]),
+                    ("classifier.bias", vec![c]),
+                ],
                 Family::Roberta => [
                     ("classifier.dense.weight", vec![h, h]),
                     ("classifier.dense.bias", vec![h]),
                     ("classifier.out_proj.weight", vec![c, h]),
                     ("classifier.out_proj.bias", vec![c]),
                 ],
-                Family::DistilBert => [("pre_classifier.weight", vec![h, h]), ("pre_classifier.bias", vec![h]), ("classifier.weight", vec![c, h]), ("classifier.bias", vec![c])],
+                Family::DistilBert => [
+                    ("pre_classifier.weight", vec![h, h]),
+                    ("pre_classifier.bias", vec![h]),
+                    ("classifier.weight", vec![c, h]),
+                    ("classifier.bias", vec![c]),
+                ],
             };
             out.extend(head.into_iter().map(|(n, s)| (n.to_string(), s)));
         }
@@ -315,8 +340,10 @@ impl BertConfig {
         object.remove("num_labels");
         let class = self.family.class_name();
         if self.num_labels > 0 {
-            let id2label: serde_json::Map<String, Value> = label_names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
-            let label2id: serde_json::Map<String, Value> = label_names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
+            let id2label: serde_json::Map<String, Value> =
+                label_names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
+            let label2id: serde_json::Map<String, Value> =
+                label_names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
             object.insert("id2label".into(), Value::Object(id2label));
             object.insert("label2id".into(), Value::Object(label2id));
             object.insert("architectures".into(), json!([format!("{class}ForSequenceClassification")]));
@@ -365,7 +392,15 @@ pub fn pack(ids: &[u32], type_ids: &[u32], mask: &[u32], length: usize) -> Vec<f
 }
 
 /// LayerNorm(dropout(x) + residual), with dropout probability `p` (in training).
-fn add_norm(x: Tensor, residual: &Tensor, norm: (&Tensor, &Tensor), eps: f64, p: f32, rng: &mut Option<&mut Rng>, fused: bool) -> Result<Tensor> {
+fn add_norm(
+    x: Tensor,
+    residual: &Tensor,
+    norm: (&Tensor, &Tensor),
+    eps: f64,
+    p: f32,
+    rng: &mut Option<&mut Rng>,
+    fused: bool,
+) -> Result<Tensor> {
     if fused {
         return norm::add_layer_norm(&x, residual, norm.0, norm.1, eps, dropout_draw(x.elem_count(), p, rng));
     }
@@ -469,8 +504,10 @@ pub fn forward(
         let (q, k, v, o, ln1, f1, f2, ln2) = (w()?, w()?, w()?, w()?, w()?, w()?, w()?, w()?);
         let context = if fused {
             let qkv = linear(&hidden, &Tensor::cat(&[q.0, k.0, v.0], 0)?, &Tensor::cat(&[q.1, k.1, v.1], 0)?, fused)?;
-            let dropout = dropout_draw(batch * heads * length * length, config.attention_dropout, &mut rng).map(Arc::from);
-            let (context, probs) = SelfAttention { batch, length, heads, key_bias: key_bias_values.clone(), dropout }.forward(&qkv)?;
+            let dropout =
+                dropout_draw(batch * heads * length * length, config.attention_dropout, &mut rng).map(Arc::from);
+            let (context, probs) =
+                SelfAttention { batch, length, heads, key_bias: key_bias_values.clone(), dropout }.forward(&qkv)?;
             keep(format!("attentions.{layer}"), &probs);
             context
         } else {
@@ -484,14 +521,16 @@ pub fn forward(
             let probs = dropout(probs, config.attention_dropout, &mut rng)?;
             probs.matmul(&value)?.transpose(1, 2)?.reshape((tokens, h))?
         };
-        let attended = add_norm(linear(&context, o.0, o.1, fused)?, &hidden, ln1, eps, config.hidden_dropout, &mut rng, fused)?;
+        let attended =
+            add_norm(linear(&context, o.0, o.1, fused)?, &hidden, ln1, eps, config.hidden_dropout, &mut rng, fused)?;
         let inner = match config.activation {
             Activation::Gelu if fused => linear_gelu(&attended, f1.0, f1.1)?,
             Activation::Gelu => linear(&attended, f1.0, f1.1, fused)?.gelu_erf()?,
             Activation::GeluTanh => linear(&attended, f1.0, f1.1, fused)?.gelu()?,
             Activation::Relu => linear(&attended, f1.0, f1.1, fused)?.relu()?,
         };
-        hidden = add_norm(linear(&inner, f2.0, f2.1, fused)?, &attended, ln2, eps, config.hidden_dropout, &mut rng, fused)?;
+        hidden =
+            add_norm(linear(&inner, f2.0, f2.1, fused)?, &attended, ln2, eps, config.hidden_dropout, &mut rng, fused)?;
         keep(format!("layers.{layer}"), &hidden.reshape((batch, length, h))?);
     }
     let sequence = hidden.reshape((batch, length, h))?;
@@ -529,7 +568,11 @@ pub fn load_folder(dir: &Path, device: &Device) -> std::result::Result<(BertConf
 }
 
 /// A Hugging Face folder's model from the bytes of its `config.json` and `model.safetensors`.
-pub fn from_files(config_json: &[u8], weights: &[u8], device: &Device) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), String> {
+pub fn from_files(
+    config_json: &[u8],
+    weights: &[u8],
+    device: &Device,
+) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), String> {
     let raw: Value = serde_json::from_slice(config_json).map_err(|e| format!("config.json is unreadable: {e}"))?;
     let mut config = BertConfig::from_hf(&raw)?;
     let (tensors, _) = parse_safetensors(weights, device)?;

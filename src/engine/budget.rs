@@ -50,7 +50,8 @@ impl MemoryEstimate {
         if total <= limit {
             return Ok(());
         }
-        let largest = self.terms.iter().max_by_key(|t| t.bytes).map(|t| t.field.clone()).unwrap_or_else(|| "training".into());
+        let largest =
+            self.terms.iter().max_by_key(|t| t.bytes).map(|t| t.field.clone()).unwrap_or_else(|| "training".into());
         let mut parts: Vec<&MemoryTerm> = self.terms.iter().filter(|t| t.bytes > 0).collect();
         parts.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         let parts: Vec<String> = parts.iter().map(|t| format!("{} {}", t.what, human(t.bytes))).collect();
@@ -68,7 +69,8 @@ impl MemoryEstimate {
 
 /// Bytes a model's parameters take while it trains, or while it is only loaded.
 pub fn model_bytes(blueprint: &Blueprint, trained: bool) -> u64 {
-    let parameters = blueprint.params.iter().chain(&blueprint.buffers).map(|(_, s)| elements(s)).fold(0u64, u64::saturating_add);
+    let parameters =
+        blueprint.params.iter().chain(&blueprint.buffers).map(|(_, s)| elements(s)).fold(0u64, u64::saturating_add);
     let copies = if trained { TRAINED_COPIES } else { LOADED_COPIES };
     parameters.saturating_mul(F32 * copies)
 }

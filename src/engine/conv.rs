@@ -64,7 +64,6 @@ struct Im2col(Window);
 /// The adjoint of `Im2col`: sums each column entry back onto the input pixel it came from.
 struct Col2im(Window);
 
-
 impl CustomOp1 for Im2col {
     fn name(&self) -> &'static str {
         "im2col-nhwc"
@@ -127,7 +126,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding
     } else {
         let nchw = x.permute((0, 3, 1, 2))?.conv2d(weight, padding, stride, 1, 1)?;
         let z = nchw.permute((0, 2, 3, 1))?.reshape((n * g.out_h() * g.out_w(), out))?.broadcast_add(bias)?;
-        if relu { z.relu()? } else { z }
+        if relu {
+            z.relu()?
+        } else {
+            z
+        }
     };
     y.reshape((n, g.out_h(), g.out_w(), out))
 }
@@ -177,9 +180,21 @@ impl CustomOp3 for MaxPoolGrad {
         "max-pool-nhwc-grad"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let k = self.0;
-        let (x, y, g) = (contiguous_f32(xs, xl, "conv: the map")?, contiguous_f32(ys, yl, "conv: the map")?, contiguous_f32(gs, gl, "conv: the map")?);
+        let (x, y, g) = (
+            contiguous_f32(xs, xl, "conv: the map")?,
+            contiguous_f32(ys, yl, "conv: the map")?,
+            contiguous_f32(gs, gl, "conv: the map")?,
+        );
         let &[n, h, w, c] = xl.dims() else { candle_core::bail!("max pool: expected n × h × w × c") };
         let (oh, ow) = (h / k, w / k);
         let mut out = vec![0f32; n * h * w * c];
@@ -231,7 +246,9 @@ mod tests {
         let up = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();
         let g_ours = (&ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
         let g_theirs = (&theirs * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
         assert_eq!(diff(&ours, &theirs), 0.0);
         assert!(diff(g_ours.get(&x).unwrap(), g_theirs.get(&x).unwrap()) < 1e-6);
     }
@@ -259,10 +276,15 @@ mod tests {
             let up = Tensor::randn(0f32, 1.0, ours.shape(), &dev).unwrap();
             let g_ours = (&ours * &up).unwrap().sum_all().unwrap().backward().unwrap();
             let g_theirs = (&theirs * &up).unwrap().sum_all().unwrap().backward().unwrap();
-            let diff = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let diff = |a: &Tensor, b: &Tensor| {
+                (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+            };
             assert!(diff(&ours, &theirs) < 1e-4, "values, stride {stride} padding {padding}");
             for v in [x.as_tensor(), wt.as_tensor(), b.as_tensor()] {
-                assert!(diff(g_ours.get(v).unwrap(), g_theirs.get(v).unwrap()) < 1e-3, "gradient, stride {stride} padding {padding}");
+                assert!(
+                    diff(g_ours.get(v).unwrap(), g_theirs.get(v).unwrap()) < 1e-3,
+                    "gradient, stride {stride} padding {padding}"
+                );
             }
         }
     }

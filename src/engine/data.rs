@@ -123,7 +123,14 @@ pub fn load(spec: &DatasetSpec, root: &DataRoot, seed: u64, monitor: bool) -> Re
     assemble(spec, name, raw, test, seed, monitor)
 }
 
-fn assemble(spec: &DatasetSpec, name: String, raw: Raw, test: Option<Raw>, seed: u64, monitor: bool) -> Result<Dataset, SpecError> {
+fn assemble(
+    spec: &DatasetSpec,
+    name: String,
+    raw: Raw,
+    test: Option<Raw>,
+    seed: u64,
+    monitor: bool,
+) -> Result<Dataset, SpecError> {
     let features = raw.features;
     if raw.split.is_empty() {
         return Err(SpecError::new("dataset", "the dataset has no samples"));
@@ -203,7 +210,12 @@ fn hold_out(split: Split, features: usize, fraction: f64, seed: u64, stream: u64
 
 /// Copies the batch's samples; with `shift`, each image moves by its own seeded offset of up
 /// to `shift` pixels along each axis, the uncovered border filled with `background`.
-pub fn gather(split: &Split, features: usize, batch: &[usize], shift: Option<(usize, ImageShape, f32, &mut Rng)>) -> (Vec<f32>, Vec<u32>) {
+pub fn gather(
+    split: &Split,
+    features: usize,
+    batch: &[usize],
+    shift: Option<(usize, ImageShape, f32, &mut Rng)>,
+) -> (Vec<f32>, Vec<u32>) {
     let mut x = Vec::with_capacity(batch.len() * features);
     let mut y = Vec::with_capacity(batch.len());
     match shift {
@@ -259,7 +271,11 @@ fn statistics(split: &Split, features: usize, image: bool) -> Normalization {
         .map(|(s, m)| {
             let var = (s / n - m * m).max(0.0);
             // A constant feature carries no information; leave it centred, unscaled.
-            if var < 1e-12 { 1.0 } else { var.sqrt() as f32 }
+            if var < 1e-12 {
+                1.0
+            } else {
+                var.sqrt() as f32
+            }
         })
         .collect();
     Normalization { mean: mean.into_iter().map(|m| m as f32).collect(), std }
@@ -277,7 +293,8 @@ fn standardise(split: &mut Split, norm: &Normalization) {
 /// A file's bytes, gunzipped when it is gzip (by its magic bytes, whatever its name).
 fn open_maybe_gz(root: &DataRoot, relative: &str, field: &str) -> Result<Vec<u8>, SpecError> {
     let bytes = root.read(relative, field)?;
-    gunzip_if_needed(bytes, root.max_file_bytes(), field).map_err(|e| SpecError::new(field, format!("`{relative}`: {}", e.message)))
+    gunzip_if_needed(bytes, root.max_file_bytes(), field)
+        .map_err(|e| SpecError::new(field, format!("`{relative}`: {}", e.message)))
 }
 
 /// Gunzips `bytes` when they are gzip, refusing more than `limit` bytes of output: a few
@@ -318,7 +335,10 @@ pub(crate) fn read_csv_rows(
         let names: Vec<&str> = header.split(',').map(str::trim).collect();
         let label = label_column.unwrap_or("label");
         let idx = names.iter().position(|n| *n == label).ok_or_else(|| {
-            SpecError::new("dataset.label_column", format!("no column named `{label}` in the header ({})", names.join(", ")))
+            SpecError::new(
+                "dataset.label_column",
+                format!("no column named `{label}` in the header ({})", names.join(", ")),
+            )
         })?;
         (Some(idx), names.len())
     } else {
@@ -335,7 +355,11 @@ pub(crate) fn read_csv_rows(
         if cells.len() != width || width < 2 {
             return Err(SpecError::new(
                 field,
-                format!("line {}: {} columns, expected {width} (at least one feature and the label)", number + 1, cells.len()),
+                format!(
+                    "line {}: {} columns, expected {width} (at least one feature and the label)",
+                    number + 1,
+                    cells.len()
+                ),
             ));
         }
         let label_at = label_idx.unwrap_or(width - 1);
@@ -344,7 +368,10 @@ pub(crate) fn read_csv_rows(
                 labels.push(cell.to_string());
             } else {
                 let value: f32 = cell.parse().ok().filter(|v: &f32| v.is_finite()).ok_or_else(|| {
-                    SpecError::new(field, format!("line {}, column {}: `{cell}` is not a finite number", number + 1, j + 1))
+                    SpecError::new(
+                        field,
+                        format!("line {}, column {}: `{cell}` is not a finite number", number + 1, j + 1),
+                    )
                 })?;
                 x.push(value);
             }
@@ -379,24 +406,35 @@ fn label_ids(labels: &[String], field: &str) -> Result<(Vec<u32>, Option<Vec<Str
     }
 }
 
-fn read_idx_pair(root: &DataRoot, images: &str, labels: &str, images_field: &str, labels_field: &str) -> Result<Raw, SpecError> {
+fn read_idx_pair(
+    root: &DataRoot,
+    images: &str,
+    labels: &str,
+    images_field: &str,
+    labels_field: &str,
+) -> Result<Raw, SpecError> {
     let (dims, pixels) = read_idx(&open_maybe_gz(root, images, images_field)?, images_field)?;
     if dims.len() < 2 {
-        return Err(SpecError::new(images_field, format!("expected an images file (2 or more dimensions), got {} dimension(s)", dims.len())));
+        return Err(SpecError::new(
+            images_field,
+            format!("expected an images file (2 or more dimensions), got {} dimension(s)", dims.len()),
+        ));
     }
     let (label_dims, label_bytes) = read_idx(&open_maybe_gz(root, labels, labels_field)?, labels_field)?;
     if label_dims.len() != 1 {
-        return Err(SpecError::new(labels_field, format!("expected a labels file (1 dimension), got {}", label_dims.len())));
-    }
-    if label_dims[0] != dims[0] {
         return Err(SpecError::new(
             labels_field,
-            format!("{} labels for {} images", label_dims[0], dims[0]),
+            format!("expected a labels file (1 dimension), got {}", label_dims.len()),
         ));
+    }
+    if label_dims[0] != dims[0] {
+        return Err(SpecError::new(labels_field, format!("{} labels for {} images", label_dims[0], dims[0])));
     }
     let features: usize = dims[1..].iter().product();
     let (image, x) = match dims[1..] {
-        [height, width] => (Some(ImageShape { channels: 1, height, width }), pixels.into_iter().map(f32::from).collect()),
+        [height, width] => {
+            (Some(ImageShape { channels: 1, height, width }), pixels.into_iter().map(f32::from).collect())
+        }
         [height, width, channels] => {
             // IDX stores H×W×C; the engine (and PyTorch) want C×H×W.
             let mut x = Vec::with_capacity(pixels.len());
@@ -412,10 +450,7 @@ fn read_idx_pair(root: &DataRoot, images: &str, labels: &str, images_field: &str
     Ok(Raw {
         image,
         features,
-        split: Split {
-            x,
-            y: label_bytes.into_iter().map(u32::from).collect(),
-        },
+        split: Split { x, y: label_bytes.into_iter().map(u32::from).collect() },
         label_names: None,
     })
 }
@@ -441,7 +476,10 @@ pub(crate) fn read_idx(bytes: &[u8], field: &str) -> Result<(Vec<usize>, Vec<u8>
     if dims.contains(&0) {
         return Err(bad(format!("a dimension of size 0 in {dims:?}")));
     }
-    let expected = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| bad(format!("dimensions {dims:?} are too large")))?;
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad(format!("dimensions {dims:?} are too large")))?;
     if bytes.len() - header != expected {
         return Err(bad(format!("header promises {expected} bytes of data, file has {}", bytes.len() - header)));
     }

@@ -78,7 +78,8 @@ impl DataRoot {
 
     fn is_private(&self, resolved: &Path, metadata: &std::fs::Metadata) -> bool {
         self.private.iter().any(|private| {
-            let same_file = std::fs::metadata(private).is_ok_and(|p| p.dev() == metadata.dev() && p.ino() == metadata.ino());
+            let same_file =
+                std::fs::metadata(private).is_ok_and(|p| p.dev() == metadata.dev() && p.ino() == metadata.ino());
             same_file || private.canonicalize().is_ok_and(|p| resolved.starts_with(p))
         })
     }
@@ -140,7 +141,11 @@ mod tests {
             let error = root.read(&format!("models/bert/{name}"), "teacher.arch.path").unwrap_err();
             assert_eq!(error.field, "teacher.arch.path");
             assert!(error.message.contains("leads outside the data root"), "{name}: {}", error.message);
-            assert!(!error.message.contains(&dir.path().display().to_string()), "the message shows where the root is: {}", error.message);
+            assert!(
+                !error.message.contains(&dir.path().display().to_string()),
+                "the message shows where the root is: {}",
+                error.message
+            );
         }
     }
 
@@ -157,7 +162,8 @@ mod tests {
         let dir = data_dir();
         let root = DataRoot::of_data_dir(dir.path()).with_max_file_bytes(4);
         assert!(root.read("models", "dataset.path").unwrap_err().message.contains("not a regular file"));
-        let fifo = std::ffi::CString::new(dir.path().join("datasets/pipe.csv").into_os_string().into_encoded_bytes()).unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.path().join("datasets/pipe.csv").into_os_string().into_encoded_bytes()).unwrap();
         // SAFETY: mkfifo reads a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert!(root.read("pipe.csv", "dataset.path").unwrap_err().message.contains("not a regular file"));

@@ -144,7 +144,15 @@ fn hugging_face_config_reader_never_panics() {
 fn config_json_with_extreme_sizes_never_panics() {
     let base: serde_json::Value = serde_json::from_slice(&fixture("tiny-bert/config.json")).unwrap();
     let mut rng = Rng::new(7);
-    let keys = ["hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size", "max_position_embeddings", "type_vocab_size"];
+    let keys = [
+        "hidden_size",
+        "num_attention_heads",
+        "num_hidden_layers",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+    ];
     for case in 0..cases() {
         let mut raw = base.clone();
         let key = keys[(rng.next_u64() as usize) % keys.len()];

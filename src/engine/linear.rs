@@ -34,17 +34,20 @@ fn gemm_parallelism() -> gemm::Parallelism {
 
 /// The values of a contiguous f32 CPU tensor, for the engine's custom ops.
 pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        candle_core::bail!("{what} must be f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{what} must be contiguous")
-    };
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{what} must be f32") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{what} must be contiguous") };
     Ok(&values[start..end])
 }
 
 /// x·Wᵀ + b for the fused kernels' forward: `x` batch × in, `weight` out × in, `bias` out.
-pub(crate) fn affine(xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(Vec<f32>, Shape)> {
+pub(crate) fn affine(
+    xs: &CpuStorage,
+    xl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+    bs: &CpuStorage,
+    bl: &Layout,
+) -> Result<(Vec<f32>, Shape)> {
     let (&[batch, inputs], &[outputs, w_inputs], &[b_outputs]) = (xl.dims(), wl.dims(), bl.dims()) else {
         candle_core::bail!("fused linear: expected x batch×in, weight out×in, bias out")
     };
@@ -117,7 +120,15 @@ impl CustomOp3 for Linear {
         "fused-linear"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (mut y, shape) = affine(xs, xl, ws, wl, bs, bl)?;
         if self.relu {
             for v in &mut y {
@@ -127,7 +138,14 @@ impl CustomOp3 for Linear {
         Ok((CpuStorage::F32(y), shape))
     }
 
-    fn bwd(&self, x: &Tensor, weight: &Tensor, _bias: &Tensor, y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad_y = grad_y.contiguous()?;
         let (grad_weight, grad_bias, masked) = grads(x, y, &grad_y, self.relu)?;
         let grad_x = match self.input_grad {
@@ -154,7 +172,15 @@ impl CustomOp3 for LinearGrad {
         "fused-linear-grad"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ys: &CpuStorage, yl: &Layout, gs: &CpuStorage, gl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ys: &CpuStorage,
+        yl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let &[rows, inputs] = xl.dims() else { candle_core::bail!("fused linear grad: expected x rows×in") };
         let outputs = gl.dims()[1];
         let x = contiguous_f32(xs, xl, "fused linear grad: the input")?;

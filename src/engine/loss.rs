@@ -20,7 +20,13 @@ pub struct KdLoss {
 
 /// `student`, `teacher`: logits `batch × classes`; `labels`: u32 class ids.
 /// The teacher's logits are detached: it never receives a gradient.
-pub fn hinton(student: &Tensor, teacher: Option<&Tensor>, labels: &Tensor, temperature: f64, alpha: f64) -> Result<KdLoss> {
+pub fn hinton(
+    student: &Tensor,
+    teacher: Option<&Tensor>,
+    labels: &Tensor,
+    temperature: f64,
+    alpha: f64,
+) -> Result<KdLoss> {
     let hard = candle_nn::loss::cross_entropy(student, labels)?;
     let Some(teacher) = teacher.filter(|_| alpha > 0.0) else {
         return Ok(KdLoss { total: hard.clone(), soft: None, hard });
@@ -122,7 +128,11 @@ pub fn logit_loss(kind: LogitLoss, student: &Tensor, teachers: &[(Tensor, f64)],
 /// The teacher feature is detached.
 pub fn feature_loss(kind: FeatureLoss, student: &Tensor, teacher: &Tensor) -> Result<Tensor> {
     if student.dims() != teacher.dims() || student.rank() < 2 {
-        bail!("feature loss: student {:?} and teacher {:?} must share one batch×… shape", student.dims(), teacher.dims());
+        bail!(
+            "feature loss: student {:?} and teacher {:?} must share one batch×… shape",
+            student.dims(),
+            teacher.dims()
+        );
     }
     let teacher = teacher.detach();
     match kind {
@@ -173,7 +183,10 @@ mod tests {
 
     #[test]
     fn kl_and_reverse_kl_with_one_teacher_equal_kl_batchmean_times_t_squared() {
-        let (s, t) = (logits(&[[1.0, -2.0, 0.5, 3.0], [0.0, 4.0, -1.0, 2.0]]), logits(&[[2.0, 0.0, -3.0, 1.0], [1.0, 1.0, 5.0, -2.0]]));
+        let (s, t) = (
+            logits(&[[1.0, -2.0, 0.5, 3.0], [0.0, 4.0, -1.0, 2.0]]),
+            logits(&[[2.0, 0.0, -3.0, 1.0], [1.0, 1.0, 5.0, -2.0]]),
+        );
         for temperature in [1.0, 4.0] {
             let t2 = temperature * temperature;
             let kl = logit_loss(LogitLoss::Kl, &s, &[(t.clone(), 1.0)], temperature).unwrap();
@@ -186,7 +199,9 @@ mod tests {
     #[test]
     fn js_with_beta_half_is_symmetric_and_bounded_by_ln_2() {
         let (s, t) = (logits(&[[1.0, -2.0, 0.5, 3.0]]), logits(&[[90.0, 0.0, -30.0, 1.0]]));
-        let js = |a: &Tensor, b: &Tensor| scalar(&logit_loss(LogitLoss::Js { beta: 0.5 }, a, &[(b.clone(), 1.0)], 1.0).unwrap());
+        let js = |a: &Tensor, b: &Tensor| {
+            scalar(&logit_loss(LogitLoss::Js { beta: 0.5 }, a, &[(b.clone(), 1.0)], 1.0).unwrap())
+        };
         assert!((js(&s, &t) - js(&t, &s)).abs() < 1e-6);
         assert!(js(&s, &t) > 0.0 && js(&s, &t) < std::f32::consts::LN_2);
     }
@@ -197,7 +212,9 @@ mod tests {
         let t = Var::from_tensor(&logits(&[[2.0, 0.0, -3.0, 1.0]])).unwrap();
         for kind in [LogitLoss::Kl, LogitLoss::ReverseKl, LogitLoss::Js { beta: 0.1 }, LogitLoss::Mse] {
             let one = logit_loss(kind, s.as_tensor(), &[(t.as_tensor().clone(), 1.0)], 2.0).unwrap();
-            let two = logit_loss(kind, s.as_tensor(), &[(t.as_tensor().clone(), 0.7), (t.as_tensor().clone(), 0.3)], 2.0).unwrap();
+            let two =
+                logit_loss(kind, s.as_tensor(), &[(t.as_tensor().clone(), 0.7), (t.as_tensor().clone(), 0.3)], 2.0)
+                    .unwrap();
             assert!((scalar(&one) - scalar(&two)).abs() <= 1e-6 * scalar(&one).abs(), "{kind:?}");
             let grads = two.backward().unwrap();
             assert!(grads.get(s.as_tensor()).is_some() && grads.get(t.as_tensor()).is_none(), "{kind:?}");

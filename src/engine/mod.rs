@@ -245,6 +245,9 @@ mod tests {
             assert!(before == 1000 || before == super::ALLOCATOR_PURGE_DELAY_MS, "option 15 reads {before}");
         }
         super::tune_allocator();
-        assert_eq!(unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) }, super::ALLOCATOR_PURGE_DELAY_MS);
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) },
+            super::ALLOCATOR_PURGE_DELAY_MS
+        );
     }
 }

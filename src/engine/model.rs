@@ -53,13 +53,16 @@ impl Blueprint {
             return Err("a transformer's shapes come from its config (Blueprint::transformer)".into());
         }
         if let ArchSpec::Conv { blocks, .. } = arch {
-            let image = input.image.ok_or(
-                "a conv architecture needs image data (dataset source `idx` with 2-D or 3-D samples)",
-            )?;
+            let image = input
+                .image
+                .ok_or("a conv architecture needs image data (dataset source `idx` with 2-D or 3-D samples)")?;
             let (mut h, mut w, mut c) = (image.height, image.width, image.channels);
             for (i, b) in blocks.iter().enumerate() {
                 if h + 2 * b.padding < b.kernel || w + 2 * b.padding < b.kernel {
-                    return Err(format!("blocks.{i}: its {}×{} kernel does not fit the {h}×{w} map it receives", b.kernel, b.kernel));
+                    return Err(format!(
+                        "blocks.{i}: its {}×{} kernel does not fit the {h}×{w} map it receives",
+                        b.kernel, b.kernel
+                    ));
                 }
                 params.push((format!("blocks.{i}.conv.weight"), vec![b.channels, c, b.kernel, b.kernel]));
                 params.push((format!("blocks.{i}.conv.bias"), vec![b.channels]));
@@ -140,7 +143,13 @@ pub struct Output {
 impl Net {
     /// Fresh weights as PyTorch initialises them: U(±1/√fan_in) for linear and conv weights and
     /// biases; batch norm γ = 1, β = 0, running mean 0 and variance 1.
-    pub fn init(arch: &ArchSpec, input: Input, classes: usize, rng: &mut Rng, device: &Device) -> std::result::Result<Self, String> {
+    pub fn init(
+        arch: &ArchSpec,
+        input: Input,
+        classes: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> std::result::Result<Self, String> {
         let blueprint = Blueprint::new(arch, input, classes)?;
         let mut make = || -> Result<(Vec<Tensor>, Vec<Tensor>)> {
             let mut params = Vec::new();
@@ -182,7 +191,15 @@ impl Net {
         device: &Device,
     ) -> std::result::Result<Self, String> {
         let blueprint = Blueprint::transformer(&config, input.features / 3);
-        let net = Self { arch: arch.clone(), input, blueprint, params: Vec::new(), buffers: Vec::new(), fused: true, transformer: Some(Arc::new(config)) };
+        let net = Self {
+            arch: arch.clone(),
+            input,
+            blueprint,
+            params: Vec::new(),
+            buffers: Vec::new(),
+            fused: true,
+            transformer: Some(Arc::new(config)),
+        };
         net.with_named(named, device)
     }
 
@@ -200,16 +217,20 @@ impl Net {
                 .map(|(name, shape)| {
                     let tensor = named.remove(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
                     if tensor.dims() != shape.as_slice() {
-                        let hint = if name == "layers.0.weight" && tensor.dims().len() == 2 && tensor.dims()[1] != shape[1] {
-                            let source = match blueprint.flatten {
-                                None => format!("the dataset's {} features", shape[1]),
-                                Some(_) => format!("the {} values the conv blocks give", shape[1]),
+                        let hint =
+                            if name == "layers.0.weight" && tensor.dims().len() == 2 && tensor.dims()[1] != shape[1] {
+                                let source = match blueprint.flatten {
+                                    None => format!("the dataset's {} features", shape[1]),
+                                    Some(_) => format!("the {} values the conv blocks give", shape[1]),
+                                };
+                                format!(" (its input width {} does not match {source})", tensor.dims()[1])
+                            } else {
+                                String::new()
                             };
-                            format!(" (its input width {} does not match {source})", tensor.dims()[1])
-                        } else {
-                            String::new()
-                        };
-                        return Err(format!("tensor `{name}` has shape {:?}, the architecture needs {shape:?}{hint}", tensor.dims()));
+                        return Err(format!(
+                            "tensor `{name}` has shape {:?}, the architecture needs {shape:?}{hint}",
+                            tensor.dims()
+                        ));
                     }
                     tensor.to_dtype(DType::F32).and_then(|t| t.to_device(device)).map_err(|e| e.to_string())
                 })
@@ -232,7 +253,15 @@ impl Net {
         device: &Device,
     ) -> std::result::Result<Self, String> {
         let blueprint = Blueprint::new(arch, input, classes)?;
-        let empty = Self { arch: arch.clone(), input, blueprint, params: Vec::new(), buffers: Vec::new(), fused: true, transformer: None };
+        let empty = Self {
+            arch: arch.clone(),
+            input,
+            blueprint,
+            params: Vec::new(),
+            buffers: Vec::new(),
+            fused: true,
+            transformer: None,
+        };
         empty.with_named(named, device)
     }
 
@@ -269,11 +298,7 @@ impl Net {
 
     /// The same network reading `vars` (its forward records the autograd graph) and `buffers`.
     pub fn with_vars(&self, vars: &[Var], buffers: &[Tensor]) -> Self {
-        Self {
-            params: vars.iter().map(|v| v.as_tensor().clone()).collect(),
-            buffers: buffers.to_vec(),
-            ..self.clone()
-        }
+        Self { params: vars.iter().map(|v| v.as_tensor().clone()).collect(), buffers: buffers.to_vec(), ..self.clone() }
     }
 
     /// The same weights cut off from any graph, for frozen teachers and evaluation.
@@ -291,7 +316,8 @@ impl Net {
 
     /// Replaces the tensors of the given names (used to copy layers from a teacher).
     pub fn with_tensors(mut self, replacements: &HashMap<String, Tensor>) -> Self {
-        let names: Vec<String> = self.blueprint.params.iter().chain(&self.blueprint.buffers).map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> =
+            self.blueprint.params.iter().chain(&self.blueprint.buffers).map(|(n, _)| n.clone()).collect();
         let count = self.params.len();
         for (i, name) in names.iter().enumerate() {
             if let Some(t) = replacements.get(name) {
@@ -323,7 +349,11 @@ impl Net {
         let mut h = x.clone();
         if let (ArchSpec::Conv { blocks, .. }, Some(image)) = (&self.arch, self.input.image) {
             h = h.reshape((batch, image.channels, image.height, image.width))?;
-            h = if image.channels == 1 { h.reshape((batch, image.height, image.width, 1))? } else { h.permute((0, 2, 3, 1))?.contiguous()? };
+            h = if image.channels == 1 {
+                h.reshape((batch, image.height, image.width, 1))?
+            } else {
+                h.permute((0, 2, 3, 1))?.contiguous()?
+            };
             for (i, block) in blocks.iter().enumerate() {
                 let (weight, bias) = (next(&mut params)?, next(&mut params)?);
                 h = if fused {
@@ -331,7 +361,11 @@ impl Net {
                 } else {
                     let z = h.permute((0, 3, 1, 2))?.conv2d(weight, block.padding, block.stride, 1, 1)?;
                     let z = z.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.permute((0, 2, 3, 1))?;
-                    if block.batch_norm { z } else { z.relu()? }
+                    if block.batch_norm {
+                        z
+                    } else {
+                        z.relu()?
+                    }
                 };
                 if block.batch_norm {
                     let (gamma, beta) = (next(&mut params)?, next(&mut params)?);
@@ -362,7 +396,11 @@ impl Net {
                 Linear { relu: hidden, input_grad: h.track_op() }.forward(&h, &w, b)?
             } else {
                 let z = h.matmul(&w.t()?)?.broadcast_add(b)?;
-                if hidden { z.relu()? } else { z }
+                if hidden {
+                    z.relu()?
+                } else {
+                    z
+                }
             };
             let name = format!("layers.{i}");
             if want.contains(&name.as_str()) {
@@ -399,7 +437,15 @@ fn next<'a>(it: &mut impl Iterator<Item = &'a Tensor>) -> Result<&'a Tensor> {
 /// and returns the running statistics moved towards them (PyTorch: momentum 0.1, unbiased
 /// variance in the running estimate); evaluation uses the running statistics. `fused` trains
 /// through `norm.rs`'s kernels; otherwise candle's ops, the reference they are tested against.
-fn batch_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, running_mean: &Tensor, running_var: &Tensor, training: bool, fused: bool) -> Result<(Tensor, Vec<Tensor>)> {
+fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    training: bool,
+    fused: bool,
+) -> Result<(Tensor, Vec<Tensor>)> {
     let channels = x.dim(D::Minus1)?;
     let shape = x.shape().clone();
     let rows = x.reshape(((), channels))?;
@@ -436,7 +482,11 @@ fn pool(x: &Tensor, block: &ConvBlock, fused: bool) -> Result<Tensor> {
     let k = block.pool_size;
     let (n, h, w, c) = x.dims4()?;
     let (oh, ow) = (h / k, w / k);
-    let x = if oh * k != h || ow * k != w { x.narrow(1, 0, oh * k)?.narrow(2, 0, ow * k)?.contiguous()? } else { x.clone() };
+    let x = if oh * k != h || ow * k != w {
+        x.narrow(1, 0, oh * k)?.narrow(2, 0, ow * k)?.contiguous()?
+    } else {
+        x.clone()
+    };
     let windows = || x.reshape((n, oh, k, ow, k, c));
     match kind {
         PoolKind::Max if fused => max_pool(&x, k),
@@ -543,7 +593,14 @@ mod tests {
         let out = model.forward(&x, Some(&mut Rng::new(2)), &["blocks.0", "layers.0"]).unwrap();
         assert_eq!(out.features["blocks.0"].dims(), &[5, 4, 4, 3]);
         assert_eq!(out.features["layers.0"].dims(), &[5, 6]);
-        let moved = (&out.buffers[0] - &net.buffers()[0]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let moved = (&out.buffers[0] - &net.buffers()[0])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(moved > 0.0, "running mean did not move");
         let grads = out.logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         for (v, (name, _)) in vars.iter().zip(&bp.params) {

@@ -44,7 +44,6 @@ impl CustomOp1 for Statistics {
     }
 }
 
-
 /// y = (x − mean)·inv_std·γ + β, with the batch's statistics fixed at construction.
 struct Normalize {
     mean: Vec<f32>,
@@ -62,8 +61,20 @@ impl CustomOp3 for Normalize {
         "batch-norm-train"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, beta) = (contiguous_f32(xs, xl, "batch norm: the map")?, contiguous_f32(gs, gl, "batch norm: the map")?, contiguous_f32(bs, bl, "batch norm: the map")?);
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, gamma, beta) = (
+            contiguous_f32(xs, xl, "batch norm: the map")?,
+            contiguous_f32(gs, gl, "batch norm: the map")?,
+            contiguous_f32(bs, bl, "batch norm: the map")?,
+        );
         let c = gamma.len();
         let scale: Vec<f32> = gamma.iter().zip(&self.inv_std).map(|(g, s)| g * s).collect();
         let mut y = Vec::with_capacity(x.len());
@@ -73,7 +84,14 @@ impl CustomOp3 for Normalize {
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, gamma: &Tensor, _beta: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = NormalizeGrad { mean: self.mean.clone(), inv_std: self.inv_std.clone() };
         let stacked = x.apply_op3_no_bwd(gamma, &grad_y.contiguous()?, &grad)?;
         let rows = x.dim(0)?;
@@ -86,8 +104,20 @@ impl CustomOp3 for NormalizeGrad {
         "batch-norm-train-grad"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, gs: &CpuStorage, gl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, gamma, dy) = (contiguous_f32(xs, xl, "batch norm: the map")?, contiguous_f32(gs, gl, "batch norm: the map")?, contiguous_f32(ds, dl, "batch norm: the map")?);
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, gamma, dy) = (
+            contiguous_f32(xs, xl, "batch norm: the map")?,
+            contiguous_f32(gs, gl, "batch norm: the map")?,
+            contiguous_f32(ds, dl, "batch norm: the map")?,
+        );
         let c = gamma.len();
         let rows = x.len() / c;
         // Σ dy and Σ dy·x̂ per channel: the β and γ gradients, and the two corrections of dx.
@@ -135,7 +165,14 @@ const ROWS_PER_TASK: usize = 32;
 /// dropout, the residual connection and the norm as one op, one pass forward and one backward
 /// (rows in parallel). Composed of candle's ops this was ten passes with fresh outputs, and
 /// twice that backward. `dropout`: multipliers (0 or 1/(1 − p)) for `x`, one per element.
-pub fn add_layer_norm(x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, dropout: Option<Vec<f32>>) -> Result<Tensor> {
+pub fn add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    dropout: Option<Vec<f32>>,
+) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let width = gamma.elem_count();
     let (x, residual) = (x.reshape(((), width))?.contiguous()?, residual.reshape(((), width))?.contiguous()?);
@@ -177,7 +214,15 @@ impl CustomOp3 for AddLayerNorm {
         "add-layer-norm"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, rs: &CpuStorage, rl: &Layout, a_s: &CpuStorage, al: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+        a_s: &CpuStorage,
+        al: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, "layer norm: the input")?;
         let residual = contiguous_f32(rs, rl, "layer norm: the residual")?;
         let affine = contiguous_f32(a_s, al, "layer norm: the weight and bias")?;
@@ -185,23 +230,38 @@ impl CustomOp3 for AddLayerNorm {
         let (gamma, beta) = affine.split_at(width);
         let chunk = width * ROWS_PER_TASK;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(residual.par_chunks(chunk)).enumerate().for_each(|(task, ((y, x), residual))| {
-            let mask = task_mask(&self.dropout, task, chunk);
-            vectorised(|| for (row, y) in y.chunks_exact_mut(width).enumerate() {
-                let range = row * width..(row + 1) * width;
-                row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), y);
-                let (mean, inv_std) = row_statistics(y, self.eps);
-                for ((y, g), b) in y.iter_mut().zip(gamma).zip(beta) {
-                    *y = (*y - mean) * inv_std * g + b;
-                }
-            })
-        });
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).zip(residual.par_chunks(chunk)).enumerate().for_each(
+            |(task, ((y, x), residual))| {
+                let mask = task_mask(&self.dropout, task, chunk);
+                vectorised(|| {
+                    for (row, y) in y.chunks_exact_mut(width).enumerate() {
+                        let range = row * width..(row + 1) * width;
+                        row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), y);
+                        let (mean, inv_std) = row_statistics(y, self.eps);
+                        for ((y, g), b) in y.iter_mut().zip(gamma).zip(beta) {
+                            *y = (*y - mean) * inv_std * g + b;
+                        }
+                    }
+                })
+            },
+        );
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, residual: &Tensor, affine: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        affine: &Tensor,
+        _y: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, width) = x.dims2()?;
-        let grad = AddLayerNormGrad { eps: self.eps, dropout: self.dropout.clone(), gamma: affine.narrow(0, 0, width)?.to_vec1()? };
+        let grad = AddLayerNormGrad {
+            eps: self.eps,
+            dropout: self.dropout.clone(),
+            gamma: affine.narrow(0, 0, width)?.to_vec1()?,
+        };
         let stacked = x.apply_op3_no_bwd(residual, &grad_y.contiguous()?, &grad)?;
         let grad_sum = stacked.narrow(0, 0, rows)?;
         let grad_x = match self.dropout {
@@ -226,7 +286,15 @@ impl CustomOp3 for AddLayerNormGrad {
         "add-layer-norm-grad"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, rs: &CpuStorage, rl: &Layout, ds: &CpuStorage, dl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+        ds: &CpuStorage,
+        dl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, "layer norm grad: the input")?;
         let residual = contiguous_f32(rs, rl, "layer norm grad: the residual")?;
         let dy = contiguous_f32(ds, dl, "layer norm grad: the gradient")?;
@@ -248,24 +316,26 @@ impl CustomOp3 for AddLayerNormGrad {
                 let mask = task_mask(&self.dropout, task, chunk);
                 let mut sums = vec![0f32; 2 * width];
                 let mut xhat = vec![0f32; width];
-                vectorised(|| for (row, grad_sum) in grad_sum.chunks_exact_mut(width).enumerate() {
-                    let range = row * width..(row + 1) * width;
-                    let dy = &dy[range.clone()];
-                    row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), &mut xhat);
-                    let (mean, inv_std) = row_statistics(&xhat, self.eps);
-                    let (mut mean_g, mut mean_g_xhat) = (0f32, 0f32);
-                    for (j, h) in xhat.iter_mut().enumerate() {
-                        *h = (*h - mean) * inv_std;
-                        let g = dy[j] * gamma[j];
-                        mean_g += g;
-                        mean_g_xhat += g * *h;
-                        sums[j] += dy[j] * *h;
-                        sums[width + j] += dy[j];
-                    }
-                    mean_g /= width as f32;
-                    mean_g_xhat /= width as f32;
-                    for (j, d) in grad_sum.iter_mut().enumerate() {
-                        *d = inv_std * (dy[j] * gamma[j] - mean_g - xhat[j] * mean_g_xhat);
+                vectorised(|| {
+                    for (row, grad_sum) in grad_sum.chunks_exact_mut(width).enumerate() {
+                        let range = row * width..(row + 1) * width;
+                        let dy = &dy[range.clone()];
+                        row_sum(&x[range.clone()], &residual[range.clone()], mask.map(|m| &m[range]), &mut xhat);
+                        let (mean, inv_std) = row_statistics(&xhat, self.eps);
+                        let (mut mean_g, mut mean_g_xhat) = (0f32, 0f32);
+                        for (j, h) in xhat.iter_mut().enumerate() {
+                            *h = (*h - mean) * inv_std;
+                            let g = dy[j] * gamma[j];
+                            mean_g += g;
+                            mean_g_xhat += g * *h;
+                            sums[j] += dy[j] * *h;
+                            sums[width + j] += dy[j];
+                        }
+                        mean_g /= width as f32;
+                        mean_g_xhat /= width as f32;
+                        for (j, d) in grad_sum.iter_mut().enumerate() {
+                            *d = inv_std * (dy[j] * gamma[j] - mean_g - xhat[j] * mean_g_xhat);
+                        }
                     }
                 });
                 sums
@@ -278,9 +348,11 @@ impl CustomOp3 for AddLayerNormGrad {
                 },
             );
         if let Some(mask) = &self.dropout {
-            grad_x.par_chunks_mut(chunk).zip(grad_sum.par_chunks(chunk)).zip(mask.par_chunks(chunk)).for_each(|((gx, gs), m)| {
-                gx.iter_mut().zip(gs).zip(m).for_each(|((gx, gs), m)| *gx = gs * m);
-            });
+            grad_x.par_chunks_mut(chunk).zip(grad_sum.par_chunks(chunk)).zip(mask.par_chunks(chunk)).for_each(
+                |((gx, gs), m)| {
+                    gx.iter_mut().zip(gs).zip(m).for_each(|((gx, gs), m)| *gx = gs * m);
+                },
+            );
         }
         parameter_grads.copy_from_slice(&sums);
         Ok((CpuStorage::F32(out), Shape::from((rows + masked_rows + 2, width))))
@@ -299,7 +371,9 @@ mod tests {
     fn add_layer_norm_matches_the_composed_one_and_its_gradients() {
         let mut rng = Rng::new(5);
         let (rows, width) = (70, 12);
-        let mut random = |n: usize, shift: f32| -> Var { Var::from_vec((0..n).map(|_| rng.normal(1.0) + shift).collect(), (n / width, width), &Device::Cpu).unwrap() };
+        let mut random = |n: usize, shift: f32| -> Var {
+            Var::from_vec((0..n).map(|_| rng.normal(1.0) + shift).collect(), (n / width, width), &Device::Cpu).unwrap()
+        };
         let (x, residual) = (random(rows * width, 3.0), random(rows * width, -1.0));
         let (gamma, beta) = (random(width, 1.0), random(width, 0.0));
         let (gamma_row, beta_row) = (gamma.as_tensor().flatten_all().unwrap(), beta.as_tensor().flatten_all().unwrap());
@@ -314,10 +388,22 @@ mod tests {
             let mean = sum.mean_keepdim(D::Minus1).unwrap();
             let centred = sum.broadcast_sub(&mean).unwrap();
             let variance = centred.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-            let want = centred.broadcast_div(&(variance + 1e-5).unwrap().sqrt().unwrap()).unwrap().broadcast_mul(&gamma_row).unwrap().broadcast_add(&beta_row).unwrap();
-            let difference = |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let want = centred
+                .broadcast_div(&(variance + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(&gamma_row)
+                .unwrap()
+                .broadcast_add(&beta_row)
+                .unwrap();
+            let difference =
+                |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(difference(&ours, &want) < 1e-5);
-            let weights = Tensor::from_vec((0..rows * width).map(|i| ((i * 7) % 11) as f32 - 5.0).collect::<Vec<f32>>(), (rows, width), &Device::Cpu).unwrap();
+            let weights = Tensor::from_vec(
+                (0..rows * width).map(|i| ((i * 7) % 11) as f32 - 5.0).collect::<Vec<f32>>(),
+                (rows, width),
+                &Device::Cpu,
+            )
+            .unwrap();
             let ours = ours.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
             let want = want.mul(&weights).unwrap().sum_all().unwrap().backward().unwrap();
             for var in [&x, &residual, &gamma, &beta] {

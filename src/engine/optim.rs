@@ -72,7 +72,9 @@ impl Optimizer {
                     };
                     var.as_tensor().inplace_op2(&grad.contiguous()?, &update)?;
                 }
-                State::Device { first, second } => rule.apply_with_tensors(var, grad, &mut first[i], second.get_mut(i))?,
+                State::Device { first, second } => {
+                    rule.apply_with_tensors(var, grad, &mut first[i], second.get_mut(i))?
+                }
             }
         }
         Ok(())
@@ -154,12 +156,20 @@ impl Rule {
                 correction2: 1.0 - beta2.powi(t),
             },
             // PyTorch starts the momentum buffer at the first gradient rather than at zero.
-            OptimizerSpec::Sgd { momentum, weight_decay, .. } => Rule::Sgd { lr, momentum, weight_decay, first_step: step == 1 },
+            OptimizerSpec::Sgd { momentum, weight_decay, .. } => {
+                Rule::Sgd { lr, momentum, weight_decay, first_step: step == 1 }
+            }
         }
     }
 
     /// The reference formulation in tensor ops, for devices without the fused kernel.
-    fn apply_with_tensors(&self, var: &Var, grad: &Tensor, first: &mut Tensor, second: Option<&mut Tensor>) -> Result<()> {
+    fn apply_with_tensors(
+        &self,
+        var: &Var,
+        grad: &Tensor,
+        first: &mut Tensor,
+        second: Option<&mut Tensor>,
+    ) -> Result<()> {
         let param = var.as_tensor();
         match *self {
             Rule::AdamW { lr, decay, beta1, beta2, eps, correction1, correction2 } => {
@@ -194,11 +204,18 @@ impl InplaceOp2 for FusedUpdate<'_> {
         "fused-optimizer-step"
     }
 
-    fn cpu_fwd(&self, param: &mut CpuStorage, param_layout: &Layout, grad: &CpuStorage, grad_layout: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        param_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<()> {
         let (CpuStorage::F32(param), CpuStorage::F32(grad)) = (param, grad) else {
             candle_core::bail!("fused optimizer step: parameters and gradients must be f32")
         };
-        let (Some((p0, p1)), Some((g0, g1))) = (param_layout.contiguous_offsets(), grad_layout.contiguous_offsets()) else {
+        let (Some((p0, p1)), Some((g0, g1))) = (param_layout.contiguous_offsets(), grad_layout.contiguous_offsets())
+        else {
             candle_core::bail!("fused optimizer step: parameters and gradients must be contiguous")
         };
         let (param, grad) = (&mut param[p0..p1], &grad[g0..g1]);

@@ -155,7 +155,8 @@ pub fn latency_ms(model: &Net, x: &[f32], batch: usize, device: &Device, budget:
     const BLOCKS: u32 = 7;
     let features = model.input().features;
     let rows = x.len() / features;
-    let input: Vec<f32> = (0..batch).flat_map(|i| x[(i % rows) * features..(i % rows + 1) * features].iter().copied()).collect();
+    let input: Vec<f32> =
+        (0..batch).flat_map(|i| x[(i % rows) * features..(i % rows + 1) * features].iter().copied()).collect();
     let input = Tensor::from_vec(input, (batch, features), device)?;
     for _ in 0..3 {
         model.forward(&input, None, &[])?;

@@ -10,16 +10,20 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::bert::BertConfig;
-use super::data::{self, Dataset};
 use super::budget::{self, MemoryEstimate};
+use super::data::{self, Dataset};
 use super::data_root::DataRoot;
 use super::files::{parse_safetensors, read_safetensors, write_json, write_safetensors};
 use super::loss::{FeatureLoss, LogitLoss};
 use super::model::{predictions, Blueprint, Input, Net};
-use super::report::{self, Task, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup};
+use super::report::{
+    self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup, Task,
+};
 use super::rng::{streams, Rng};
 use super::text::{self, TextSetup};
-use super::train::{evaluate, train_phase, EmbeddingReference, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers};
+use super::train::{
+    evaluate, train_phase, EmbeddingReference, Evaluation, LayerPair, PhaseContext, PhasePlan, PhaseSummary, Teachers,
+};
 use super::{Control, EngineError, EngineEvent, Phase};
 use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, SpecError};
 
@@ -79,14 +83,20 @@ fn check_warmup(spec: &JobSpec, data: &Dataset) -> Result<(), SpecError> {
     let mut phases = vec![("the student", steps(training.epochs, training.batch_size))];
     for (i, teacher) in spec.teacher_specs().iter().enumerate() {
         if let Some(train) = &teacher.train {
-            phases.push((if i == 0 { "the teacher" } else { "a teacher" }, steps(train.epochs, train.batch_size.unwrap_or(training.batch_size))));
+            phases.push((
+                if i == 0 { "the teacher" } else { "a teacher" },
+                steps(train.epochs, train.batch_size.unwrap_or(training.batch_size)),
+            ));
         }
     }
     let (phase, shortest) = phases.into_iter().min_by_key(|(_, steps)| *steps).expect("the student trains");
     if training.warmup_steps > shortest {
         return Err(SpecError::new(
             "training.warmup_steps",
-            format!("{} warm-up steps, but {phase} trains for {shortest} steps in all; use at most {shortest}", training.warmup_steps),
+            format!(
+                "{} warm-up steps, but {phase} trains for {shortest} steps in all; use at most {shortest}",
+                training.warmup_steps
+            ),
         ));
     }
     Ok(())
@@ -104,7 +114,12 @@ fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolved) -> Memor
     for (i, (teacher, blueprint)) in spec.teacher_specs().iter().zip(&resolved.teachers).enumerate() {
         let field = format!("{}.arch", spec.teacher_field(i));
         estimate.add(&field, format!("teacher {i}'s weights"), budget::model_bytes(blueprint, teacher.train.is_some()));
-        teacher_forward = teacher_forward.saturating_add(budget::activation_bytes(blueprint, features, spec.training.batch_size, false));
+        teacher_forward = teacher_forward.saturating_add(budget::activation_bytes(
+            blueprint,
+            features,
+            spec.training.batch_size,
+            false,
+        ));
         if let Some(train) = &teacher.train {
             let batch = train.batch_size.unwrap_or(spec.training.batch_size);
             largest_phase = largest_phase.max(budget::activation_bytes(blueprint, features, batch, true));
@@ -112,8 +127,13 @@ fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolved) -> Memor
         largest_phase = largest_phase.max(budget::inference_bytes(blueprint, features));
     }
     let students = if spec.baseline { 2 } else { 1 };
-    estimate.add("student.arch", "the student's weights", budget::model_bytes(&resolved.student, true).saturating_mul(students));
-    let student_phase = budget::activation_bytes(&resolved.student, features, spec.training.batch_size, true).saturating_add(teacher_forward);
+    estimate.add(
+        "student.arch",
+        "the student's weights",
+        budget::model_bytes(&resolved.student, true).saturating_mul(students),
+    );
+    let student_phase = budget::activation_bytes(&resolved.student, features, spec.training.batch_size, true)
+        .saturating_add(teacher_forward);
     largest_phase = largest_phase.max(student_phase);
     estimate.add("training.batch_size", "activations", largest_phase);
     if spec.distill.cache.enabled {
@@ -141,9 +161,14 @@ fn input_of(data: &Dataset) -> Input {
 fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<Resolved, SpecError> {
     let input = input_of(data);
     if spec.training.augment.is_some() && data.image.is_none() {
-        return Err(SpecError::new("training.augment", "shifts need image data (an `idx` dataset of H×W or H×W×C samples)"));
+        return Err(SpecError::new(
+            "training.augment",
+            "shifts need image data (an `idx` dataset of H×W or H×W×C samples)",
+        ));
     }
-    let blueprint = |arch: &ArchSpec, field: String| Blueprint::new(arch, input, data.classes).map_err(|m| SpecError::new(field, m));
+    let blueprint = |arch: &ArchSpec, field: String| {
+        Blueprint::new(arch, input, data.classes).map_err(|m| SpecError::new(field, m))
+    };
     let (teachers, student, transformer) = match (text, spec.student.arch.transformer()) {
         (Some(setup), Some(arch)) => {
             let teacher = text::teacher_config(setup, data.classes);
@@ -152,7 +177,11 @@ fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<R
                 return Err(SpecError::new("student.arch.hidden_size", format!("an embedding student keeps the teacher's width ({}), so its embeddings compare with the teacher's", teacher.hidden_size)));
             }
             let length = setup.max_length;
-            (vec![Blueprint::transformer(&teacher, length)], Blueprint::transformer(&config, length), Some((config, layers)))
+            (
+                vec![Blueprint::transformer(&teacher, length)],
+                Blueprint::transformer(&config, length),
+                Some((config, layers)),
+            )
         }
         _ => {
             let teachers: Vec<Blueprint> = spec
@@ -168,10 +197,20 @@ fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<R
     for (i, pair) in spec.distill.intermediate.iter().enumerate() {
         let field = format!("distill.intermediate[{i}]");
         let t = teachers[pair.teacher].output(&pair.teacher_layer).ok_or_else(|| {
-            SpecError::new(format!("{field}.teacher_layer"), format!("the teacher has no layer `{}`; it has {}", pair.teacher_layer, layer_list(&teachers[pair.teacher])))
+            SpecError::new(
+                format!("{field}.teacher_layer"),
+                format!(
+                    "the teacher has no layer `{}`; it has {}",
+                    pair.teacher_layer,
+                    layer_list(&teachers[pair.teacher])
+                ),
+            )
         })?;
         let s = student.output(&pair.student_layer).ok_or_else(|| {
-            SpecError::new(format!("{field}.student_layer"), format!("the student has no layer `{}`; it has {}", pair.student_layer, layer_list(&student)))
+            SpecError::new(
+                format!("{field}.student_layer"),
+                format!("the student has no layer `{}`; it has {}", pair.student_layer, layer_list(&student)),
+            )
         })?;
         if t.len() != s.len() || t[..t.len() - 1] != s[..s.len() - 1] {
             return Err(SpecError::new(
@@ -181,10 +220,16 @@ fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<R
         }
         let maps = pair.teacher_layer.starts_with("attentions.") || pair.student_layer.starts_with("attentions.");
         if maps && pair.teacher_layer.split('.').next() != pair.student_layer.split('.').next() {
-            return Err(SpecError::new(field, "pair attention maps with attention maps (`attentions.N` on both sides)"));
+            return Err(SpecError::new(
+                field,
+                "pair attention maps with attention maps (`attentions.N` on both sides)",
+            ));
         }
         if (pair.loss == FeatureLossKind::Kl) != maps {
-            return Err(SpecError::new(format!("{field}.loss"), "`kl` compares attention maps (`attentions.N`); hidden states take `mse` or `cosine`"));
+            return Err(SpecError::new(
+                format!("{field}.loss"),
+                "`kl` compares attention maps (`attentions.N`); hidden states take `mse` or `cosine`",
+            ));
         }
         let (sw, tw) = (s[s.len() - 1], t[t.len() - 1]);
         pairs.push(LayerPair {
@@ -205,10 +250,16 @@ fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) -> Result<R
         let ours = student.layer_params(&copy.student_layer);
         let theirs = teachers[0].layer_params(&copy.teacher_layer);
         if ours.is_empty() {
-            return Err(SpecError::new(format!("{field}.student_layer"), format!("the student has no layer `{}`", copy.student_layer)));
+            return Err(SpecError::new(
+                format!("{field}.student_layer"),
+                format!("the student has no layer `{}`", copy.student_layer),
+            ));
         }
         if theirs.is_empty() {
-            return Err(SpecError::new(format!("{field}.teacher_layer"), format!("the teacher has no layer `{}`", copy.teacher_layer)));
+            return Err(SpecError::new(
+                format!("{field}.teacher_layer"),
+                format!("the teacher has no layer `{}`", copy.teacher_layer),
+            ));
         }
         let shapes = |list: &[&(String, Vec<usize>)], prefix: &str| -> Vec<(String, Vec<usize>)> {
             list.iter().map(|(n, s)| (n[prefix.len()..].to_string(), s.clone())).collect()
@@ -226,7 +277,14 @@ fn layer_list(blueprint: &Blueprint) -> String {
     names.join(", ")
 }
 
-fn load_teacher(spec: &JobSpec, index: usize, weights: &str, data_root: &DataRoot, data: &Dataset, device: &Device) -> Result<Net, SpecError> {
+fn load_teacher(
+    spec: &JobSpec,
+    index: usize,
+    weights: &str,
+    data_root: &DataRoot,
+    data: &Dataset,
+    device: &Device,
+) -> Result<Net, SpecError> {
     let field = format!("{}.weights", spec.teacher_field(index));
     let bytes = data_root.read(weights, &field)?;
     let (tensors, _) = parse_safetensors(&bytes, device).map_err(|m| SpecError::new(&field, m))?;
@@ -235,7 +293,13 @@ fn load_teacher(spec: &JobSpec, index: usize, weights: &str, data_root: &DataRoo
 }
 
 /// `student.init_from_teacher`: the listed layers copied into the random initialisation.
-fn student_from_teacher(spec: &JobSpec, resolved: &Resolved, random_init: &Net, teacher: &Net, ctx: &mut PhaseContext) -> Result<Net, EngineError> {
+fn student_from_teacher(
+    spec: &JobSpec,
+    resolved: &Resolved,
+    random_init: &Net,
+    teacher: &Net,
+    ctx: &mut PhaseContext,
+) -> Result<Net, EngineError> {
     if spec.student.init_from_teacher.is_empty() {
         return Ok(random_init.clone());
     }
@@ -272,7 +336,11 @@ pub fn run(
             c.num_layers,
             c.hidden_size,
             c.num_heads,
-            if setup.teacher.has_head { format!(", a {}-class head", c.num_labels) } else { ", no classification head".into() },
+            if setup.teacher.has_head {
+                format!(", a {}-class head", c.num_labels)
+            } else {
+                ", no classification head".into()
+            },
             setup.max_length,
             setup.truncated
         )));
@@ -282,7 +350,10 @@ pub fn run(
         data.name,
         data.train.len(),
         data.validation.len(),
-        data.monitor.as_ref().map(|m| format!(" ({} more held out of training for early stopping)", m.len())).unwrap_or_default(),
+        data.monitor
+            .as_ref()
+            .map(|m| format!(" ({} more held out of training for early stopping)", m.len()))
+            .unwrap_or_default(),
         data.features,
         data.image.map(|i| format!(" ({}×{}×{} images)", i.channels, i.height, i.width)).unwrap_or_default(),
         data.classes
@@ -290,7 +361,9 @@ pub fn run(
     let resolved = resolve(spec, &data, text.as_ref())?;
     let state_path = job_dir.join(STATE_FILE);
     let mut state: JobState = match std::fs::read(&state_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| EngineError::Other(format!("state.json is unreadable: {e}")))?,
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|e| EngineError::Other(format!("state.json is unreadable: {e}")))?
+        }
         Err(_) => JobState::default(),
     };
     let mut ctx = PhaseContext { device: &device, job_dir, control, sink };
@@ -344,7 +417,15 @@ pub fn run(
                 }
                 Some(train) => {
                     let plan = teacher_plan(i, train);
-                    let (net, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &loaded, &data, &Teachers { nets: Vec::new(), weights: Vec::new() })?;
+                    let (net, summary) = phase(
+                        &mut ctx,
+                        &mut state,
+                        &state_path,
+                        &plan,
+                        &loaded,
+                        &data,
+                        &Teachers { nets: Vec::new(), weights: Vec::new() },
+                    )?;
                     artifacts.push(file_of(Phase::Teacher(i)));
                     teachers.push(net);
                     teacher_trainings.push(Some(summary));
@@ -361,8 +442,18 @@ pub fn run(
             }
             (None, Some(train)) => {
                 let plan = teacher_plan(i, train);
-                let init = Net::init(&teacher.arch, input, data.classes, &mut Rng::stream(training.seed, &stream), &device).map_err(EngineError::Other)?;
-                let (net, summary) = phase(&mut ctx, &mut state, &state_path, &plan, &init, &data, &Teachers { nets: Vec::new(), weights: Vec::new() })?;
+                let init =
+                    Net::init(&teacher.arch, input, data.classes, &mut Rng::stream(training.seed, &stream), &device)
+                        .map_err(EngineError::Other)?;
+                let (net, summary) = phase(
+                    &mut ctx,
+                    &mut state,
+                    &state_path,
+                    &plan,
+                    &init,
+                    &data,
+                    &Teachers { nets: Vec::new(), weights: Vec::new() },
+                )?;
                 artifacts.push(file_of(Phase::Teacher(i)));
                 teachers.push(net);
                 teacher_trainings.push(Some(summary));
@@ -376,7 +467,9 @@ pub fn run(
     let mut student_rng = Rng::stream(training.seed, &[streams::STUDENT_INIT]);
     let (random_init, student_init) = match &resolved.transformer {
         Some((config, layers)) => {
-            let (init, copied) = text::student_init(config, layers, &spec.student.arch, &teachers[0], input, &mut student_rng, &device).map_err(EngineError::Other)?;
+            let (init, copied) =
+                text::student_init(config, layers, &spec.student.arch, &teachers[0], input, &mut student_rng, &device)
+                    .map_err(EngineError::Other)?;
             (ctx.sink)(EngineEvent::Log(format!(
                 "student: {} layers (teacher layers {layers:?}), hidden {}, {} heads, {} parameters; {copied} tensors copied from the teacher",
                 config.num_layers,
@@ -389,13 +482,15 @@ pub fn run(
             (init.clone(), init)
         }
         None => {
-            let random_init = Net::init(&spec.student.arch, input, data.classes, &mut student_rng, &device).map_err(EngineError::Other)?;
+            let random_init = Net::init(&spec.student.arch, input, data.classes, &mut student_rng, &device)
+                .map_err(EngineError::Other)?;
             let student_init = student_from_teacher(spec, &resolved, &random_init, &teachers[0], &mut ctx)?;
             (random_init, student_init)
         }
     };
     let frozen = Teachers { nets: teachers.iter().collect(), weights: teacher_weights.clone() };
-    let (student, student_training) = phase(&mut ctx, &mut state, &state_path, &student_plan, &student_init, &data, &frozen)?;
+    let (student, student_training) =
+        phase(&mut ctx, &mut state, &state_path, &student_plan, &student_init, &data, &frozen)?;
     artifacts.push(file_of(Phase::Student));
 
     let unlabelled = data.classes == 0;
@@ -420,7 +515,8 @@ pub fn run(
     // Text latency is per sequence at the dataset's length, at batch 1 and 32.
     let batch_n = if text.is_some() { 32 } else { 256 }.min(data.validation.len().max(1));
     // Unlabelled texts: each model is judged by how closely its embeddings follow the teacher's.
-    let reference = if unlabelled { Some(EmbeddingReference::new(&teachers[0], &data.validation, &device)?) } else { None };
+    let reference =
+        if unlabelled { Some(EmbeddingReference::new(&teachers[0], &data.validation, &device)?) } else { None };
     let judge = |model: &Net| match &reference {
         Some(reference) => reference.evaluate(model, &data.validation, &device),
         None => evaluate(model, &data.validation, &device),
@@ -429,13 +525,21 @@ pub fn run(
         Some(reference) => vec![reference.teacher()],
         None => teachers.iter().map(judge).collect::<candle_core::Result<_>>()?,
     };
-    let ensemble_evaluation = if teachers.len() > 1 { Some(ensemble(&teachers, &teacher_weights, &data, &device)?) } else { None };
+    let ensemble_evaluation =
+        if teachers.len() > 1 { Some(ensemble(&teachers, &teacher_weights, &data, &device)?) } else { None };
     let reference = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]);
     let student_evaluation = judge(&student)?;
     let baseline_evaluation = baseline.as_ref().map(|(m, _)| judge(m)).transpose()?;
     let teacher_predictions = reference.predictions.clone();
-    let agreement = |e: &Evaluation| e.predictions.iter().zip(&teacher_predictions).filter(|(a, b)| a == b).count() as f64 / e.predictions.len().max(1) as f64;
-    let measure = |model: &Net, evaluation: &Evaluation, file: Option<String>, training: Option<PhaseSummary>| -> Result<ModelReport, EngineError> {
+    let agreement = |e: &Evaluation| {
+        e.predictions.iter().zip(&teacher_predictions).filter(|(a, b)| a == b).count() as f64
+            / e.predictions.len().max(1) as f64
+    };
+    let measure = |model: &Net,
+                   evaluation: &Evaluation,
+                   file: Option<String>,
+                   training: Option<PhaseSummary>|
+     -> Result<ModelReport, EngineError> {
         let budget = Duration::from_millis(150);
         let size_bytes = match file {
             Some(f) => std::fs::metadata(job_dir.join(f))?.len(),
@@ -470,13 +574,18 @@ pub fn run(
                 accuracy: e.accuracy,
                 loss: e.loss,
                 agreement: 1.0,
-                latency: Latency { batch_1_ms: sum(&|m| m.latency.batch_1_ms), batch_n_ms: sum(&|m| m.latency.batch_n_ms), batch_n },
+                latency: Latency {
+                    batch_1_ms: sum(&|m| m.latency.batch_1_ms),
+                    batch_n_ms: sum(&|m| m.latency.batch_n_ms),
+                    batch_n,
+                },
                 training: None,
             };
             (whole, Some(member_reports))
         }
     };
-    let student_report = measure(&student, &student_evaluation, Some(file_of(Phase::Student)), Some(student_training.clone()))?;
+    let student_report =
+        measure(&student, &student_evaluation, Some(file_of(Phase::Student)), Some(student_training.clone()))?;
     let (baseline_report, gain_test) = match (&baseline, &baseline_evaluation) {
         (Some((model, summary)), Some(evaluation)) => (
             Some(measure(model, evaluation, summary.as_ref().map(|_| file_of(Phase::Baseline)), summary.clone())?),
@@ -500,7 +609,8 @@ pub fn run(
         .filter_map(|m| m.training.as_ref())
         .map(|t| t.wall_s)
         .sum();
-    let projection_parameters = resolved.pairs.iter().filter_map(|p| p.projection).map(|(from, to)| from * to + to).sum();
+    let projection_parameters =
+        resolved.pairs.iter().filter_map(|p| p.projection).map(|(from, to)| from * to + to).sum();
     let report = Report {
         task: if unlabelled { Task::Embedding } else { Task::Classification },
         dataset: DatasetSummary {
@@ -543,9 +653,15 @@ pub fn run(
         baseline: baseline_report,
     };
     if let Some(setup) = &text {
-        let names: Vec<String> = data.label_names.clone().unwrap_or_else(|| (0..data.classes).map(|c| c.to_string()).collect());
-        text::export(&student, &names, &setup.teacher, job_dir).map_err(|m| EngineError::Other(format!("exporting the Hugging Face folder: {m}")))?;
-        (ctx.sink)(EngineEvent::Log(format!("student exported as a Hugging Face folder: {} (and {})", text::HF_FOLDER, text::HF_ARCHIVE)));
+        let names: Vec<String> =
+            data.label_names.clone().unwrap_or_else(|| (0..data.classes).map(|c| c.to_string()).collect());
+        text::export(&student, &names, &setup.teacher, job_dir)
+            .map_err(|m| EngineError::Other(format!("exporting the Hugging Face folder: {m}")))?;
+        (ctx.sink)(EngineEvent::Log(format!(
+            "student exported as a Hugging Face folder: {} (and {})",
+            text::HF_FOLDER,
+            text::HF_ARCHIVE
+        )));
         artifacts.push(text::HF_ARCHIVE.into());
     }
     write_json(&job_dir.join(CONFIG_FILE), &export_config(&spec.student.arch, &data, &resolved.student))?;
@@ -595,7 +711,11 @@ fn phase(
         (ctx.sink)(EngineEvent::Log(format!("phase {name} was finished before the restart; its weights are reused")));
         return Ok((model, summary.clone()));
     }
-    (ctx.sink)(EngineEvent::Log(format!("phase {name}: {} epochs of {} steps", plan.epochs, plan.steps_per_epoch(data.train.len()))));
+    (ctx.sink)(EngineEvent::Log(format!(
+        "phase {name}: {} epochs of {} steps",
+        plan.epochs,
+        plan.steps_per_epoch(data.train.len())
+    )));
     let (model, summary) = train_phase(ctx, plan, init, data, teachers)?;
     let meta = serde_json::json!({"arch": init.arch(), "input_features": data.features, "image": data.image, "num_classes": data.classes});
     write_safetensors(&path, &model.named(), Some(&meta))?;

@@ -62,7 +62,8 @@ fn folder_field(spec: &JobSpec) -> String {
 pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<TeacherFolder, SpecError> {
     let field = folder_field(spec);
     let teacher = spec.teacher_specs()[0];
-    let relative = teacher.arch.transformer().and_then(|t| t.path.as_deref()).ok_or_else(|| SpecError::new(&field, "required"))?;
+    let relative =
+        teacher.arch.transformer().and_then(|t| t.path.as_deref()).ok_or_else(|| SpecError::new(&field, "required"))?;
     let file = |name: &str| format!("{relative}/{name}");
     let config_json = root.read(&file("config.json"), &field)?;
     let weights = root
@@ -80,13 +81,19 @@ pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<
 
 impl TeacherFolder {
     fn tokenizer_json(&self) -> &[u8] {
-        let (_, bytes) = self.companions.iter().find(|(name, _)| *name == TOKENIZER).expect("read_teacher requires the tokenizer");
+        let (_, bytes) =
+            self.companions.iter().find(|(name, _)| *name == TOKENIZER).expect("read_teacher requires the tokenizer");
         bytes
     }
 }
 
 /// Tokenises the dataset with the teacher's tokenizer and packs it as network input.
-pub fn load(spec: &JobSpec, root: &DataRoot, monitor: bool, device: &Device) -> Result<(Dataset, TextSetup), SpecError> {
+pub fn load(
+    spec: &JobSpec,
+    root: &DataRoot,
+    monitor: bool,
+    device: &Device,
+) -> Result<(Dataset, TextSetup), SpecError> {
     let teacher = read_teacher(spec, root, device)?;
     let field = folder_field(spec);
     let tokenizer = text_data::load_tokenizer(teacher.tokenizer_json(), &field)?;
@@ -95,7 +102,11 @@ pub fn load(spec: &JobSpec, root: &DataRoot, monitor: bool, device: &Device) -> 
     if needed > teacher.config.max_positions {
         return Err(SpecError::new(
             "dataset.max_length",
-            format!("the teacher has {} positions; at most {} tokens fit", teacher.config.max_positions, text.max_length + teacher.config.max_positions - needed),
+            format!(
+                "the teacher has {} positions; at most {} tokens fit",
+                teacher.config.max_positions,
+                text.max_length + teacher.config.max_positions - needed
+            ),
         ));
     }
     let dataset = as_dataset(&text);
@@ -107,7 +118,8 @@ fn as_dataset(text: &TextDataset) -> Dataset {
     let length = text.max_length;
     // Unlabelled texts get class 0 throughout; `classes` = 0 tells every phase to ignore it.
     let labels = |s: &TextSplit| if text.labelled() { s.labels.clone() } else { vec![0; s.len()] };
-    let split = |s: &TextSplit| Split { x: bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length), y: labels(s) };
+    let split =
+        |s: &TextSplit| Split { x: bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length), y: labels(s) };
     Dataset {
         name: text.name.clone(),
         features: 3 * length,
@@ -128,17 +140,29 @@ pub fn teacher_config(setup: &TextSetup, classes: usize) -> BertConfig {
 
 /// The teacher as the job starts it: the folder's weights, with a fresh head where the folder
 /// has none (or one for another number of classes), which only a fine-tuning phase may add.
-pub fn teacher_net(spec: &JobSpec, setup: &TextSetup, data: &Dataset, rng: &mut Rng, device: &Device) -> Result<Net, SpecError> {
+pub fn teacher_net(
+    spec: &JobSpec,
+    setup: &TextSetup,
+    data: &Dataset,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Net, SpecError> {
     let field = folder_field(spec);
     let config = teacher_config(setup, data.classes);
     let fits = data.classes == 0 || (setup.teacher.has_head && setup.teacher.config.num_labels == data.classes);
     let trains = spec.teacher_specs()[0].train.is_some();
     if !fits && !trains {
         let what = match setup.teacher.has_head {
-            true => format!("its classification head has {} classes, the dataset {}", setup.teacher.config.num_labels, data.classes),
+            true => format!(
+                "its classification head has {} classes, the dataset {}",
+                setup.teacher.config.num_labels, data.classes
+            ),
             false => "it has no sequence-classification head".to_string(),
         };
-        return Err(SpecError::new(format!("{}.train", spec.teacher_field(0)), format!("the teacher needs fine-tuning: {what}; add `train` (e.g. {{\"epochs\": 3}})")));
+        return Err(SpecError::new(
+            format!("{}.train", spec.teacher_field(0)),
+            format!("the teacher needs fine-tuning: {what}; add `train` (e.g. {{\"epochs\": 3}})"),
+        ));
     }
     let fresh = config.init(rng, device).map_err(|e| SpecError::new(&field, e.to_string()))?;
     let mut named = HashMap::new();
@@ -160,17 +184,29 @@ pub fn student_config(teacher: &BertConfig, arch: &TransformerArch) -> Result<(B
     let layers = match &arch.layers {
         Some(layers) => {
             if let Some(&bad) = layers.iter().find(|&&l| l >= teacher.num_layers) {
-                return Err(SpecError::new("student.arch.layers", format!("the teacher has layers 0..{}; {bad} is not one of them", teacher.num_layers - 1)));
+                return Err(SpecError::new(
+                    "student.arch.layers",
+                    format!("the teacher has layers 0..{}; {bad} is not one of them", teacher.num_layers - 1),
+                ));
             }
             if layers.windows(2).any(|w| w[0] >= w[1]) {
-                return Err(SpecError::new("student.arch.layers", "list teacher layers in increasing order, each once"));
+                return Err(SpecError::new(
+                    "student.arch.layers",
+                    "list teacher layers in increasing order, each once",
+                ));
             }
             layers.clone()
         }
         None => {
             let count = arch.num_layers.unwrap_or(teacher.num_layers.div_ceil(2));
             if count > teacher.num_layers && arch.init == TransformerInit::Teacher {
-                return Err(SpecError::new("student.arch.num_layers", format!("the teacher has {} layers; a deeper student cannot copy them (use `init: random`)", teacher.num_layers)));
+                return Err(SpecError::new(
+                    "student.arch.num_layers",
+                    format!(
+                        "the teacher has {} layers; a deeper student cannot copy them (use `init: random`)",
+                        teacher.num_layers
+                    ),
+                ));
             }
             (0..count).map(|i| i * teacher.num_layers / count.max(1)).collect()
         }
@@ -222,7 +258,12 @@ pub fn student_init(
 
 /// Writes the student as a Hugging Face folder (config.json with sizes and labels,
 /// model.safetensors with Hugging Face names, the teacher's tokenizer files) and a tar of it.
-pub fn export(student: &Net, label_names: &[String], teacher: &TeacherFolder, job_dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn export(
+    student: &Net,
+    label_names: &[String],
+    teacher: &TeacherFolder,
+    job_dir: &Path,
+) -> Result<Vec<PathBuf>, String> {
     let config = student.transformer_config().ok_or("the student is not a transformer")?;
     let dir = job_dir.join(HF_FOLDER);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

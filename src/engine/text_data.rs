@@ -72,7 +72,8 @@ pub fn load_tokenizer(json: &[u8], field: &str) -> Result<Tokenizer, SpecError> 
     // file must get an error, not take a request down.
     let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(json))
         .unwrap_or_else(|_| Err("the file is malformed (the tokenizers library gave up on it)".into()));
-    let tokenizer = parsed.map_err(|e| SpecError::new(field, format!("cannot read the tokenizer (tokenizer.json): {e}")))?;
+    let tokenizer =
+        parsed.map_err(|e| SpecError::new(field, format!("cannot read the tokenizer (tokenizer.json): {e}")))?;
     pad_token(&tokenizer, field)?;
     Ok(tokenizer)
 }
@@ -88,9 +89,19 @@ fn pad_token(tokenizer: &Tokenizer, field: &str) -> Result<(&'static str, u32), 
 /// Loads, splits and tokenises the text dataset a spec names; with `monitor`, also holds a
 /// `validation_split` share of the training rows out for early stopping. Errors name the spec
 /// field.
-pub fn load_text(spec: &DatasetSpec, root: &DataRoot, tokenizer: &Tokenizer, seed: u64, monitor: bool) -> Result<TextDataset, SpecError> {
+pub fn load_text(
+    spec: &DatasetSpec,
+    root: &DataRoot,
+    tokenizer: &Tokenizer,
+    seed: u64,
+    monitor: bool,
+) -> Result<TextDataset, SpecError> {
     let path = spec.path.as_deref().unwrap_or_default();
-    let columns = [Some(spec.text_column.as_deref().unwrap_or("text")), spec.text_pair_column.as_deref(), spec.label_column.as_deref()];
+    let columns = [
+        Some(spec.text_column.as_deref().unwrap_or("text")),
+        spec.text_pair_column.as_deref(),
+        spec.label_column.as_deref(),
+    ];
     let mut files = vec![read_file(root, path, "dataset.path", &columns)?];
     if let Some(test) = &spec.test_path {
         files.push(read_file(root, test, "dataset.test_path", &columns)?);
@@ -168,15 +179,24 @@ struct File {
 }
 
 /// Reads a file by its extension and checks every row has a text (and a label when asked for).
-fn read_file(root: &DataRoot, relative: &str, field: &'static str, columns: &[Option<&str>; 3]) -> Result<File, SpecError> {
-    let delimiter = match Path::new(relative).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("csv") => Some(b','),
-        Some("tsv") => Some(b'\t'),
-        Some("jsonl") => None,
-        _ => {
-            return Err(SpecError::new(field, format!("`{relative}`: unsupported file type; expected a .csv, .tsv or .jsonl file")))
-        }
-    };
+fn read_file(
+    root: &DataRoot,
+    relative: &str,
+    field: &'static str,
+    columns: &[Option<&str>; 3],
+) -> Result<File, SpecError> {
+    let delimiter =
+        match Path::new(relative).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("csv") => Some(b','),
+            Some("tsv") => Some(b'\t'),
+            Some("jsonl") => None,
+            _ => {
+                return Err(SpecError::new(
+                    field,
+                    format!("`{relative}`: unsupported file type; expected a .csv, .tsv or .jsonl file"),
+                ))
+            }
+        };
     let bytes = root.read(relative, field)?;
     let records = match delimiter {
         Some(delimiter) => read_delimited(&bytes, delimiter, columns, relative, field)?,
@@ -190,7 +210,10 @@ fn read_file(root: &DataRoot, relative: &str, field: &'static str, columns: &[Op
             if record.values[k].as_deref().is_some_and(|v| v.trim().is_empty()) {
                 let what = if k == LABEL { "label" } else { "text" };
                 let column = columns[k].unwrap_or_default();
-                return Err(SpecError::new(field, format!("`{relative}` line {}: empty {what} in `{column}`", record.line)));
+                return Err(SpecError::new(
+                    field,
+                    format!("`{relative}` line {}: empty {what} in `{column}`", record.line),
+                ));
             }
         }
     }
@@ -203,7 +226,13 @@ fn missing(k: usize, name: &str, place: &str, noun: &str, present: &[&str]) -> S
 }
 
 /// CSV or TSV with a header row; quoted cells may hold delimiters and newlines.
-pub(crate) fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str>; 3], shown: &str, field: &str) -> Result<Vec<Record>, SpecError> {
+pub(crate) fn read_delimited(
+    bytes: &[u8],
+    delimiter: u8,
+    columns: &[Option<&str>; 3],
+    shown: &str,
+    field: &str,
+) -> Result<Vec<Record>, SpecError> {
     let bad = |e: csv::Error| SpecError::new(field, format!("`{shown}`: {e}"));
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).trim(csv::Trim::Headers).from_reader(bytes);
     let header = reader.headers().map_err(bad)?.clone();
@@ -215,7 +244,8 @@ pub(crate) fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str
     for (k, name) in columns.iter().enumerate() {
         if let Some(name) = name {
             let place = format!("`{shown}`");
-            at[k] = Some(names.iter().position(|n| n == name).ok_or_else(|| missing(k, name, &place, "column", &names))?);
+            at[k] =
+                Some(names.iter().position(|n| n == name).ok_or_else(|| missing(k, name, &place, "column", &names))?);
         }
     }
     reader
@@ -229,7 +259,12 @@ pub(crate) fn read_delimited(bytes: &[u8], delimiter: u8, columns: &[Option<&str
 }
 
 /// One JSON object a line; texts are strings, labels strings or integers.
-pub(crate) fn read_jsonl(bytes: &[u8], columns: &[Option<&str>; 3], shown: &str, field: &str) -> Result<Vec<Record>, SpecError> {
+pub(crate) fn read_jsonl(
+    bytes: &[u8],
+    columns: &[Option<&str>; 3],
+    shown: &str,
+    field: &str,
+) -> Result<Vec<Record>, SpecError> {
     let text = std::str::from_utf8(bytes).map_err(|_| SpecError::new(field, format!("`{shown}` is not UTF-8 text")))?;
     // Editors on Windows may start the file with a byte-order mark; the csv crate skips it too.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -248,7 +283,9 @@ pub(crate) fn read_jsonl(bytes: &[u8], columns: &[Option<&str>; 3], shown: &str,
             values[k] = Some(match object.get(*name).ok_or_else(|| missing(k, name, &place, "key", &keys()))? {
                 Value::String(s) => s.clone(),
                 Value::Number(n) if k == LABEL && (n.is_i64() || n.is_u64()) => n.to_string(),
-                _ if k == LABEL => return Err(SpecError::new(field, format!("{place}: `{name}` is not a string or an integer"))),
+                _ if k == LABEL => {
+                    return Err(SpecError::new(field, format!("{place}: `{name}` is not a string or an integer")))
+                }
                 _ => return Err(SpecError::new(field, format!("{place}: `{name}` is not a string"))),
             });
         }
@@ -277,7 +314,10 @@ fn label_ids(files: &[File]) -> Result<LabelIds, SpecError> {
                         u32::try_from(value).ok().filter(|&v| v <= u32::MAX / 2).ok_or_else(|| {
                             SpecError::new(
                                 f.field,
-                                format!("`{}` line {}: label {value} is out of range (class ids are 0, 1, 2, …)", f.shown, r.line),
+                                format!(
+                                    "`{}` line {}: label {value} is out of range (class ids are 0, 1, 2, …)",
+                                    f.shown, r.line
+                                ),
                             )
                         })
                     })
@@ -291,7 +331,9 @@ fn label_ids(files: &[File]) -> Result<LabelIds, SpecError> {
     names.dedup();
     let ids = files
         .iter()
-        .map(|f| f.records.iter().map(|r| names.binary_search(&label(r)).expect("every label is named") as u32).collect())
+        .map(|f| {
+            f.records.iter().map(|r| names.binary_search(&label(r)).expect("every label is named") as u32).collect()
+        })
         .collect();
     Ok((ids, Some(names)))
 }
@@ -343,7 +385,11 @@ impl Rows {
                 false => indices.iter().map(|&i| values[i].clone()).collect(),
             }
         }
-        Rows { texts: pick(&self.texts, indices), pairs: pick(&self.pairs, indices), labels: pick(&self.labels, indices) }
+        Rows {
+            texts: pick(&self.texts, indices),
+            pairs: pick(&self.pairs, indices),
+            labels: pick(&self.labels, indices),
+        }
     }
 
     fn truncate(&mut self, n: usize) {
@@ -417,7 +463,12 @@ impl Encoder {
     /// Tokenises `rows` (special tokens included); returns the split and how many texts were cut.
     fn encode(&self, rows: Rows) -> Result<(TextSplit, usize), SpecError> {
         let size = rows.len() * self.max_length;
-        let mut split = TextSplit { input_ids: vec![0; size], type_ids: vec![0; size], attention_mask: vec![0; size], ..TextSplit::default() };
+        let mut split = TextSplit {
+            input_ids: vec![0; size],
+            type_ids: vec![0; size],
+            attention_mask: vec![0; size],
+            ..TextSplit::default()
+        };
         let truncated = split
             .input_ids
             .par_chunks_mut(self.max_length)
@@ -447,7 +498,11 @@ mod tests {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     fn tokenizer() -> Tokenizer {
-        load_tokenizer(&std::fs::read(Path::new(FIXTURES).join("tiny-bert/tokenizer.json")).unwrap(), "teacher.tokenizer").unwrap()
+        load_tokenizer(
+            &std::fs::read(Path::new(FIXTURES).join("tiny-bert/tokenizer.json")).unwrap(),
+            "teacher.tokenizer",
+        )
+        .unwrap()
     }
 
     fn spec(path: &str, extra: Value) -> DatasetSpec {
@@ -483,12 +538,17 @@ mod tests {
         };
         let pad = max_length - e.len();
         let padded = |v: &[u32], fill: u32| v.iter().copied().chain(std::iter::repeat_n(fill, pad)).collect();
-        (padded(e.get_ids(), t.token_to_id("[PAD]").unwrap()), padded(e.get_type_ids(), 0), padded(&vec![1; e.len()], 0))
+        (
+            padded(e.get_ids(), t.token_to_id("[PAD]").unwrap()),
+            padded(e.get_type_ids(), 0),
+            padded(&vec![1; e.len()], 0),
+        )
     }
 
     #[test]
     fn ids_agree_with_python_tokenizers() {
-        let fixture: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURES).join("bert.json")).unwrap()).unwrap();
+        let fixture: Value =
+            serde_json::from_str(&std::fs::read_to_string(Path::new(FIXTURES).join("bert.json")).unwrap()).unwrap();
         let fixture = &fixture["tokenizer"];
         let max_length = fixture["max_length"].as_u64().unwrap() as usize;
         let cases = fixture["cases"].as_array().unwrap();
@@ -496,15 +556,25 @@ mod tests {
         assert!(!pairs.is_empty() && !singles.is_empty());
         let t = tokenizer();
         for (file, cases) in [("singles.jsonl", &singles), ("pairs.jsonl", &pairs)] {
-            let lines: String = cases.iter().map(|c| serde_json::json!({"text": c["text"], "other": c["pair"]}).to_string() + "\n").collect();
+            let lines: String = cases
+                .iter()
+                .map(|c| serde_json::json!({"text": c["text"], "other": c["pair"]}).to_string() + "\n")
+                .collect();
             let pair_column = if file == "pairs.jsonl" { Some("other") } else { None };
             // The file is its own test file, so the rows keep their order.
-            let s = spec(file, serde_json::json!({"test_path": file, "text_pair_column": pair_column, "max_length": max_length}));
+            let s = spec(
+                file,
+                serde_json::json!({"test_path": file, "text_pair_column": pair_column, "max_length": max_length}),
+            );
             let d = load(&[(file, &lines)], &s, false).unwrap();
             let mut too_long = 0;
             for (i, case) in cases.iter().enumerate() {
                 let want = |key: &str| serde_json::from_value::<Vec<u32>>(case[key].clone()).unwrap();
-                assert_eq!(row(&d.train, i, max_length), (want("ids"), want("type_ids"), want("attention_mask")), "{case}");
+                assert_eq!(
+                    row(&d.train, i, max_length),
+                    (want("ids"), want("type_ids"), want("attention_mask")),
+                    "{case}"
+                );
                 let full = match case["pair"].as_str() {
                     Some(pair) => t.encode((case["text"].as_str().unwrap(), pair), true),
                     None => t.encode(case["text"].as_str().unwrap(), true),
@@ -522,7 +592,8 @@ mod tests {
             ("train.csv", "text,label\n\"hello, world\",pos\n\"two\nlines\",neg\nplain words,pos\n"),
             ("test.csv", "text,label\nthe end,neutral\n"),
         ];
-        let s = spec("train.csv", serde_json::json!({"test_path": "test.csv", "label_column": "label", "max_length": 12}));
+        let s =
+            spec("train.csv", serde_json::json!({"test_path": "test.csv", "label_column": "label", "max_length": 12}));
         let d = load(&files, &s, false).unwrap();
         assert_eq!(d.name, "train.csv");
         assert_eq!(d.label_names, Some(vec!["neg".into(), "neutral".into(), "pos".into()]));
@@ -547,7 +618,8 @@ mod tests {
             ("ints.jsonl", "\u{feff}{\"text\": \"first\", \"label\": 0}\n\n{\"text\": \"second\", \"label\": 2}\n{\"text\": \"third\", \"label\": \"1\"}\n"),
             ("names.jsonl", "{\"text\": \"x\", \"y\": \"spam\"}\n{\"text\": \"y\", \"y\": \"ham\"}\n"),
         ];
-        let split = |path: &str, label: &str| spec(path, serde_json::json!({"label_column": label, "validation_split": 0.5}));
+        let split =
+            |path: &str, label: &str| spec(path, serde_json::json!({"label_column": label, "validation_split": 0.5}));
         let tsv = load(&files, &split("a.tsv", "label"), false).unwrap();
         let mut texts = [tsv.train.texts.clone(), tsv.validation.texts.clone()].concat();
         texts.sort();
@@ -566,7 +638,10 @@ mod tests {
     #[test]
     fn pairs_mark_the_second_segment_with_type_id_1() {
         let files = [("p.csv", "premise,hypothesis,label\na cat sat,it sat,0\nthe dog ran,nobody ran,1\n")];
-        let s = spec("p.csv", serde_json::json!({"text_pair_column": "hypothesis", "label_column": "label", "max_length": 16}));
+        let s = spec(
+            "p.csv",
+            serde_json::json!({"text_pair_column": "hypothesis", "label_column": "label", "max_length": 16}),
+        );
         let d = load(&files, &s, false).unwrap_err();
         assert_eq!(d.field, "dataset.text_column", "the default text column is `text`");
         let mut s = s;
@@ -605,7 +680,10 @@ mod tests {
         assert_eq!(&ids[..5], &t.encode(long, true).unwrap().get_ids()[..5]);
         assert_eq!(d.train.input_ids.len(), 2 * 6);
 
-        let mut s = spec("test.jsonl", serde_json::json!({"text_pair_column": "other", "max_length": 6, "test_path": "test.jsonl"}));
+        let mut s = spec(
+            "test.jsonl",
+            serde_json::json!({"text_pair_column": "other", "max_length": 6, "test_path": "test.jsonl"}),
+        );
         assert_eq!(load(&files, &s, false).unwrap().truncated, 2, "a pair that does not fit is cut too");
         s.max_length = Some(64);
         assert_eq!(load(&files, &s, false).unwrap().truncated, 0);
@@ -629,7 +707,8 @@ mod tests {
         let dir = root(&[]);
         let json = std::fs::read_to_string(Path::new(FIXTURES).join("tiny-bert/tokenizer.json")).unwrap();
         std::fs::write(dir.path().join("tokenizer.json"), json.replace("[PAD]", "[BLANK]")).unwrap();
-        let e = load_tokenizer(&std::fs::read(dir.path().join("tokenizer.json")).unwrap(), "teacher.tokenizer").unwrap_err();
+        let e = load_tokenizer(&std::fs::read(dir.path().join("tokenizer.json")).unwrap(), "teacher.tokenizer")
+            .unwrap_err();
         assert_eq!(e.field, "teacher.tokenizer");
         assert!(e.message.contains("[PAD]"), "{}", e.message);
         assert_eq!(load_tokenizer(b"not json", "student.tokenizer").unwrap_err().field, "student.tokenizer");
@@ -687,7 +766,10 @@ mod tests {
         assert_eq!(e.field, "dataset.test_path");
         assert_eq!(fails("missing.csv", label.clone()).field, "dataset.path");
         assert!(fails("one.csv", label.clone()).message.contains("fewer than 2 classes"));
-        assert_eq!(fails("ok.csv", serde_json::json!({"label_column": "label", "num_classes": 1})).field, "dataset.num_classes");
+        assert_eq!(
+            fails("ok.csv", serde_json::json!({"label_column": "label", "num_classes": 1})).field,
+            "dataset.num_classes"
+        );
     }
 
     #[test]

@@ -169,7 +169,12 @@ enum Targets {
     Full(Vec<Vec<f32>>),
     /// Per teacher: the k largest logits and their classes per sample, and one filler logit
     /// per sample for all other classes, chosen so their total probability at T is exact.
-    TopK { k: usize, values: Vec<Vec<f32>>, classes: Vec<Vec<u32>>, filler: Vec<Vec<f32>> },
+    TopK {
+        k: usize,
+        values: Vec<Vec<f32>>,
+        classes: Vec<Vec<u32>>,
+        filler: Vec<Vec<f32>>,
+    },
 }
 
 impl Targets {
@@ -201,15 +206,23 @@ impl Targets {
             Targets::Live => 0,
             Targets::Full(all) => all.iter().map(|v| v.len() as u64 * f).sum(),
             Targets::TopK { values, classes, filler, .. } => {
-                values.iter().chain(filler).map(|v| v.len() as u64 * f).sum::<u64>() + classes.iter().map(|v| v.len() as u64 * 4).sum::<u64>()
+                values.iter().chain(filler).map(|v| v.len() as u64 * f).sum::<u64>()
+                    + classes.iter().map(|v| v.len() as u64 * 4).sum::<u64>()
             }
         }
     }
 }
 
 /// Fills the cache when it applies; says why when it does not.
-fn teacher_targets(plan: &PhasePlan, teachers: &Teachers, data: &Dataset, device: &Device) -> Result<(Targets, CacheReport), EngineError> {
-    let off = |reason: &str| (Targets::Live, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0 });
+fn teacher_targets(
+    plan: &PhasePlan,
+    teachers: &Teachers,
+    data: &Dataset,
+    device: &Device,
+) -> Result<(Targets, CacheReport), EngineError> {
+    let off = |reason: &str| {
+        (Targets::Live, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0 })
+    };
     if !plan.cache.enabled {
         return Ok(off("disabled by the spec (distill.cache.enabled = false)"));
     }
@@ -597,7 +610,11 @@ impl EmbeddingReference {
         let mean_cosine = (&ours * &self.unit)?.sum(1)?.mean_all()?.to_scalar::<f32>()? as f64;
         let neighbours = nearest_neighbours(&ours)?;
         let agree = neighbours.iter().zip(&self.neighbours).filter(|(a, b)| a == b).count();
-        Ok(Evaluation { loss: 1.0 - mean_cosine, accuracy: agree as f64 / neighbours.len().max(1) as f64, predictions: neighbours })
+        Ok(Evaluation {
+            loss: 1.0 - mean_cosine,
+            accuracy: agree as f64 / neighbours.len().max(1) as f64,
+            predictions: neighbours,
+        })
     }
 
     /// The teacher judged against itself.
@@ -616,12 +633,8 @@ pub fn nearest_neighbours(unit: &Tensor) -> candle_core::Result<Vec<u32>> {
 }
 
 fn save(path: &Path, position: &Position, optimizer: &Optimizer, buffers: &[Tensor]) -> Result<(), EngineError> {
-    let mut tensors: Vec<(String, Tensor)> = optimizer
-        .vars()
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (format!("param.{i}"), v.as_tensor().detach()))
-        .collect();
+    let mut tensors: Vec<(String, Tensor)> =
+        optimizer.vars().iter().enumerate().map(|(i, v)| (format!("param.{i}"), v.as_tensor().detach())).collect();
     tensors.extend(buffers.iter().enumerate().map(|(i, b)| (format!("buffer.{i}"), b.clone())));
     tensors.extend(optimizer.state()?);
     let meta = serde_json::to_value(position).map_err(|e| EngineError::Other(e.to_string()))?;
@@ -629,7 +642,12 @@ fn save(path: &Path, position: &Position, optimizer: &Optimizer, buffers: &[Tens
     Ok(())
 }
 
-fn restore(path: &Path, optimizer: &mut Optimizer, buffers: &mut [Tensor], device: &Device) -> Result<Position, EngineError> {
+fn restore(
+    path: &Path,
+    optimizer: &mut Optimizer,
+    buffers: &mut [Tensor],
+    device: &Device,
+) -> Result<Position, EngineError> {
     let broken = |m: String| EngineError::Other(format!("checkpoint {} is unusable: {m}", path.display()));
     let (mut tensors, meta) = read_safetensors(path, device).map_err(broken)?;
     let meta = meta.ok_or_else(|| broken("no position metadata".into()))?;

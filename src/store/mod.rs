@@ -36,7 +36,8 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 5] = [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled];
+    pub const ALL: [Status; 5] =
+        [Status::Queued, Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -165,7 +166,6 @@ impl Recovered {
             Recovered::Requeued(id)
         }
     }
-
 }
 
 pub enum DeleteOutcome {
@@ -188,7 +188,8 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const JOB_COLUMNS: &str = "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
+const JOB_COLUMNS: &str =
+    "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
 
 impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
@@ -199,7 +200,11 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).after_release(|conn, _| Box::pin(outside_transaction(conn))).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .after_release(|conn, _| Box::pin(outside_transaction(conn)))
+            .connect_with(options)
+            .await?;
         MIGRATOR.run(&pool).await?;
         let (events, _) = broadcast::channel(4096);
         Ok(Self { pool, events })
@@ -211,9 +216,8 @@ impl Store {
 
     /// Readiness: the database answers and every migration this build knows is applied.
     pub async fn ready(&self) -> Result<(), StoreError> {
-        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(&self.pool)
-            .await?;
+        let applied: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1").fetch_one(&self.pool).await?;
         let known = MIGRATOR.iter().count() as i64;
         if applied < known {
             return Err(StoreError::Corrupt(format!("{applied} of {known} migrations applied")));
@@ -249,14 +253,16 @@ impl Store {
         }
         let id = Uuid::now_v7();
         let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query("INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at) VALUES (?, ?, ?, 'queued', ?, ?)")
-            .bind(id.to_string())
-            .bind(spec.display_name())
-            .bind(spec_json)
-            .bind(idempotency_key)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at) VALUES (?, ?, ?, 'queued', ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(spec.display_name())
+        .bind(spec_json)
+        .bind(idempotency_key)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
         let event = append(&mut tx, id, "status", serde_json::json!({"status": "queued"})).await?;
         Ok(Inserted::Created(self.commit_returning_job(tx, id, vec![event]).await?))
     }
@@ -275,7 +281,12 @@ impl Store {
     }
 
     /// Newest first; `after` is the last id of the previous page.
-    pub async fn list_jobs(&self, status: Option<Status>, after: Option<Uuid>, limit: usize) -> Result<(Vec<Job>, bool), StoreError> {
+    pub async fn list_jobs(
+        &self,
+        status: Option<Status>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, bool), StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
         ))
@@ -307,7 +318,8 @@ impl Store {
         let Some(id) = claimed else { return Ok(None) };
         let id = parse_id(&id)?;
         let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("claimed job vanished".into()))?;
-        let event = append(&mut tx, id, "status", serde_json::json!({"status": "running", "attempt": job.attempts})).await?;
+        let event =
+            append(&mut tx, id, "status", serde_json::json!({"status": "running", "attempt": job.attempts})).await?;
         self.commit(tx, vec![event]).await?;
         Ok(Some(job))
     }
@@ -331,7 +343,11 @@ impl Store {
     /// data-dir lock and so is the only one), every running job. Each goes back to the queue to
     /// resume from its checkpoint, unless cancellation was asked for (then it is cancelled) or
     /// the process has now died `max_crashes` times while running it (then it fails).
-    pub async fn recover_abandoned(&self, abandoned: Abandoned, max_crashes: u32) -> Result<Vec<Recovered>, StoreError> {
+    pub async fn recover_abandoned(
+        &self,
+        abandoned: Abandoned,
+        max_crashes: u32,
+    ) -> Result<Vec<Recovered>, StoreError> {
         let mut tx = self.begin().await?;
         let deadline = match abandoned {
             Abandoned::LeaseExpired => now_ms(),
@@ -386,7 +402,8 @@ impl Store {
         .await?;
         let mut events = Vec::new();
         if updated.rows_affected() > 0 {
-            events.push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": reason})).await?);
+            events
+                .push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": reason})).await?);
         }
         self.commit(tx, events).await?;
         Ok(())
@@ -451,7 +468,12 @@ impl Store {
     }
 
     /// Commits (see [`Store::commit`]) and returns the job as committed.
-    async fn commit_returning_job(&self, mut tx: Transaction<'static, Sqlite>, id: Uuid, events: Vec<Event>) -> Result<Job, StoreError> {
+    async fn commit_returning_job(
+        &self,
+        mut tx: Transaction<'static, Sqlite>,
+        id: Uuid,
+        events: Vec<Event>,
+    ) -> Result<Job, StoreError> {
         let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?;
         self.commit(tx, events).await?;
         Ok(job)
@@ -509,7 +531,14 @@ impl Store {
         query.fetch_all(&self.pool).await?.iter().map(event_from_row).collect()
     }
 
-    pub async fn record_artifact(&self, id: Uuid, name: &str, size_bytes: u64, sha256: &str, content_type: &str) -> Result<(), StoreError> {
+    pub async fn record_artifact(
+        &self,
+        id: Uuid,
+        name: &str,
+        size_bytes: u64,
+        sha256: &str,
+        content_type: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO artifacts (job_id, name, size_bytes, sha256, content_type, created_at) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (job_id, name) DO UPDATE SET size_bytes = excluded.size_bytes, sha256 = excluded.sha256, created_at = excluded.created_at",
@@ -531,19 +560,23 @@ impl Store {
     }
 
     pub async fn artifacts(&self, id: Uuid) -> Result<Vec<Artifact>, StoreError> {
-        let rows = sqlx::query("SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? ORDER BY name")
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? ORDER BY name",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(artifact_from_row).collect()
     }
 
     pub async fn artifact(&self, id: Uuid, name: &str) -> Result<Option<Artifact>, StoreError> {
-        let row = sqlx::query("SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? AND name = ?")
-            .bind(id.to_string())
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? AND name = ?",
+        )
+        .bind(id.to_string())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(artifact_from_row).transpose()
     }
 
@@ -571,7 +604,12 @@ async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, 
     Ok(<<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::get_transaction_depth(conn) == 0)
 }
 
-async fn append(conn: &mut sqlx::SqliteConnection, id: Uuid, kind: &str, payload: serde_json::Value) -> Result<Event, StoreError> {
+async fn append(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+    kind: &str,
+    payload: serde_json::Value,
+) -> Result<Event, StoreError> {
     let created_at = now();
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO events (job_id, seq, type, payload, created_at)
@@ -671,14 +709,19 @@ mod tests {
             assert_eq!(claimed.map(|j| j.id), Some(id), "crash {crash}: the job is claimable");
             let recovered = store.recover_abandoned(Abandoned::AllRunning, 3).await.unwrap();
             match crash {
-                3 => assert!(matches!(&recovered[..], [Recovered::Failed(job, why)] if *job == id && why.contains("stopped 3 times"))),
+                3 => assert!(
+                    matches!(&recovered[..], [Recovered::Failed(job, why)] if *job == id && why.contains("stopped 3 times"))
+                ),
                 _ => assert_eq!(recovered, vec![Recovered::Requeued(id)]),
             }
         }
         let job = store.get_job(id).await.unwrap().unwrap();
         assert_eq!(job.status, Status::Failed);
         assert!(job.error.unwrap().contains("not retried"));
-        assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none(), "a failed job is never claimed");
+        assert!(
+            store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none(),
+            "a failed job is never claimed"
+        );
     }
 
     #[tokio::test]

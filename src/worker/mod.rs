@@ -37,7 +37,6 @@ impl WorkerConfig {
     }
 }
 
-
 /// Controls of the jobs running in this process, so a cancel request reaches the engine at
 /// once (other processes see it through the lease heartbeat).
 #[derive(Default)]
@@ -82,7 +81,8 @@ pub fn spawn(
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     {
-        let (store, mut shutdown, lease, max_crashes) = (store.clone(), shutdown.clone(), config.lease, config.max_crashes);
+        let (store, mut shutdown, lease, max_crashes) =
+            (store.clone(), shutdown.clone(), config.lease, config.max_crashes);
         let queue = queue.clone();
         tasks.push(tokio::spawn(async move {
             loop {
@@ -197,7 +197,8 @@ impl Worker {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     engine::run(&spec, &config.default_device, &config.data_root, &job_dir, &thread_control, &mut sink)
                 }));
-                let result = result.unwrap_or_else(|_| Err(EngineError::Other("internal error: the training thread panicked".into())));
+                let result = result
+                    .unwrap_or_else(|_| Err(EngineError::Other("internal error: the training thread panicked".into())));
                 let _ = done_tx.send(result);
             })
             .map_err(EngineError::Io)?;
@@ -249,12 +250,16 @@ impl Worker {
                 info!(%message);
                 self.persist(id, "log", serde_json::json!({"message": message})).await;
             }
-            EngineEvent::Epoch(m) => self.persist(id, "metrics", serde_json::to_value(&m).expect("metrics serialise")).await,
+            EngineEvent::Epoch(m) => {
+                self.persist(id, "metrics", serde_json::to_value(&m).expect("metrics serialise")).await
+            }
             EngineEvent::Checkpoint(c) => {
                 self.record_file(id, &c.file).await;
                 self.persist(id, "checkpoint", serde_json::to_value(&c).expect("checkpoint serialises")).await;
             }
-            EngineEvent::Progress(p) => self.persist(id, "progress", serde_json::to_value(&p).expect("progress serialises")).await,
+            EngineEvent::Progress(p) => {
+                self.persist(id, "progress", serde_json::to_value(&p).expect("progress serialises")).await
+            }
         }
     }
 

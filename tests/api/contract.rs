@@ -48,7 +48,8 @@ async fn documented_routes_reach_a_handler() {
     for (method, path) in documented() {
         let uri = path.replace("{id}", "0190b7b4-0000-7000-8000-000000000000").replace("{name}", "report.json");
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let response = app.client.request(method.clone(), app.url(&uri)).json(&serde_json::json!({})).send().await.unwrap();
+        let response =
+            app.client.request(method.clone(), app.url(&uri)).json(&serde_json::json!({})).send().await.unwrap();
         assert_ne!(response.status(), 405, "{method} {path}");
         if response.status() == 404 {
             let body: serde_json::Value = response.json().await.unwrap();

@@ -56,7 +56,9 @@ async fn warmup_longer_than_training_media_types_and_bodies_that_are_not_text() 
     assert_eq!(error["field"], "training.warmup_steps");
     assert!(error["message"].as_str().unwrap().contains("use at most"), "{error}");
 
-    let post = |content_type: &'static str, body: Vec<u8>| app.client.post(app.url("/v1/jobs")).header("content-type", content_type).body(body).send();
+    let post = |content_type: &'static str, body: Vec<u8>| {
+        app.client.post(app.url("/v1/jobs")).header("content-type", content_type).body(body).send()
+    };
     let spec_bytes = small_spec(1).to_string().into_bytes();
     assert_eq!(post("application/jsonx", spec_bytes.clone()).await.unwrap().status(), 415);
     assert_eq!(post("APPLICATION/JSON; charset=utf-8", spec_bytes).await.unwrap().status(), 201);
@@ -73,7 +75,10 @@ async fn messages_name_paths_relative_to_the_data_root() {
     job["dataset"] = spec;
     let message = refusal(&app, &job).await["message"].as_str().unwrap().to_string();
     assert!(message.contains("`missing/train.csv`"), "{message}");
-    assert!(!message.contains(&app.data_dir.path().display().to_string()), "the message shows where the data root is: {message}");
+    assert!(
+        !message.contains(&app.data_dir.path().display().to_string()),
+        "the message shows where the data root is: {message}"
+    );
 }
 
 /// A teacher folder whose companion files are symlinks: one to a file elsewhere on the box, one
@@ -88,15 +93,25 @@ async fn symlinks_in_a_teacher_folder_cannot_reach_the_database_which_survives()
     let spec = tiny_bert_job(&app);
     let datasets = app.data_dir.path().join("datasets");
     let teacher = datasets.join("models/tiny-bert");
-    let rows: String = (0..30).map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], i % 3)).collect();
+    let rows: String =
+        (0..30).map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], i % 3)).collect();
     std::fs::write(datasets.join("reviews.csv"), format!("text,label\n{rows}")).unwrap();
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "a secret").unwrap();
-    for (name, target) in [("special_tokens_map.json", secret.path().to_path_buf()), ("vocab.txt", app.data_dir.path().join("distillery.db"))] {
+    for (name, target) in [
+        ("special_tokens_map.json", secret.path().to_path_buf()),
+        ("vocab.txt", app.data_dir.path().join("distillery.db")),
+    ] {
         std::os::unix::fs::symlink(&target, teacher.join(name)).unwrap();
         let error = refusal(&app, &spec).await;
         assert_eq!(error["field"], "teacher.arch.path");
-        assert!(error["message"].as_str().unwrap().contains(&format!("`models/tiny-bert/{name}` leads outside the data root")), "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`models/tiny-bert/{name}` leads outside the data root")),
+            "{error}"
+        );
         std::fs::remove_file(teacher.join(name)).unwrap();
     }
     std::os::unix::fs::symlink(app.data_dir.path().join("distillery.db"), teacher.join("tokenizer.json.db")).unwrap();

@@ -26,12 +26,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let mut config = config(data_dir.path().to_path_buf());
     adjust(&mut config);
     let server = server::start(config).await.unwrap();
-    TestApp {
-        base: format!("http://{}", server.addr),
-        client: reqwest::Client::new(),
-        data_dir,
-        _server: server,
-    }
+    TestApp { base: format!("http://{}", server.addr), client: reqwest::Client::new(), data_dir, _server: server }
 }
 
 pub fn config(data_dir: PathBuf) -> ServeConfig {
@@ -142,7 +137,8 @@ impl TestApp {
 
     /// Follows the SSE stream until it ends, or until `stop_after` events have arrived.
     pub async fn follow(&self, id: &str, last_event_id: Option<i64>, stop_after: Option<usize>) -> Vec<SseEvent> {
-        let mut request = self.client.get(self.url(&format!("/v1/jobs/{id}/events"))).header("accept", "text/event-stream");
+        let mut request =
+            self.client.get(self.url(&format!("/v1/jobs/{id}/events"))).header("accept", "text/event-stream");
         if let Some(last) = last_event_id {
             request = request.header("last-event-id", last.to_string());
         }

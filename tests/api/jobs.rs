@@ -18,17 +18,20 @@ async fn a_job_runs_to_a_report_and_downloadable_artifacts() {
     let ids: Vec<i64> = events.iter().map(|e| e.id.unwrap()).collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "seq has gaps or repeats");
     for phase in ["teacher", "student", "baseline"] {
-        let of_phase = |kind: &str| events.iter().filter(|e| e.kind == kind && e.data["payload"]["phase"] == phase).count();
+        let of_phase =
+            |kind: &str| events.iter().filter(|e| e.kind == kind && e.data["payload"]["phase"] == phase).count();
         assert!(of_phase("progress") >= 1, "{phase}: no progress");
         assert_eq!(of_phase("metrics"), 3, "{phase}: one metrics event per epoch");
         assert_eq!(of_phase("checkpoint"), 3, "{phase}: one checkpoint per epoch");
     }
-    let student_progress = events.iter().find(|e| e.kind == "progress" && e.data["payload"]["phase"] == "student").unwrap();
+    let student_progress =
+        events.iter().find(|e| e.kind == "progress" && e.data["payload"]["phase"] == "student").unwrap();
     let p = &student_progress.data["payload"];
     for key in ["epoch", "epochs", "step", "total_steps", "loss", "soft", "hard", "lr"] {
         assert!(p[key].is_number(), "progress lacks {key}: {p}");
     }
-    let baseline_progress = events.iter().find(|e| e.kind == "progress" && e.data["payload"]["phase"] == "baseline").unwrap();
+    let baseline_progress =
+        events.iter().find(|e| e.kind == "progress" && e.data["payload"]["phase"] == "baseline").unwrap();
     assert!(baseline_progress.data["payload"]["soft"].is_null(), "the baseline has no teacher term");
 
     let report = app.get_json(&format!("/v1/jobs/{id}/report")).await;
@@ -54,10 +57,18 @@ async fn a_job_runs_to_a_report_and_downloadable_artifacts() {
 
     let artifacts = app.get_json(&format!("/v1/jobs/{id}/artifacts")).await;
     let names: Vec<&str> = artifacts["data"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
-    for name in ["student.safetensors", "config.json", "report.json", "teacher.safetensors", "baseline.safetensors", "checkpoint-student.safetensors"] {
+    for name in [
+        "student.safetensors",
+        "config.json",
+        "report.json",
+        "teacher.safetensors",
+        "baseline.safetensors",
+        "checkpoint-student.safetensors",
+    ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
-    let listed = artifacts["data"].as_array().unwrap().iter().find(|a| a["name"] == "student.safetensors").unwrap().clone();
+    let listed =
+        artifacts["data"].as_array().unwrap().iter().find(|a| a["name"] == "student.safetensors").unwrap().clone();
     let download = app.get(listed["url"].as_str().unwrap()).await;
     assert_eq!(download.status(), 200);
     let bytes = download.bytes().await.unwrap();
@@ -115,9 +126,8 @@ async fn cancelling_a_queued_and_a_running_job() {
 #[tokio::test]
 async fn idempotency_key_returns_the_same_job() {
     let app = spawn_app().await;
-    let send = |spec: Value| {
-        app.client.post(app.url("/v1/jobs")).header("idempotency-key", "retry-1").json(&spec).send()
-    };
+    let send =
+        |spec: Value| app.client.post(app.url("/v1/jobs")).header("idempotency-key", "retry-1").json(&spec).send();
     let first = send(small_spec(1)).await.unwrap();
     assert_eq!(first.status(), 201);
     let first: Value = first.json().await.unwrap();
@@ -202,7 +212,9 @@ async fn a_text_job_hands_back_a_hugging_face_folder_as_a_tar() {
     let spec = tiny_bert_job(&app);
     let datasets = app.data_dir.path().join("datasets");
     // Three classes, as many as the tiny BERT's head has: it is used as found.
-    let rows: String = (0..60).map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], ["pos", "neu", "neg"][i % 3])).collect();
+    let rows: String = (0..60)
+        .map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], ["pos", "neu", "neg"][i % 3]))
+        .collect();
     std::fs::write(datasets.join("reviews.csv"), format!("text,label\n{rows}")).unwrap();
     let id = app.submit(&spec).await;
     let events = app.follow(&id, None, None).await;

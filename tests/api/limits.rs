@@ -69,7 +69,11 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
     // Ends when the server closes the connection, whether with a reset or after a 408.
     let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
     assert!(closed.is_ok(), "the connection was still open after 5 s");
-    assert!(started.elapsed() >= Duration::from_millis(900), "closed after {:?}, before the timeout", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}, before the timeout",
+        started.elapsed()
+    );
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(app.get_json("/healthz").await["status"], "ok");
@@ -86,7 +90,8 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!request.is_finished(), "a fifth connection was served while four were open");
     drop(silent);
-    let response = tokio::time::timeout(Duration::from_secs(5), request).await.expect("still waiting after the four closed");
+    let response =
+        tokio::time::timeout(Duration::from_secs(5), request).await.expect("still waiting after the four closed");
     assert_eq!(response.unwrap().unwrap().status(), 200);
 }
 
@@ -95,7 +100,10 @@ async fn a_body_dribbled_slower_than_the_request_timeout_gets_408() {
     let app = spawn_app_with(|config| config.request_timeout_secs = 1).await;
     let body = serde_json::to_vec(&small_spec(1)).unwrap();
     let (mut reader, mut writer) = connect(&app).await.into_split();
-    let head = format!("POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
     writer.write_all(head.as_bytes()).await.unwrap();
     let started = Instant::now();
     // A byte every 250 ms: the whole body would take over a minute.
@@ -111,7 +119,11 @@ async fn a_body_dribbled_slower_than_the_request_timeout_gets_408() {
     let closed = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
     dribble.abort();
     assert!(closed.is_ok(), "no answer, and the connection still open after 5 s");
-    assert!(started.elapsed() >= Duration::from_millis(900), "answered after {:?}, before the timeout", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "answered after {:?}, before the timeout",
+        started.elapsed()
+    );
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#"{"error":{"code":"request_timeout","#), "{answer}");

@@ -36,7 +36,14 @@ async fn replaying_a_finished_job_and_paging_the_log() {
     let seqs: Vec<i64> = page["data"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, vec![4, 5, 6, 7]);
     assert_eq!(page["has_more"], true);
-    let bad = app.client.get(app.url(&format!("/v1/jobs/{id}/events"))).header("accept", "text/event-stream").header("last-event-id", "x").send().await.unwrap();
+    let bad = app
+        .client
+        .get(app.url(&format!("/v1/jobs/{id}/events")))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
 }
 

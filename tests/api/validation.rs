@@ -35,17 +35,32 @@ async fn assert_nothing_stored(app: &TestApp) {
 #[tokio::test]
 async fn malformed_json_and_wrong_media_types() {
     let app = spawn_app().await;
-    let response = app.client.post(app.url("/v1/jobs")).header("content-type", "application/json").body("{\"name\": ").send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "malformed_json");
     assert_eq!(body["error"]["field"], "body");
 
-    let response = app.client.post(app.url("/v1/jobs")).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let response =
+        app.client.post(app.url("/v1/jobs")).header("content-type", "text/plain").body("{}").send().await.unwrap();
     assert_eq!(response.status(), 415);
 
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 << 20));
-    let response = app.client.post(app.url("/v1/jobs")).header("content-type", "application/json").body(huge).send().await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 413);
     assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "payload_too_large");
     assert_nothing_stored(&app).await;
@@ -78,8 +93,10 @@ async fn out_of_range_hyper_parameters() {
     refused(&app, &with(&["teacher", "train", "epochs"], json!(0)), 422, "invalid_spec", "teacher.train.epochs").await;
     refused(&app, &with(&["training", "batch_size"], json!(0)), 422, "invalid_spec", "training.batch_size").await;
     refused(&app, &with(&["student", "arch", "hidden"], json!([])), 422, "invalid_spec", "student.arch.hidden").await;
-    refused(&app, &with(&["teacher", "arch", "hidden"], json!([64, 0])), 422, "invalid_spec", "teacher.arch.hidden[1]").await;
-    refused(&app, &with(&["training", "optimizer", "lr"], json!(0.0)), 422, "invalid_spec", "training.optimizer.lr").await;
+    refused(&app, &with(&["teacher", "arch", "hidden"], json!([64, 0])), 422, "invalid_spec", "teacher.arch.hidden[1]")
+        .await;
+    refused(&app, &with(&["training", "optimizer", "lr"], json!(0.0)), 422, "invalid_spec", "training.optimizer.lr")
+        .await;
     refused(&app, &with(&["device"], json!("tpu:0")), 422, "invalid_spec", "device").await;
     assert_nothing_stored(&app).await;
 }
@@ -102,7 +119,14 @@ async fn datasets_that_are_missing_unparseable_out_of_range_or_outside_the_root(
     let mut no_label = csv("labels.csv");
     no_label["dataset"]["label_column"] = json!("class");
     refused(&app, &no_label, 422, "invalid_spec", "dataset.label_column").await;
-    refused(&app, &with(&["dataset"], json!({"source": "idx", "images": "img.gz"})), 422, "invalid_spec", "dataset.labels").await;
+    refused(
+        &app,
+        &with(&["dataset"], json!({"source": "idx", "images": "img.gz"})),
+        422,
+        "invalid_spec",
+        "dataset.labels",
+    )
+    .await;
     refused(&app, &with(&["dataset"], json!({"source": "parquet"})), 422, "invalid_spec", "dataset.source").await;
     assert_nothing_stored(&app).await;
 }
@@ -112,19 +136,16 @@ async fn a_teacher_whose_input_width_does_not_match_the_data() {
     let app = spawn_app().await;
     let datasets = app.data_dir.path().join("datasets");
     // A [32]-hidden teacher for 20 features; the digits have 64.
-    let tensors: HashMap<String, Tensor> = [
-        ("layers.0.weight", (32, 20)),
-        ("layers.1.weight", (10, 32)),
-    ]
-    .into_iter()
-    .flat_map(|(name, shape)| {
-        let bias = name.replace("weight", "bias");
-        [
-            (name.to_string(), Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).unwrap()),
-            (bias, Tensor::zeros(shape.0, candle_core::DType::F32, &Device::Cpu).unwrap()),
-        ]
-    })
-    .collect();
+    let tensors: HashMap<String, Tensor> = [("layers.0.weight", (32, 20)), ("layers.1.weight", (10, 32))]
+        .into_iter()
+        .flat_map(|(name, shape)| {
+            let bias = name.replace("weight", "bias");
+            [
+                (name.to_string(), Tensor::zeros(shape, candle_core::DType::F32, &Device::Cpu).unwrap()),
+                (bias, Tensor::zeros(shape.0, candle_core::DType::F32, &Device::Cpu).unwrap()),
+            ]
+        })
+        .collect();
     candle_core::safetensors::save(&tensors, datasets.join("teacher.safetensors")).unwrap();
     let mut spec = small_spec(1);
     spec["teacher"] = json!({"arch": {"kind": "mlp", "hidden": [32]}, "weights": "teacher.safetensors"});
