@@ -13,7 +13,7 @@ use tokio_util::io::ReaderStream;
 
 use super::error::{ApiError, ApiResult};
 use super::{parse_id, AppState};
-use crate::engine::run::REPORT_FILE;
+use crate::engine::job::REPORT_FILE;
 use crate::layout::job_dir;
 use crate::store::Status;
 

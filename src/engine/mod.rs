@@ -10,6 +10,7 @@ pub mod conv;
 pub mod data;
 pub mod data_root;
 pub mod fastmath;
+pub mod job;
 pub mod files;
 #[cfg(test)]
 mod fuzz;
@@ -20,7 +21,6 @@ pub mod norm;
 pub mod optim;
 pub mod report;
 pub mod rng;
-pub mod run;
 pub mod text;
 pub mod text_data;
 pub mod train;
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 pub use data_root::DataRoot;
-pub use run::{preflight, run, RunOutput};
+pub use job::{preflight, run, RunOutput};
 
 /// The trainings a job may run, in this order: each teacher to train, the distilled student,
 /// the baseline.

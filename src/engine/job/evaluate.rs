@@ -1,0 +1,251 @@
+//! The report: every model judged on the held-out split (for unlabelled texts, by how closely
+//! its embeddings follow the teacher's), its size and latency measured, and the comparison the
+//! user asked for: retention, gain over the baseline, speed-up, and the verdict.
+
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+
+use super::super::data::Dataset;
+use super::super::model::{predictions, Net};
+use super::super::report::{
+    self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup, Task,
+};
+use super::super::train::{evaluate, EmbeddingReference, Evaluation};
+use super::super::{EngineError, Phase};
+use super::phases::{file_of, teacher_weights, Model};
+use super::resolve::Resolved;
+use crate::spec::JobSpec;
+
+/// How long each latency measurement runs.
+const LATENCY_BUDGET: Duration = Duration::from_millis(150);
+
+/// The models of a finished job.
+pub(super) struct Trained<'a> {
+    pub teachers: &'a [Model],
+    pub student: &'a Model,
+    pub baseline: Option<&'a Model>,
+}
+
+/// Judges and measures models on the held-out split, against the teachers' predictions.
+struct Judge<'a> {
+    data: &'a Dataset,
+    device: &'a Device,
+    job_dir: &'a std::path::Path,
+    /// Unlabelled texts: each model is judged by how closely its embeddings follow the teacher's.
+    reference: Option<EmbeddingReference>,
+    batch_n: usize,
+}
+
+impl Judge<'_> {
+    fn judge(&self, model: &Net) -> candle_core::Result<Evaluation> {
+        match &self.reference {
+            Some(reference) => reference.evaluate(model, &self.data.validation, self.device),
+            None => evaluate(model, &self.data.validation, self.device),
+        }
+    }
+
+    /// The report row of one model; `file` is its weights in the job folder, if it has one.
+    fn measure(
+        &self,
+        model: &Model,
+        evaluation: &Evaluation,
+        file: Option<String>,
+        teacher_predictions: &[u32],
+    ) -> Result<ModelReport, EngineError> {
+        let net = &model.net;
+        let size_bytes = match file {
+            Some(f) => std::fs::metadata(self.job_dir.join(f))?.len(),
+            None => safetensors_size(net)?,
+        };
+        let agree = evaluation.predictions.iter().zip(teacher_predictions).filter(|(a, b)| a == b).count();
+        let x = &self.data.validation.x;
+        Ok(ModelReport {
+            parameters: net.parameter_count(),
+            size_bytes,
+            accuracy: evaluation.accuracy,
+            loss: evaluation.loss,
+            agreement: agree as f64 / evaluation.predictions.len().max(1) as f64,
+            latency: Latency {
+                batch_1_ms: report::latency_ms(net, x, 1, self.device, LATENCY_BUDGET)?,
+                batch_n_ms: report::latency_ms(net, x, self.batch_n, self.device, LATENCY_BUDGET)?,
+                batch_n: self.batch_n,
+            },
+            training: model.training.clone(),
+        })
+    }
+}
+
+/// The rows of the report's table, and the paired test of student against baseline.
+struct Rows {
+    teacher: ModelReport,
+    members: Option<Vec<ModelReport>>,
+    student: ModelReport,
+    baseline: Option<ModelReport>,
+    gain_test: Option<PairedTest>,
+}
+
+/// Judges every model and writes the report.
+pub(super) fn report(
+    spec: &JobSpec,
+    data: &Dataset,
+    resolved: &Resolved,
+    trained: &Trained,
+    device: (&str, &Device),
+    job_dir: &std::path::Path,
+) -> Result<Report, EngineError> {
+    let unlabelled = data.classes == 0;
+    let reference = match unlabelled {
+        true => Some(EmbeddingReference::new(&trained.teachers[0].net, &data.validation, device.1)?),
+        false => None,
+    };
+    // Text latency is per sequence at the dataset's length, at batch 1 and 32.
+    let batch_n = if resolved.transformer.is_some() { 32 } else { 256 }.min(data.validation.len().max(1));
+    let judge = Judge { data, device: device.1, job_dir, reference, batch_n };
+    let rows = rows(spec, &judge, trained)?;
+    Ok(assemble(spec, data, resolved, device.0, rows, trained.student))
+}
+
+fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, EngineError> {
+    let data = judge.data;
+    let teacher_evaluations: Vec<Evaluation> = match &judge.reference {
+        Some(reference) => vec![reference.teacher()],
+        None => trained.teachers.iter().map(|t| judge.judge(&t.net)).collect::<candle_core::Result<_>>()?,
+    };
+    let ensemble_evaluation = match trained.teachers.len() > 1 {
+        true => Some(ensemble(trained.teachers, &teacher_weights(spec), data, judge.device)?),
+        false => None,
+    };
+    let teacher_predictions = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]).predictions.clone();
+    let student_evaluation = judge.judge(&trained.student.net)?;
+    let baseline_evaluation = trained.baseline.map(|b| judge.judge(&b.net)).transpose()?;
+    let mut members = Vec::new();
+    for (i, (model, evaluation)) in trained.teachers.iter().zip(&teacher_evaluations).enumerate() {
+        let file = model.training.as_ref().map(|_| file_of(Phase::Teacher(i)));
+        members.push(judge.measure(model, evaluation, file, &teacher_predictions)?);
+    }
+    let (teacher, members) = match &ensemble_evaluation {
+        None => (members.remove(0), None),
+        Some(e) => (ensemble_row(&members, e, judge.batch_n), Some(members)),
+    };
+    let student_file = Some(file_of(Phase::Student));
+    let student = judge.measure(trained.student, &student_evaluation, student_file, &teacher_predictions)?;
+    let (baseline, gain_test) = match (trained.baseline, &baseline_evaluation) {
+        (Some(model), Some(evaluation)) => {
+            let file = model.training.as_ref().map(|_| file_of(Phase::Baseline));
+            // Without labels, "right" means the teacher's nearest neighbour.
+            let truth = if data.classes == 0 { &teacher_predictions } else { &data.validation.y };
+            let test = PairedTest::new(truth, &student_evaluation.predictions, &evaluation.predictions);
+            (Some(judge.measure(model, evaluation, file, &teacher_predictions)?), Some(test))
+        }
+        _ => (None, None),
+    };
+    Ok(Rows { teacher, members, student, baseline, gain_test })
+}
+
+/// An ensemble as one model: its members' sizes and latencies added up.
+fn ensemble_row(members: &[ModelReport], evaluation: &Evaluation, batch_n: usize) -> ModelReport {
+    let sum = |f: &dyn Fn(&ModelReport) -> f64| members.iter().map(f).sum::<f64>();
+    ModelReport {
+        parameters: members.iter().map(|m| m.parameters).sum(),
+        size_bytes: members.iter().map(|m| m.size_bytes).sum(),
+        accuracy: evaluation.accuracy,
+        loss: evaluation.loss,
+        agreement: 1.0,
+        latency: Latency {
+            batch_1_ms: sum(&|m| m.latency.batch_1_ms),
+            batch_n_ms: sum(&|m| m.latency.batch_n_ms),
+            batch_n,
+        },
+        training: None,
+    }
+}
+
+fn assemble(
+    spec: &JobSpec,
+    data: &Dataset,
+    resolved: &Resolved,
+    device_name: &str,
+    rows: Rows,
+    student: &Model,
+) -> Report {
+    let Rows { teacher, members, student: student_row, baseline, gain_test } = rows;
+    let unlabelled = data.classes == 0;
+    let retention = student_row.accuracy / teacher.accuracy.max(f64::MIN_POSITIVE);
+    let gain = baseline.as_ref().map(|b| student_row.accuracy - b.accuracy);
+    let wall_time_s = members
+        .iter()
+        .flatten()
+        .chain([&teacher, &student_row])
+        .chain(baseline.as_ref())
+        .filter_map(|m| m.training.as_ref())
+        .map(|t| t.wall_s)
+        .sum();
+    let projection_parameters =
+        resolved.pairs.iter().filter_map(|p| p.projection).map(|(from, to)| from * to + to).sum();
+    Report {
+        task: if unlabelled { Task::Embedding } else { Task::Classification },
+        dataset: DatasetSummary {
+            name: data.name.clone(),
+            features: data.features,
+            classes: data.classes,
+            train_samples: data.train.len(),
+            validation_samples: data.validation.len(),
+            validation: if spec.dataset.has_test_file() { "test_file" } else { "split" }.into(),
+        },
+        distillation: DistillationSummary {
+            temperature: spec.distill.temperature,
+            alpha: spec.distill.alpha,
+            loss: spec.distill.loss,
+            beta: spec.distill.beta,
+            intermediate: spec.distill.intermediate.clone(),
+            student_init: spec.student.init_from_teacher.clone(),
+            projection_parameters,
+            teacher_cache: student.training.as_ref().and_then(|t| t.teacher_cache.clone()),
+            teacher_weights: teacher_weights(spec),
+        },
+        device: device_name.to_string(),
+        retention,
+        gain,
+        verdict: match unlabelled {
+            true => report::embedding_verdict(&student_row, baseline.as_ref(), gain_test.as_ref()),
+            false => report::verdict(retention, gain, gain_test.as_ref()),
+        },
+        gain_test,
+        size_ratio: student_row.parameters as f64 / teacher.parameters as f64,
+        speedup: Speedup {
+            batch_1: teacher.latency.batch_1_ms / student_row.latency.batch_1_ms,
+            batch_n: teacher.latency.batch_n_ms / student_row.latency.batch_n_ms,
+        },
+        wall_time_s,
+        train_samples_per_s: student_row.training.as_ref().map(|t| t.samples_per_s).unwrap_or_default(),
+        teacher,
+        teachers: members,
+        student: student_row,
+        baseline,
+    }
+}
+
+/// The ensemble on the held-out split: the weighted average of the members' probabilities.
+fn ensemble(teachers: &[Model], weights: &[f64], data: &Dataset, device: &Device) -> candle_core::Result<Evaluation> {
+    let mut mixture: Option<Tensor> = None;
+    for (model, &w) in teachers.iter().zip(weights) {
+        let p = (candle_nn::ops::softmax_last_dim(&model.net.logits(&data.validation.x, device)?)? * w)?;
+        mixture = Some(match mixture {
+            None => p,
+            Some(m) => (m + p)?,
+        });
+    }
+    let mixture = mixture.expect("an ensemble has members");
+    let labels = Tensor::from_slice(&data.validation.y, data.validation.len(), device)?;
+    let loss = candle_nn::loss::nll(&mixture.clamp(1e-12f32, 1f32)?.log()?, &labels)?.to_scalar::<f32>()? as f64;
+    let predictions = predictions(&mixture)?;
+    let correct = predictions.iter().zip(&data.validation.y).filter(|(p, y)| p == y).count();
+    Ok(Evaluation { loss, accuracy: correct as f64 / data.validation.len().max(1) as f64, predictions })
+}
+
+fn safetensors_size(model: &Net) -> Result<u64, EngineError> {
+    let named = model.named();
+    let views: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Ok(safetensors::serialize(views, None).map_err(|e| EngineError::Other(e.to_string()))?.len() as u64)
+}

@@ -1,0 +1,80 @@
+//! What a finished job leaves for its user: `config.json` (how to rebuild and feed the
+//! student), `report.json`, and for text jobs the student as a Hugging Face folder and its tar.
+
+use std::path::Path;
+
+use super::super::data::Dataset;
+use super::super::files::write_json;
+use super::super::model::{Blueprint, Net};
+use super::super::report::Report;
+use super::super::text::{self, TextSetup};
+use super::super::{EngineError, EngineEvent};
+use crate::spec::ArchSpec;
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const REPORT_FILE: &str = "report.json";
+
+/// For text jobs, the student as a Hugging Face folder and its tar; returns the tar's name.
+pub(super) fn hugging_face(
+    student: &Net,
+    data: &Dataset,
+    setup: &TextSetup,
+    job_dir: &Path,
+    sink: &mut dyn FnMut(EngineEvent),
+) -> Result<String, EngineError> {
+    let names: Vec<String> =
+        data.label_names.clone().unwrap_or_else(|| (0..data.classes).map(|c| c.to_string()).collect());
+    text::export(student, &names, &setup.teacher, job_dir)
+        .map_err(|m| EngineError::Other(format!("exporting the Hugging Face folder: {m}")))?;
+    sink(EngineEvent::Log(format!(
+        "student exported as a Hugging Face folder: {} (and {})",
+        text::HF_FOLDER,
+        text::HF_ARCHIVE
+    )));
+    Ok(text::HF_ARCHIVE.into())
+}
+
+/// `config.json` and `report.json`; returns their names.
+pub(super) fn write_results(
+    arch: &ArchSpec,
+    data: &Dataset,
+    blueprint: &Blueprint,
+    report: &Report,
+    job_dir: &Path,
+) -> Result<Vec<String>, EngineError> {
+    write_json(&job_dir.join(CONFIG_FILE), &export_config(arch, data, blueprint))?;
+    write_json(&job_dir.join(REPORT_FILE), report)?;
+    Ok(vec![CONFIG_FILE.into(), REPORT_FILE.into()])
+}
+
+/// `config.json`: everything needed to rebuild the student and feed it inputs.
+fn export_config(arch: &ArchSpec, data: &Dataset, blueprint: &Blueprint) -> serde_json::Value {
+    let tensors: Vec<&str> = blueprint.params.iter().chain(&blueprint.buffers).map(|(n, _)| n.as_str()).collect();
+    let (format, layout) = match arch {
+        ArchSpec::Mlp { .. } => ("distillery.mlp", "layers.{i}.weight is out×in, y = x·Wᵀ + b, ReLU between layers, no activation after the last"),
+        ArchSpec::Transformer(_) => (
+            "distillery.transformer",
+            "a Hugging Face BERT-family model; student-hf.tar holds it as a folder (config.json, model.safetensors with Hugging Face names, the tokenizer) that transformers and candle load; input rows here are token ids, segment ids and attention mask, each max_length long",
+        ),
+        ArchSpec::Conv { .. } => (
+            "distillery.conv",
+            "input as C×H×W; each block: conv (PyTorch Conv2d layout out×in×k×k, zero padding) → BatchNorm2d (eps 1e-5, running statistics) when present → ReLU → pooling (window = stride = pool_size); then flatten in C×H×W order and the MLP head as in distillery.mlp",
+        ),
+    };
+    serde_json::json!({
+        "format": format,
+        "version": 1,
+        "arch": arch,
+        "input_features": data.features,
+        "image": data.image,
+        "num_classes": data.classes,
+        "label_names": data.label_names,
+        "layer_outputs": blueprint.outputs,
+        "activation": "relu",
+        "tensors": tensors,
+        "layout": layout,
+        "dtype": "f32",
+        "normalization": data.normalization,
+        "input_preparation": "x = (raw − normalization.mean) / normalization.std, per feature",
+    })
+}

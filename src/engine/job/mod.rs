@@ -1,0 +1,119 @@
+//! One job from spec to report, as a pipeline that goes down once: resolve the spec against its
+//! data → teachers → distilled student → baseline → evaluation and report → export. Every
+//! finished phase is saved, so a restarted job skips it; an unfinished phase resumes from its
+//! checkpoint.
+
+mod evaluate;
+mod export;
+mod phases;
+mod resolve;
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::budget::MemoryEstimate;
+use super::data::Dataset;
+use super::data_root::DataRoot;
+use super::report::Report;
+use super::rng::Rng;
+use super::text::{self, TextSetup};
+use super::train::PhaseContext;
+use super::{Control, EngineError, EngineEvent};
+use crate::spec::{JobSpec, SpecError};
+use evaluate::Trained;
+pub use export::{CONFIG_FILE, REPORT_FILE};
+pub use phases::file_of;
+use phases::Trainer;
+
+pub struct RunOutput {
+    pub report: Report,
+    /// Files in the job folder that are the job's results.
+    pub artifacts: Vec<String>,
+}
+
+/// The checks a spec must pass before it is accepted: ranges, then the dataset and the teacher
+/// files, read for real, and the architectures against the data; returns the job's estimated
+/// peak memory, for the caller to hold against its limit. A job that passes can still fail
+/// later if its files change.
+pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<MemoryEstimate, SpecError> {
+    spec.validate()?;
+    let (data, text) = resolve::load_data(spec, data_root, &Device::Cpu)?;
+    let resolved = resolve::resolve(spec, &data, text.as_ref())?;
+    resolve::check_warmup(spec, &data)?;
+    if let Some(setup) = &text {
+        text::teacher_net(spec, setup, &data, &mut Rng::new(0), &Device::Cpu)?;
+    } else {
+        for (i, teacher) in spec.teacher_specs().iter().enumerate() {
+            if let Some(weights) = &teacher.weights {
+                resolve::load_teacher(spec, i, weights, data_root, &data, &Device::Cpu)?;
+            }
+        }
+    }
+    Ok(resolve::estimate_memory(spec, &data, &resolved))
+}
+
+/// Runs the job on `spec.device`, or on `default_device` when the spec names none.
+pub fn run(
+    spec: &JobSpec,
+    default_device: &str,
+    data_root: &DataRoot,
+    job_dir: &Path,
+    control: &Control,
+    sink: &mut dyn FnMut(EngineEvent),
+) -> Result<RunOutput, EngineError> {
+    let device_name = spec.device.as_deref().unwrap_or(default_device);
+    let device = super::device(device_name)?;
+    std::fs::create_dir_all(job_dir)?;
+    let (data, text) = resolve::load_data(spec, data_root, &device)?;
+    log_inputs(sink, &data, text.as_ref());
+    let resolved = resolve::resolve(spec, &data, text.as_ref())?;
+    let ctx = PhaseContext { device: &device, job_dir, control, sink };
+    let mut trainer = Trainer::new(spec, &data, text.as_ref(), &resolved, ctx)?;
+    let teachers = trainer.teachers(data_root)?;
+    let (random_init, student_init) = trainer.student_inits(&teachers[0].net)?;
+    let student = trainer.student(&teachers, &student_init)?;
+    let baseline = trainer.baseline(&random_init, &student_init)?;
+
+    trainer.log("evaluating on the held-out split and measuring latency".into());
+    let trained = Trained { teachers: &teachers, student: &student, baseline: baseline.as_ref() };
+    let report = evaluate::report(spec, &data, &resolved, &trained, (device_name, &device), job_dir)?;
+    let mut artifacts = trainer.artifacts;
+    if let Some(setup) = &text {
+        artifacts.push(export::hugging_face(&student.net, &data, setup, job_dir, trainer.ctx.sink)?);
+    }
+    artifacts.extend(export::write_results(&spec.student.arch, &data, &resolved.student, &report, job_dir)?);
+    Ok(RunOutput { report, artifacts })
+}
+
+/// What the job found: the teacher folder (for text) and the dataset's shape.
+fn log_inputs(sink: &mut dyn FnMut(EngineEvent), data: &Dataset, text: Option<&TextSetup>) {
+    if let Some(setup) = text {
+        let c = &setup.teacher.config;
+        let head = match setup.teacher.has_head {
+            true => format!(", a {}-class head", c.num_labels),
+            false => ", no classification head".into(),
+        };
+        sink(EngineEvent::Log(format!(
+            "teacher {}: {} layers, hidden {}, {} heads{head}; texts cut to {} tokens ({} were longer)",
+            c.family.model_type(),
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            setup.max_length,
+            setup.truncated
+        )));
+    }
+    let monitor = data.monitor.as_ref().map(|m| format!(" ({} more held out of training for early stopping)", m.len()));
+    let image = data.image.map(|i| format!(" ({}×{}×{} images)", i.channels, i.height, i.width));
+    sink(EngineEvent::Log(format!(
+        "dataset {}: {} training and {} held-out samples{}, {} features{}, {} classes",
+        data.name,
+        data.train.len(),
+        data.validation.len(),
+        monitor.unwrap_or_default(),
+        data.features,
+        image.unwrap_or_default(),
+        data.classes
+    )));
+}

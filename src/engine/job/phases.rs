@@ -1,0 +1,245 @@
+//! The trainings of one job, in order: each teacher (trained, loaded, or used as found), the
+//! distilled student, the baseline. A finished phase is saved with its summary in `state.json`,
+//! so a restarted job reloads it instead of training it again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::super::data_root::DataRoot;
+use super::super::files::{read_safetensors, write_json, write_safetensors};
+use super::super::loss::LogitLoss;
+use super::super::model::Net;
+use super::super::rng::{streams, Rng};
+use super::super::text::{self, TextSetup};
+use super::super::train::{train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
+use super::super::{EngineError, EngineEvent, Phase};
+use super::resolve::{load_teacher, Resolved};
+use crate::engine::data::Dataset;
+use crate::spec::{JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, TeacherSpec};
+
+const STATE_FILE: &str = "state.json";
+
+/// A model of the job and how it was trained here (`None`: loaded, used as found, or an
+/// untrained reference).
+pub(super) struct Model {
+    pub net: Net,
+    pub training: Option<PhaseSummary>,
+}
+
+/// Phases already finished, kept across restarts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct JobState {
+    finished: BTreeMap<String, PhaseSummary>,
+}
+
+/// The job's trainings, with what they share: the data, the resolved spec, where files go and
+/// which phases earlier runs finished.
+pub(super) struct Trainer<'a> {
+    pub spec: &'a JobSpec,
+    pub data: &'a Dataset,
+    pub text: Option<&'a TextSetup>,
+    pub resolved: &'a Resolved,
+    pub ctx: PhaseContext<'a>,
+    state: JobState,
+    state_path: PathBuf,
+    /// Files of the job folder that are results, in the order they were written.
+    pub artifacts: Vec<String>,
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(
+        spec: &'a JobSpec,
+        data: &'a Dataset,
+        text: Option<&'a TextSetup>,
+        resolved: &'a Resolved,
+        ctx: PhaseContext<'a>,
+    ) -> Result<Self, EngineError> {
+        let state_path = ctx.job_dir.join(STATE_FILE);
+        let state = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| EngineError::Other(format!("state.json is unreadable: {e}")))?,
+            Err(_) => JobState::default(),
+        };
+        Ok(Self { spec, data, text, resolved, ctx, state, state_path, artifacts: Vec::new() })
+    }
+
+    pub fn log(&mut self, message: String) {
+        (self.ctx.sink)(EngineEvent::Log(message));
+    }
+
+    /// The distilled student's plan: the spec's training, α, T, loss and layer pairs.
+    pub fn student_plan(&self) -> PhasePlan {
+        let (training, distill) = (&self.spec.training, &self.spec.distill);
+        PhasePlan {
+            phase: Phase::Student,
+            epochs: training.epochs,
+            batch_size: training.batch_size,
+            optimizer: training.optimizer,
+            schedule: training.schedule,
+            warmup_steps: training.warmup_steps,
+            seed: training.seed,
+            temperature: distill.temperature,
+            alpha: distill.alpha,
+            loss: match distill.loss {
+                LogitLossKind::Kl => LogitLoss::Kl,
+                LogitLossKind::ReverseKl => LogitLoss::ReverseKl,
+                LogitLossKind::Js => LogitLoss::Js { beta: distill.beta.unwrap_or(0.5) },
+                LogitLossKind::Mse => LogitLoss::Mse,
+            },
+            intermediate: self.resolved.pairs.clone(),
+            shift: training.augment.map(|a| a.shift),
+            early_stopping: training.early_stopping,
+            cache: distill.cache,
+        }
+    }
+
+    /// Teachers and the baseline learn from labels alone.
+    fn label_plan(&self, phase: Phase) -> PhasePlan {
+        PhasePlan { phase, alpha: Scheduled::Constant(0.0), intermediate: Vec::new(), ..self.student_plan() }
+    }
+
+    fn teacher_plan(&self, i: usize, train: &PhaseTrainSpec) -> PhasePlan {
+        let training = &self.spec.training;
+        PhasePlan {
+            epochs: train.epochs,
+            batch_size: train.batch_size.unwrap_or(training.batch_size),
+            optimizer: train.optimizer.unwrap_or(training.optimizer),
+            schedule: train.schedule.unwrap_or(training.schedule),
+            ..self.label_plan(Phase::Teacher(i))
+        }
+    }
+
+    /// Every teacher of the spec, in order.
+    pub fn teachers(&mut self, data_root: &DataRoot) -> Result<Vec<Model>, EngineError> {
+        let spec = self.spec;
+        spec.teacher_specs().into_iter().enumerate().map(|(i, teacher)| self.teacher(i, teacher, data_root)).collect()
+    }
+
+    fn teacher(&mut self, i: usize, teacher: &TeacherSpec, data_root: &DataRoot) -> Result<Model, EngineError> {
+        let stream: Vec<u64> = if i == 0 { vec![streams::TEACHER_INIT] } else { vec![streams::TEACHER_INIT, i as u64] };
+        let mut rng = Rng::stream(self.spec.training.seed, &stream);
+        let device = self.ctx.device;
+        let init = match (self.text, &teacher.weights) {
+            (Some(setup), _) => text::teacher_net(self.spec, setup, self.data, &mut rng, device)?,
+            (None, Some(weights)) => {
+                let net = load_teacher(self.spec, i, weights, data_root, self.data, device)?;
+                self.log(format!("{} loaded from {weights}", Phase::Teacher(i).as_str()));
+                return Ok(Model { net, training: None });
+            }
+            (None, None) => Net::init(&teacher.arch, self.resolved.input, self.data.classes, &mut rng, device)
+                .map_err(EngineError::Other)?,
+        };
+        let Some(train) = &teacher.train else {
+            let setup = self.text.ok_or_else(|| EngineError::Other("a teacher has neither weights nor training".into()))?;
+            self.log(format!("teacher used as found in {}", setup.teacher.path));
+            return Ok(Model { net: init, training: None });
+        };
+        let plan = self.teacher_plan(i, train);
+        self.phase(&plan, &init, &Teachers { nets: Vec::new(), weights: Vec::new() })
+    }
+
+    /// The student's two starting points: the random initialisation (the baseline's), and the
+    /// distilled student's, which may copy teacher layers into it.
+    pub fn student_inits(&mut self, teacher: &Net) -> Result<(Net, Net), EngineError> {
+        let spec = self.spec;
+        let mut rng = Rng::stream(spec.training.seed, &[streams::STUDENT_INIT]);
+        let input = self.resolved.input;
+        let Some((config, layers)) = &self.resolved.transformer else {
+            let random_init = Net::init(&spec.student.arch, input, self.data.classes, &mut rng, self.ctx.device)
+                .map_err(EngineError::Other)?;
+            let student_init = self.student_from_teacher(&random_init, teacher)?;
+            return Ok((random_init, student_init));
+        };
+        let (init, copied) =
+            text::student_init(config, layers, &spec.student.arch, teacher, input, &mut rng, self.ctx.device)
+                .map_err(EngineError::Other)?;
+        self.log(format!(
+            "student: {} layers (teacher layers {layers:?}), hidden {}, {} heads, {} parameters; {copied} tensors copied from the teacher",
+            config.num_layers,
+            config.hidden_size,
+            config.num_heads,
+            init.parameter_count()
+        ));
+        // The baseline starts from the same copied layers: a truncated teacher fine-tuned on
+        // labels, the usual alternative, so the gain measures the distillation losses alone.
+        Ok((init.clone(), init))
+    }
+
+    /// `student.init_from_teacher`: the listed layers copied into the random initialisation.
+    fn student_from_teacher(&mut self, random_init: &Net, teacher: &Net) -> Result<Net, EngineError> {
+        let copies = &self.spec.student.init_from_teacher;
+        if copies.is_empty() {
+            return Ok(random_init.clone());
+        }
+        let source: HashMap<String, Tensor> = teacher.named().into_iter().collect();
+        let mut copied = HashMap::new();
+        for copy in copies {
+            for (name, _) in self.resolved.student.layer_params(&copy.student_layer) {
+                let from = format!("{}{}", copy.teacher_layer, &name[copy.student_layer.len()..]);
+                copied.insert(name.clone(), source[&from].copy()?);
+            }
+        }
+        self.log(format!("student initialised with {} tensors copied from the teacher", copied.len()));
+        Ok(random_init.clone().with_tensors(&copied))
+    }
+
+    /// The distilled student, learning from the teachers weighted as the spec says.
+    pub fn student(&mut self, teachers: &[Model], init: &Net) -> Result<Model, EngineError> {
+        let frozen = Teachers { nets: teachers.iter().map(|t| &t.net).collect(), weights: teacher_weights(self.spec) };
+        let plan = self.student_plan();
+        self.phase(&plan, init, &frozen)
+    }
+
+    /// The same student without the teachers, when the spec asks for it.
+    pub fn baseline(&mut self, random_init: &Net, student_init: &Net) -> Result<Option<Model>, EngineError> {
+        if !self.spec.baseline {
+            return Ok(None);
+        }
+        if self.data.classes == 0 {
+            // Without labels nothing trains without a teacher: the reference is the student's
+            // starting point, the teacher's copied layers, untrained.
+            self.log("baseline: unlabelled texts teach nothing without a teacher; the untrained student (its copied teacher layers) is the reference".into());
+            return Ok(Some(Model { net: student_init.clone(), training: None }));
+        }
+        // Same initialisation (before any copy from the teacher, except for transformers), data
+        // order, shifts and dropout masks; only the teacher is gone.
+        let plan = self.label_plan(Phase::Baseline);
+        self.phase(&plan, random_init, &Teachers { nets: Vec::new(), weights: Vec::new() }).map(Some)
+    }
+
+    /// Runs a phase, or loads its result if an earlier run of this job finished it.
+    fn phase(&mut self, plan: &PhasePlan, init: &Net, teachers: &Teachers) -> Result<Model, EngineError> {
+        let name = plan.phase.as_str().to_string();
+        let path = self.ctx.job_dir.join(file_of(plan.phase));
+        self.artifacts.push(file_of(plan.phase));
+        if let (Some(summary), true) = (self.state.finished.get(&name), path.exists()) {
+            let summary = summary.clone();
+            let (tensors, _) = read_safetensors(&path, self.ctx.device).map_err(EngineError::Other)?;
+            let net = init.with_named(tensors, self.ctx.device).map_err(EngineError::Other)?;
+            self.log(format!("phase {name} was finished before the restart; its weights are reused"));
+            return Ok(Model { net, training: Some(summary) });
+        }
+        let steps = plan.steps_per_epoch(self.data.train.len());
+        self.log(format!("phase {name}: {} epochs of {steps} steps", plan.epochs));
+        let (net, summary) = train_phase(&mut self.ctx, plan, init, self.data, teachers)?;
+        let data = self.data;
+        let meta = serde_json::json!({"arch": init.arch(), "input_features": data.features, "image": data.image, "num_classes": data.classes});
+        write_safetensors(&path, &net.named(), Some(&meta))?;
+        self.state.finished.insert(name, summary.clone());
+        write_json(&self.state_path, &self.state)?;
+        Ok(Model { net, training: Some(summary) })
+    }
+}
+
+/// Each teacher's weight in the soft targets, normalised to sum to 1.
+pub(super) fn teacher_weights(spec: &JobSpec) -> Vec<f64> {
+    let total: f64 = spec.teacher_specs().iter().map(|t| t.weight).sum();
+    spec.teacher_specs().iter().map(|t| t.weight / total).collect()
+}
+
+pub fn file_of(phase: Phase) -> String {
+    format!("{}.safetensors", phase.as_str())
+}
