@@ -4,7 +4,7 @@
 //! every epoch, early stopping, and resumption from the checkpoint.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{gather, Dataset, Split};
 use super::files::{read_safetensors, write_safetensors};
 use super::loss::{feature_loss, logit_loss, FeatureLoss, LogitLoss};
-use super::model::{predictions, Net};
+use super::model::{predictions, Net, Output};
 use super::optim::Optimizer;
 use super::rng::{streams, Rng};
 use super::{CheckpointInfo, Control, EngineError, EngineEvent, EpochMetrics, Phase, Progress, Stop};
@@ -138,6 +138,24 @@ struct Position {
     best: Option<Best>,
     #[serde(default)]
     stopped_early: bool,
+}
+
+impl Position {
+    fn start(phase: Phase) -> Self {
+        Position {
+            phase,
+            epochs_done: 0,
+            batches_into_epoch: 0,
+            partial_loss_sum: 0.0,
+            global_step: 0,
+            optimizer_steps: 0,
+            elapsed_s: 0.0,
+            samples_seen: 0,
+            last_train_loss: None,
+            best: None,
+            stopped_early: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -286,261 +304,354 @@ pub fn train_phase(
     data: &Dataset,
     teachers: &Teachers,
 ) -> Result<(Net, PhaseSummary), EngineError> {
-    let mut vars = init.to_vars()?;
-    let student_vars = vars.len();
-    let mut projection_rng = Rng::stream(plan.seed, &[streams::PROJECTION_INIT]);
-    for pair in &plan.intermediate {
-        if let Some((from, to)) = pair.projection {
-            // nn.Linear's initialisation: U(±1/√fan_in).
-            let bound = 1.0 / (from as f32).sqrt();
-            let w: Vec<f32> = (0..from * to).map(|_| projection_rng.uniform(-bound, bound)).collect();
-            let b: Vec<f32> = (0..to).map(|_| projection_rng.uniform(-bound, bound)).collect();
-            vars.push(Var::from_tensor(&Tensor::from_vec(w, (to, from), ctx.device)?)?);
-            vars.push(Var::from_tensor(&Tensor::from_vec(b, to, ctx.device)?)?);
-        }
-    }
-    let mut optimizer = Optimizer::new(plan.optimizer, vars)?;
-    let mut buffers: Vec<Tensor> = init.buffers().to_vec();
-    let checkpoint_path = ctx.job_dir.join(checkpoint_file(plan.phase));
-    let best_path = ctx.job_dir.join(best_file(plan.phase));
-    let mut position = Position {
-        phase: plan.phase,
-        epochs_done: 0,
-        batches_into_epoch: 0,
-        partial_loss_sum: 0.0,
-        global_step: 0,
-        optimizer_steps: 0,
-        elapsed_s: 0.0,
-        samples_seen: 0,
-        last_train_loss: None,
-        best: None,
-        stopped_early: false,
-    };
-    let phase_name = plan.phase.as_str();
-    if checkpoint_path.exists() {
-        position = restore(&checkpoint_path, &mut optimizer, &mut buffers, ctx.device)?;
-        (ctx.sink)(EngineEvent::Log(format!(
-            "resumed from checkpoint: phase {phase_name}, epoch {}, step {}",
-            position.epochs_done, position.global_step
-        )));
-        if position.epochs_done >= plan.epochs || position.stopped_early {
-            (ctx.sink)(EngineEvent::Log(format!("phase {phase_name} had already finished training")));
-        }
-    }
-    // The phase's wall time includes filling the teacher cache: it is part of what it costs.
-    let started = Instant::now();
-    let distils = plan.distils() && !teachers.nets.is_empty();
-    let (targets, cache_report) = if distils {
-        let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
-        (ctx.sink)(EngineEvent::Log(match report.used {
-            true => format!(
-                "teacher cache: logits of {} teacher(s) for {} training samples computed once in {:.2} s and reused every epoch ({} KiB{})",
-                teachers.nets.len(),
-                data.train.len(),
-                report.fill_s,
-                report.bytes / 1024,
-                report.top_k.map(|k| format!(", top {k} per sample")).unwrap_or_default()
-            ),
-            false => format!("teacher cache not used: {}", report.reason),
-        }));
-        (targets, Some(report))
-    } else {
-        (Targets::Live, None)
-    };
-    let student_layers: Vec<&str> = plan.intermediate.iter().map(|p| p.student_layer.as_str()).collect();
-    let teacher_layers: Vec<Vec<&str>> = (0..teachers.nets.len())
-        .map(|t| plan.intermediate.iter().filter(|p| p.teacher == t).map(|p| p.teacher_layer.as_str()).collect())
-        .collect();
-    let samples = data.train.len();
-    let steps_per_epoch = plan.steps_per_epoch(samples);
-    let total_steps = steps_per_epoch * plan.epochs as u64;
-    let elapsed_before = position.elapsed_s;
-    // Unlabelled texts: epochs are judged against the teacher's embeddings of the monitored split.
-    let embedding_reference = match (data.classes, teachers.nets.first()) {
-        (0, Some(teacher)) => Some(EmbeddingReference::new(teacher, data.monitored(), ctx.device)?),
-        _ => None,
-    };
-
-    for epoch in position.epochs_done..plan.epochs {
-        if position.stopped_early {
+    let mut run = PhaseRun::start(ctx, plan, init, data, teachers)?;
+    for epoch in run.position.epochs_done..plan.epochs {
+        if run.position.stopped_early {
             break;
         }
-        let mut order: Vec<usize> = (0..samples).collect();
-        Rng::stream(plan.seed, &[streams::SHUFFLE, epoch as u64]).shuffle(&mut order);
-        let skip = std::mem::take(&mut position.batches_into_epoch);
-        let mut epoch_loss = std::mem::take(&mut position.partial_loss_sum);
-        for (batch_index, batch) in order.chunks(plan.batch_size).enumerate().skip(skip as usize) {
+        run.epoch(ctx, epoch)?;
+    }
+    run.finish(ctx)
+}
+
+/// One phase's training in progress: the model's variables under the optimiser, where the
+/// phase stands, and what every step needs (the teachers' targets, the layers to compare).
+struct PhaseRun<'p> {
+    plan: &'p PhasePlan,
+    init: &'p Net,
+    data: &'p Dataset,
+    teachers: &'p Teachers<'p>,
+    optimizer: Optimizer,
+    /// The optimiser's first `student_vars` variables are the model's; the rest are projections.
+    student_vars: usize,
+    buffers: Vec<Tensor>,
+    position: Position,
+    checkpoint_path: PathBuf,
+    best_path: PathBuf,
+    /// Whether the loss has teacher terms.
+    distils: bool,
+    targets: Targets,
+    cache_report: Option<CacheReport>,
+    student_layers: Vec<&'p str>,
+    teacher_layers: Vec<Vec<&'p str>>,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    started: Instant,
+    elapsed_before: f64,
+    /// Unlabelled texts: epochs are judged against the teacher's embeddings of the monitored split.
+    embedding_reference: Option<EmbeddingReference>,
+}
+
+/// A batch as the step feeds it: inputs, labels, and the samples' indices (for the cache).
+struct BatchInputs<'b> {
+    x: Tensor,
+    y: Tensor,
+    indices: &'b [usize],
+}
+
+/// Each teacher's logits with its weight, and each teacher's compared layers by name.
+type TeacherOutputs = (Vec<(Tensor, f64)>, Vec<HashMap<String, Tensor>>);
+
+/// A training step's loss and its parts.
+struct StepLoss {
+    total: Tensor,
+    hard: Tensor,
+    soft: Option<Tensor>,
+    features: Option<Tensor>,
+}
+
+impl<'p> PhaseRun<'p> {
+    fn start(
+        ctx: &mut PhaseContext,
+        plan: &'p PhasePlan,
+        init: &'p Net,
+        data: &'p Dataset,
+        teachers: &'p Teachers<'p>,
+    ) -> Result<Self, EngineError> {
+        let mut vars = init.to_vars()?;
+        let student_vars = vars.len();
+        vars.extend(projection_vars(plan, ctx.device)?);
+        let mut optimizer = Optimizer::new(plan.optimizer, vars)?;
+        let mut buffers: Vec<Tensor> = init.buffers().to_vec();
+        let checkpoint_path = ctx.job_dir.join(checkpoint_file(plan.phase));
+        let position = resume(ctx, plan, &checkpoint_path, &mut optimizer, &mut buffers)?;
+        // The phase's wall time includes filling the teacher cache: it is part of what it costs.
+        let started = Instant::now();
+        let distils = plan.distils() && !teachers.nets.is_empty();
+        let (targets, cache_report) = match distils {
+            true => cached_targets(ctx, plan, teachers, data)?,
+            false => (Targets::Live, None),
+        };
+        let steps_per_epoch = plan.steps_per_epoch(data.train.len());
+        let embedding_reference = match (data.classes, teachers.nets.first()) {
+            (0, Some(teacher)) => Some(EmbeddingReference::new(teacher, data.monitored(), ctx.device)?),
+            _ => None,
+        };
+        Ok(Self {
+            plan,
+            init,
+            data,
+            teachers,
+            optimizer,
+            student_vars,
+            buffers,
+            elapsed_before: position.elapsed_s,
+            position,
+            checkpoint_path,
+            best_path: ctx.job_dir.join(best_file(plan.phase)),
+            distils,
+            targets,
+            cache_report,
+            student_layers: plan.intermediate.iter().map(|p| p.student_layer.as_str()).collect(),
+            teacher_layers: (0..teachers.nets.len())
+                .map(|t| {
+                    plan.intermediate.iter().filter(|p| p.teacher == t).map(|p| p.teacher_layer.as_str()).collect()
+                })
+                .collect(),
+            steps_per_epoch,
+            total_steps: steps_per_epoch * plan.epochs as u64,
+            started,
+            embedding_reference,
+        })
+    }
+
+    fn model(&self) -> Net {
+        self.init.with_vars(&self.optimizer.vars()[..self.student_vars], &self.buffers)
+    }
+
+    /// One epoch in the seeded order, from the batch a mid-epoch checkpoint stopped at.
+    fn epoch(&mut self, ctx: &mut PhaseContext, epoch: u32) -> Result<(), EngineError> {
+        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+        Rng::stream(self.plan.seed, &[streams::SHUFFLE, epoch as u64]).shuffle(&mut order);
+        let skip = std::mem::take(&mut self.position.batches_into_epoch);
+        let mut epoch_loss = std::mem::take(&mut self.position.partial_loss_sum);
+        for (batch_index, batch) in order.chunks(self.plan.batch_size).enumerate().skip(skip as usize) {
             if let Some(stop) = ctx.control.check() {
                 return Err(match stop {
                     Stop::Cancelled => EngineError::Cancelled,
-                    Stop::Interrupted => {
-                        // Data order, shifts and dropout masks derive from (epoch, batch), so a
-                        // checkpoint taken mid-epoch resumes exactly where it stopped.
-                        position.batches_into_epoch = batch_index as u64;
-                        position.partial_loss_sum = epoch_loss;
-                        position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-                        position.optimizer_steps = optimizer.steps();
-                        save(&checkpoint_path, &position, &optimizer, &buffers)?;
-                        (ctx.sink)(EngineEvent::Checkpoint(CheckpointInfo {
-                            phase: plan.phase,
-                            epoch: position.epochs_done,
-                            step: position.global_step,
-                            file: checkpoint_file(plan.phase),
-                        }));
-                        EngineError::Interrupted
-                    }
+                    Stop::Interrupted => self.interrupt(ctx, batch_index as u64, epoch_loss)?,
                 });
             }
-            let coordinates = [epoch as u64, batch_index as u64];
-            let mut shift_rng = Rng::stream(plan.seed, &[streams::AUGMENT, coordinates[0], coordinates[1]]);
-            let shift = match (plan.shift, data.image) {
-                (Some(max), Some(shape)) => Some((max, shape, data.background(), &mut shift_rng)),
-                _ => None,
-            };
-            let (x, y) = gather(&data.train, data.features, batch, shift);
-            let x = Tensor::from_vec(x, (batch.len(), data.features), ctx.device)?;
-            let y = Tensor::from_vec(y, batch.len(), ctx.device)?;
-            let model = init.with_vars(&optimizer.vars()[..student_vars], &buffers);
-            let mut dropout_rng = Rng::stream(plan.seed, &[streams::DROPOUT, coordinates[0], coordinates[1]]);
-            let out = model.forward(&x, Some(&mut dropout_rng), &student_layers)?;
-            let progress = position.global_step as f64 / (total_steps.max(2) - 1) as f64;
-            let (alpha, temperature) = (plan.alpha.at(progress), plan.temperature.at(progress));
-            // Unlabelled texts (embedding distillation) learn from the teacher's layers alone.
-            let labelled = data.classes > 0;
-            let hard = match labelled {
-                true => candle_nn::loss::cross_entropy(&out.logits, &y)?,
-                false => Tensor::zeros((), candle_core::DType::F32, ctx.device)?,
-            };
-            let mut total = hard.clone();
-            let (mut soft, mut features) = (None, None);
-            if distils {
-                let mut teacher_logits = Vec::new();
-                let mut teacher_features = Vec::new();
-                for (t, net) in teachers.nets.iter().enumerate() {
-                    if matches!(targets, Targets::Live) {
-                        let o = net.forward(&x, None, &teacher_layers[t])?;
-                        teacher_logits.push((o.logits, teachers.weights[t]));
-                        teacher_features.push(o.features);
-                    } else {
-                        teacher_logits.push((targets.batch(t, batch, data.classes, ctx.device)?, teachers.weights[t]));
-                        teacher_features.push(HashMap::new());
-                    }
-                }
-                if alpha > 0.0 && labelled {
-                    let s = logit_loss(plan.loss, &out.logits, &teacher_logits, temperature)?;
-                    total = ((&s * alpha)? + (&hard * (1.0 - alpha))?)?;
-                    soft = Some(s);
-                }
-                let mut projections = optimizer.vars()[student_vars..].chunks(2);
-                for pair in &plan.intermediate {
-                    let mut student_feature = out.features[&pair.student_layer].clone();
-                    if pair.projection.is_some() {
-                        let wb = projections.next().expect("a projection per projected pair");
-                        student_feature = project(&student_feature, wb[0].as_tensor(), wb[1].as_tensor())?;
-                    }
-                    let teacher_feature = &teacher_features[pair.teacher][&pair.teacher_layer];
-                    let term = (feature_loss(pair.loss, &student_feature, teacher_feature)? * pair.weight)?;
-                    features = Some(match features {
-                        None => term,
-                        Some(sum) => (sum + term)?,
-                    });
-                }
-                if let Some(f) = &features {
-                    total = if labelled { (total + f)? } else { f.clone() };
-                }
-            }
-            let grads = total.backward()?;
-            let lr = plan.lr_at(position.global_step, total_steps);
-            optimizer.step(&grads, lr)?;
-            buffers = out.buffers.iter().map(Tensor::detach).collect();
-            position.global_step += 1;
-            position.samples_seen += batch.len() as u64;
-            let loss = total.to_scalar::<f32>()? as f64;
-            if !loss.is_finite() {
-                return Err(EngineError::Other(format!(
-                    "the loss became {loss} in phase {phase_name} at step {}; lower the learning rate",
-                    position.global_step
-                )));
-            }
-            epoch_loss += loss;
-            let scalar = |t: &Option<Tensor>| t.as_ref().map(|s| s.to_scalar::<f32>().map(f64::from)).transpose();
-            (ctx.sink)(EngineEvent::Progress(Progress {
-                phase: plan.phase,
-                epoch: epoch + 1,
-                epochs: plan.epochs,
-                step: position.global_step,
-                total_steps,
-                loss,
-                soft: scalar(&soft)?,
-                hard: hard.to_scalar::<f32>()? as f64,
-                features: scalar(&features)?,
-                lr,
-                alpha: if distils { alpha } else { 0.0 },
-                temperature,
-            }));
+            epoch_loss += self.step(ctx, epoch, batch_index as u64, batch)?;
         }
-        position.epochs_done = epoch + 1;
-        position.last_train_loss = Some(epoch_loss / steps_per_epoch as f64);
-        position.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
-        let model = init.with_vars(&optimizer.vars()[..student_vars], &buffers).detached();
-        let validation = match &embedding_reference {
-            Some(reference) => reference.evaluate(&model, data.monitored(), ctx.device)?,
-            None => evaluate(&model, data.monitored(), ctx.device)?,
+        self.end_epoch(ctx, epoch, epoch_loss)
+    }
+
+    /// A checkpoint where the epoch stands: data order, shifts and dropout masks derive from
+    /// (epoch, batch), so it resumes exactly where it stopped.
+    fn interrupt(&mut self, ctx: &mut PhaseContext, batch: u64, epoch_loss: f64) -> Result<EngineError, EngineError> {
+        self.position.batches_into_epoch = batch;
+        self.position.partial_loss_sum = epoch_loss;
+        self.position.elapsed_s = self.elapsed_before + self.started.elapsed().as_secs_f64();
+        self.checkpoint(ctx, self.position.epochs_done)?;
+        Ok(EngineError::Interrupted)
+    }
+
+    /// Saves the checkpoint (the position's time is the caller's to set) and says so.
+    fn checkpoint(&mut self, ctx: &mut PhaseContext, epoch: u32) -> Result<(), EngineError> {
+        self.position.optimizer_steps = self.optimizer.steps();
+        save(&self.checkpoint_path, &self.position, &self.optimizer, &self.buffers)?;
+        (ctx.sink)(EngineEvent::Checkpoint(CheckpointInfo {
+            phase: self.plan.phase,
+            epoch,
+            step: self.position.global_step,
+            file: checkpoint_file(self.plan.phase),
+        }));
+        Ok(())
+    }
+
+    /// One optimiser step on one batch; returns its loss.
+    fn step(
+        &mut self,
+        ctx: &mut PhaseContext,
+        epoch: u32,
+        batch_index: u64,
+        batch: &[usize],
+    ) -> Result<f64, EngineError> {
+        let (plan, data) = (self.plan, self.data);
+        let coordinates = [epoch as u64, batch_index];
+        let mut shift_rng = Rng::stream(plan.seed, &[streams::AUGMENT, coordinates[0], coordinates[1]]);
+        let shift = match (plan.shift, data.image) {
+            (Some(max), Some(shape)) => Some((max, shape, data.background(), &mut shift_rng)),
+            _ => None,
         };
-        let mut best_now = None;
-        if let Some(rule) = plan.early_stopping {
-            let improved = position.best.is_none_or(|b| validation.loss < b.val_loss - rule.min_delta);
-            if improved {
-                write_safetensors(&best_path, &model.named(), None)?;
-                position.best = Some(Best { epoch: epoch + 1, val_loss: validation.loss, epochs_since: 0 });
-            } else if let Some(best) = position.best.as_mut() {
-                best.epochs_since += 1;
-                if best.epochs_since >= rule.patience {
-                    position.stopped_early = true;
-                }
-            }
-            best_now = Some(improved);
+        let (x, y) = gather(&data.train, data.features, batch, shift);
+        let x = Tensor::from_vec(x, (batch.len(), data.features), ctx.device)?;
+        let y = Tensor::from_vec(y, batch.len(), ctx.device)?;
+        let mut dropout_rng = Rng::stream(plan.seed, &[streams::DROPOUT, coordinates[0], coordinates[1]]);
+        let out = self.model().forward(&x, Some(&mut dropout_rng), &self.student_layers)?;
+        let progress = self.position.global_step as f64 / (self.total_steps.max(2) - 1) as f64;
+        let (alpha, temperature) = (plan.alpha.at(progress), plan.temperature.at(progress));
+        let inputs = BatchInputs { x, y, indices: batch };
+        let losses = self.losses(ctx.device, &out, &inputs, alpha, temperature)?;
+        let grads = losses.total.backward()?;
+        let lr = plan.lr_at(self.position.global_step, self.total_steps);
+        self.optimizer.step(&grads, lr)?;
+        self.buffers = out.buffers.iter().map(Tensor::detach).collect();
+        self.position.global_step += 1;
+        self.position.samples_seen += batch.len() as u64;
+        let loss = losses.total.to_scalar::<f32>()? as f64;
+        if !loss.is_finite() {
+            return Err(EngineError::Other(format!(
+                "the loss became {loss} in phase {} at step {}; lower the learning rate",
+                plan.phase.as_str(),
+                self.position.global_step
+            )));
         }
-        (ctx.sink)(EngineEvent::Epoch(EpochMetrics {
+        let scalar = |t: &Option<Tensor>| t.as_ref().map(|s| s.to_scalar::<f32>().map(f64::from)).transpose();
+        (ctx.sink)(EngineEvent::Progress(Progress {
             phase: plan.phase,
             epoch: epoch + 1,
             epochs: plan.epochs,
-            step: position.global_step,
-            train_loss: epoch_loss / steps_per_epoch as f64,
+            step: self.position.global_step,
+            total_steps: self.total_steps,
+            loss,
+            soft: scalar(&losses.soft)?,
+            hard: losses.hard.to_scalar::<f32>()? as f64,
+            features: scalar(&losses.features)?,
+            lr,
+            alpha: if self.distils { alpha } else { 0.0 },
+            temperature,
+        }));
+        Ok(loss)
+    }
+
+    /// The hard (labels), soft (teachers' logits) and feature (teachers' layers) terms, weighted.
+    fn losses(
+        &self,
+        device: &Device,
+        out: &Output,
+        inputs: &BatchInputs,
+        alpha: f64,
+        temperature: f64,
+    ) -> Result<StepLoss, EngineError> {
+        // Unlabelled texts (embedding distillation) learn from the teacher's layers alone.
+        let labelled = self.data.classes > 0;
+        let hard = match labelled {
+            true => candle_nn::loss::cross_entropy(&out.logits, &inputs.y)?,
+            false => Tensor::zeros((), candle_core::DType::F32, device)?,
+        };
+        let mut loss = StepLoss { total: hard.clone(), hard, soft: None, features: None };
+        if !self.distils {
+            return Ok(loss);
+        }
+        let (teacher_logits, teacher_features) = self.teacher_outputs(device, &inputs.x, inputs.indices)?;
+        if alpha > 0.0 && labelled {
+            let s = logit_loss(self.plan.loss, &out.logits, &teacher_logits, temperature)?;
+            loss.total = ((&s * alpha)? + (&loss.hard * (1.0 - alpha))?)?;
+            loss.soft = Some(s);
+        }
+        let mut projections = self.optimizer.vars()[self.student_vars..].chunks(2);
+        for pair in &self.plan.intermediate {
+            let mut student_feature = out.features[&pair.student_layer].clone();
+            if pair.projection.is_some() {
+                let wb = projections.next().expect("a projection per projected pair");
+                student_feature = project(&student_feature, wb[0].as_tensor(), wb[1].as_tensor())?;
+            }
+            let teacher_feature = &teacher_features[pair.teacher][&pair.teacher_layer];
+            let term = (feature_loss(pair.loss, &student_feature, teacher_feature)? * pair.weight)?;
+            loss.features = Some(match loss.features {
+                None => term,
+                Some(sum) => (sum + term)?,
+            });
+        }
+        if let Some(f) = &loss.features {
+            loss.total = if labelled { (loss.total + f)? } else { f.clone() };
+        }
+        Ok(loss)
+    }
+
+    /// Each teacher's logits (with its weight) and compared layers for the batch: from the
+    /// cache when there is one, else from a forward pass.
+    fn teacher_outputs(&self, device: &Device, x: &Tensor, batch: &[usize]) -> Result<TeacherOutputs, EngineError> {
+        let teachers = self.teachers;
+        let mut logits = Vec::new();
+        let mut features = Vec::new();
+        for (t, net) in teachers.nets.iter().enumerate() {
+            if matches!(self.targets, Targets::Live) {
+                let o = net.forward(x, None, &self.teacher_layers[t])?;
+                logits.push((o.logits, teachers.weights[t]));
+                features.push(o.features);
+            } else {
+                logits.push((self.targets.batch(t, batch, self.data.classes, device)?, teachers.weights[t]));
+                features.push(HashMap::new());
+            }
+        }
+        Ok((logits, features))
+    }
+
+    /// Validation, early stopping, the epoch's metrics and its checkpoint.
+    fn end_epoch(&mut self, ctx: &mut PhaseContext, epoch: u32, epoch_loss: f64) -> Result<(), EngineError> {
+        let train_loss = epoch_loss / self.steps_per_epoch as f64;
+        self.position.epochs_done = epoch + 1;
+        self.position.last_train_loss = Some(train_loss);
+        self.position.elapsed_s = self.elapsed_before + self.started.elapsed().as_secs_f64();
+        let model = self.model().detached();
+        let validation = match &self.embedding_reference {
+            Some(reference) => reference.evaluate(&model, self.data.monitored(), ctx.device)?,
+            None => evaluate(&model, self.data.monitored(), ctx.device)?,
+        };
+        let best = match self.plan.early_stopping {
+            Some(rule) => Some(self.judge_epoch(&model, rule, epoch, validation.loss)?),
+            None => None,
+        };
+        (ctx.sink)(EngineEvent::Epoch(EpochMetrics {
+            phase: self.plan.phase,
+            epoch: epoch + 1,
+            epochs: self.plan.epochs,
+            step: self.position.global_step,
+            train_loss,
             val_loss: validation.loss,
             val_accuracy: validation.accuracy,
-            best: best_now,
+            best,
         }));
-        if position.stopped_early {
-            let best = position.best.expect("a best epoch before stopping");
+        if self.position.stopped_early {
+            let best = self.position.best.expect("a best epoch before stopping");
             (ctx.sink)(EngineEvent::Log(format!(
-                "early stopping in phase {phase_name} after epoch {}: validation loss has not improved for {} epochs; keeping epoch {} (loss {:.4})",
+                "early stopping in phase {} after epoch {}: validation loss has not improved for {} epochs; keeping epoch {} (loss {:.4})",
+                self.plan.phase.as_str(),
                 epoch + 1,
                 best.epochs_since,
                 best.epoch,
                 best.val_loss
             )));
         }
-        position.optimizer_steps = optimizer.steps();
-        save(&checkpoint_path, &position, &optimizer, &buffers)?;
-        (ctx.sink)(EngineEvent::Checkpoint(CheckpointInfo {
-            phase: plan.phase,
-            epoch: epoch + 1,
-            step: position.global_step,
-            file: checkpoint_file(plan.phase),
-        }));
+        self.checkpoint(ctx, epoch + 1)
     }
-    let model = match position.best {
-        Some(_) => {
-            let (tensors, _) = read_safetensors(&best_path, ctx.device).map_err(EngineError::Other)?;
-            init.with_named(tensors, ctx.device).map_err(EngineError::Other)?
+
+    /// Early stopping: keeps the epoch's weights if it is the best so far; returns whether it was.
+    fn judge_epoch(
+        &mut self,
+        model: &Net,
+        rule: EarlyStopping,
+        epoch: u32,
+        val_loss: f64,
+    ) -> Result<bool, EngineError> {
+        let improved = self.position.best.is_none_or(|b| val_loss < b.val_loss - rule.min_delta);
+        if improved {
+            write_safetensors(&self.best_path, &model.named(), None)?;
+            self.position.best = Some(Best { epoch: epoch + 1, val_loss, epochs_since: 0 });
+        } else if let Some(best) = self.position.best.as_mut() {
+            best.epochs_since += 1;
+            if best.epochs_since >= rule.patience {
+                self.position.stopped_early = true;
+            }
         }
-        None => init.with_vars(&optimizer.vars()[..student_vars], &buffers).detached(),
-    };
-    let wall_s = position.elapsed_s.max(1e-9);
-    Ok((
-        model,
-        PhaseSummary {
+        Ok(improved)
+    }
+
+    /// The phase's result (the best epoch's weights with early stopping) and its summary.
+    fn finish(self, ctx: &mut PhaseContext) -> Result<(Net, PhaseSummary), EngineError> {
+        let model = match self.position.best {
+            Some(_) => {
+                let (tensors, _) = read_safetensors(&self.best_path, ctx.device).map_err(EngineError::Other)?;
+                self.init.with_named(tensors, ctx.device).map_err(EngineError::Other)?
+            }
+            None => self.model().detached(),
+        };
+        let position = &self.position;
+        let wall_s = position.elapsed_s.max(1e-9);
+        let summary = PhaseSummary {
             epochs: position.epochs_done,
             steps: position.global_step,
             wall_s,
@@ -548,9 +659,70 @@ pub fn train_phase(
             final_train_loss: position.last_train_loss.unwrap_or_default(),
             best_epoch: position.best.map(|b| b.epoch),
             stopped_early: position.stopped_early,
-            teacher_cache: cache_report,
-        },
-    ))
+            teacher_cache: self.cache_report,
+        };
+        Ok((model, summary))
+    }
+}
+
+/// The learned projections of the layer pairs whose widths differ, initialised as nn.Linear's:
+/// U(±1/√fan_in), weight then bias per pair.
+fn projection_vars(plan: &PhasePlan, device: &Device) -> Result<Vec<Var>, EngineError> {
+    let mut rng = Rng::stream(plan.seed, &[streams::PROJECTION_INIT]);
+    let mut vars = Vec::new();
+    for (from, to) in plan.intermediate.iter().filter_map(|pair| pair.projection) {
+        let bound = 1.0 / (from as f32).sqrt();
+        let w: Vec<f32> = (0..from * to).map(|_| rng.uniform(-bound, bound)).collect();
+        let b: Vec<f32> = (0..to).map(|_| rng.uniform(-bound, bound)).collect();
+        vars.push(Var::from_tensor(&Tensor::from_vec(w, (to, from), device)?)?);
+        vars.push(Var::from_tensor(&Tensor::from_vec(b, to, device)?)?);
+    }
+    Ok(vars)
+}
+
+/// Where the phase stands: from its checkpoint if there is one, else at the start.
+fn resume(
+    ctx: &mut PhaseContext,
+    plan: &PhasePlan,
+    checkpoint_path: &Path,
+    optimizer: &mut Optimizer,
+    buffers: &mut [Tensor],
+) -> Result<Position, EngineError> {
+    if !checkpoint_path.exists() {
+        return Ok(Position::start(plan.phase));
+    }
+    let position = restore(checkpoint_path, optimizer, buffers, ctx.device)?;
+    let phase_name = plan.phase.as_str();
+    (ctx.sink)(EngineEvent::Log(format!(
+        "resumed from checkpoint: phase {phase_name}, epoch {}, step {}",
+        position.epochs_done, position.global_step
+    )));
+    if position.epochs_done >= plan.epochs || position.stopped_early {
+        (ctx.sink)(EngineEvent::Log(format!("phase {phase_name} had already finished training")));
+    }
+    Ok(position)
+}
+
+/// The teachers' targets for the phase (cached when the cache applies), saying which in the log.
+fn cached_targets(
+    ctx: &mut PhaseContext,
+    plan: &PhasePlan,
+    teachers: &Teachers,
+    data: &Dataset,
+) -> Result<(Targets, Option<CacheReport>), EngineError> {
+    let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
+    (ctx.sink)(EngineEvent::Log(match report.used {
+        true => format!(
+            "teacher cache: logits of {} teacher(s) for {} training samples computed once in {:.2} s and reused every epoch ({} KiB{})",
+            teachers.nets.len(),
+            data.train.len(),
+            report.fill_s,
+            report.bytes / 1024,
+            report.top_k.map(|k| format!(", top {k} per sample")).unwrap_or_default()
+        ),
+        false => format!("teacher cache not used: {}", report.reason),
+    }));
+    Ok((targets, Some(report)))
 }
 
 /// The learned projection of a student feature to the teacher's width: `x·Wᵀ + b` over the last
