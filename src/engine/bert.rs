@@ -438,20 +438,18 @@ fn next<'a>(it: &mut impl Iterator<Item = &'a Tensor>) -> Result<&'a Tensor> {
     it.next().ok_or_else(|| candle_core::Error::Msg("the encoder has fewer tensors than its config needs".into()))
 }
 
-/// Runs packed rows `x` (`batch × 3·length`) through the encoder and head. With `rng`, training
-/// mode (dropout). Returns the logits (the pooled embedding for an encoder without a head) and
-/// the requested layer outputs.
-pub fn forward(
-    config: &BertConfig,
-    params: &[Tensor],
-    x: &Tensor,
-    mut rng: Option<&mut Rng>,
-    want: &[&str],
-    fused: bool,
-) -> Result<(Tensor, HashMap<String, Tensor>)> {
-    let (batch, packed) = x.dims2()?;
+/// Token ids, segment ids, attention mask and position ids of packed rows, each
+/// `batch × length`.
+struct Unpacked {
+    ids: Vec<u32>,
+    types: Vec<u32>,
+    mask: Vec<f32>,
+    positions: Vec<u32>,
+}
+
+fn unpack(config: &BertConfig, x: &Tensor) -> Result<Unpacked> {
+    let (_, packed) = x.dims2()?;
     let length = packed / 3;
-    let device = x.device();
     let rows: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let (mut ids, mut types, mut mask, mut positions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows.chunks(packed) {
@@ -474,6 +472,24 @@ pub fn forward(
             _ => positions.extend(0..length as u32),
         }
     }
+    Ok(Unpacked { ids, types, mask, positions })
+}
+
+/// Runs packed rows `x` (`batch × 3·length`) through the encoder and head. With `rng`, training
+/// mode (dropout). Returns the logits (the pooled embedding for an encoder without a head) and
+/// the requested layer outputs.
+pub fn forward(
+    config: &BertConfig,
+    params: &[Tensor],
+    x: &Tensor,
+    mut rng: Option<&mut Rng>,
+    want: &[&str],
+    fused: bool,
+) -> Result<(Tensor, HashMap<String, Tensor>)> {
+    let (batch, packed) = x.dims2()?;
+    let length = packed / 3;
+    let device = x.device();
+    let Unpacked { ids, types, mask, positions } = unpack(config, x)?;
     let (h, heads) = (config.hidden_size, config.num_heads);
     let head_dim = h / heads;
     let mut features = HashMap::new();
