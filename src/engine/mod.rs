@@ -10,10 +10,10 @@ pub mod conv;
 pub mod data;
 pub mod data_root;
 pub mod fastmath;
-pub mod job;
 pub mod files;
 #[cfg(test)]
 mod fuzz;
+pub mod job;
 pub mod linear;
 pub mod loss;
 pub mod model;

@@ -133,7 +133,8 @@ impl<'a> Trainer<'a> {
                 .map_err(EngineError::Other)?,
         };
         let Some(train) = &teacher.train else {
-            let setup = self.text.ok_or_else(|| EngineError::Other("a teacher has neither weights nor training".into()))?;
+            let setup =
+                self.text.ok_or_else(|| EngineError::Other("a teacher has neither weights nor training".into()))?;
             self.log(format!("teacher used as found in {}", setup.teacher.path));
             return Ok(Model { net: init, training: None });
         };

@@ -96,7 +96,11 @@ pub(super) fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolve
 }
 
 /// The dataset; for text, tokenised with the teacher's tokenizer, with the teacher's folder.
-pub(super) fn load_data(spec: &JobSpec, data_root: &DataRoot, device: &Device) -> Result<(Dataset, Option<TextSetup>), SpecError> {
+pub(super) fn load_data(
+    spec: &JobSpec,
+    data_root: &DataRoot,
+    device: &Device,
+) -> Result<(Dataset, Option<TextSetup>), SpecError> {
     let monitor = spec.training.early_stopping.is_some();
     if spec.dataset.source == "text" {
         let (data, setup) = text::load(spec, data_root, monitor, device)?;
