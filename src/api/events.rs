@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -54,7 +55,7 @@ pub async fn events(
                 .ok_or_else(|| ApiError::bad_request("invalid_query", "limit", "must be within [1, 1000]"))?,
             None => PAGE,
         };
-        ensure_job(&state.store, id).await?;
+        ensure_job(&*state.store, id).await?;
         let mut data = state.store.events_after(id, after, limit + 1).await?;
         let has_more = data.len() > limit;
         data.truncate(limit);
@@ -69,7 +70,7 @@ pub async fn events(
     // Subscribe before reading the store: anything committed after the read is then received
     // live, and the seq check drops what both paths deliver.
     let live = state.store.subscribe();
-    ensure_job(&state.store, id).await?;
+    ensure_job(&*state.store, id).await?;
     let follow = Follow {
         store: state.store.clone(),
         job: id,
@@ -88,12 +89,12 @@ pub(super) fn wants_stream(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"))
 }
 
-async fn ensure_job(store: &Store, id: Uuid) -> ApiResult<()> {
+async fn ensure_job(store: &dyn Store, id: Uuid) -> ApiResult<()> {
     store.get_job(id).await?.map(|_| ()).ok_or_else(|| ApiError::NotFound(format!("job {id}")))
 }
 
 struct Follow {
-    store: Store,
+    store: Arc<dyn Store>,
     job: Uuid,
     /// The seq of the last event sent.
     last: i64,
@@ -171,7 +172,7 @@ fn to_sse(event: &Event) -> SseEvent {
 /// Training curves for charts: the persisted progress samples and every epoch's metrics.
 pub async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = parse_id(&id)?;
-    ensure_job(&state.store, id).await?;
+    ensure_job(&*state.store, id).await?;
     let events = state.store.events_of_types(id, &["progress", "metrics"]).await?;
     let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == "progress");
     Ok(Json(json!({

@@ -57,7 +57,7 @@ impl Limits {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     pub queue: Arc<Notify>,
     pub running: Arc<Running>,
     pub data_dir: PathBuf,

@@ -73,7 +73,7 @@ impl Running {
 /// Starts the workers and the reaper that requeues jobs of dead workers. The returned tasks
 /// end after `shutdown` turns true and their running jobs have checkpointed and been released.
 pub fn spawn(
-    store: Store,
+    store: Arc<dyn Store>,
     config: WorkerConfig,
     running: Arc<Running>,
     queue: Arc<Notify>,
@@ -124,7 +124,7 @@ pub fn spawn(
 
 struct Worker {
     id: String,
-    store: Store,
+    store: Arc<dyn Store>,
     config: WorkerConfig,
     running: Arc<Running>,
     shutdown: watch::Receiver<bool>,
