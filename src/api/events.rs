@@ -69,7 +69,7 @@ pub async fn events(
     };
     // Subscribe before reading the store: anything committed after the read is then received
     // live, and the seq check drops what both paths deliver.
-    let live = state.store.subscribe();
+    let live = state.events.subscribe();
     ensure_job(&*state.store, id).await?;
     let follow = Follow {
         store: state.store.clone(),

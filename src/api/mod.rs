@@ -20,7 +20,7 @@ use axum::Router;
 use tokio::sync::{watch, Notify};
 
 use crate::engine::DataRoot;
-use crate::store::Store;
+use crate::store::{EventHub, Store};
 use crate::worker::Running;
 
 /// The largest request body accepted (job specs are small).
@@ -58,6 +58,8 @@ impl Limits {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// Where the store publishes the events it commits.
+    pub events: EventHub,
     pub queue: Arc<Notify>,
     pub running: Arc<Running>,
     pub data_dir: PathBuf,

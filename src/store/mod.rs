@@ -1,9 +1,11 @@
 //! The service's state: jobs, their events and their artifacts, behind the [`Store`] trait.
 //! The API, the workers and the server hold an `Arc<dyn Store>` and never name a database;
 //! [`SqliteStore`] is the one implementation today (every SQL statement lives there), and a
-//! PostgreSQL one can be added beside it without touching its callers. Committed events are
-//! published to subscribers (the SSE streams) after the commit, never before.
+//! PostgreSQL one can be added beside it without touching its callers. A store publishes the
+//! events it commits to an [`EventHub`], after the commit, never before; the SSE streams
+//! subscribe to it.
 
+mod events;
 mod sqlite;
 
 use std::str::FromStr;
@@ -11,11 +13,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::spec::JobSpec;
 
+pub use events::EventHub;
 pub use sqlite::SqliteStore;
 
 /// What every [`Store`] operation returns: a boxed future, so the trait can be used as
@@ -27,9 +29,6 @@ pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 pub trait Store: Send + Sync {
     /// Readiness: the database answers and every migration this build knows is applied.
     fn ready(&self) -> StoreFuture<'_, ()>;
-
-    /// Committed events of every job, as they are committed.
-    fn subscribe(&self) -> broadcast::Receiver<Event>;
 
     /// Queues a job. With an idempotency key already used, returns that job instead.
     fn insert_job<'a>(&'a self, spec: &'a JobSpec, idempotency_key: Option<&'a str>) -> StoreFuture<'a, Inserted>;

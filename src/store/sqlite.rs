@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::{
-    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, Inserted, Job, Recovered, Status, Store, StoreError,
-    StoreFuture,
+    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, Inserted, Job, Recovered, Status, Store,
+    StoreError, StoreFuture,
 };
 use crate::spec::JobSpec;
 
@@ -21,7 +20,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    events: broadcast::Sender<Event>,
+    events: EventHub,
 }
 
 fn now_ms() -> i64 {
@@ -32,8 +31,9 @@ const JOB_COLUMNS: &str =
     "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database and applies pending migrations.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database and applies pending migrations. Committed
+    /// events go to `events`.
+    pub async fn connect(url: &str, events: EventHub) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -46,7 +46,6 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        let (events, _) = broadcast::channel(4096);
         Ok(Self { pool, events })
     }
 
@@ -59,8 +58,7 @@ impl SqliteStore {
     async fn commit(&self, tx: Transaction<'static, Sqlite>, events: Vec<Event>) -> Result<(), StoreError> {
         tx.commit().await?;
         for event in events {
-            // No subscriber is fine: the event is in the store for later readers.
-            let _ = self.events.send(event);
+            self.events.publish(event);
         }
         Ok(())
     }
@@ -90,10 +88,6 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
     }
 
     fn insert_job<'a>(&'a self, spec: &'a JobSpec, idempotency_key: Option<&'a str>) -> StoreFuture<'a, Inserted> {
@@ -557,7 +551,9 @@ mod tests {
     async fn store_with_a_job() -> (tempfile::TempDir, SqliteStore, Uuid) {
         let dir = tempfile::tempdir().unwrap();
         let store =
-            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display()), EventHub::new())
+                .await
+                .unwrap();
         let Inserted::Created(job) = store.insert_job(&tiny_spec(), None).await.unwrap() else { panic!("not created") };
         (dir, store, job.id)
     }
@@ -611,7 +607,9 @@ mod tests {
     async fn a_transaction_that_sqlite_ended_alone_does_not_poison_the_pool() {
         let dir = tempfile::tempdir().unwrap();
         let store =
-            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display()), EventHub::new())
+                .await
+                .unwrap();
         for _ in 0..3 {
             // SQLite ends the transaction (as it may on a full disk) without sqlx knowing; the
             // rollback sqlx queues on drop then fails.
