@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
 use super::{parse_id, AppState};
-use crate::store::{Event, Store};
+use crate::store::{Event, EventKind, Store};
 
 const PAGE: usize = 500;
 
@@ -165,7 +165,7 @@ impl Follow {
 fn to_sse(event: &Event) -> SseEvent {
     SseEvent::default()
         .id(event.seq.to_string())
-        .event(event.kind.clone())
+        .event(event.kind.as_str())
         .data(serde_json::to_string(event).expect("event serialises"))
 }
 
@@ -173,8 +173,8 @@ fn to_sse(event: &Event) -> SseEvent {
 pub async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = parse_id(&id)?;
     ensure_job(&*state.store, id).await?;
-    let events = state.store.events_of_types(id, &["progress", "metrics"]).await?;
-    let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == "progress");
+    let events = state.store.events_of_types(id, &[EventKind::Progress, EventKind::Metrics]).await?;
+    let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Progress);
     Ok(Json(json!({
         "steps": steps.into_iter().map(|e| e.payload).collect::<Vec<_>>(),
         "epochs": epochs.into_iter().map(|e| e.payload).collect::<Vec<_>>(),

@@ -75,13 +75,13 @@ pub trait Store: Send + Sync {
     fn delete_job(&self, id: Uuid) -> StoreFuture<'_, DeleteOutcome>;
 
     /// Appends one event (and, for progress, keeps it as the job's latest progress).
-    fn append_event<'a>(&'a self, id: Uuid, kind: &'a str, payload: serde_json::Value) -> StoreFuture<'a, Event>;
+    fn append_event(&self, id: Uuid, kind: EventKind, payload: serde_json::Value) -> StoreFuture<'_, Event>;
 
     /// Up to `limit` events after seq `after`, in order.
     fn events_after(&self, id: Uuid, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>>;
 
     /// Events of the given types, in order (for the metrics endpoint).
-    fn events_of_types<'a>(&'a self, id: Uuid, kinds: &'a [&'a str]) -> StoreFuture<'a, Vec<Event>>;
+    fn events_of_types<'a>(&'a self, id: Uuid, kinds: &'a [EventKind]) -> StoreFuture<'a, Vec<Event>>;
 
     /// Records (or replaces) a file of the job's folder.
     fn record_artifact<'a>(
@@ -168,13 +168,59 @@ pub struct Job {
     pub cancel_requested: bool,
 }
 
+/// What an event tells; its name is the event's `type` in JSON, SSE and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The job's status changed (the payload's `status`).
+    Status,
+    /// Where training is: phase, epoch, step of total steps.
+    Progress,
+    /// An epoch's losses and accuracies.
+    Metrics,
+    Log,
+    /// A checkpoint was written (and recorded as an artifact).
+    Checkpoint,
+    /// The evaluation report of a job that succeeded.
+    Report,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Status,
+        EventKind::Progress,
+        EventKind::Metrics,
+        EventKind::Log,
+        EventKind::Checkpoint,
+        EventKind::Report,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Status => "status",
+            EventKind::Progress => "progress",
+            EventKind::Metrics => "metrics",
+            EventKind::Log => "log",
+            EventKind::Checkpoint => "checkpoint",
+            EventKind::Report => "report",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EventKind::ALL.into_iter().find(|kind| kind.as_str() == s).ok_or_else(|| format!("unknown event type `{s}`"))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     #[serde(skip)]
     pub job_id: Uuid,
     pub seq: i64,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     pub payload: serde_json::Value,
     pub created_at: String,
 }
@@ -182,7 +228,7 @@ pub struct Event {
 impl Event {
     /// The status event that ends a job's stream.
     pub fn is_terminal(&self) -> bool {
-        self.kind == "status"
+        self.kind == EventKind::Status
             && self.payload["status"].as_str().and_then(|s| s.parse::<Status>().ok()).is_some_and(Status::is_terminal)
     }
 }
@@ -265,4 +311,20 @@ pub enum DeleteOutcome {
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_keep_the_names_clients_and_the_database_know() {
+        let names: Vec<_> = EventKind::ALL.iter().map(|kind| kind.as_str()).collect();
+        assert_eq!(names, ["status", "progress", "metrics", "log", "checkpoint", "report"]);
+        for kind in EventKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
+        }
+        assert!("epoch".parse::<EventKind>().is_err());
+    }
 }

@@ -10,8 +10,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{
-    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, Inserted, Job, Recovered, Status, Store,
-    StoreError, StoreFuture,
+    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, Inserted, Job, Recovered,
+    Status, Store, StoreError, StoreFuture,
 };
 use crate::spec::JobSpec;
 
@@ -114,7 +114,7 @@ impl Store for SqliteStore {
             .bind(now())
             .execute(&mut *tx)
             .await?;
-            let event = append(&mut tx, id, "status", serde_json::json!({"status": "queued"})).await?;
+            let event = append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "queued"})).await?;
             Ok(Inserted::Created(self.commit_returning_job(tx, id, vec![event]).await?))
         })
     }
@@ -175,9 +175,13 @@ impl Store for SqliteStore {
             let Some(id) = claimed else { return Ok(None) };
             let id = parse_id(&id)?;
             let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("claimed job vanished".into()))?;
-            let event =
-                append(&mut tx, id, "status", serde_json::json!({"status": "running", "attempt": job.attempts}))
-                    .await?;
+            let event = append(
+                &mut tx,
+                id,
+                EventKind::Status,
+                serde_json::json!({"status": "running", "attempt": job.attempts}),
+            )
+            .await?;
             self.commit(tx, vec![event]).await?;
             Ok(Some(job))
         })
@@ -234,7 +238,7 @@ impl Store for SqliteStore {
                     Some(error) => payload["error"] = error.as_str().into(),
                     None => payload["reason"] = abandoned.reason(status).into(),
                 }
-                events.push(append(&mut tx, id, "status", payload).await?);
+                events.push(append(&mut tx, id, EventKind::Status, payload).await?);
                 recovered.push(outcome);
             }
             self.commit(tx, events).await?;
@@ -255,7 +259,8 @@ impl Store for SqliteStore {
             let mut events = Vec::new();
             if updated.rows_affected() > 0 {
                 events.push(
-                    append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": reason})).await?,
+                    append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "queued", "reason": reason}))
+                        .await?,
                 );
             }
             self.commit(tx, events).await?;
@@ -289,13 +294,13 @@ impl Store for SqliteStore {
             let mut events = Vec::new();
             if updated.rows_affected() > 0 {
                 if let Some(report) = report {
-                    events.push(append(&mut tx, id, "report", report.clone()).await?);
+                    events.push(append(&mut tx, id, EventKind::Report, report.clone()).await?);
                 }
                 let mut payload = serde_json::json!({"status": status.as_str()});
                 if let Some(error) = error {
                     payload["error"] = error.into();
                 }
-                events.push(append(&mut tx, id, "status", payload).await?);
+                events.push(append(&mut tx, id, EventKind::Status, payload).await?);
             }
             self.commit(tx, events).await?;
             Ok(())
@@ -315,14 +320,15 @@ impl Store for SqliteStore {
                     .bind(id.to_string())
                     .execute(&mut *tx)
                     .await?;
-                let event = append(&mut tx, id, "status", serde_json::json!({"status": "cancelled"})).await?;
+                let event = append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "cancelled"})).await?;
                 return Ok(CancelOutcome::Cancelled(self.commit_returning_job(tx, id, vec![event]).await?));
             }
             sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?")
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
-            let event = append(&mut tx, id, "log", serde_json::json!({"message": "cancellation requested"})).await?;
+            let event =
+                append(&mut tx, id, EventKind::Log, serde_json::json!({"message": "cancellation requested"})).await?;
             Ok(CancelOutcome::Requested(self.commit_returning_job(tx, id, vec![event]).await?))
         })
     }
@@ -345,10 +351,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn append_event<'a>(&'a self, id: Uuid, kind: &'a str, payload: serde_json::Value) -> StoreFuture<'a, Event> {
+    fn append_event(&self, id: Uuid, kind: EventKind, payload: serde_json::Value) -> StoreFuture<'_, Event> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            if kind == "progress" {
+            if kind == EventKind::Progress {
                 sqlx::query("UPDATE jobs SET progress = ? WHERE id = ?")
                     .bind(payload.to_string())
                     .bind(id.to_string())
@@ -373,13 +379,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn events_of_types<'a>(&'a self, id: Uuid, kinds: &'a [&'a str]) -> StoreFuture<'a, Vec<Event>> {
+    fn events_of_types<'a>(&'a self, id: Uuid, kinds: &'a [EventKind]) -> StoreFuture<'a, Vec<Event>> {
         Box::pin(async move {
             let placeholders = vec!["?"; kinds.len()].join(", ");
             let sql = format!("SELECT job_id, seq, type, payload, created_at FROM events WHERE job_id = ? AND type IN ({placeholders}) ORDER BY seq");
             let mut query = sqlx::query(&sql).bind(id.to_string());
             for kind in kinds {
-                query = query.bind(*kind);
+                query = query.bind(kind.as_str());
             }
             query.fetch_all(&self.pool).await?.iter().map(event_from_row).collect()
         })
@@ -472,7 +478,7 @@ async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, 
 async fn append(
     conn: &mut sqlx::SqliteConnection,
     id: Uuid,
-    kind: &str,
+    kind: EventKind,
     payload: serde_json::Value,
 ) -> Result<Event, StoreError> {
     let created_at = now();
@@ -481,12 +487,12 @@ async fn append(
          SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM events WHERE job_id = ?1 RETURNING seq",
     )
     .bind(id.to_string())
-    .bind(kind)
+    .bind(kind.as_str())
     .bind(payload.to_string())
     .bind(&created_at)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Event { job_id: id, seq, kind: kind.to_string(), payload, created_at })
+    Ok(Event { job_id: id, seq, kind, payload, created_at })
 }
 
 async fn fetch(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -528,7 +534,7 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
     Ok(Event {
         job_id: parse_id(&row.try_get::<String, _>("job_id")?)?,
         seq: row.try_get("seq")?,
-        kind: row.try_get("type")?,
+        kind: row.try_get::<String, _>("type")?.parse().map_err(StoreError::Corrupt)?,
         payload: json_column(row, "payload")?.unwrap_or_default(),
         created_at: row.try_get("created_at")?,
     })
