@@ -4,6 +4,7 @@
 mod artifacts;
 pub mod error;
 mod events;
+mod extract;
 mod health;
 mod jobs;
 
@@ -171,8 +172,4 @@ fn streams_long(request: &Request) -> bool {
         Some(DOWNLOAD) => request.method() == Method::GET,
         _ => false,
     }
-}
-
-fn parse_id(text: &str) -> error::ApiResult<uuid::Uuid> {
-    uuid::Uuid::parse_str(text).map_err(|_| error::ApiError::NotFound(format!("job `{text}`")))
 }
