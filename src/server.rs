@@ -20,7 +20,7 @@ use crate::api::{self, AppState, Limits};
 use crate::config::ServeConfig;
 use crate::engine::DataRoot;
 use crate::layout;
-use crate::store::{Abandoned, Store};
+use crate::store::{Abandoned, EventHub, SqliteStore, Store};
 use crate::worker::{self, Running, WorkerConfig};
 
 pub fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -92,7 +92,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
     }
     let lock = lock_data_dir(&config.data_dir)?;
-    let store = Store::connect(&config.database_url()).await.context("opening the database")?;
+    let events = EventHub::new();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::connect(&config.database_url(), events.clone()).await.context("opening the database")?);
     // Under the lock no other process runs jobs from this data directory: whatever is still
     // marked running was left by a process that died, and need not wait for its lease.
     let recovered = store
@@ -123,6 +125,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     );
     let state = AppState {
         store,
+        events,
         queue,
         running,
         data_dir: config.data_dir.clone(),

@@ -7,18 +7,19 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::error::{ApiError, ApiResult};
-use super::{parse_id, AppState};
+use super::extract::JobId;
+use super::AppState;
 use crate::engine::job::REPORT_FILE;
 use crate::layout::job_dir;
 use crate::store::Status;
 
-pub async fn report(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let id = parse_id(&id)?;
+pub async fn report(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Response> {
     let job = state.store.get_job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     if job.status != Status::Succeeded {
         return Err(ApiError::Conflict {
@@ -32,8 +33,7 @@ pub async fn report(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-pub async fn list(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let id = parse_id(&id)?;
+pub async fn list(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<serde_json::Value>> {
     state.store.get_job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     let artifacts = state.store.artifacts(id).await?;
     let data: Vec<_> = artifacts
@@ -48,12 +48,18 @@ pub async fn list(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
     Ok(Json(json!({ "data": data })))
 }
 
+/// The rest of `/v1/jobs/{id}/artifacts/{name}`.
+#[derive(Deserialize)]
+pub struct ArtifactPath {
+    name: String,
+}
+
 pub async fn download(
     State(state): State<AppState>,
-    Path((id, name)): Path<(String, String)>,
+    JobId(id): JobId,
+    Path(ArtifactPath { name }): Path<ArtifactPath>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = parse_id(&id)?;
     // Only names the store recorded are served, so a name can never walk out of the job folder.
     let artifact = state
         .store

@@ -2,11 +2,12 @@
 //! `Last-Event-ID` and then follows new events, without gap or duplicate; and the training
 //! curves built from it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -18,44 +19,44 @@ use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::{parse_id, AppState};
-use crate::store::{Event, Store};
+use super::extract::{FromQuery, JobId, Query, QueryParams};
+use super::AppState;
+use crate::store::{Event, EventKind, Store};
 
 const PAGE: usize = 500;
 
+/// `GET /v1/jobs/{id}/events?after=&limit=`.
+pub struct EventsQuery {
+    /// The seq of the last event the client has (0: none).
+    after: i64,
+    /// The size of a JSON page, or why it is wrong: only a page reads it, a stream ignores it.
+    limit: ApiResult<usize>,
+}
+
+impl FromQuery for EventsQuery {
+    const NAMES: &'static [&'static str] = &["after", "limit"];
+
+    fn from_query(params: &QueryParams) -> ApiResult<Self> {
+        let after = params.get("after", |a| {
+            a.parse().ok().filter(|a| *a >= 0).ok_or_else(|| "must be an event seq (integer ≥ 0)".to_string())
+        })?;
+        let limit = params.get("limit", |l| {
+            l.parse().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| "must be within [1, 1000]".to_string())
+        });
+        Ok(EventsQuery { after: after.unwrap_or(0), limit: limit.map(|l| l.unwrap_or(PAGE)) })
+    }
+}
+
 pub async fn events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    JobId(id): JobId,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<EventsQuery>,
 ) -> ApiResult<Response> {
-    let id = parse_id(&id)?;
-    if let Some(unknown) = query.keys().find(|k| !["after", "limit"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            unknown,
-            "unknown query parameter; expected after or limit",
-        ));
-    }
-    let after = match query.get("after") {
-        Some(a) => a
-            .parse::<i64>()
-            .ok()
-            .filter(|a| *a >= 0)
-            .ok_or_else(|| ApiError::bad_request("invalid_query", "after", "must be an event seq (integer ≥ 0)"))?,
-        None => 0,
-    };
     if !wants_stream(&headers) {
-        let limit = match query.get("limit") {
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|l| (1..=1000).contains(l))
-                .ok_or_else(|| ApiError::bad_request("invalid_query", "limit", "must be within [1, 1000]"))?,
-            None => PAGE,
-        };
-        ensure_job(&state.store, id).await?;
-        let mut data = state.store.events_after(id, after, limit + 1).await?;
+        let limit = query.limit?;
+        ensure_job(&*state.store, id).await?;
+        let mut data = state.store.events_after(id, query.after, limit + 1).await?;
         let has_more = data.len() > limit;
         data.truncate(limit);
         return Ok(Json(json!({"data": data, "has_more": has_more})).into_response());
@@ -64,12 +65,12 @@ pub async fn events(
         Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()).filter(|v| *v >= 0).ok_or_else(|| {
             ApiError::bad_request("invalid_header", "Last-Event-ID", "must be the seq of an event (integer ≥ 0)")
         })?,
-        None => after,
+        None => query.after,
     };
     // Subscribe before reading the store: anything committed after the read is then received
     // live, and the seq check drops what both paths deliver.
-    let live = state.store.subscribe();
-    ensure_job(&state.store, id).await?;
+    let live = state.events.subscribe();
+    ensure_job(&*state.store, id).await?;
     let follow = Follow {
         store: state.store.clone(),
         job: id,
@@ -88,12 +89,12 @@ pub(super) fn wants_stream(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"))
 }
 
-async fn ensure_job(store: &Store, id: Uuid) -> ApiResult<()> {
+async fn ensure_job(store: &dyn Store, id: Uuid) -> ApiResult<()> {
     store.get_job(id).await?.map(|_| ()).ok_or_else(|| ApiError::NotFound(format!("job {id}")))
 }
 
 struct Follow {
-    store: Store,
+    store: Arc<dyn Store>,
     job: Uuid,
     /// The seq of the last event sent.
     last: i64,
@@ -164,16 +165,15 @@ impl Follow {
 fn to_sse(event: &Event) -> SseEvent {
     SseEvent::default()
         .id(event.seq.to_string())
-        .event(event.kind.clone())
+        .event(event.kind.as_str())
         .data(serde_json::to_string(event).expect("event serialises"))
 }
 
 /// Training curves for charts: the persisted progress samples and every epoch's metrics.
-pub async fn metrics(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let id = parse_id(&id)?;
-    ensure_job(&state.store, id).await?;
-    let events = state.store.events_of_types(id, &["progress", "metrics"]).await?;
-    let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == "progress");
+pub async fn metrics(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<serde_json::Value>> {
+    ensure_job(&*state.store, id).await?;
+    let events = state.store.events_of_types(id, &[EventKind::Progress, EventKind::Metrics]).await?;
+    let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Progress);
     Ok(Json(json!({
         "steps": steps.into_iter().map(|e| e.payload).collect::<Vec<_>>(),
         "epochs": epochs.into_iter().map(|e| e.payload).collect::<Vec<_>>(),

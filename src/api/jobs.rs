@@ -1,16 +1,16 @@
 //! Job resources: submit, list, show, cancel, delete.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::json;
+use uuid::Uuid;
 
 use super::error::{ApiError, ApiResult};
-use super::{parse_id, AppState};
+use super::extract::{FromQuery, JobId, Query, QueryParams};
+use super::AppState;
 use crate::store::{CancelOutcome, DeleteOutcome, Inserted, Job, Status};
 use crate::{engine, spec};
 
@@ -90,45 +90,44 @@ fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, J
     Ok((StatusCode::OK, Json(job)))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
-) -> ApiResult<Json<serde_json::Value>> {
-    if let Some(unknown) = query.keys().find(|k| !["status", "limit", "after"].contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            unknown,
-            "unknown query parameter; expected status, limit or after",
-        ));
-    }
-    let status = query
-        .get("status")
-        .map(|s| s.parse::<Status>().map_err(|m| ApiError::bad_request("invalid_query", "status", m)))
-        .transpose()?;
-    let limit = match query.get("limit") {
-        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_PAGE).contains(l)).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", "limit", format!("must be an integer within [1, {MAX_PAGE}]"))
-        })?,
-        None => 20,
-    };
-    let after = query
-        .get("after")
-        .map(|a| {
-            uuid::Uuid::parse_str(a).map_err(|_| ApiError::bad_request("invalid_query", "after", "must be a job id"))
+/// `GET /v1/jobs?status=&limit=&after=`.
+pub struct ListQuery {
+    status: Option<Status>,
+    limit: usize,
+    /// The last id of the previous page.
+    after: Option<Uuid>,
+}
+
+impl FromQuery for ListQuery {
+    const NAMES: &'static [&'static str] = &["status", "limit", "after"];
+
+    fn from_query(params: &QueryParams) -> ApiResult<Self> {
+        Ok(ListQuery {
+            status: params.get("status", str::parse)?,
+            limit: params
+                .get("limit", |l| {
+                    l.parse()
+                        .ok()
+                        .filter(|l| (1..=MAX_PAGE).contains(l))
+                        .ok_or_else(|| format!("must be an integer within [1, {MAX_PAGE}]"))
+                })?
+                .unwrap_or(20),
+            after: params.get("after", |a| Uuid::parse_str(a).map_err(|_| "must be a job id".to_string()))?,
         })
-        .transpose()?;
-    let (jobs, has_more) = state.store.list_jobs(status, after, limit).await?;
+    }
+}
+
+pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let (jobs, has_more) = state.store.list_jobs(query.status, query.after, query.limit).await?;
     Ok(Json(json!({"data": jobs, "has_more": has_more})))
 }
 
-pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    let id = parse_id(&id)?;
+pub async fn show(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<Job>> {
     let job = state.store.get_job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     Ok(Json(job))
 }
 
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Job>)> {
-    let id = parse_id(&id)?;
+pub async fn cancel(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<(StatusCode, Json<Job>)> {
     match state.store.request_cancel(id).await? {
         CancelOutcome::NotFound => Err(ApiError::NotFound(format!("job {id}"))),
         CancelOutcome::AlreadyFinished(job) => Err(ApiError::Conflict {
@@ -143,8 +142,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     }
 }
 
-pub async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let id = parse_id(&id)?;
+pub async fn remove(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<StatusCode> {
     match state.store.delete_job(id).await? {
         DeleteOutcome::NotFound => Err(ApiError::NotFound(format!("job {id}"))),
         DeleteOutcome::NotFinished(status) => Err(ApiError::Conflict {

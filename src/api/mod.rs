@@ -4,6 +4,7 @@
 mod artifacts;
 pub mod error;
 mod events;
+mod extract;
 mod health;
 mod jobs;
 
@@ -20,7 +21,7 @@ use axum::Router;
 use tokio::sync::{watch, Notify};
 
 use crate::engine::DataRoot;
-use crate::store::Store;
+use crate::store::{EventHub, Store};
 use crate::worker::Running;
 
 /// The largest request body accepted (job specs are small).
@@ -57,7 +58,9 @@ impl Limits {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
+    pub store: Arc<dyn Store>,
+    /// Where the store publishes the events it commits.
+    pub events: EventHub,
     pub queue: Arc<Notify>,
     pub running: Arc<Running>,
     pub data_dir: PathBuf,
@@ -169,8 +172,4 @@ fn streams_long(request: &Request) -> bool {
         Some(DOWNLOAD) => request.method() == Method::GET,
         _ => false,
     }
-}
-
-fn parse_id(text: &str) -> error::ApiResult<uuid::Uuid> {
-    uuid::Uuid::parse_str(text).map_err(|_| error::ApiError::NotFound(format!("job `{text}`")))
 }

@@ -1,19 +1,108 @@
-//! Every SQL statement of the service, behind typed functions. SQLite in WAL mode; writes that
-//! must go together run in one `BEGIN IMMEDIATE` transaction. Committed events are published to
-//! subscribers (the SSE streams) after the commit, never before.
+//! The service's state: jobs, their events and their artifacts, behind the [`Store`] trait.
+//! The API, the workers and the server hold an `Arc<dyn Store>` and never name a database;
+//! [`SqliteStore`] is the one implementation today (every SQL statement lives there), and a
+//! PostgreSQL one can be added beside it without touching its callers. A store publishes the
+//! events it commits to an [`EventHub`], after the commit, never before; the SSE streams
+//! subscribe to it.
+
+mod events;
+mod sqlite;
 
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::spec::JobSpec;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub use events::EventHub;
+pub use sqlite::SqliteStore;
+
+/// What every [`Store`] operation returns: a boxed future, so the trait can be used as
+/// `dyn Store`.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// Where jobs, events and artifacts are kept. Writes that must go together are atomic: a job's
+/// status change and its status event are committed together or not at all.
+pub trait Store: Send + Sync {
+    /// Readiness: the database answers and every migration this build knows is applied.
+    fn ready(&self) -> StoreFuture<'_, ()>;
+
+    /// Queues a job. With an idempotency key already used, returns that job instead.
+    fn insert_job<'a>(&'a self, spec: &'a JobSpec, idempotency_key: Option<&'a str>) -> StoreFuture<'a, Inserted>;
+
+    fn job_by_idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Job>>;
+
+    fn get_job(&self, id: Uuid) -> StoreFuture<'_, Option<Job>>;
+
+    /// Newest first; `after` is the last id of the previous page. Also says whether more follow.
+    fn list_jobs(&self, status: Option<Status>, after: Option<Uuid>, limit: usize)
+        -> StoreFuture<'_, (Vec<Job>, bool)>;
+
+    /// Takes the oldest queued job for `worker`, with a lease of `lease`.
+    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration) -> StoreFuture<'a, Option<Job>>;
+
+    /// Extends the lease. Returns whether cancellation was requested, or `None` when this
+    /// worker no longer holds the job.
+    fn heartbeat<'a>(&'a self, id: Uuid, worker: &'a str, lease: Duration) -> StoreFuture<'a, Option<bool>>;
+
+    /// Takes back running jobs whose process died: with `Abandoned::LeaseExpired`, those whose
+    /// lease ran out; with `Abandoned::AllRunning` (at start-up, when this process holds the
+    /// data-dir lock and so is the only one), every running job. Each goes back to the queue to
+    /// resume from its checkpoint, unless cancellation was asked for (then it is cancelled) or
+    /// the process has now died `max_crashes` times while running it (then it fails).
+    fn recover_abandoned(&self, abandoned: Abandoned, max_crashes: u32) -> StoreFuture<'_, Vec<Recovered>>;
+
+    /// Returns a job this worker holds to the queue (shutdown): it resumes from its checkpoint.
+    fn release<'a>(&'a self, id: Uuid, worker: &'a str, reason: &'a str) -> StoreFuture<'a, ()>;
+
+    /// Records a job's end: status, error or result, and the final status event, together.
+    fn finish<'a>(
+        &'a self,
+        id: Uuid,
+        worker: &'a str,
+        status: Status,
+        error: Option<&'a str>,
+        result: Option<&'a serde_json::Value>,
+        report: Option<&'a serde_json::Value>,
+    ) -> StoreFuture<'a, ()>;
+
+    fn request_cancel(&self, id: Uuid) -> StoreFuture<'_, CancelOutcome>;
+
+    /// Deletes a finished job with its events and artifact records.
+    fn delete_job(&self, id: Uuid) -> StoreFuture<'_, DeleteOutcome>;
+
+    /// Appends one event (and, for progress, keeps it as the job's latest progress).
+    fn append_event(&self, id: Uuid, kind: EventKind, payload: serde_json::Value) -> StoreFuture<'_, Event>;
+
+    /// Up to `limit` events after seq `after`, in order.
+    fn events_after(&self, id: Uuid, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>>;
+
+    /// Events of the given types, in order (for the metrics endpoint).
+    fn events_of_types<'a>(&'a self, id: Uuid, kinds: &'a [EventKind]) -> StoreFuture<'a, Vec<Event>>;
+
+    /// Records (or replaces) a file of the job's folder.
+    fn record_artifact<'a>(
+        &'a self,
+        id: Uuid,
+        name: &'a str,
+        size_bytes: u64,
+        sha256: &'a str,
+        content_type: &'a str,
+    ) -> StoreFuture<'a, ()>;
+
+    fn delete_artifacts(&self, id: Uuid) -> StoreFuture<'_, ()>;
+
+    /// A job's artifacts, by name.
+    fn artifacts(&self, id: Uuid) -> StoreFuture<'_, Vec<Artifact>>;
+
+    fn artifact<'a>(&'a self, id: Uuid, name: &'a str) -> StoreFuture<'a, Option<Artifact>>;
+
+    /// How many jobs are in each status, every status listed.
+    fn count_by_status(&self) -> StoreFuture<'_, Vec<(Status, i64)>>;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,13 +168,59 @@ pub struct Job {
     pub cancel_requested: bool,
 }
 
+/// What an event tells; its name is the event's `type` in JSON, SSE and the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The job's status changed (the payload's `status`).
+    Status,
+    /// Where training is: phase, epoch, step of total steps.
+    Progress,
+    /// An epoch's losses and accuracies.
+    Metrics,
+    Log,
+    /// A checkpoint was written (and recorded as an artifact).
+    Checkpoint,
+    /// The evaluation report of a job that succeeded.
+    Report,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Status,
+        EventKind::Progress,
+        EventKind::Metrics,
+        EventKind::Log,
+        EventKind::Checkpoint,
+        EventKind::Report,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Status => "status",
+            EventKind::Progress => "progress",
+            EventKind::Metrics => "metrics",
+            EventKind::Log => "log",
+            EventKind::Checkpoint => "checkpoint",
+            EventKind::Report => "report",
+        }
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        EventKind::ALL.into_iter().find(|kind| kind.as_str() == s).ok_or_else(|| format!("unknown event type `{s}`"))
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     #[serde(skip)]
     pub job_id: Uuid,
     pub seq: i64,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     pub payload: serde_json::Value,
     pub created_at: String,
 }
@@ -93,7 +228,7 @@ pub struct Event {
 impl Event {
     /// The status event that ends a job's stream.
     pub fn is_terminal(&self) -> bool {
-        self.kind == "status"
+        self.kind == EventKind::Status
             && self.payload["status"].as_str().and_then(|s| s.parse::<Status>().ok()).is_some_and(Status::is_terminal)
     }
 }
@@ -174,579 +309,22 @@ pub enum DeleteOutcome {
     Deleted,
 }
 
-#[derive(Clone)]
-pub struct Store {
-    pool: SqlitePool,
-    events: broadcast::Sender<Event>,
-}
-
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-const JOB_COLUMNS: &str =
-    "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
-
-impl Store {
-    /// Opens (creating if needed) the database and applies pending migrations.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .after_release(|conn, _| Box::pin(outside_transaction(conn)))
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        let (events, _) = broadcast::channel(4096);
-        Ok(Self { pool, events })
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
-    }
-
-    /// Readiness: the database answers and every migration this build knows is applied.
-    pub async fn ready(&self) -> Result<(), StoreError> {
-        let applied: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1").fetch_one(&self.pool).await?;
-        let known = MIGRATOR.iter().count() as i64;
-        if applied < known {
-            return Err(StoreError::Corrupt(format!("{applied} of {known} migrations applied")));
-        }
-        Ok(())
-    }
-
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    /// Commits, then publishes the events the transaction stored: subscribers never see an
-    /// event that could still be rolled back.
-    async fn commit(&self, tx: Transaction<'static, Sqlite>, events: Vec<Event>) -> Result<(), StoreError> {
-        tx.commit().await?;
-        for event in events {
-            // No subscriber is fine: the event is in the store for later readers.
-            let _ = self.events.send(event);
-        }
-        Ok(())
-    }
-
-    pub async fn insert_job(&self, spec: &JobSpec, idempotency_key: Option<&str>) -> Result<Inserted, StoreError> {
-        let mut tx = self.begin().await?;
-        if let Some(key) = idempotency_key {
-            let existing = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = existing {
-                return Ok(Inserted::Existing(job_from_row(&row)?));
-            }
-        }
-        let id = Uuid::now_v7();
-        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at) VALUES (?, ?, ?, 'queued', ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(spec.display_name())
-        .bind(spec_json)
-        .bind(idempotency_key)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-        let event = append(&mut tx, id, "status", serde_json::json!({"status": "queued"})).await?;
-        Ok(Inserted::Created(self.commit_returning_job(tx, id, vec![event]).await?))
-    }
-
-    pub async fn job_by_idempotency_key(&self, key: &str) -> Result<Option<Job>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(job_from_row).transpose()
-    }
-
-    pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        fetch(&mut conn, id).await
-    }
-
-    /// Newest first; `after` is the last id of the previous page.
-    pub async fn list_jobs(
-        &self,
-        status: Option<Status>,
-        after: Option<Uuid>,
-        limit: usize,
-    ) -> Result<(Vec<Job>, bool), StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
-        ))
-        .bind(status.map(Status::as_str))
-        .bind(after.map(|a| a.to_string()))
-        .bind(limit as i64 + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
-        let has_more = jobs.len() > limit;
-        jobs.truncate(limit);
-        Ok((jobs, has_more))
-    }
-
-    /// Takes the oldest queued job for `worker`, with a lease of `lease`.
-    pub async fn claim_next(&self, worker: &str, lease: Duration) -> Result<Option<Job>, StoreError> {
-        let mut tx = self.begin().await?;
-        let claimed: Option<String> = sqlx::query_scalar(
-            "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_ms = ?2, attempts = attempts + 1,
-                    started_at = COALESCE(started_at, ?3), error = NULL
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
-             RETURNING id",
-        )
-        .bind(worker)
-        .bind(now_ms() + lease.as_millis() as i64)
-        .bind(now())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(id) = claimed else { return Ok(None) };
-        let id = parse_id(&id)?;
-        let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("claimed job vanished".into()))?;
-        let event =
-            append(&mut tx, id, "status", serde_json::json!({"status": "running", "attempt": job.attempts})).await?;
-        self.commit(tx, vec![event]).await?;
-        Ok(Some(job))
-    }
-
-    /// Extends the lease. Returns whether cancellation was requested, or `None` when this
-    /// worker no longer holds the job.
-    pub async fn heartbeat(&self, id: Uuid, worker: &str, lease: Duration) -> Result<Option<bool>, StoreError> {
-        let cancel: Option<bool> = sqlx::query_scalar(
-            "UPDATE jobs SET lease_expires_ms = ? WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING cancel_requested",
-        )
-        .bind(now_ms() + lease.as_millis() as i64)
-        .bind(id.to_string())
-        .bind(worker)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(cancel)
-    }
-
-    /// Takes back running jobs whose process died: with `Abandoned::LeaseExpired`, those whose
-    /// lease ran out; with `Abandoned::AllRunning` (at start-up, when this process holds the
-    /// data-dir lock and so is the only one), every running job. Each goes back to the queue to
-    /// resume from its checkpoint, unless cancellation was asked for (then it is cancelled) or
-    /// the process has now died `max_crashes` times while running it (then it fails).
-    pub async fn recover_abandoned(
-        &self,
-        abandoned: Abandoned,
-        max_crashes: u32,
-    ) -> Result<Vec<Recovered>, StoreError> {
-        let mut tx = self.begin().await?;
-        let deadline = match abandoned {
-            Abandoned::LeaseExpired => now_ms(),
-            Abandoned::AllRunning => i64::MAX,
-        };
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "UPDATE jobs SET crashes = crashes + 1, lease_owner = NULL, lease_expires_ms = NULL
-             WHERE status = 'running' AND lease_expires_ms < ? RETURNING id, crashes, cancel_requested",
-        )
-        .bind(deadline)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut events = Vec::new();
-        let mut recovered = Vec::new();
-        for (id, crashes, cancel_requested) in rows {
-            let id = parse_id(&id)?;
-            let outcome = Recovered::decide(id, crashes, cancel_requested != 0, max_crashes);
-            let (status, error) = match &outcome {
-                Recovered::Requeued(_) => (Status::Queued, None),
-                Recovered::Cancelled(_) => (Status::Cancelled, None),
-                Recovered::Failed(_, error) => (Status::Failed, Some(error.clone())),
-            };
-            let finished = status.is_terminal().then(now);
-            sqlx::query("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?")
-                .bind(status.as_str())
-                .bind(&error)
-                .bind(finished)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            let mut payload = serde_json::json!({"status": status.as_str()});
-            match &error {
-                Some(error) => payload["error"] = error.as_str().into(),
-                None => payload["reason"] = abandoned.reason(status).into(),
-            }
-            events.push(append(&mut tx, id, "status", payload).await?);
-            recovered.push(outcome);
-        }
-        self.commit(tx, events).await?;
-        Ok(recovered)
-    }
-
-    /// Returns a job this worker holds to the queue (shutdown): it resumes from its checkpoint.
-    pub async fn release(&self, id: Uuid, worker: &str, reason: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
-        )
-        .bind(id.to_string())
-        .bind(worker)
-        .execute(&mut *tx)
-        .await?;
-        let mut events = Vec::new();
-        if updated.rows_affected() > 0 {
-            events
-                .push(append(&mut tx, id, "status", serde_json::json!({"status": "queued", "reason": reason})).await?);
-        }
-        self.commit(tx, events).await?;
-        Ok(())
-    }
-
-    /// Records a job's end: status, error or result, and the final status event, together.
-    pub async fn finish(
-        &self,
-        id: Uuid,
-        worker: &str,
-        status: Status,
-        error: Option<&str>,
-        result: Option<&serde_json::Value>,
-        report: Option<&serde_json::Value>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_owner = NULL, lease_expires_ms = NULL
-             WHERE id = ? AND lease_owner = ? AND status = 'running'",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(result.map(|r| r.to_string()))
-        .bind(now())
-        .bind(id.to_string())
-        .bind(worker)
-        .execute(&mut *tx)
-        .await?;
-        let mut events = Vec::new();
-        if updated.rows_affected() > 0 {
-            if let Some(report) = report {
-                events.push(append(&mut tx, id, "report", report.clone()).await?);
-            }
-            let mut payload = serde_json::json!({"status": status.as_str()});
-            if let Some(error) = error {
-                payload["error"] = error.into();
-            }
-            events.push(append(&mut tx, id, "status", payload).await?);
-        }
-        self.commit(tx, events).await?;
-        Ok(())
-    }
-
-    pub async fn request_cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
-        let mut tx = self.begin().await?;
-        let Some(job) = fetch(&mut tx, id).await? else { return Ok(CancelOutcome::NotFound) };
-        if job.status.is_terminal() {
-            return Ok(CancelOutcome::AlreadyFinished(job));
-        }
-        if job.status == Status::Queued {
-            sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ? WHERE id = ?")
-                .bind(now())
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-            let event = append(&mut tx, id, "status", serde_json::json!({"status": "cancelled"})).await?;
-            return Ok(CancelOutcome::Cancelled(self.commit_returning_job(tx, id, vec![event]).await?));
-        }
-        sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
-        let event = append(&mut tx, id, "log", serde_json::json!({"message": "cancellation requested"})).await?;
-        Ok(CancelOutcome::Requested(self.commit_returning_job(tx, id, vec![event]).await?))
-    }
-
-    /// Commits (see [`Store::commit`]) and returns the job as committed.
-    async fn commit_returning_job(
-        &self,
-        mut tx: Transaction<'static, Sqlite>,
-        id: Uuid,
-        events: Vec<Event>,
-    ) -> Result<Job, StoreError> {
-        let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?;
-        self.commit(tx, events).await?;
-        Ok(job)
-    }
-
-    pub async fn delete_job(&self, id: Uuid) -> Result<DeleteOutcome, StoreError> {
-        let mut tx = self.begin().await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
-        let status: Status = status.parse().map_err(StoreError::Corrupt)?;
-        if !status.is_terminal() {
-            return Ok(DeleteOutcome::NotFinished(status));
-        }
-        sqlx::query("DELETE FROM jobs WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(DeleteOutcome::Deleted)
-    }
-
-    /// Appends one event (and, for progress, keeps it as the job's latest progress).
-    pub async fn append_event(&self, id: Uuid, kind: &str, payload: serde_json::Value) -> Result<Event, StoreError> {
-        let mut tx = self.begin().await?;
-        if kind == "progress" {
-            sqlx::query("UPDATE jobs SET progress = ? WHERE id = ?")
-                .bind(payload.to_string())
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let event = append(&mut tx, id, kind, payload).await?;
-        self.commit(tx, vec![event.clone()]).await?;
-        Ok(event)
-    }
-
-    pub async fn events_after(&self, id: Uuid, after: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query("SELECT job_id, seq, type, payload, created_at FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?")
-            .bind(id.to_string())
-            .bind(after)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(event_from_row).collect()
-    }
-
-    /// Events of the given types, in order (for the metrics endpoint).
-    pub async fn events_of_types(&self, id: Uuid, kinds: &[&str]) -> Result<Vec<Event>, StoreError> {
-        let placeholders = vec!["?"; kinds.len()].join(", ");
-        let sql = format!("SELECT job_id, seq, type, payload, created_at FROM events WHERE job_id = ? AND type IN ({placeholders}) ORDER BY seq");
-        let mut query = sqlx::query(&sql).bind(id.to_string());
-        for kind in kinds {
-            query = query.bind(*kind);
-        }
-        query.fetch_all(&self.pool).await?.iter().map(event_from_row).collect()
-    }
-
-    pub async fn record_artifact(
-        &self,
-        id: Uuid,
-        name: &str,
-        size_bytes: u64,
-        sha256: &str,
-        content_type: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO artifacts (job_id, name, size_bytes, sha256, content_type, created_at) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT (job_id, name) DO UPDATE SET size_bytes = excluded.size_bytes, sha256 = excluded.sha256, created_at = excluded.created_at",
-        )
-        .bind(id.to_string())
-        .bind(name)
-        .bind(size_bytes as i64)
-        .bind(sha256)
-        .bind(content_type)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn delete_artifacts(&self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM artifacts WHERE job_id = ?").bind(id.to_string()).execute(&self.pool).await?;
-        Ok(())
-    }
-
-    pub async fn artifacts(&self, id: Uuid) -> Result<Vec<Artifact>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? ORDER BY name",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(artifact_from_row).collect()
-    }
-
-    pub async fn artifact(&self, id: Uuid, name: &str) -> Result<Option<Artifact>, StoreError> {
-        let row = sqlx::query(
-            "SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? AND name = ?",
-        )
-        .bind(id.to_string())
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(artifact_from_row).transpose()
-    }
-
-    pub async fn count_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
-        let mut counts: Vec<(Status, i64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
-        for row in rows {
-            let status: Status = row.try_get::<String, _>("status")?.parse().map_err(StoreError::Corrupt)?;
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
-                slot.1 = row.try_get("n")?;
-            }
-        }
-        Ok(counts)
-    }
-}
-
-/// Whether a connection going back to the pool is outside any transaction. A COMMIT or statement
-/// that fails for lack of disk space can end SQLite's transaction behind sqlx's back; the
-/// rollback sqlx then queues fails, and the connection would keep a transaction depth of 1, so
-/// every later `BEGIN` on it fails. Such a connection is closed instead (`false`), and the pool
-/// opens a fresh one.
-async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
-    // Runs any rollback queued by a dropped transaction first: commands run in order.
-    sqlx::Connection::ping(conn).await?;
-    Ok(<<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::get_transaction_depth(conn) == 0)
-}
-
-async fn append(
-    conn: &mut sqlx::SqliteConnection,
-    id: Uuid,
-    kind: &str,
-    payload: serde_json::Value,
-) -> Result<Event, StoreError> {
-    let created_at = now();
-    let seq: i64 = sqlx::query_scalar(
-        "INSERT INTO events (job_id, seq, type, payload, created_at)
-         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM events WHERE job_id = ?1 RETURNING seq",
-    )
-    .bind(id.to_string())
-    .bind(kind)
-    .bind(payload.to_string())
-    .bind(&created_at)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Event { job_id: id, seq, kind: kind.to_string(), payload, created_at })
-}
-
-async fn fetch(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Option<Job>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(job_from_row).transpose()
-}
-
-fn parse_id(text: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("bad id {text}: {e}")))
-}
-
-fn json_column(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, StoreError> {
-    let text: Option<String> = row.try_get(column)?;
-    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))).transpose()
-}
-
-fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
-    let spec: String = row.try_get("spec")?;
-    Ok(Job {
-        id: parse_id(&row.try_get::<String, _>("id")?)?,
-        name: row.try_get("name")?,
-        status: row.try_get::<String, _>("status")?.parse().map_err(StoreError::Corrupt)?,
-        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
-        progress: json_column(row, "progress")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        error: row.try_get("error")?,
-        result: json_column(row, "result")?,
-        attempts: row.try_get("attempts")?,
-        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
-    Ok(Event {
-        job_id: parse_id(&row.try_get::<String, _>("job_id")?)?,
-        seq: row.try_get("seq")?,
-        kind: row.try_get("type")?,
-        payload: json_column(row, "payload")?.unwrap_or_default(),
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn artifact_from_row(row: &SqliteRow) -> Result<Artifact, StoreError> {
-    Ok(Artifact {
-        name: row.try_get("name")?,
-        size_bytes: row.try_get("size_bytes")?,
-        sha256: row.try_get("sha256")?,
-        content_type: row.try_get("content_type")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    async fn store_with_a_job() -> (tempfile::TempDir, Store, Uuid) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
-        let Inserted::Created(job) = store.insert_job(&tiny_spec(), None).await.unwrap() else { panic!("not created") };
-        (dir, store, job.id)
-    }
-
-    fn tiny_spec() -> JobSpec {
-        serde_json::from_value(serde_json::json!({
-            "dataset": {"source": "builtin:digits"},
-            "teacher": {"arch": {"kind": "mlp", "hidden": [8]}, "train": {"epochs": 1}},
-            "student": {"arch": {"kind": "mlp", "hidden": [4]}},
-            "distill": {"temperature": 4.0, "alpha": 0.7},
-            "training": {"epochs": 1, "batch_size": 8, "optimizer": {"kind": "adamw", "lr": 0.001}}
-        }))
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn a_job_that_keeps_killing_the_process_fails_instead_of_looping() {
-        let (_dir, store, id) = store_with_a_job().await;
-        for crash in 1..=3 {
-            let claimed = store.claim_next("worker", Duration::from_secs(60)).await.unwrap();
-            assert_eq!(claimed.map(|j| j.id), Some(id), "crash {crash}: the job is claimable");
-            let recovered = store.recover_abandoned(Abandoned::AllRunning, 3).await.unwrap();
-            match crash {
-                3 => assert!(
-                    matches!(&recovered[..], [Recovered::Failed(job, why)] if *job == id && why.contains("stopped 3 times"))
-                ),
-                _ => assert_eq!(recovered, vec![Recovered::Requeued(id)]),
-            }
+    #[test]
+    fn event_kinds_keep_the_names_clients_and_the_database_know() {
+        let names: Vec<_> = EventKind::ALL.iter().map(|kind| kind.as_str()).collect();
+        assert_eq!(names, ["status", "progress", "metrics", "log", "checkpoint", "report"]);
+        for kind in EventKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+            assert_eq!(kind.as_str().parse::<EventKind>(), Ok(kind));
         }
-        let job = store.get_job(id).await.unwrap().unwrap();
-        assert_eq!(job.status, Status::Failed);
-        assert!(job.error.unwrap().contains("not retried"));
-        assert!(
-            store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none(),
-            "a failed job is never claimed"
-        );
-    }
-
-    #[tokio::test]
-    async fn cancelling_a_job_whose_process_died_wins_over_the_requeue() {
-        let (_dir, store, id) = store_with_a_job().await;
-        store.claim_next("worker", Duration::from_millis(1)).await.unwrap().unwrap();
-        assert!(matches!(store.request_cancel(id).await.unwrap(), CancelOutcome::Requested(_)));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
-        assert_eq!(store.get_job(id).await.unwrap().unwrap().status, Status::Cancelled);
-        assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_transaction_that_sqlite_ended_alone_does_not_poison_the_pool() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
-        for _ in 0..3 {
-            // SQLite ends the transaction (as it may on a full disk) without sqlx knowing; the
-            // rollback sqlx queues on drop then fails.
-            let mut tx = store.begin().await.unwrap();
-            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
-            drop(tx);
-            assert!(matches!(store.insert_job(&tiny_spec(), None).await, Ok(Inserted::Created(_))));
-        }
-        assert_eq!(store.list_jobs(None, None, 10).await.unwrap().0.len(), 3);
+        assert!("epoch".parse::<EventKind>().is_err());
     }
 }

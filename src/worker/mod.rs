@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::engine::{self, Control, DataRoot, EngineError, EngineEvent, RunOutput};
 use crate::layout;
-use crate::store::{Abandoned, Job, Status, Store};
+use crate::store::{Abandoned, EventKind, Job, Status, Store};
 
 /// Progress events are persisted at most this often; epoch ends and status changes always.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -73,7 +73,7 @@ impl Running {
 /// Starts the workers and the reaper that requeues jobs of dead workers. The returned tasks
 /// end after `shutdown` turns true and their running jobs have checkpointed and been released.
 pub fn spawn(
-    store: Store,
+    store: Arc<dyn Store>,
     config: WorkerConfig,
     running: Arc<Running>,
     queue: Arc<Notify>,
@@ -124,7 +124,7 @@ pub fn spawn(
 
 struct Worker {
     id: String,
-    store: Store,
+    store: Arc<dyn Store>,
     config: WorkerConfig,
     running: Arc<Running>,
     shutdown: watch::Receiver<bool>,
@@ -248,24 +248,24 @@ impl Worker {
         match event {
             EngineEvent::Log(message) => {
                 info!(%message);
-                self.persist(id, "log", serde_json::json!({"message": message})).await;
+                self.persist(id, EventKind::Log, serde_json::json!({"message": message})).await;
             }
             EngineEvent::Epoch(m) => {
-                self.persist(id, "metrics", serde_json::to_value(&m).expect("metrics serialise")).await
+                self.persist(id, EventKind::Metrics, serde_json::to_value(&m).expect("metrics serialise")).await
             }
             EngineEvent::Checkpoint(c) => {
                 self.record_file(id, &c.file).await;
-                self.persist(id, "checkpoint", serde_json::to_value(&c).expect("checkpoint serialises")).await;
+                self.persist(id, EventKind::Checkpoint, serde_json::to_value(&c).expect("checkpoint serialises")).await;
             }
             EngineEvent::Progress(p) => {
-                self.persist(id, "progress", serde_json::to_value(&p).expect("progress serialises")).await
+                self.persist(id, EventKind::Progress, serde_json::to_value(&p).expect("progress serialises")).await
             }
         }
     }
 
-    async fn persist(&self, id: Uuid, kind: &str, payload: serde_json::Value) {
+    async fn persist(&self, id: Uuid, kind: EventKind, payload: serde_json::Value) {
         if let Err(e) = self.store.append_event(id, kind, payload).await {
-            warn!(error = %e, kind, "storing an event failed");
+            warn!(error = %e, kind = kind.as_str(), "storing an event failed");
         }
     }
 

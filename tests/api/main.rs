@@ -3,6 +3,7 @@
 mod contract;
 mod hardening;
 mod helpers;
+mod inputs;
 mod jobs;
 mod limits;
 mod sse;

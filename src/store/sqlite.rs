@@ -1,0 +1,629 @@
+//! The SQLite [`Store`]: every SQL statement of the service. SQLite in WAL mode; writes that
+//! must go together run in one `BEGIN IMMEDIATE` transaction. Committed events are published to
+//! subscribers (the SSE streams) after the commit, never before.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::{
+    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, Inserted, Job, Recovered,
+    Status, Store, StoreError, StoreFuture,
+};
+use crate::spec::JobSpec;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    events: EventHub,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+const JOB_COLUMNS: &str =
+    "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database and applies pending migrations. Committed
+    /// events go to `events`.
+    pub async fn connect(url: &str, events: EventHub) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .after_release(|conn, _| Box::pin(outside_transaction(conn)))
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, events })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Commits, then publishes the events the transaction stored: subscribers never see an
+    /// event that could still be rolled back.
+    async fn commit(&self, tx: Transaction<'static, Sqlite>, events: Vec<Event>) -> Result<(), StoreError> {
+        tx.commit().await?;
+        for event in events {
+            self.events.publish(event);
+        }
+        Ok(())
+    }
+
+    /// Commits (see [`SqliteStore::commit`]) and returns the job as committed.
+    async fn commit_returning_job(
+        &self,
+        mut tx: Transaction<'static, Sqlite>,
+        id: Uuid,
+        events: Vec<Event>,
+    ) -> Result<Job, StoreError> {
+        let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt(format!("job {id} vanished")))?;
+        self.commit(tx, events).await?;
+        Ok(job)
+    }
+}
+
+impl Store for SqliteStore {
+    fn ready(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&self.pool)
+                .await?;
+            let known = MIGRATOR.iter().count() as i64;
+            if applied < known {
+                return Err(StoreError::Corrupt(format!("{applied} of {known} migrations applied")));
+            }
+            Ok(())
+        })
+    }
+
+    fn insert_job<'a>(&'a self, spec: &'a JobSpec, idempotency_key: Option<&'a str>) -> StoreFuture<'a, Inserted> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            if let Some(key) = idempotency_key {
+                let existing = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = existing {
+                    return Ok(Inserted::Existing(job_from_row(&row)?));
+                }
+            }
+            let id = Uuid::now_v7();
+            let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at) VALUES (?, ?, ?, 'queued', ?, ?)",
+            )
+            .bind(id.to_string())
+            .bind(spec.display_name())
+            .bind(spec_json)
+            .bind(idempotency_key)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+            let event = append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "queued"})).await?;
+            Ok(Inserted::Created(self.commit_returning_job(tx, id, vec![event]).await?))
+        })
+    }
+
+    fn job_by_idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Job>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(job_from_row).transpose()
+        })
+    }
+
+    fn get_job(&self, id: Uuid) -> StoreFuture<'_, Option<Job>> {
+        Box::pin(async move {
+            let mut conn = self.pool.acquire().await?;
+            fetch(&mut conn, id).await
+        })
+    }
+
+    fn list_jobs(
+        &self,
+        status: Option<Status>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreFuture<'_, (Vec<Job>, bool)> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+            ))
+            .bind(status.map(Status::as_str))
+            .bind(after.map(|a| a.to_string()))
+            .bind(limit as i64 + 1)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+            let has_more = jobs.len() > limit;
+            jobs.truncate(limit);
+            Ok((jobs, has_more))
+        })
+    }
+
+    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration) -> StoreFuture<'a, Option<Job>> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let claimed: Option<String> = sqlx::query_scalar(
+                "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_ms = ?2, attempts = attempts + 1,
+                        started_at = COALESCE(started_at, ?3), error = NULL
+                 WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
+                 RETURNING id",
+            )
+            .bind(worker)
+            .bind(now_ms() + lease.as_millis() as i64)
+            .bind(now())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(id) = claimed else { return Ok(None) };
+            let id = parse_id(&id)?;
+            let job = fetch(&mut tx, id).await?.ok_or_else(|| StoreError::Corrupt("claimed job vanished".into()))?;
+            let event = append(
+                &mut tx,
+                id,
+                EventKind::Status,
+                serde_json::json!({"status": "running", "attempt": job.attempts}),
+            )
+            .await?;
+            self.commit(tx, vec![event]).await?;
+            Ok(Some(job))
+        })
+    }
+
+    fn heartbeat<'a>(&'a self, id: Uuid, worker: &'a str, lease: Duration) -> StoreFuture<'a, Option<bool>> {
+        Box::pin(async move {
+            let cancel: Option<bool> = sqlx::query_scalar(
+                "UPDATE jobs SET lease_expires_ms = ? WHERE id = ? AND lease_owner = ? AND status = 'running' RETURNING cancel_requested",
+            )
+            .bind(now_ms() + lease.as_millis() as i64)
+            .bind(id.to_string())
+            .bind(worker)
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(cancel)
+        })
+    }
+
+    fn recover_abandoned(&self, abandoned: Abandoned, max_crashes: u32) -> StoreFuture<'_, Vec<Recovered>> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let deadline = match abandoned {
+                Abandoned::LeaseExpired => now_ms(),
+                Abandoned::AllRunning => i64::MAX,
+            };
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "UPDATE jobs SET crashes = crashes + 1, lease_owner = NULL, lease_expires_ms = NULL
+                 WHERE status = 'running' AND lease_expires_ms < ? RETURNING id, crashes, cancel_requested",
+            )
+            .bind(deadline)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut events = Vec::new();
+            let mut recovered = Vec::new();
+            for (id, crashes, cancel_requested) in rows {
+                let id = parse_id(&id)?;
+                let outcome = Recovered::decide(id, crashes, cancel_requested != 0, max_crashes);
+                let (status, error) = match &outcome {
+                    Recovered::Requeued(_) => (Status::Queued, None),
+                    Recovered::Cancelled(_) => (Status::Cancelled, None),
+                    Recovered::Failed(_, error) => (Status::Failed, Some(error.clone())),
+                };
+                let finished = status.is_terminal().then(now);
+                sqlx::query("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE id = ?")
+                    .bind(status.as_str())
+                    .bind(&error)
+                    .bind(finished)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let mut payload = serde_json::json!({"status": status.as_str()});
+                match &error {
+                    Some(error) => payload["error"] = error.as_str().into(),
+                    None => payload["reason"] = abandoned.reason(status).into(),
+                }
+                events.push(append(&mut tx, id, EventKind::Status, payload).await?);
+                recovered.push(outcome);
+            }
+            self.commit(tx, events).await?;
+            Ok(recovered)
+        })
+    }
+
+    fn release<'a>(&'a self, id: Uuid, worker: &'a str, reason: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_ms = NULL WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            )
+            .bind(id.to_string())
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+            let mut events = Vec::new();
+            if updated.rows_affected() > 0 {
+                events.push(
+                    append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "queued", "reason": reason}))
+                        .await?,
+                );
+            }
+            self.commit(tx, events).await?;
+            Ok(())
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        id: Uuid,
+        worker: &'a str,
+        status: Status,
+        error: Option<&'a str>,
+        result: Option<&'a serde_json::Value>,
+        report: Option<&'a serde_json::Value>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let updated = sqlx::query(
+                "UPDATE jobs SET status = ?, error = ?, result = ?, finished_at = ?, lease_owner = NULL, lease_expires_ms = NULL
+                 WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            )
+            .bind(status.as_str())
+            .bind(error)
+            .bind(result.map(|r| r.to_string()))
+            .bind(now())
+            .bind(id.to_string())
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+            let mut events = Vec::new();
+            if updated.rows_affected() > 0 {
+                if let Some(report) = report {
+                    events.push(append(&mut tx, id, EventKind::Report, report.clone()).await?);
+                }
+                let mut payload = serde_json::json!({"status": status.as_str()});
+                if let Some(error) = error {
+                    payload["error"] = error.into();
+                }
+                events.push(append(&mut tx, id, EventKind::Status, payload).await?);
+            }
+            self.commit(tx, events).await?;
+            Ok(())
+        })
+    }
+
+    fn request_cancel(&self, id: Uuid) -> StoreFuture<'_, CancelOutcome> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let Some(job) = fetch(&mut tx, id).await? else { return Ok(CancelOutcome::NotFound) };
+            if job.status.is_terminal() {
+                return Ok(CancelOutcome::AlreadyFinished(job));
+            }
+            if job.status == Status::Queued {
+                sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ? WHERE id = ?")
+                    .bind(now())
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let event = append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "cancelled"})).await?;
+                return Ok(CancelOutcome::Cancelled(self.commit_returning_job(tx, id, vec![event]).await?));
+            }
+            sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            let event =
+                append(&mut tx, id, EventKind::Log, serde_json::json!({"message": "cancellation requested"})).await?;
+            Ok(CancelOutcome::Requested(self.commit_returning_job(tx, id, vec![event]).await?))
+        })
+    }
+
+    fn delete_job(&self, id: Uuid) -> StoreFuture<'_, DeleteOutcome> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
+            let status: Status = status.parse().map_err(StoreError::Corrupt)?;
+            if !status.is_terminal() {
+                return Ok(DeleteOutcome::NotFinished(status));
+            }
+            sqlx::query("DELETE FROM jobs WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(DeleteOutcome::Deleted)
+        })
+    }
+
+    fn append_event(&self, id: Uuid, kind: EventKind, payload: serde_json::Value) -> StoreFuture<'_, Event> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            if kind == EventKind::Progress {
+                sqlx::query("UPDATE jobs SET progress = ? WHERE id = ?")
+                    .bind(payload.to_string())
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let event = append(&mut tx, id, kind, payload).await?;
+            self.commit(tx, vec![event.clone()]).await?;
+            Ok(event)
+        })
+    }
+
+    fn events_after(&self, id: Uuid, after: i64, limit: usize) -> StoreFuture<'_, Vec<Event>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT job_id, seq, type, payload, created_at FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?")
+                .bind(id.to_string())
+                .bind(after)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(event_from_row).collect()
+        })
+    }
+
+    fn events_of_types<'a>(&'a self, id: Uuid, kinds: &'a [EventKind]) -> StoreFuture<'a, Vec<Event>> {
+        Box::pin(async move {
+            let placeholders = vec!["?"; kinds.len()].join(", ");
+            let sql = format!("SELECT job_id, seq, type, payload, created_at FROM events WHERE job_id = ? AND type IN ({placeholders}) ORDER BY seq");
+            let mut query = sqlx::query(&sql).bind(id.to_string());
+            for kind in kinds {
+                query = query.bind(kind.as_str());
+            }
+            query.fetch_all(&self.pool).await?.iter().map(event_from_row).collect()
+        })
+    }
+
+    fn record_artifact<'a>(
+        &'a self,
+        id: Uuid,
+        name: &'a str,
+        size_bytes: u64,
+        sha256: &'a str,
+        content_type: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO artifacts (job_id, name, size_bytes, sha256, content_type, created_at) VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (job_id, name) DO UPDATE SET size_bytes = excluded.size_bytes, sha256 = excluded.sha256, created_at = excluded.created_at",
+            )
+            .bind(id.to_string())
+            .bind(name)
+            .bind(size_bytes as i64)
+            .bind(sha256)
+            .bind(content_type)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn delete_artifacts(&self, id: Uuid) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM artifacts WHERE job_id = ?").bind(id.to_string()).execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn artifacts(&self, id: Uuid) -> StoreFuture<'_, Vec<Artifact>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? ORDER BY name",
+            )
+            .bind(id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(artifact_from_row).collect()
+        })
+    }
+
+    fn artifact<'a>(&'a self, id: Uuid, name: &'a str) -> StoreFuture<'a, Option<Artifact>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT name, size_bytes, sha256, content_type, created_at FROM artifacts WHERE job_id = ? AND name = ?",
+            )
+            .bind(id.to_string())
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(artifact_from_row).transpose()
+        })
+    }
+
+    fn count_by_status(&self) -> StoreFuture<'_, Vec<(Status, i64)>> {
+        Box::pin(async move {
+            let rows =
+                sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetch_all(&self.pool).await?;
+            let mut counts: Vec<(Status, i64)> = Status::ALL.iter().map(|s| (*s, 0)).collect();
+            for row in rows {
+                let status: Status = row.try_get::<String, _>("status")?.parse().map_err(StoreError::Corrupt)?;
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                    slot.1 = row.try_get("n")?;
+                }
+            }
+            Ok(counts)
+        })
+    }
+}
+
+/// Whether a connection going back to the pool is outside any transaction. A COMMIT or statement
+/// that fails for lack of disk space can end SQLite's transaction behind sqlx's back; the
+/// rollback sqlx then queues fails, and the connection would keep a transaction depth of 1, so
+/// every later `BEGIN` on it fails. Such a connection is closed instead (`false`), and the pool
+/// opens a fresh one.
+async fn outside_transaction(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    // Runs any rollback queued by a dropped transaction first: commands run in order.
+    sqlx::Connection::ping(conn).await?;
+    Ok(<<Sqlite as sqlx::Database>::TransactionManager as sqlx::TransactionManager>::get_transaction_depth(conn) == 0)
+}
+
+async fn append(
+    conn: &mut sqlx::SqliteConnection,
+    id: Uuid,
+    kind: EventKind,
+    payload: serde_json::Value,
+) -> Result<Event, StoreError> {
+    let created_at = now();
+    let seq: i64 = sqlx::query_scalar(
+        "INSERT INTO events (job_id, seq, type, payload, created_at)
+         SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4 FROM events WHERE job_id = ?1 RETURNING seq",
+    )
+    .bind(id.to_string())
+    .bind(kind.as_str())
+    .bind(payload.to_string())
+    .bind(&created_at)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Event { job_id: id, seq, kind, payload, created_at })
+}
+
+async fn fetch(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Option<Job>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+fn parse_id(text: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("bad id {text}: {e}")))
+}
+
+fn json_column(row: &SqliteRow, column: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))).transpose()
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
+    let spec: String = row.try_get("spec")?;
+    Ok(Job {
+        id: parse_id(&row.try_get::<String, _>("id")?)?,
+        name: row.try_get("name")?,
+        status: row.try_get::<String, _>("status")?.parse().map_err(StoreError::Corrupt)?,
+        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+        progress: json_column(row, "progress")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        error: row.try_get("error")?,
+        result: json_column(row, "result")?,
+        attempts: row.try_get("attempts")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
+    Ok(Event {
+        job_id: parse_id(&row.try_get::<String, _>("job_id")?)?,
+        seq: row.try_get("seq")?,
+        kind: row.try_get::<String, _>("type")?.parse().map_err(StoreError::Corrupt)?,
+        payload: json_column(row, "payload")?.unwrap_or_default(),
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn artifact_from_row(row: &SqliteRow) -> Result<Artifact, StoreError> {
+    Ok(Artifact {
+        name: row.try_get("name")?,
+        size_bytes: row.try_get("size_bytes")?,
+        sha256: row.try_get("sha256")?,
+        content_type: row.try_get("content_type")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store_with_a_job() -> (tempfile::TempDir, SqliteStore, Uuid) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display()), EventHub::new())
+                .await
+                .unwrap();
+        let Inserted::Created(job) = store.insert_job(&tiny_spec(), None).await.unwrap() else { panic!("not created") };
+        (dir, store, job.id)
+    }
+
+    fn tiny_spec() -> JobSpec {
+        serde_json::from_value(serde_json::json!({
+            "dataset": {"source": "builtin:digits"},
+            "teacher": {"arch": {"kind": "mlp", "hidden": [8]}, "train": {"epochs": 1}},
+            "student": {"arch": {"kind": "mlp", "hidden": [4]}},
+            "distill": {"temperature": 4.0, "alpha": 0.7},
+            "training": {"epochs": 1, "batch_size": 8, "optimizer": {"kind": "adamw", "lr": 0.001}}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_job_that_keeps_killing_the_process_fails_instead_of_looping() {
+        let (_dir, store, id) = store_with_a_job().await;
+        for crash in 1..=3 {
+            let claimed = store.claim_next("worker", Duration::from_secs(60)).await.unwrap();
+            assert_eq!(claimed.map(|j| j.id), Some(id), "crash {crash}: the job is claimable");
+            let recovered = store.recover_abandoned(Abandoned::AllRunning, 3).await.unwrap();
+            match crash {
+                3 => assert!(
+                    matches!(&recovered[..], [Recovered::Failed(job, why)] if *job == id && why.contains("stopped 3 times"))
+                ),
+                _ => assert_eq!(recovered, vec![Recovered::Requeued(id)]),
+            }
+        }
+        let job = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(job.status, Status::Failed);
+        assert!(job.error.unwrap().contains("not retried"));
+        assert!(
+            store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none(),
+            "a failed job is never claimed"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_job_whose_process_died_wins_over_the_requeue() {
+        let (_dir, store, id) = store_with_a_job().await;
+        store.claim_next("worker", Duration::from_millis(1)).await.unwrap().unwrap();
+        assert!(matches!(store.request_cancel(id).await.unwrap(), CancelOutcome::Requested(_)));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
+        assert_eq!(store.get_job(id).await.unwrap().unwrap().status, Status::Cancelled);
+        assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_transaction_that_sqlite_ended_alone_does_not_poison_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display()), EventHub::new())
+                .await
+                .unwrap();
+        for _ in 0..3 {
+            // SQLite ends the transaction (as it may on a full disk) without sqlx knowing; the
+            // rollback sqlx queues on drop then fails.
+            let mut tx = store.begin().await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            drop(tx);
+            assert!(matches!(store.insert_job(&tiny_spec(), None).await, Ok(Inserted::Created(_))));
+        }
+        assert_eq!(store.list_jobs(None, None, 10).await.unwrap().0.len(), 3);
+    }
+}
