@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::report::{ModelReport, Report, Task};
+use crate::engine::job::report::{ModelReport, Report, Task};
 use crate::engine::{self, Control, DataRoot, EngineEvent};
 use crate::spec;
 

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use candle_core::Device;
 use distillery::engine::files::read_safetensors;
-use distillery::engine::model::{Input, Net};
-use distillery::engine::report::Report;
+use distillery::engine::job::report::Report;
+use distillery::engine::models::{Input, Net};
 use distillery::engine::train::evaluate;
 use distillery::engine::DataRoot;
 use distillery::engine::{self, data, Control, EngineError, EngineEvent, Phase};

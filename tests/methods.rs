@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use distillery::engine::files::read_safetensors;
-use distillery::engine::report::Report;
+use distillery::engine::job::report::Report;
 use distillery::engine::DataRoot;
 use distillery::engine::{self, Control, EngineError, EngineEvent, Phase};
 use distillery::spec::{self, JobSpec};

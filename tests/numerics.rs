@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor, Var};
 use distillery::engine::data::ImageShape;
-use distillery::engine::linear::Linear;
-use distillery::engine::loss::{feature_loss, hinton, logit_loss, FeatureLoss, LogitLoss};
-use distillery::engine::model::{Input, Net};
-use distillery::engine::optim::Optimizer;
+use distillery::engine::kernels::linear::Linear;
+use distillery::engine::models::{Input, Net};
 use distillery::engine::rng::Rng;
+use distillery::engine::train::loss::{feature_loss, hinton, logit_loss, FeatureLoss, LogitLoss};
+use distillery::engine::train::optim::Optimizer;
 use distillery::spec::{ArchSpec, OptimizerSpec};
 use serde_json::Value;
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
-use distillery::engine::bert::{self, BertConfig};
-use distillery::engine::model::{Input, Net};
+use distillery::engine::models::bert::{self, BertConfig};
+use distillery::engine::models::{Input, Net};
 use distillery::spec::{ArchSpec, TransformerArch};
 use serde_json::Value;
 
@@ -161,10 +161,10 @@ mod jobs {
     use std::path::Path;
 
     use candle_core::{Device, Tensor};
-    use distillery::engine::bert;
     use distillery::engine::files::read_safetensors;
-    use distillery::engine::model::{Input, Net};
-    use distillery::engine::report::{Report, Task};
+    use distillery::engine::job::report::{Report, Task};
+    use distillery::engine::models::bert;
+    use distillery::engine::models::{Input, Net};
     use distillery::engine::{self, Control, EngineError, EngineEvent, EpochMetrics, Phase};
     use distillery::spec::{self, ArchSpec, JobSpec, TransformerArch};
     use serde_json::{json, Value};
@@ -487,8 +487,8 @@ mod minilm {
     use std::path::PathBuf;
 
     use candle_core::{Device, Tensor};
-    use distillery::engine::bert;
-    use distillery::engine::model::{Input, Net};
+    use distillery::engine::models::bert;
+    use distillery::engine::models::{Input, Net};
     use distillery::spec::{self, ArchSpec, TransformerArch};
     use serde_json::{json, Value};
 

@@ -48,8 +48,8 @@ impl Limits {
         if free < self.min_free_disk {
             return Err(format!(
                 "the service's disk is nearly full: {} free, below the {} it keeps free (--min-free-disk); delete finished jobs or free space",
-                crate::engine::budget::human(free),
-                crate::engine::budget::human(self.min_free_disk)
+                crate::engine::job::budget::human(free),
+                crate::engine::job::budget::human(self.min_free_disk)
             ));
         }
         Ok(())

@@ -23,12 +23,12 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
-use distillery::engine::bert::{self, BertConfig};
 use distillery::engine::data::ImageShape;
-use distillery::engine::loss::hinton;
-use distillery::engine::model::{Input, Net};
-use distillery::engine::optim::Optimizer;
+use distillery::engine::models::bert::{self, BertConfig};
+use distillery::engine::models::{Input, Net};
 use distillery::engine::rng::Rng;
+use distillery::engine::train::loss::hinton;
+use distillery::engine::train::optim::Optimizer;
 use distillery::spec::{ArchSpec, OptimizerSpec, TransformerArch};
 use serde_json::{json, Value};
 
@@ -367,8 +367,8 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
     let samples: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let budget = std::time::Duration::from_millis(350);
     let latency = [
-        distillery::engine::report::latency_ms(&frozen, &samples, 1, device, budget)?,
-        distillery::engine::report::latency_ms(&frozen, &samples, batch, device, budget)?,
+        distillery::engine::job::report::latency_ms(&frozen, &samples, 1, device, budget)?,
+        distillery::engine::job::report::latency_ms(&frozen, &samples, batch, device, budget)?,
     ];
     Ok(CandleResult { samples_per_s, phases_ms: phases.map(median), latency_ms: latency })
 }

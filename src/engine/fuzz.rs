@@ -7,9 +7,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use candle_core::Device;
 
-use super::bert::BertConfig;
-use super::rng::Rng;
-use super::{data, files, text_data};
+use crate::engine::data::text as text_data;
+use crate::engine::models::bert::BertConfig;
+use crate::engine::rng::Rng;
+use crate::engine::{data, files};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 

@@ -1,35 +1,29 @@
-//! Training code: datasets, models, the distillation loss, the training loop, evaluation,
-//! checkpoints and export. No HTTP and no SQL: progress goes out through a callback, and a
-//! [`Control`] carries cancellation and shutdown requests in.
+//! Training code, with no HTTP and no SQL: progress goes out through a callback, and a
+//! [`Control`] carries cancellation and shutdown requests in. Its rooms, from the bottom up:
+//! - `kernels`: CPU custom ops (fused linear, conv, norms, attention, GELU) and their helpers;
+//! - `models`: the networks (MLP, conv net, BERT-family encoder) and their blueprints;
+//! - `data`: datasets (tabular, images, text), splits, and the data root specs read from;
+//! - `train`: the training of one phase (plan, step, teacher targets, checkpoints, losses,
+//!   optimisers);
+//! - `job`: one job from spec to report (resolve, teachers, student, baseline, evaluation,
+//!   report, export), and the memory estimate that admits it;
+//! - `files` and `rng`: atomic file writes and the seeded generator everything draws from.
 
-pub mod activation;
-pub mod attention;
-pub mod bert;
-pub mod budget;
-pub mod conv;
 pub mod data;
-pub mod data_root;
-pub mod fastmath;
 pub mod files;
 #[cfg(test)]
 mod fuzz;
 pub mod job;
-pub mod linear;
-pub mod loss;
-pub mod model;
-pub mod norm;
-pub mod optim;
-pub mod report;
+pub mod kernels;
+pub mod models;
 pub mod rng;
-pub mod text;
-pub mod text_data;
 pub mod train;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-pub use data_root::DataRoot;
+pub use data::root::DataRoot;
 pub use job::{preflight, run, RunOutput};
 
 /// The trainings a job may run, in this order: each teacher to train, the distilled student,

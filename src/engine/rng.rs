@@ -98,6 +98,15 @@ pub mod streams {
     pub const PROJECTION_INIT: u64 = 8;
 }
 
+/// `n` dropout multipliers: 0 with probability `p`, else 1/(1 − p).
+pub fn dropout_multipliers(n: usize, p: f32, rng: &mut Rng) -> Vec<f32> {
+    let keep = 1.0 / (1.0 - p);
+    let mut mask = vec![0f32; n];
+    rng.fill_unit(&mut mask);
+    mask.iter_mut().for_each(|u| *u = if *u < p { 0.0 } else { keep });
+    mask
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

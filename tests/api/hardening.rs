@@ -30,7 +30,7 @@ async fn a_job_too_large_for_the_memory_budget_is_refused_naming_its_field() {
 
     let ready = app.get_json("/readyz").await;
     let limit = ready["limits"]["max_job_memory_bytes"].as_u64().unwrap();
-    assert!(limit > 0 && message.contains(&distillery::engine::budget::human(limit)), "{ready} {message}");
+    assert!(limit > 0 && message.contains(&distillery::engine::job::budget::human(limit)), "{ready} {message}");
     assert_eq!(app.get_json("/v1/jobs").await["data"], json!([]));
 }
 

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 
-use super::super::data::Dataset;
-use super::super::model::{predictions, Net};
-use super::super::report::{
-    self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup, Task,
-};
-use super::super::train::{evaluate, EmbeddingReference, Evaluation};
-use super::super::{EngineError, Phase};
 use super::phases::{file_of, teacher_weights, Model};
 use super::resolve::Resolved;
+use crate::engine::data::Dataset;
+use crate::engine::job::report::{
+    self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup, Task,
+};
+use crate::engine::models::{predictions, Net};
+use crate::engine::train::{evaluate, EmbeddingReference, Evaluation};
+use crate::engine::{EngineError, Phase};
 use crate::spec::JobSpec;
 
 /// How long each latency measurement runs.

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use super::super::data::Dataset;
-use super::super::files::write_json;
-use super::super::model::{Blueprint, Net};
-use super::super::report::Report;
-use super::super::text::{self, TextSetup};
-use super::super::{EngineError, EngineEvent};
+use crate::engine::data::Dataset;
+use crate::engine::files::write_json;
+use crate::engine::job::report::Report;
+use crate::engine::job::text::{self, TextSetup};
+use crate::engine::models::{Blueprint, Net};
+use crate::engine::{EngineError, EngineEvent};
 use crate::spec::ArchSpec;
 
 pub const CONFIG_FILE: &str = "config.json";

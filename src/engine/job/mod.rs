@@ -3,28 +3,31 @@
 //! finished phase is saved, so a restarted job skips it; an unfinished phase resumes from its
 //! checkpoint.
 
+pub mod budget;
 mod evaluate;
 mod export;
 mod phases;
+pub mod report;
 mod resolve;
+pub mod text;
 
 use std::path::Path;
 
 use candle_core::Device;
 
-use super::budget::MemoryEstimate;
-use super::data::Dataset;
-use super::data_root::DataRoot;
-use super::report::Report;
-use super::rng::Rng;
-use super::text::{self, TextSetup};
-use super::train::PhaseContext;
-use super::{Control, EngineError, EngineEvent};
+use crate::engine::data::root::DataRoot;
+use crate::engine::data::Dataset;
+use crate::engine::job::budget::MemoryEstimate;
+use crate::engine::job::report::Report;
+use crate::engine::rng::Rng;
+use crate::engine::train::PhaseContext;
+use crate::engine::{Control, EngineError, EngineEvent};
 use crate::spec::{JobSpec, SpecError};
 use evaluate::Trained;
 pub use export::{CONFIG_FILE, REPORT_FILE};
 pub use phases::file_of;
 use phases::Trainer;
+use text::TextSetup;
 
 pub struct RunOutput {
     pub report: Report,
@@ -63,7 +66,7 @@ pub fn run(
     sink: &mut dyn FnMut(EngineEvent),
 ) -> Result<RunOutput, EngineError> {
     let device_name = spec.device.as_deref().unwrap_or(default_device);
-    let device = super::device(device_name)?;
+    let device = crate::engine::device(device_name)?;
     std::fs::create_dir_all(job_dir)?;
     let (data, text) = resolve::load_data(spec, data_root, &device)?;
     log_inputs(sink, &data, text.as_ref());

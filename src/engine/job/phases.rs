@@ -8,16 +8,16 @@ use std::path::PathBuf;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::super::data_root::DataRoot;
-use super::super::files::{read_safetensors, write_json, write_safetensors};
-use super::super::loss::LogitLoss;
-use super::super::model::Net;
-use super::super::rng::{streams, Rng};
-use super::super::text::{self, TextSetup};
-use super::super::train::{train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
-use super::super::{EngineError, EngineEvent, Phase};
 use super::resolve::{load_teacher, Resolved};
+use crate::engine::data::root::DataRoot;
 use crate::engine::data::Dataset;
+use crate::engine::files::{read_safetensors, write_json, write_safetensors};
+use crate::engine::job::text::{self, TextSetup};
+use crate::engine::models::Net;
+use crate::engine::rng::{streams, Rng};
+use crate::engine::train::loss::LogitLoss;
+use crate::engine::train::{train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
+use crate::engine::{EngineError, EngineEvent, Phase};
 use crate::spec::{JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, TeacherSpec};
 
 const STATE_FILE: &str = "state.json";

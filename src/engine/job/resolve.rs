@@ -4,15 +4,15 @@
 
 use candle_core::Device;
 
-use super::super::bert::BertConfig;
-use super::super::budget::{self, MemoryEstimate};
-use super::super::data::{self, Dataset};
-use super::super::data_root::DataRoot;
-use super::super::files::parse_safetensors;
-use super::super::loss::FeatureLoss;
-use super::super::model::{Blueprint, Input, Net};
-use super::super::text::{self, TextSetup};
-use super::super::train::LayerPair;
+use crate::engine::data::root::DataRoot;
+use crate::engine::data::{self, Dataset};
+use crate::engine::files::parse_safetensors;
+use crate::engine::job::budget::{self, MemoryEstimate};
+use crate::engine::job::text::{self, TextSetup};
+use crate::engine::models::bert::BertConfig;
+use crate::engine::models::{Blueprint, Input, Net};
+use crate::engine::train::loss::FeatureLoss;
+use crate::engine::train::LayerPair;
 use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, SpecError};
 
 /// The spec checked against the data: every architecture fits the inputs, layer names exist,

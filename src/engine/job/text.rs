@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::bert::{self, BertConfig};
-use super::data::{Dataset, Normalization, Split};
-use super::data_root::DataRoot;
-use super::model::{Input, Net};
-use super::rng::Rng;
-use super::text_data::{self, TextDataset, TextSplit};
+use crate::engine::data::root::DataRoot;
+use crate::engine::data::text::{self as text_data, TextDataset, TextSplit};
+use crate::engine::data::{Dataset, Normalization, Split};
+use crate::engine::models::bert::{self, BertConfig};
+use crate::engine::models::{Input, Net};
+use crate::engine::rng::Rng;
 use crate::spec::{ArchSpec, JobSpec, SpecError, TransformerArch, TransformerInit};
 
 /// Files of a Hugging Face folder that travel with an exported student: the tokenizer, and
@@ -274,7 +274,7 @@ pub fn export(
     let weights = dir.join("model.safetensors");
     // transformers reads the format key to know the file holds PyTorch tensors.
     let meta = serde_json::json!({"format": "pt"});
-    super::files::write_safetensors(&weights, &named, Some(&meta)).map_err(|e| e.to_string())?;
+    crate::engine::files::write_safetensors(&weights, &named, Some(&meta)).map_err(|e| e.to_string())?;
     files.push(weights);
     for (name, bytes) in &teacher.companions {
         let to = dir.join(name);

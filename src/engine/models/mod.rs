@@ -6,18 +6,20 @@
 //! `layers.{i}.weight|bias` (the head; the last is the classifier). The same `blocks.{i}` and
 //! `layers.{i}` name a layer's output for intermediate distillation and for copying weights.
 
+pub mod bert;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
-use super::bert::{self, BertConfig};
-use super::conv::{conv2d, max_pool};
-use super::data::ImageShape;
-use super::linear::Linear;
-use super::norm::batch_norm_train;
-use super::rng::Rng;
+use crate::engine::data::ImageShape;
+use crate::engine::kernels::conv::{conv2d, max_pool};
+use crate::engine::kernels::linear::Linear;
+use crate::engine::kernels::norm::batch_norm_train;
+use crate::engine::rng::{dropout_multipliers, Rng};
 use crate::spec::{ArchSpec, ConvBlock, PoolKind};
+use bert::BertConfig;
 
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
@@ -498,15 +500,6 @@ fn pool(x: &Tensor, block: &ConvBlock, fused: bool) -> Result<Tensor> {
 fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
     let mask = dropout_multipliers(h.elem_count(), p, rng);
     h.mul(&Tensor::from_vec(mask, h.shape(), h.device())?)
-}
-
-/// `n` dropout multipliers: 0 with probability `p`, else 1/(1 − p).
-pub(super) fn dropout_multipliers(n: usize, p: f32, rng: &mut Rng) -> Vec<f32> {
-    let keep = 1.0 / (1.0 - p);
-    let mut mask = vec![0f32; n];
-    rng.fill_unit(&mut mask);
-    mask.iter_mut().for_each(|u| *u = if *u < p { 0.0 } else { keep });
-    mask
 }
 
 /// Index of the largest logit per row.

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::model::Net;
-use super::train::{CacheReport, PhaseSummary};
+use crate::engine::models::Net;
+use crate::engine::train::{CacheReport, PhaseSummary};
 use crate::spec::{IntermediateSpec, LayerCopy, LogitLossKind, Scheduled};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

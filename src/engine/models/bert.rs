@@ -24,13 +24,13 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, D};
 use serde_json::{json, Value};
 
-use super::activation::linear_gelu;
-use super::attention::SelfAttention;
-use super::files::parse_safetensors;
-use super::linear::Linear;
-use super::model::dropout_multipliers;
-use super::norm;
-use super::rng::Rng;
+use crate::engine::files::parse_safetensors;
+use crate::engine::kernels::activation::linear_gelu;
+use crate::engine::kernels::attention::SelfAttention;
+use crate::engine::kernels::linear::Linear;
+use crate::engine::kernels::norm;
+use crate::engine::rng::dropout_multipliers;
+use crate::engine::rng::Rng;
 use crate::spec::{MAX_LAYERS, MAX_LAYER_WIDTH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath;
-use super::linear::contiguous_f32;
+use crate::engine::kernels::fastmath;
+use crate::engine::kernels::linear::contiguous_f32;
 
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
@@ -304,7 +304,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     use super::*;
-    use crate::engine::model::dropout_multipliers;
+    use crate::engine::rng::dropout_multipliers;
     use crate::engine::rng::Rng;
 
     /// The same attention composed of candle's ops, as `bert::forward` runs it unfused.

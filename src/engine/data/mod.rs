@@ -1,15 +1,18 @@
 //! Datasets: the built-in digits set, CSV files and IDX files (MNIST layout), split, limited and
 //! standardised with statistics of the training split only.
 
+pub mod root;
+pub mod text;
+
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 
-use super::data_root::DataRoot;
-use super::rng::{streams, Rng};
+use crate::engine::data::root::DataRoot;
+use crate::engine::rng::{streams, Rng};
 use crate::spec::{DatasetSpec, SpecError};
 
-static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../data/digits/digits.csv.gz");
+static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../../data/digits/digits.csv.gz");
 
 /// Features row-major (`n × features`) and class ids.
 #[derive(Debug, Clone, Default)]

@@ -1,7 +1,7 @@
 //! Text datasets for BERT-family models: CSV, TSV or JSON Lines files with a text column, an
 //! optional second text column (sentence pairs) and an optional label column, tokenised by a
 //! Hugging Face tokenizer into fixed-length rows. Splits, the early-stopping hold-out, `limit`
-//! and label ids follow the tabular datasets of [`super::data`].
+//! and label ids follow the tabular datasets of [`crate::engine::data`].
 
 use std::path::Path;
 
@@ -12,8 +12,8 @@ use tokenizers::{
     TruncationStrategy,
 };
 
-use super::data_root::DataRoot;
-use super::rng::{streams, Rng};
+use crate::engine::data::root::DataRoot;
+use crate::engine::rng::{streams, Rng};
 use crate::spec::{DatasetSpec, SpecError};
 
 const DEFAULT_MAX_LENGTH: usize = 128;

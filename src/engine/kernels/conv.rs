@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::linear::{contiguous_f32, Linear};
+use crate::engine::kernels::linear::{contiguous_f32, Linear};
 
 /// Geometry of one convolution over an `n × h × w × c` map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

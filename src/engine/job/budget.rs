@@ -2,7 +2,7 @@
 //! cannot fit is refused at submission, naming what makes it large, instead of aborting the
 //! service when it allocates (and again at every restart). The estimate errs on the large side.
 
-use super::model::Blueprint;
+use crate::engine::models::Blueprint;
 use crate::spec::SpecError;
 
 const F32: u64 = 4;
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn the_reported_crash_loop_teacher_counts_as_tens_of_gigabytes() {
         let arch = crate::spec::ArchSpec::Mlp { hidden: vec![65536, 65536], dropout: 0.0 };
-        let blueprint = Blueprint::new(&arch, super::super::model::Input { features: 64, image: None }, 10).unwrap();
+        let blueprint = Blueprint::new(&arch, crate::engine::models::Input { features: 64, image: None }, 10).unwrap();
         assert!(model_bytes(&blueprint, true) > 64 << 30, "{}", human(model_bytes(&blueprint, true)));
         assert!(activation_bytes(&blueprint, 64, 64, true) > 64 * 65536 * 2 * 4);
     }

@@ -3,6 +3,9 @@
 //! learned projections), the optimiser, the schedules, a validation pass and a checkpoint after
 //! every epoch, early stopping, and resumption from the checkpoint.
 
+pub mod loss;
+pub mod optim;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,13 +13,13 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::data::{gather, Dataset, Split};
-use super::files::{read_safetensors, write_safetensors};
-use super::loss::{feature_loss, logit_loss, FeatureLoss, LogitLoss};
-use super::model::{predictions, Net, Output};
-use super::optim::Optimizer;
-use super::rng::{streams, Rng};
-use super::{CheckpointInfo, Control, EngineError, EngineEvent, EpochMetrics, Phase, Progress, Stop};
+use crate::engine::data::{gather, Dataset, Split};
+use crate::engine::files::{read_safetensors, write_safetensors};
+use crate::engine::models::{predictions, Net, Output};
+use crate::engine::rng::{streams, Rng};
+use crate::engine::train::loss::{feature_loss, logit_loss, FeatureLoss, LogitLoss};
+use crate::engine::train::optim::Optimizer;
+use crate::engine::{CheckpointInfo, Control, EngineError, EngineEvent, EpochMetrics, Phase, Progress, Stop};
 use crate::spec::{CacheSpec, EarlyStopping, OptimizerSpec, Schedule, Scheduled};
 
 /// Everything that decides how a phase trains.

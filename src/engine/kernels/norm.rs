@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::fastmath::vectorised;
-use super::linear::contiguous_f32;
+use crate::engine::kernels::fastmath::vectorised;
+use crate::engine::kernels::linear::contiguous_f32;
 
 /// Per-channel mean and biased variance of a rows × channels matrix, accumulated in f64.
 fn statistics(x: &[f32], channels: usize) -> (Vec<f64>, Vec<f64>) {
@@ -364,7 +364,7 @@ mod tests {
     use candle_core::{Device, Var, D};
 
     use super::*;
-    use crate::engine::model::dropout_multipliers;
+    use crate::engine::rng::dropout_multipliers;
     use crate::engine::rng::Rng;
 
     #[test]

@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fastmath::{self, vectorised};
-use super::linear::{affine, contiguous_f32, weight_and_bias_grads};
+use crate::engine::kernels::fastmath::{self, vectorised};
+use crate::engine::kernels::linear::{affine, contiguous_f32, weight_and_bias_grads};
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
