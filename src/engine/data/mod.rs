@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::data::root::DataRoot;
 use crate::engine::rng::{streams, Rng};
-use crate::spec::{DatasetSpec, SpecError};
+use crate::spec::{DatasetSource, DatasetSpec, SpecError};
 
 static DIGITS_CSV_GZ: &[u8] = include_bytes!("../../../data/digits/digits.csv.gz");
 
@@ -96,12 +96,12 @@ pub(crate) struct Raw {
 /// `validation_split` share of the training samples out for early stopping. Errors name the
 /// spec field.
 pub fn load(spec: &DatasetSpec, root: &DataRoot, seed: u64, monitor: bool) -> Result<Dataset, SpecError> {
-    let (name, raw, test) = match spec.source.as_str() {
-        "builtin:digits" => {
+    let (name, raw, test) = match spec.source {
+        DatasetSource::BuiltinDigits => {
             let csv = gunzip_if_needed(DIGITS_CSV_GZ.to_vec(), u64::MAX, "dataset.source")?;
             ("digits".to_string(), read_csv_rows(&csv, None, false, "dataset.source")?, None)
         }
-        "csv" => {
+        DatasetSource::Csv => {
             let path = spec.path.as_deref().unwrap_or_default();
             let label = spec.label_column.as_deref().unwrap_or("label");
             let train = read_csv_file(root, path, label, "dataset.path")?;
@@ -111,7 +111,7 @@ pub fn load(spec: &DatasetSpec, root: &DataRoot, seed: u64, monitor: bool) -> Re
             };
             (path.to_string(), train, test)
         }
-        "idx" => {
+        DatasetSource::Idx => {
             let images = spec.images.as_deref().unwrap_or_default();
             let labels = spec.labels.as_deref().unwrap_or_default();
             let train = read_idx_pair(root, images, labels, "dataset.images", "dataset.labels")?;
@@ -121,7 +121,9 @@ pub fn load(spec: &DatasetSpec, root: &DataRoot, seed: u64, monitor: bool) -> Re
             };
             (images.to_string(), train, test)
         }
-        other => return Err(SpecError::new("dataset.source", format!("unknown source `{other}`"))),
+        DatasetSource::Text => {
+            return Err(SpecError::new("dataset.source", "texts load through the teacher's tokenizer"))
+        }
     };
     assemble(spec, name, raw, test, seed, monitor)
 }

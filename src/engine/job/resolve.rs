@@ -13,7 +13,7 @@ use crate::engine::models::bert::BertConfig;
 use crate::engine::models::{Blueprint, Input, Net};
 use crate::engine::train::loss::FeatureLoss;
 use crate::engine::train::LayerPair;
-use crate::spec::{ArchSpec, FeatureLossKind, JobSpec, SpecError};
+use crate::spec::{ArchSpec, DatasetSource, FeatureLossKind, JobSpec, SpecError};
 
 /// The spec checked against the data: every architecture fits the inputs, layer names exist,
 /// copied layers have the same shapes in both networks.
@@ -102,7 +102,7 @@ pub(super) fn load_data(
     device: &Device,
 ) -> Result<(Dataset, Option<TextSetup>), SpecError> {
     let monitor = spec.training.early_stopping.is_some();
-    if spec.dataset.source == "text" {
+    if spec.dataset.source == DatasetSource::Text {
         let (data, setup) = text::load(spec, data_root, monitor, device)?;
         return Ok((data, Some(setup)));
     }
