@@ -24,8 +24,8 @@ pub(super) fn hugging_face(
 ) -> Result<String, EngineError> {
     let names: Vec<String> =
         data.label_names.clone().unwrap_or_else(|| (0..data.classes).map(|c| c.to_string()).collect());
-    text::export(student, &names, &setup.teacher, job_dir)
-        .map_err(|m| EngineError::Other(format!("exporting the Hugging Face folder: {m}")))?;
+    // An I/O error keeps its kind, so a full disk is recognised as one.
+    text::export(student, &names, &setup.teacher, job_dir)?;
     sink(EngineEvent::Log(format!(
         "student exported as a Hugging Face folder: {} (and {})",
         text::HF_FOLDER,

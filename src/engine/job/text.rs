@@ -2,7 +2,6 @@
 //! student exported as a Hugging Face folder that `transformers` and candle load again.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -258,70 +257,42 @@ pub fn student_init(
 
 /// Writes the student as a Hugging Face folder (config.json with sizes and labels,
 /// model.safetensors with Hugging Face names, the teacher's tokenizer files) and a tar of it.
-pub fn export(
-    student: &Net,
-    label_names: &[String],
-    teacher: &TeacherFolder,
-    job_dir: &Path,
-) -> Result<Vec<PathBuf>, String> {
-    let config = student.transformer_config().ok_or("the student is not a transformer")?;
+pub fn export(student: &Net, label_names: &[String], teacher: &TeacherFolder, job_dir: &Path) -> std::io::Result<()> {
+    let config =
+        student.transformer_config().ok_or_else(|| std::io::Error::other("the student is not a transformer"))?;
     let dir = job_dir.join(HF_FOLDER);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir)?;
     let mut files = vec![dir.join("config.json")];
-    let json = serde_json::to_vec_pretty(&config.to_hf(label_names)).map_err(|e| e.to_string())?;
-    std::fs::write(&files[0], json).map_err(|e| e.to_string())?;
+    std::fs::write(&files[0], serde_json::to_vec_pretty(&config.to_hf(label_names))?)?;
     let named: Vec<(String, Tensor)> = student.named().into_iter().map(|(n, t)| (config.hf_name(&n), t)).collect();
     let weights = dir.join("model.safetensors");
     // transformers reads the format key to know the file holds PyTorch tensors.
     let meta = serde_json::json!({"format": "pt"});
-    crate::engine::files::write_safetensors(&weights, &named, Some(&meta)).map_err(|e| e.to_string())?;
+    crate::engine::files::write_safetensors(&weights, &named, Some(&meta))?;
     files.push(weights);
     for (name, bytes) in &teacher.companions {
         let to = dir.join(name);
-        std::fs::create_dir_all(to.parent().expect("inside the folder")).map_err(|e| e.to_string())?;
-        std::fs::write(&to, bytes).map_err(|e| format!("writing {name}: {e}"))?;
+        std::fs::create_dir_all(to.parent().expect("inside the folder"))?;
+        std::fs::write(&to, bytes)?;
         files.push(to);
     }
-    write_tar(&job_dir.join(HF_ARCHIVE), &files, job_dir)?;
-    Ok(files)
+    write_tar(&job_dir.join(HF_ARCHIVE), &files, job_dir)
 }
 
-/// A plain ustar archive of `files`, named relative to `base`, written atomically.
-fn write_tar(path: &Path, files: &[PathBuf], base: &Path) -> Result<(), String> {
+/// A ustar archive of `files`, named relative to `base`, written atomically; every entry gets
+/// mode 0644 and time 0, so the same folder always gives the same bytes.
+fn write_tar(path: &Path, files: &[PathBuf], base: &Path) -> std::io::Result<()> {
     let temporary = path.with_extension("tar.partial");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&temporary).map_err(|e| e.to_string())?);
+    let mut builder = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&temporary)?));
     for file in files {
-        let bytes = std::fs::read(file).map_err(|e| e.to_string())?;
-        let name = file.strip_prefix(base).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
-        if name.len() > 99 {
-            return Err(format!("{name}: name too long for a tar header"));
-        }
-        let mut header = [0u8; 512];
-        header[..name.len()].copy_from_slice(name.as_bytes());
-        let octal = |field: &mut [u8], value: u64| {
-            let text = format!("{value:0width$o}\0", width = field.len() - 1);
-            field.copy_from_slice(text.as_bytes());
-        };
-        octal(&mut header[100..108], 0o644);
-        octal(&mut header[108..116], 0);
-        octal(&mut header[116..124], 0);
-        octal(&mut header[124..136], bytes.len() as u64);
-        octal(&mut header[136..148], 0);
-        header[156] = b'0';
-        header[257..263].copy_from_slice(b"ustar\0");
-        header[263..265].copy_from_slice(b"00");
-        // The checksum is computed with its own field read as spaces.
-        header[148..156].fill(b' ');
-        let sum: u64 = header.iter().map(|&b| b as u64).sum();
-        let text = format!("{sum:06o}\0 ");
-        header[148..156].copy_from_slice(text.as_bytes());
-        let padding = (512 - bytes.len() % 512) % 512;
-        let write = |out: &mut std::io::BufWriter<std::fs::File>, b: &[u8]| out.write_all(b).map_err(|e| e.to_string());
-        write(&mut out, &header)?;
-        write(&mut out, &bytes)?;
-        write(&mut out, &vec![0u8; padding])?;
+        let name = file.strip_prefix(base).map_err(std::io::Error::other)?;
+        let contents = std::fs::File::open(file)?;
+        let mut header = tar::Header::new_ustar();
+        header.set_size(contents.metadata()?.len());
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        builder.append_data(&mut header, name, contents)?;
     }
-    out.write_all(&[0u8; 1024]).map_err(|e| e.to_string())?;
-    out.into_inner().map_err(|e| e.to_string())?.sync_all().map_err(|e| e.to_string())?;
-    std::fs::rename(&temporary, path).map_err(|e| e.to_string())
+    builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
