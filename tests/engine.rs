@@ -1,23 +1,20 @@
 //! The engine without the service: reproducibility, exact resumption, the baseline's fairness,
 //! loaded teachers and the exported student.
 
+mod common;
+
 use std::path::Path;
 
 use candle_core::Device;
+use common::{interrupted_at, run, run_to_end, spec, Ran};
+use distillery::engine::data;
 use distillery::engine::files::read_safetensors;
 use distillery::engine::job::report::Report;
 use distillery::engine::models::{Input, Net};
 use distillery::engine::train::evaluate;
-use distillery::engine::DataRoot;
-use distillery::engine::{self, data, Control, EngineError, EngineEvent, Phase};
-use distillery::spec::{self, ArchSpec, JobSpec};
+use distillery::engine::{DataRoot, Phase};
+use distillery::spec::{ArchSpec, JobSpec};
 use serde_json::{json, Value};
-
-fn spec(value: Value) -> JobSpec {
-    let spec = spec::parse(value.to_string().as_bytes()).unwrap();
-    spec.validate().unwrap();
-    spec
-}
 
 fn small(alpha: f64) -> Value {
     json!({
@@ -29,18 +26,9 @@ fn small(alpha: f64) -> Value {
     })
 }
 
-fn run(
-    spec: &JobSpec,
-    dir: &Path,
-    data_root: &Path,
-    control: &Control,
-    sink: &mut dyn FnMut(EngineEvent),
-) -> Result<Report, EngineError> {
-    engine::run(spec, "cpu", &DataRoot::new(data_root), dir, control, sink).map(|o| o.report)
-}
-
+/// Runs a job to the end with its data root and its files in `dir`.
 fn quiet(spec: &JobSpec, dir: &Path) -> Report {
-    run(spec, dir, dir, &Control::default(), &mut |_| {}).unwrap()
+    run_to_end(spec, dir, dir).report
 }
 
 /// The numbers that must be reproducible (latencies are measurements, not results).
@@ -64,21 +52,6 @@ fn same_spec_and_seed_give_the_same_report() {
     assert_ne!(results(&first), results(&quiet(&other_seed, c.path())));
 }
 
-/// Runs until `phase` reaches `step`, interrupts there as a shutdown would, and returns the
-/// log messages of that run.
-fn interrupted_at(spec: &JobSpec, dir: &Path, phase: Phase, step: u64) -> Vec<String> {
-    let control = Control::default();
-    let mut logs = Vec::new();
-    let mut sink = |event: EngineEvent| match event {
-        EngineEvent::Progress(p) if p.phase == phase && p.step == step => control.interrupt(),
-        EngineEvent::Log(message) => logs.push(message),
-        _ => {}
-    };
-    let outcome = run(spec, dir, dir, &control, &mut sink);
-    assert!(matches!(outcome, Err(EngineError::Interrupted)), "{phase:?} {step}");
-    logs
-}
-
 #[test]
 fn an_interrupted_job_resumes_to_exactly_the_uninterrupted_result() {
     let s = spec(small(0.7));
@@ -87,16 +60,10 @@ fn an_interrupted_job_resumes_to_exactly_the_uninterrupted_result() {
 
     // 45 steps an epoch: both stops fall in the middle of the second epoch.
     let dir = tempfile::tempdir().unwrap();
-    interrupted_at(&s, dir.path(), Phase::Student, 50);
-    let logs = interrupted_at(&s, dir.path(), Phase::Baseline, 70);
+    interrupted_at(&s, dir.path(), dir.path(), Phase::Student, 50);
+    let logs = interrupted_at(&s, dir.path(), dir.path(), Phase::Baseline, 70);
     assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 1, step 50"), "{logs:?}");
-    let mut logs = Vec::new();
-    let resumed = run(&s, dir.path(), dir.path(), &Control::default(), &mut |e| {
-        if let EngineEvent::Log(m) = e {
-            logs.push(m)
-        }
-    })
-    .unwrap();
+    let Ran { report: resumed, logs, .. } = run_to_end(&s, dir.path(), dir.path());
     assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase baseline, epoch 1, step 70"), "{logs:?}");
     assert!(logs.iter().any(|m| m.starts_with("phase student was finished")), "{logs:?}");
     assert_eq!(results(&resumed), results(&expected));
@@ -138,9 +105,8 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
     let mut loaded = small(0.7);
     loaded["teacher"] = json!({"arch": {"kind": "mlp", "hidden": [64], "dropout": 0.1}, "weights": "t.safetensors"});
     let loaded = spec(loaded);
-    engine::preflight(&loaded, &DataRoot::new(root.path())).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let second = run(&loaded, out.path(), root.path(), &Control::default(), &mut |_| {}).unwrap();
+    let second = run(&loaded, root.path(), out.path()).report;
     assert_eq!(second.teacher.accuracy, report.teacher.accuracy);
     assert!(second.teacher.training.is_none());
     assert_eq!(second.student.accuracy, report.student.accuracy);

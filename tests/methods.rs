@@ -3,28 +3,19 @@
 //! other logit losses, schedules, the teacher cache with top-k, shifts, early stopping and
 //! copying layers from the teacher. Subsets keep each job to seconds.
 
+mod common;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
+use common::{fashion_dir, interrupted_at, minilm_dir, run, spec, Ran};
 use distillery::engine::files::read_safetensors;
 use distillery::engine::job::report::Report;
 use distillery::engine::DataRoot;
-use distillery::engine::{self, Control, EngineError, EngineEvent, Phase};
-use distillery::spec::{self, JobSpec};
+use distillery::engine::{self, Phase};
+use distillery::spec;
 use serde_json::{json, Value};
-
-fn fashion_dir() -> PathBuf {
-    let dir = PathBuf::from(
-        std::env::var("FASHION_MNIST_DIR").unwrap_or_else(|_| "/usr/share/datasets/fashion-mnist".into()),
-    );
-    assert!(
-        dir.join("train-images-idx3-ubyte.gz").exists(),
-        "Fashion-MNIST is not at {}: install Debian's `dataset-fashion-mnist` (.ci/run does) or set FASHION_MNIST_DIR",
-        dir.display()
-    );
-    dir
-}
 
 fn gunzip(path: &Path) -> Vec<u8> {
     let mut out = Vec::new();
@@ -75,26 +66,6 @@ fn training(epochs: u32) -> Value {
     json!({"epochs": epochs, "batch_size": 64, "optimizer": {"kind": "adamw", "lr": 0.002}, "seed": 3})
 }
 
-fn spec(value: Value) -> JobSpec {
-    let spec = spec::parse(value.to_string().as_bytes()).unwrap();
-    spec.validate().unwrap();
-    spec
-}
-
-/// Runs a job to the end, returning its report and its log lines.
-fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>) {
-    engine::preflight(spec, &DataRoot::new(root)).unwrap();
-    let mut logs = Vec::new();
-    let report = engine::run(spec, "cpu", &DataRoot::new(root), job, &Control::default(), &mut |e| {
-        if let EngineEvent::Log(line) = e {
-            logs.push(line)
-        }
-    })
-    .unwrap()
-    .report;
-    (report, logs)
-}
-
 #[test]
 fn a_conv_teacher_distils_into_a_lenet_student_through_logits_and_feature_maps() {
     let root = tempfile::tempdir().unwrap();
@@ -109,7 +80,7 @@ fn a_conv_teacher_distils_into_a_lenet_student_through_logits_and_feature_maps()
         ]},
         "training": training(2)
     }));
-    let (report, logs) = run(&s, root.path(), job.path());
+    let Ran { report, logs, .. } = run(&s, root.path(), job.path());
 
     // Ten classes: chance is 10%.
     assert!(report.teacher.accuracy > 0.6, "teacher {}", report.teacher.accuracy);
@@ -177,15 +148,7 @@ fn an_ensemble_with_js_loss_schedules_top_k_cache_and_early_stopping() {
     );
     s.distill.temperature = spec::Scheduled::Constant(4.0);
     s.distill.cache.top_k = Some(3);
-    let mut progress = Vec::new();
-    engine::preflight(&s, &DataRoot::new(root.path())).unwrap();
-    let report = engine::run(&s, "cpu", &DataRoot::new(root.path()), job.path(), &Control::default(), &mut |e| {
-        if let EngineEvent::Progress(p) = e {
-            progress.push(p)
-        }
-    })
-    .unwrap()
-    .report;
+    let Ran { report, progress, .. } = run(&s, root.path(), job.path());
 
     let members = report.teachers.as_ref().expect("each member of the ensemble");
     assert_eq!(members.len(), 2);
@@ -232,7 +195,7 @@ fn shifted_inputs_reverse_kl_and_a_student_that_starts_from_the_teachers_layers(
         "distill": {"temperature": 4, "alpha": 0.8, "loss": "reverse_kl"},
         "training": {"epochs": 3, "batch_size": 64, "optimizer": {"kind": "adamw", "lr": 0.002}, "seed": 5, "augment": {"shift": 2}}
     }));
-    let (report, logs) = run(&s, root.path(), job.path());
+    let Ran { report, logs, .. } = run(&s, root.path(), job.path());
     assert!(logs.iter().any(|l| l == "student initialised with 2 tensors copied from the teacher"), "{logs:?}");
     let cache = report.distillation.teacher_cache.as_ref().unwrap();
     assert!(!cache.used && cache.reason.contains("augmented"), "{cache:?}");
@@ -273,9 +236,7 @@ fn every_example_is_accepted() {
     }
     // The transformer examples: all-MiniLM-L6-v2 (scripts/fetch-minilm.sh) and a few tweets in
     // the election CSVs' columns.
-    let minilm = PathBuf::from(
-        std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()),
-    );
+    let minilm = minilm_dir();
     let models = root.path().join("models/all-minilm-l6-v2");
     std::fs::create_dir_all(&models).unwrap();
     for file in ["config.json", "model.safetensors", "tokenizer.json"] {
@@ -317,20 +278,14 @@ fn a_conv_job_with_batch_norm_projections_and_early_stopping_resumes_exactly() {
         "baseline": false
     }));
     let straight = tempfile::tempdir().unwrap();
-    let (expected, _) = run(&s, root.path(), straight.path());
+    let expected = run(&s, root.path(), straight.path()).report;
 
     // 400 training samples (100 held out for early stopping), 8 steps an epoch.
     let dir = tempfile::tempdir().unwrap();
     for (phase, step) in [(Phase::Teacher(0), 11), (Phase::Student, 13)] {
-        let control = Control::default();
-        let outcome = engine::run(&s, "cpu", &DataRoot::new(root.path()), dir.path(), &control, &mut |e| {
-            if matches!(&e, EngineEvent::Progress(p) if p.phase == phase && p.step == step) {
-                control.interrupt()
-            }
-        });
-        assert!(matches!(outcome, Err(EngineError::Interrupted)), "{phase:?}");
+        interrupted_at(&s, root.path(), dir.path(), phase, step);
     }
-    let (resumed, logs) = run(&s, root.path(), dir.path());
+    let Ran { report: resumed, logs, .. } = run(&s, root.path(), dir.path());
     assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 1, step 13"), "{logs:?}");
     let numbers = |r: &Report| {
         (

@@ -2,6 +2,8 @@
 //! tiny random BERT, RoBERTa and DistilBERT folders and their outputs and gradients), and text
 //! jobs end to end with the tiny BERT as the teacher.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -165,9 +167,11 @@ mod jobs {
     use distillery::engine::job::report::{Report, Task};
     use distillery::engine::models::bert;
     use distillery::engine::models::{Input, Net};
-    use distillery::engine::{self, Control, EngineError, EngineEvent, EpochMetrics, Phase};
+    use distillery::engine::{self, Phase};
     use distillery::spec::{self, ArchSpec, JobSpec, TransformerArch};
     use serde_json::{json, Value};
+
+    use crate::common::{self, interrupted_at, run, Ran};
 
     const POSITIVE: [&str; 7] = ["good", "great", "love", "fun", "happy", "best", "enjoy"];
     const NEGATIVE: [&str; 7] = ["bad", "terrible", "hate", "dull", "sad", "worst", "bore"];
@@ -218,23 +222,7 @@ mod jobs {
             "distill": {"temperature": 2, "alpha": 0.5, "intermediate": intermediate},
             "training": {"epochs": 8, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.001}, "warmup_steps": 25, "seed": 5}
         });
-        let spec = spec::parse(value.to_string().as_bytes()).unwrap();
-        spec.validate().unwrap();
-        spec
-    }
-
-    /// Runs a job to the end: its report, log lines and per-epoch metrics.
-    pub(super) fn run(spec: &JobSpec, root: &Path, job: &Path) -> (Report, Vec<String>, Vec<EpochMetrics>) {
-        engine::preflight(spec, &engine::DataRoot::new(root)).unwrap();
-        let (mut logs, mut epochs) = (Vec::new(), Vec::new());
-        let output =
-            engine::run(spec, "cpu", &engine::DataRoot::new(root), job, &Control::default(), &mut |e| match e {
-                EngineEvent::Log(line) => logs.push(line),
-                EngineEvent::Epoch(m) => epochs.push(m),
-                _ => {}
-            })
-            .unwrap();
-        (output.report, logs, epochs)
+        common::spec(value)
     }
 
     #[test]
@@ -249,7 +237,7 @@ mod jobs {
                 {"teacher_layer": "embeddings", "student_layer": "embeddings", "loss": "mse", "weight": 1.0}
             ]),
         );
-        let (report, logs, _) = run(&s, root.path(), job.path());
+        let Ran { report, logs, .. } = run(&s, root.path(), job.path());
         // Two balanced classes: chance is 50%.
         assert!(report.teacher.accuracy > 0.85, "teacher {}", report.teacher.accuracy);
         assert!(report.student.accuracy > 0.8, "student {}", report.student.accuracy);
@@ -311,8 +299,8 @@ mod jobs {
         ))
         .unwrap();
         value["teacher"]["arch"]["path"] = json!("models/tiny-distilbert");
-        let s = spec::parse(value.to_string().as_bytes()).unwrap();
-        let (report, _, _) = run(&s, root.path(), job.path());
+        let s = common::spec(value);
+        let report = run(&s, root.path(), job.path()).report;
         assert!(report.teacher.accuracy > 0.85, "teacher {}", report.teacher.accuracy);
         assert!(report.student.accuracy > 0.7, "student {}", report.student.accuracy);
         let config: Value =
@@ -341,21 +329,15 @@ mod jobs {
         value["teacher"]["train"]["epochs"] = json!(2);
         value["training"]["epochs"] = json!(2);
         value["baseline"] = json!(false);
-        let s = spec::parse(value.to_string().as_bytes()).unwrap();
+        let s = common::spec(value);
         let straight = tempfile::tempdir().unwrap();
-        let (expected, _, _) = run(&s, root.path(), straight.path());
+        let expected = run(&s, root.path(), straight.path()).report;
         // 400 reviews at batch 16: 25 steps an epoch.
         let dir = tempfile::tempdir().unwrap();
         for (phase, step) in [(Phase::Teacher(0), 30), (Phase::Student, 7)] {
-            let control = Control::default();
-            let outcome = engine::run(&s, "cpu", &engine::DataRoot::new(root.path()), dir.path(), &control, &mut |e| {
-                if matches!(&e, EngineEvent::Progress(p) if p.phase == phase && p.step == step) {
-                    control.interrupt()
-                }
-            });
-            assert!(matches!(outcome, Err(EngineError::Interrupted)), "{phase:?}");
+            interrupted_at(&s, root.path(), dir.path(), phase, step);
         }
-        let (resumed, logs, _) = run(&s, root.path(), dir.path());
+        let Ran { report: resumed, logs, .. } = run(&s, root.path(), dir.path());
         assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 0, step 7"), "{logs:?}");
         let numbers = |r: &Report| (r.teacher.accuracy, r.teacher.loss, r.student.accuracy, r.student.loss);
         assert_eq!(numbers(&resumed), numbers(&expected));
@@ -371,7 +353,7 @@ mod jobs {
             json!({"kind": "transformer", "num_layers": 2, "hidden_size": 16, "num_heads": 4, "intermediate_size": 32}),
             json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse", "weight": 1.0}]),
         );
-        let (report, _, epochs) = run(&s, root.path(), job.path());
+        let Ran { report, epochs, .. } = run(&s, root.path(), job.path());
         // At half the width no teacher tensor fits, so the student starts from scratch and eight
         // epochs are too few for it to beat chance; it must be learning, though.
         let student: Vec<f64> = epochs.iter().filter(|m| m.phase == Phase::Student).map(|m| m.train_loss).collect();
@@ -394,8 +376,8 @@ mod jobs {
             {"teacher_layer": "pooled", "student_layer": "pooled", "loss": "cosine", "weight": 1.0},
             {"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse", "weight": 0.1}
         ]);
-        let s = spec::parse(value.to_string().as_bytes()).unwrap();
-        let (report, logs, _) = run(&s, root.path(), job.path());
+        let s = common::spec(value);
+        let Ran { report, logs, .. } = run(&s, root.path(), job.path());
         assert_eq!(report.task, Task::Embedding);
         assert_eq!((report.teacher.accuracy, report.teacher.loss), (1.0, 0.0));
         let baseline = report.baseline.as_ref().unwrap();
@@ -484,31 +466,19 @@ mod jobs {
 /// The real all-MiniLM-L6-v2 (22.7M parameters), which `scripts/fetch-minilm.sh` (run by
 /// `.ci/run`) puts under `distillery-data/datasets/models/`, or `MINILM_DIR`.
 mod minilm {
-    use std::path::PathBuf;
-
     use candle_core::{Device, Tensor};
     use distillery::engine::models::bert;
     use distillery::engine::models::{Input, Net};
-    use distillery::spec::{self, ArchSpec, TransformerArch};
+    use distillery::spec::{ArchSpec, TransformerArch};
     use serde_json::{json, Value};
 
-    fn folder() -> PathBuf {
-        let dir = PathBuf::from(
-            std::env::var("MINILM_DIR").unwrap_or_else(|_| "distillery-data/datasets/models/all-minilm-l6-v2".into()),
-        );
-        assert!(
-            dir.join("model.safetensors").exists(),
-            "all-MiniLM-L6-v2 is not at {}: run scripts/fetch-minilm.sh (.ci/run does) or set MINILM_DIR",
-            dir.display()
-        );
-        dir
-    }
+    use crate::common::{self, minilm_dir, run, Ran};
 
     #[test]
     fn the_real_minilm_tokenises_and_embeds_as_transformers_does() {
         let reference: Value =
             serde_json::from_slice(&std::fs::read("tests/fixtures/minilm_reference.json").unwrap()).unwrap();
-        let dir = folder();
+        let dir = minilm_dir();
         let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
         tokenizer.with_padding(Some(tokenizers::PaddingParams {
             strategy: tokenizers::PaddingStrategy::Fixed(16),
@@ -561,7 +531,7 @@ mod minilm {
             "special_tokens_map.json",
             "vocab.txt",
         ] {
-            std::fs::copy(folder().join(file), root.path().join("minilm").join(file)).unwrap();
+            std::fs::copy(minilm_dir().join(file), root.path().join("minilm").join(file)).unwrap();
         }
         super::jobs::reviews(&root.path().join("train.csv"), 192, 11);
         super::jobs::reviews(&root.path().join("test.csv"), 96, 12);
@@ -575,8 +545,8 @@ mod minilm {
             ]},
             "training": {"epochs": 2, "batch_size": 16, "optimizer": {"kind": "adamw", "lr": 0.0001}, "warmup_steps": 4, "seed": 1}
         });
-        let s = spec::parse(value.to_string().as_bytes()).unwrap();
-        let (report, logs, _) = super::jobs::run(&s, root.path(), job.path());
+        let s = common::spec(value);
+        let Ran { report, logs, .. } = run(&s, root.path(), job.path());
         assert!(logs.iter().any(|l| l.contains("no classification head")), "{logs:?}");
         assert!(report.teacher.accuracy > 0.9, "teacher {}", report.teacher.accuracy);
         assert!(report.student.accuracy > 0.8, "student {}", report.student.accuracy);
