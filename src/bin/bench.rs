@@ -25,7 +25,7 @@ use candle_core::{Device, Tensor};
 use clap::{Parser, ValueEnum};
 use distillery::engine::data::ImageShape;
 use distillery::engine::models::bert::{self, BertConfig};
-use distillery::engine::models::{Input, Net};
+use distillery::engine::models::{Input, ModelError, Net};
 use distillery::engine::rng::Rng;
 use distillery::engine::train::loss::hinton;
 use distillery::engine::train::optim::Optimizer;
@@ -186,7 +186,7 @@ impl Model {
 /// Fresh teacher and student: PyTorch's initialisation for MLPs and conv nets, `transformers'`
 /// for the encoders.
 fn networks(setup: &Setup, rng: &mut Rng, device: &Device) -> candle_core::Result<(Net, Net)> {
-    let msg = candle_core::Error::Msg;
+    let msg = |e: ModelError| candle_core::Error::Msg(e.to_string());
     match &setup.pair {
         Pair::Layers { teacher, student } => {
             let mut init = |arch: &ArchSpec| Net::init(arch, setup.input, setup.classes, rng, device).map_err(msg);

@@ -173,12 +173,25 @@ pub enum EngineError {
     /// A problem with the job's inputs (dataset, teacher file), naming the spec field.
     #[error("{0}")]
     Input(#[from] crate::spec::SpecError),
+    /// A network that cannot be built, or tensors that do not fit it.
+    #[error("{0}")]
+    Model(#[from] crate::engine::models::ModelError),
     #[error("training failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("file error: {0}")]
     Io(#[from] std::io::Error),
+    /// A file this job wrote before (its state, a checkpoint, a phase's weights) is unusable.
     #[error("{0}")]
-    Other(String),
+    Corrupt(String),
+    /// The loss stopped being a finite number.
+    #[error("the loss became {loss} in phase {phase} at step {step}; lower the learning rate")]
+    Diverged { phase: String, step: u64, loss: f64 },
+    /// A device this build cannot use.
+    #[error("{0}")]
+    Device(String),
+    /// A fault of the engine itself, not of the job.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl EngineError {
@@ -222,7 +235,7 @@ pub fn tune_allocator() {
 }
 
 pub fn device(spec: &str) -> Result<candle_core::Device, EngineError> {
-    match crate::spec::parse_device(spec).map_err(EngineError::Other)? {
+    match crate::spec::parse_device(spec).map_err(EngineError::Device)? {
         crate::spec::DeviceSpec::Cpu => Ok(candle_core::Device::Cpu),
         crate::spec::DeviceSpec::Cuda(n) => Ok(candle_core::Device::new_cuda(n)?),
     }

@@ -197,8 +197,8 @@ impl Worker {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     engine::run(&spec, &config.default_device, &config.data_root, &job_dir, &thread_control, &mut sink)
                 }));
-                let result = result
-                    .unwrap_or_else(|_| Err(EngineError::Other("internal error: the training thread panicked".into())));
+                let result =
+                    result.unwrap_or_else(|_| Err(EngineError::Internal("the training thread panicked".into())));
                 let _ = done_tx.send(result);
             })
             .map_err(EngineError::Io)?;
@@ -241,7 +241,7 @@ impl Worker {
         if let Some(p) = pending_progress.take() {
             self.forward(job.id, EngineEvent::Progress(p)).await;
         }
-        done.await.unwrap_or_else(|_| Err(EngineError::Other("the training thread vanished".into())))
+        done.await.unwrap_or_else(|_| Err(EngineError::Internal("the training thread vanished".into())))
     }
 
     async fn forward(&self, id: Uuid, event: EngineEvent) {

@@ -247,5 +247,5 @@ fn ensemble(teachers: &[Model], weights: &[f64], data: &Dataset, device: &Device
 fn safetensors_size(model: &Net) -> Result<u64, EngineError> {
     let named = model.named();
     let views: Vec<(&str, &Tensor)> = named.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    Ok(safetensors::serialize(views, None).map_err(|e| EngineError::Other(e.to_string()))?.len() as u64)
+    Ok(safetensors::serialize(views, None).map_err(|e| EngineError::Internal(e.to_string()))?.len() as u64)
 }

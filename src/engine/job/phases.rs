@@ -18,7 +18,7 @@ use crate::engine::rng::{streams, Rng};
 use crate::engine::train::loss::LogitLoss;
 use crate::engine::train::{train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use crate::engine::{EngineError, EngineEvent, Phase};
-use crate::spec::{JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, TeacherSpec};
+use crate::spec::{JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, SpecError, TeacherSpec};
 
 const STATE_FILE: &str = "state.json";
 
@@ -60,7 +60,7 @@ impl<'a> Trainer<'a> {
         let state_path = ctx.job_dir.join(STATE_FILE);
         let state = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| EngineError::Other(format!("state.json is unreadable: {e}")))?,
+                .map_err(|e| EngineError::Corrupt(format!("state.json is unreadable: {e}")))?,
             Err(_) => JobState::default(),
         };
         Ok(Self { spec, data, text, resolved, ctx, state, state_path, artifacts: Vec::new() })
@@ -129,12 +129,11 @@ impl<'a> Trainer<'a> {
                 self.log(format!("{} loaded from {weights}", Phase::Teacher(i).as_str()));
                 return Ok(Model { net, training: None });
             }
-            (None, None) => Net::init(&teacher.arch, self.resolved.input, self.data.classes, &mut rng, device)
-                .map_err(EngineError::Other)?,
+            (None, None) => Net::init(&teacher.arch, self.resolved.input, self.data.classes, &mut rng, device)?,
         };
         let Some(train) = &teacher.train else {
-            let setup =
-                self.text.ok_or_else(|| EngineError::Other("a teacher has neither weights nor training".into()))?;
+            let field = self.spec.teacher_field(i);
+            let setup = self.text.ok_or_else(|| SpecError::new(field, "a teacher needs `weights` or `train`"))?;
             self.log(format!("teacher used as found in {}", setup.teacher.path));
             return Ok(Model { net: init, training: None });
         };
@@ -149,14 +148,12 @@ impl<'a> Trainer<'a> {
         let mut rng = Rng::stream(spec.training.seed, &[streams::STUDENT_INIT]);
         let input = self.resolved.input;
         let Some((config, layers)) = &self.resolved.transformer else {
-            let random_init = Net::init(&spec.student.arch, input, self.data.classes, &mut rng, self.ctx.device)
-                .map_err(EngineError::Other)?;
+            let random_init = Net::init(&spec.student.arch, input, self.data.classes, &mut rng, self.ctx.device)?;
             let student_init = self.student_from_teacher(&random_init, teacher)?;
             return Ok((random_init, student_init));
         };
         let (init, copied) =
-            text::student_init(config, layers, &spec.student.arch, teacher, input, &mut rng, self.ctx.device)
-                .map_err(EngineError::Other)?;
+            text::student_init(config, layers, &spec.student.arch, teacher, input, &mut rng, self.ctx.device)?;
         self.log(format!(
             "student: {} layers (teacher layers {layers:?}), hidden {}, {} heads, {} parameters; {copied} tensors copied from the teacher",
             config.num_layers,
@@ -218,8 +215,8 @@ impl<'a> Trainer<'a> {
         self.artifacts.push(file_of(plan.phase));
         if let (Some(summary), true) = (self.state.finished.get(&name), path.exists()) {
             let summary = summary.clone();
-            let (tensors, _) = read_safetensors(&path, self.ctx.device).map_err(EngineError::Other)?;
-            let net = init.with_named(tensors, self.ctx.device).map_err(EngineError::Other)?;
+            let (tensors, _) = read_safetensors(&path, self.ctx.device).map_err(EngineError::Corrupt)?;
+            let net = init.with_named(tensors, self.ctx.device)?;
             self.log(format!("phase {name} was finished before the restart; its weights are reused"));
             return Ok(Model { net, training: Some(summary) });
         }

@@ -122,7 +122,7 @@ pub(super) fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) 
         ));
     }
     let blueprint = |arch: &ArchSpec, field: String| {
-        Blueprint::new(arch, input, data.classes).map_err(|m| SpecError::new(field, m))
+        Blueprint::new(arch, input, data.classes).map_err(|m| SpecError::new(field, m.to_string()))
     };
     let (teachers, student, transformer) = match (text, spec.student.arch.transformer()) {
         (Some(setup), Some(arch)) => {

@@ -10,7 +10,7 @@ use crate::engine::data::root::DataRoot;
 use crate::engine::data::text::{self as text_data, TextDataset, TextSplit};
 use crate::engine::data::{Dataset, Normalization, Split};
 use crate::engine::models::bert::{self, BertConfig};
-use crate::engine::models::{Input, Net};
+use crate::engine::models::{Input, ModelError, Net};
 use crate::engine::rng::Rng;
 use crate::spec::{ArchSpec, JobSpec, SpecError, TransformerArch, TransformerInit};
 
@@ -73,7 +73,8 @@ pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<
     for name in COMPANION_FILES.into_iter().filter(|name| *name == TOKENIZER || root.exists(&file(name))) {
         companions.push((name, root.read(&file(name), &field)?));
     }
-    let (config, tensors) = bert::from_files(&config_json, &weights, device).map_err(|m| SpecError::new(&field, m))?;
+    let (config, tensors) =
+        bert::from_files(&config_json, &weights, device).map_err(|m| SpecError::new(&field, m.to_string()))?;
     let has_head = config.num_labels > 0;
     Ok(TeacherFolder { path: relative.to_string(), config, tensors, has_head, companions })
 }
@@ -175,7 +176,8 @@ pub fn teacher_net(
         named.insert(name, tensor);
     }
     let input = Input { features: data.features, image: None };
-    Net::transformer(&spec.teacher_specs()[0].arch, config, input, named, device).map_err(|m| SpecError::new(&field, m))
+    Net::transformer(&spec.teacher_specs()[0].arch, config, input, named, device)
+        .map_err(|m| SpecError::new(&field, m.to_string()))
 }
 
 /// The student's config and, for each of its layers, the teacher layer it maps to.
@@ -217,7 +219,7 @@ pub fn student_config(teacher: &BertConfig, arch: &TransformerArch) -> Result<(B
         intermediate_size: arch.intermediate_size.unwrap_or(teacher.intermediate_size),
         ..teacher.clone()
     };
-    config.check().map_err(|m| SpecError::new("student.arch", m))?;
+    config.check().map_err(|m| SpecError::new("student.arch", m.to_string()))?;
     Ok((config, layers))
 }
 
@@ -231,13 +233,15 @@ pub fn student_init(
     input: Input,
     rng: &mut Rng,
     device: &Device,
-) -> Result<(Net, usize), String> {
-    let mut named = config.init(rng, device).map_err(|e| e.to_string())?;
+) -> Result<(Net, usize), ModelError> {
+    let mut named = config.init(rng, device)?;
     let mut copied = 0;
     let copies = arch.transformer().is_some_and(|t| t.init == TransformerInit::Teacher);
     if copies {
         let source: HashMap<String, Tensor> = teacher.named().into_iter().collect();
-        let teacher_config = teacher.transformer_config().ok_or("the teacher is not a transformer")?;
+        let teacher_config = teacher
+            .transformer_config()
+            .ok_or_else(|| ModelError::Architecture("the teacher is not a transformer".into()))?;
         let mut renames: HashMap<String, String> = HashMap::new();
         for (i, &from) in layers.iter().enumerate() {
             for (ours, theirs) in config.layer_names(i).into_iter().zip(teacher_config.layer_names(from)) {
@@ -247,7 +251,7 @@ pub fn student_init(
         for (name, tensor) in named.iter_mut() {
             let from = renames.get(name).unwrap_or(name);
             if let Some(t) = source.get(from).filter(|t| t.dims() == tensor.dims()) {
-                *tensor = t.copy().map_err(|e| e.to_string())?;
+                *tensor = t.copy()?;
                 copied += 1;
             }
         }

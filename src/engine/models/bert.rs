@@ -29,6 +29,7 @@ use crate::engine::kernels::activation::linear_gelu;
 use crate::engine::kernels::attention::SelfAttention;
 use crate::engine::kernels::linear::Linear;
 use crate::engine::kernels::norm;
+use crate::engine::models::ModelError;
 use crate::engine::rng::dropout_multipliers;
 use crate::engine::rng::Rng;
 use crate::spec::{MAX_LAYERS, MAX_LAYER_WIDTH};
@@ -107,7 +108,11 @@ const MAX_TOKEN_TYPES: usize = 1 << 10;
 
 impl BertConfig {
     /// Reads a Hugging Face `config.json`; errors say which key is missing or unsupported.
-    pub fn from_hf(raw: &Value) -> std::result::Result<Self, String> {
+    pub fn from_hf(raw: &Value) -> std::result::Result<Self, ModelError> {
+        Self::parse_hf(raw).map_err(ModelError::Architecture)
+    }
+
+    fn parse_hf(raw: &Value) -> std::result::Result<Self, String> {
         let model_type = raw.get("model_type").and_then(Value::as_str).ok_or("config.json has no `model_type`")?;
         let family = match model_type {
             "bert" => Family::Bert,
@@ -166,12 +171,16 @@ impl BertConfig {
             num_labels,
             raw: raw.clone(),
         };
-        config.check()?;
+        config.check_sizes()?;
         Ok(config)
     }
 
     /// Sizes that fit together; for a student config built from overrides too.
-    pub fn check(&self) -> std::result::Result<(), String> {
+    pub fn check(&self) -> std::result::Result<(), ModelError> {
+        self.check_sizes().map_err(ModelError::Architecture)
+    }
+
+    fn check_sizes(&self) -> std::result::Result<(), String> {
         if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(format!(
                 "hidden size {} is not a multiple of the {} attention heads",
@@ -578,8 +587,13 @@ pub fn forward(
 
 /// Reads a Hugging Face folder: its config (`num_labels` set from the head in the weights, 0
 /// without one) and its tensors under our names, as f32 on `device`.
-pub fn load_folder(dir: &Path, device: &Device) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), String> {
-    let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| format!("{name} is unreadable: {e}"));
+pub fn load_folder(
+    dir: &Path,
+    device: &Device,
+) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), ModelError> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).map_err(|e| ModelError::Format(format!("{name} is unreadable: {e}")))
+    };
     from_files(&read("config.json")?, &read("model.safetensors")?, device)
 }
 
@@ -588,21 +602,21 @@ pub fn from_files(
     config_json: &[u8],
     weights: &[u8],
     device: &Device,
-) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), String> {
-    let raw: Value = serde_json::from_slice(config_json).map_err(|e| format!("config.json is unreadable: {e}"))?;
+) -> std::result::Result<(BertConfig, HashMap<String, Tensor>), ModelError> {
+    let raw: Value = serde_json::from_slice(config_json)
+        .map_err(|e| ModelError::Format(format!("config.json is unreadable: {e}")))?;
     let mut config = BertConfig::from_hf(&raw)?;
-    let (tensors, _) = parse_safetensors(weights, device)?;
+    let (tensors, _) = parse_safetensors(weights, device).map_err(ModelError::Format)?;
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
         .map(|(name, t)| Ok((config.our_name(&name), t.to_dtype(DType::F32)?.to_device(device)?)))
-        .collect::<Result<_>>()
-        .map_err(|e| e.to_string())?;
+        .collect::<Result<_>>()?;
     let head = match config.family {
         Family::Roberta => "classifier.out_proj.weight",
         _ => "classifier.weight",
     };
     config.num_labels = match tensors.get(head) {
-        Some(t) => t.dim(0).map_err(|e| e.to_string())?,
+        Some(t) => t.dim(0)?,
         None => 0,
     };
     Ok((config, tensors))

@@ -24,6 +24,26 @@ use bert::BertConfig;
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
 
+/// Why a network cannot be built, or why tensors do not fit it. Callers match the cause: a
+/// spec refused at submission, a checkpoint that no longer fits, a file of the wrong model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The architecture does not fit the data, or a config.json is not one this engine runs.
+    #[error("{0}")]
+    Architecture(String),
+    /// A file is not in the format it should be (config.json, safetensors).
+    #[error("{0}")]
+    Format(String),
+    #[error("tensor `{0}` is missing")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {got:?}, the architecture needs {expected:?}{hint}")]
+    Shape { name: String, got: Vec<usize>, expected: Vec<usize>, hint: String },
+    #[error("tensor `{0}` is not part of the architecture")]
+    UnknownTensor(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
 /// What a network is fed: `features` per sample, laid out as an image when `image` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Input {
@@ -45,26 +65,30 @@ pub struct Blueprint {
 }
 
 impl Blueprint {
-    pub fn new(arch: &ArchSpec, input: Input, classes: usize) -> std::result::Result<Self, String> {
+    pub fn new(arch: &ArchSpec, input: Input, classes: usize) -> std::result::Result<Self, ModelError> {
         let mut params = Vec::new();
         let mut buffers = Vec::new();
         let mut outputs = Vec::new();
         let mut flatten = None;
         let mut width = input.features;
         if let ArchSpec::Transformer(_) = arch {
-            return Err("a transformer's shapes come from its config (Blueprint::transformer)".into());
+            return Err(ModelError::Architecture(
+                "a transformer's shapes come from its config (Blueprint::transformer)".into(),
+            ));
         }
         if let ArchSpec::Conv { blocks, .. } = arch {
-            let image = input
-                .image
-                .ok_or("a conv architecture needs image data (dataset source `idx` with 2-D or 3-D samples)")?;
+            let image = input.image.ok_or_else(|| {
+                ModelError::Architecture(
+                    "a conv architecture needs image data (dataset source `idx` with 2-D or 3-D samples)".into(),
+                )
+            })?;
             let (mut h, mut w, mut c) = (image.height, image.width, image.channels);
             for (i, b) in blocks.iter().enumerate() {
                 if h + 2 * b.padding < b.kernel || w + 2 * b.padding < b.kernel {
-                    return Err(format!(
+                    return Err(ModelError::Architecture(format!(
                         "blocks.{i}: its {}×{} kernel does not fit the {h}×{w} map it receives",
                         b.kernel, b.kernel
-                    ));
+                    )));
                 }
                 params.push((format!("blocks.{i}.conv.weight"), vec![b.channels, c, b.kernel, b.kernel]));
                 params.push((format!("blocks.{i}.conv.bias"), vec![b.channels]));
@@ -79,7 +103,10 @@ impl Blueprint {
                 c = b.channels;
                 if b.pool.is_some() {
                     if h < b.pool_size || w < b.pool_size {
-                        return Err(format!("blocks.{i}: a {h}×{w} map is too small for {0}×{0} pooling", b.pool_size));
+                        return Err(ModelError::Architecture(format!(
+                            "blocks.{i}: a {h}×{w} map is too small for {0}×{0} pooling",
+                            b.pool_size
+                        )));
                     }
                     h /= b.pool_size;
                     w /= b.pool_size;
@@ -151,7 +178,7 @@ impl Net {
         classes: usize,
         rng: &mut Rng,
         device: &Device,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, ModelError> {
         let blueprint = Blueprint::new(arch, input, classes)?;
         let mut make = || -> Result<(Vec<Tensor>, Vec<Tensor>)> {
             let mut params = Vec::new();
@@ -179,7 +206,7 @@ impl Net {
                 .collect::<Result<_>>()?;
             Ok((params, buffers))
         };
-        let (params, buffers) = make().map_err(|e| e.to_string())?;
+        let (params, buffers) = make()?;
         Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, transformer: None })
     }
 
@@ -191,7 +218,7 @@ impl Net {
         input: Input,
         named: HashMap<String, Tensor>,
         device: &Device,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, ModelError> {
         let blueprint = Blueprint::transformer(&config, input.features / 3);
         let net = Self {
             arch: arch.clone(),
@@ -211,13 +238,17 @@ impl Net {
 
     /// The same architecture with weights from named tensors (a file, a checkpoint, a best
     /// epoch), checking every name and shape.
-    pub fn with_named(&self, mut named: HashMap<String, Tensor>, device: &Device) -> std::result::Result<Self, String> {
+    pub fn with_named(
+        &self,
+        mut named: HashMap<String, Tensor>,
+        device: &Device,
+    ) -> std::result::Result<Self, ModelError> {
         let blueprint = &self.blueprint;
-        let mut take = |specs: &[(String, Vec<usize>)]| -> std::result::Result<Vec<Tensor>, String> {
+        let mut take = |specs: &[(String, Vec<usize>)]| -> std::result::Result<Vec<Tensor>, ModelError> {
             specs
                 .iter()
                 .map(|(name, shape)| {
-                    let tensor = named.remove(name).ok_or_else(|| format!("tensor `{name}` is missing"))?;
+                    let tensor = named.remove(name).ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
                     if tensor.dims() != shape.as_slice() {
                         let hint =
                             if name == "layers.0.weight" && tensor.dims().len() == 2 && tensor.dims()[1] != shape[1] {
@@ -229,19 +260,21 @@ impl Net {
                             } else {
                                 String::new()
                             };
-                        return Err(format!(
-                            "tensor `{name}` has shape {:?}, the architecture needs {shape:?}{hint}",
-                            tensor.dims()
-                        ));
+                        return Err(ModelError::Shape {
+                            name: name.clone(),
+                            got: tensor.dims().to_vec(),
+                            expected: shape.clone(),
+                            hint,
+                        });
                     }
-                    tensor.to_dtype(DType::F32).and_then(|t| t.to_device(device)).map_err(|e| e.to_string())
+                    Ok(tensor.to_dtype(DType::F32).and_then(|t| t.to_device(device))?)
                 })
                 .collect()
         };
         let params = take(&blueprint.params)?;
         let buffers = take(&blueprint.buffers)?;
         if let Some(extra) = named.keys().next() {
-            return Err(format!("tensor `{extra}` is not part of the architecture"));
+            return Err(ModelError::UnknownTensor(extra.clone()));
         }
         Ok(Self { params, buffers, ..self.clone() })
     }
@@ -253,7 +286,7 @@ impl Net {
         classes: usize,
         named: HashMap<String, Tensor>,
         device: &Device,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, ModelError> {
         let blueprint = Blueprint::new(arch, input, classes)?;
         let empty = Self {
             arch: arch.clone(),
@@ -551,9 +584,9 @@ mod tests {
     fn conv_maps_too_small_are_refused_with_the_block_named() {
         let (arch, _) = conv();
         let tiny = Input { features: 2 * 5 * 5, image: Some(ImageShape { channels: 2, height: 5, width: 5 }) };
-        let err = Blueprint::new(&arch, tiny, 10).unwrap_err();
+        let err = Blueprint::new(&arch, tiny, 10).unwrap_err().to_string();
         assert!(err.starts_with("blocks.1"), "{err}");
-        let err = Blueprint::new(&arch, flat(72), 10).unwrap_err();
+        let err = Blueprint::new(&arch, flat(72), 10).unwrap_err().to_string();
         assert!(err.contains("needs image data"), "{err}");
     }
 
@@ -565,7 +598,7 @@ mod tests {
         let x = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
         let diff = (m.forward(&x, None, &[]).unwrap().logits - back.forward(&x, None, &[]).unwrap().logits).unwrap();
         assert_eq!(diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-        let err = Net::from_named(&mlp(), flat(4), 2, named, &Device::Cpu).unwrap_err();
+        let err = Net::from_named(&mlp(), flat(4), 2, named, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("input width 3 does not match"), "{err}");
     }
 

@@ -495,11 +495,11 @@ impl<'p> PhaseRun<'p> {
         self.position.samples_seen += batch.len() as u64;
         let loss = losses.total.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
-            return Err(EngineError::Other(format!(
-                "the loss became {loss} in phase {} at step {}; lower the learning rate",
-                plan.phase.as_str(),
-                self.position.global_step
-            )));
+            return Err(EngineError::Diverged {
+                phase: plan.phase.as_str().into_owned(),
+                step: self.position.global_step,
+                loss,
+            });
         }
         let scalar = |t: &Option<Tensor>| t.as_ref().map(|s| s.to_scalar::<f32>().map(f64::from)).transpose();
         (ctx.sink)(EngineEvent::Progress(Progress {
@@ -647,8 +647,8 @@ impl<'p> PhaseRun<'p> {
     fn finish(self, ctx: &mut PhaseContext) -> Result<(Net, PhaseSummary), EngineError> {
         let model = match self.position.best {
             Some(_) => {
-                let (tensors, _) = read_safetensors(&self.best_path, ctx.device).map_err(EngineError::Other)?;
-                self.init.with_named(tensors, ctx.device).map_err(EngineError::Other)?
+                let (tensors, _) = read_safetensors(&self.best_path, ctx.device).map_err(EngineError::Corrupt)?;
+                self.init.with_named(tensors, ctx.device)?
             }
             None => self.model().detached(),
         };
@@ -812,7 +812,7 @@ fn save(path: &Path, position: &Position, optimizer: &Optimizer, buffers: &[Tens
         optimizer.vars().iter().enumerate().map(|(i, v)| (format!("param.{i}"), v.as_tensor().detach())).collect();
     tensors.extend(buffers.iter().enumerate().map(|(i, b)| (format!("buffer.{i}"), b.clone())));
     tensors.extend(optimizer.state()?);
-    let meta = serde_json::to_value(position).map_err(|e| EngineError::Other(e.to_string()))?;
+    let meta = serde_json::to_value(position).map_err(|e| EngineError::Internal(e.to_string()))?;
     write_safetensors(path, &tensors, Some(&meta))?;
     Ok(())
 }
@@ -823,7 +823,7 @@ fn restore(
     buffers: &mut [Tensor],
     device: &Device,
 ) -> Result<Position, EngineError> {
-    let broken = |m: String| EngineError::Other(format!("checkpoint {} is unusable: {m}", path.display()));
+    let broken = |m: String| EngineError::Corrupt(format!("checkpoint {} is unusable: {m}", path.display()));
     let (mut tensors, meta) = read_safetensors(path, device).map_err(broken)?;
     let meta = meta.ok_or_else(|| broken("no position metadata".into()))?;
     let position: Position = serde_json::from_value(meta).map_err(|e| broken(format!("bad position metadata: {e}")))?;
@@ -834,7 +834,7 @@ fn restore(
     for (i, buffer) in buffers.iter_mut().enumerate() {
         *buffer = tensors.remove(&format!("buffer.{i}")).ok_or_else(|| broken(format!("lacks buffer.{i}")))?;
     }
-    optimizer.restore(position.optimizer_steps, &mut tensors).map_err(broken)?;
+    optimizer.restore(position.optimizer_steps, &mut tensors).map_err(|e| broken(e.to_string()))?;
     Ok(position)
 }
 

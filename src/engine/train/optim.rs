@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use candle_core::{backprop::GradStore, CpuStorage, Device, InplaceOp2, Layout, Result, Tensor, Var};
 
+use crate::engine::models::ModelError;
 use crate::spec::OptimizerSpec;
 
 pub struct Optimizer {
@@ -103,12 +104,17 @@ impl Optimizer {
         Ok(named)
     }
 
-    pub fn restore(&mut self, steps: u64, named: &mut HashMap<String, Tensor>) -> std::result::Result<(), String> {
-        let mut take = |prefix: &str, i: usize, var: &Var| -> std::result::Result<Tensor, String> {
+    pub fn restore(&mut self, steps: u64, named: &mut HashMap<String, Tensor>) -> std::result::Result<(), ModelError> {
+        let mut take = |prefix: &str, i: usize, var: &Var| -> std::result::Result<Tensor, ModelError> {
             let name = format!("optimizer.{prefix}.{i}");
-            let t = named.remove(&name).ok_or_else(|| format!("checkpoint lacks `{name}`"))?;
+            let t = named.remove(&name).ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
             if t.dims() != var.dims() {
-                return Err(format!("checkpoint tensor `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims()));
+                return Err(ModelError::Shape {
+                    name,
+                    got: t.dims().to_vec(),
+                    expected: var.dims().to_vec(),
+                    hint: String::new(),
+                });
             }
             Ok(t)
         };
@@ -117,7 +123,7 @@ impl Optimizer {
                 for (prefix, slots) in [("first", first), ("second", second)] {
                     for (i, slot) in slots.iter_mut().enumerate() {
                         let t = take(prefix, i, &self.vars[i])?;
-                        *slot = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?;
+                        *slot = t.flatten_all().and_then(|t| t.to_vec1::<f32>())?;
                     }
                 }
             }
@@ -125,7 +131,7 @@ impl Optimizer {
                 for (prefix, slots) in [("first", first), ("second", second)] {
                     for (i, slot) in slots.iter_mut().enumerate() {
                         let t = take(prefix, i, &self.vars[i])?;
-                        *slot = t.to_device(self.vars[i].device()).map_err(|e| e.to_string())?;
+                        *slot = t.to_device(self.vars[i].device())?;
                     }
                 }
             }
