@@ -1,12 +1,15 @@
-//! The networks: an MLP, or conv blocks followed by an MLP head. Weights are laid out and
-//! initialised as in PyTorch (`nn.Linear`, `nn.Conv2d`, `nn.BatchNorm2d`), so exported files load
-//! there; inside, feature maps are channels-last (see `conv.rs`).
+//! The networks, one type per architecture (`mlp`, `conv`, `bert`), behind [`Net`], which holds
+//! the tensors, their names and shapes (the [`Blueprint`]) and what training needs of any of them.
+//! Weights are laid out and initialised as in PyTorch (`nn.Linear`, `nn.Conv2d`,
+//! `nn.BatchNorm2d`), so exported files load there; inside, feature maps are channels-last.
 //!
 //! Names: `blocks.{i}.conv.weight|bias`, `blocks.{i}.bn.weight|bias|running_mean|running_var`,
 //! `layers.{i}.weight|bias` (the head; the last is the classifier). The same `blocks.{i}` and
 //! `layers.{i}` name a layer's output for intermediate distillation and for copying weights.
 
 pub mod bert;
+mod conv;
+mod mlp;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,15 +17,11 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 
 use crate::engine::data::ImageShape;
-use crate::engine::kernels::conv::{conv2d, max_pool};
-use crate::engine::kernels::linear::Linear;
-use crate::engine::kernels::norm::batch_norm_train;
-use crate::engine::rng::{dropout_multipliers, Rng};
-use crate::spec::{ArchSpec, ConvBlock, PoolKind};
+use crate::engine::rng::Rng;
+use crate::spec::ArchSpec;
 use bert::BertConfig;
-
-const BN_EPS: f64 = 1e-5;
-const BN_MOMENTUM: f64 = 0.1;
+use conv::ConvNet;
+use mlp::Mlp;
 
 /// Why a network cannot be built, or why tensors do not fit it. Callers match the cause: a
 /// spec refused at submission, a checkpoint that no longer fits, a file of the wrong model.
@@ -157,8 +156,60 @@ pub struct Net {
     /// Use the fused kernels where they exist (CPU, f32); off, layers are composed of candle's
     /// ops, the reference the kernels are tested and benchmarked against.
     fused: bool,
-    /// For `ArchSpec::Transformer`: the resolved config (sizes come from the teacher's folder).
-    transformer: Option<Arc<BertConfig>>,
+    /// What the tensors compute: one type per architecture.
+    family: Family,
+}
+
+/// The computation of each architecture, over the net's tensors in blueprint order.
+#[derive(Debug, Clone)]
+enum Family {
+    Mlp(Mlp),
+    Conv(ConvNet),
+    /// A BERT-family encoder; its config comes from the teacher's folder.
+    Bert(Arc<BertConfig>),
+}
+
+impl Family {
+    /// The MLP or conv net an `mlp`/`conv` arch describes (its blueprint checked it fits).
+    fn layered(arch: &ArchSpec, input: Input, blueprint: &Blueprint) -> Family {
+        let head = Mlp { layers: arch.hidden().len() + 1, dropout: arch.dropout(), flatten: blueprint.flatten };
+        match (arch, input.image) {
+            (ArchSpec::Conv { blocks, .. }, Some(image)) => {
+                Family::Conv(ConvNet { blocks: blocks.clone(), image, head })
+            }
+            _ => Family::Mlp(head),
+        }
+    }
+}
+
+/// One forward pass's bookkeeping: the layer outputs asked for, dropout's generator (training),
+/// and the batch-norm statistics the batch updated.
+struct Pass<'a, 'r> {
+    want: &'a [&'a str],
+    rng: Option<&'r mut Rng>,
+    training: bool,
+    fused: bool,
+    features: HashMap<String, Tensor>,
+    buffers: Vec<Tensor>,
+}
+
+impl<'a, 'r> Pass<'a, 'r> {
+    fn new(want: &'a [&'a str], rng: Option<&'r mut Rng>, fused: bool) -> Self {
+        Self { want, training: rng.is_some(), rng, fused, features: HashMap::new(), buffers: Vec::new() }
+    }
+
+    /// Keeps a layer's output if it was asked for.
+    fn keep(&mut self, name: String, output: &Tensor) {
+        if self.want.contains(&name.as_str()) {
+            self.features.insert(name, output.clone());
+        }
+    }
+
+    /// In training the updated statistics, in evaluation the net's own.
+    fn finish(self, logits: Tensor, buffers: &[Tensor]) -> Output {
+        let buffers = if self.training { self.buffers } else { buffers.to_vec() };
+        Output { logits, features: self.features, buffers }
+    }
 }
 
 /// A forward pass's results: logits, the requested layer outputs, and, in training, the
@@ -207,7 +258,8 @@ impl Net {
             Ok((params, buffers))
         };
         let (params, buffers) = make()?;
-        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, transformer: None })
+        let family = Family::layered(arch, input, &blueprint);
+        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, family })
     }
 
     /// A transformer over packed text rows (`input.features` = 3 × length) from named tensors,
@@ -227,13 +279,16 @@ impl Net {
             params: Vec::new(),
             buffers: Vec::new(),
             fused: true,
-            transformer: Some(Arc::new(config)),
+            family: Family::Bert(Arc::new(config)),
         };
         net.with_named(named, device)
     }
 
     pub fn transformer_config(&self) -> Option<&BertConfig> {
-        self.transformer.as_deref()
+        match &self.family {
+            Family::Bert(config) => Some(config),
+            _ => None,
+        }
     }
 
     /// The same architecture with weights from named tensors (a file, a checkpoint, a best
@@ -288,15 +343,9 @@ impl Net {
         device: &Device,
     ) -> std::result::Result<Self, ModelError> {
         let blueprint = Blueprint::new(arch, input, classes)?;
-        let empty = Self {
-            arch: arch.clone(),
-            input,
-            blueprint,
-            params: Vec::new(),
-            buffers: Vec::new(),
-            fused: true,
-            transformer: None,
-        };
+        let family = Family::layered(arch, input, &blueprint);
+        let empty =
+            Self { arch: arch.clone(), input, blueprint, params: Vec::new(), buffers: Vec::new(), fused: true, family };
         empty.with_named(named, device)
     }
 
@@ -369,85 +418,24 @@ impl Net {
     /// Runs `x` (`batch × features`). With `dropout_rng` the network trains: dropout is applied
     /// and batch norm uses (and updates) batch statistics; without it, evaluation mode.
     /// `want` lists layer outputs to return alongside the logits.
-    pub fn forward(&self, x: &Tensor, mut dropout_rng: Option<&mut Rng>, want: &[&str]) -> Result<Output> {
-        let training = dropout_rng.is_some();
+    pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut Rng>, want: &[&str]) -> Result<Output> {
         let fused = self.fused && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
-        if let Some(config) = &self.transformer {
-            let (logits, features) = bert::forward(config, &self.params, x, dropout_rng, want, fused)?;
-            return Ok(Output { logits, features, buffers: Vec::new() });
-        }
-        let mut features = HashMap::new();
-        let mut new_buffers = Vec::new();
-        let mut params = self.params.iter();
-        let mut buffers = self.buffers.iter();
-        let batch = x.dim(0)?;
-        let mut h = x.clone();
-        if let (ArchSpec::Conv { blocks, .. }, Some(image)) = (&self.arch, self.input.image) {
-            h = h.reshape((batch, image.channels, image.height, image.width))?;
-            h = if image.channels == 1 {
-                h.reshape((batch, image.height, image.width, 1))?
-            } else {
-                h.permute((0, 2, 3, 1))?.contiguous()?
-            };
-            for (i, block) in blocks.iter().enumerate() {
-                let (weight, bias) = (next(&mut params)?, next(&mut params)?);
-                h = if fused {
-                    conv2d(&h, weight, bias, block.stride, block.padding, !block.batch_norm)?
-                } else {
-                    let z = h.permute((0, 3, 1, 2))?.conv2d(weight, block.padding, block.stride, 1, 1)?;
-                    let z = z.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.permute((0, 2, 3, 1))?;
-                    if block.batch_norm {
-                        z
-                    } else {
-                        z.relu()?
-                    }
-                };
-                if block.batch_norm {
-                    let (gamma, beta) = (next(&mut params)?, next(&mut params)?);
-                    let (mean, var) = (next(&mut buffers)?, next(&mut buffers)?);
-                    let (y, updated) = batch_norm(&h, gamma, beta, mean, var, training, fused)?;
-                    h = y.relu()?;
-                    new_buffers.extend(updated);
-                }
-                h = pool(&h, block, fused)?;
-                let name = format!("blocks.{i}");
-                if want.contains(&name.as_str()) {
-                    features.insert(name, h.clone());
-                }
+        match &self.family {
+            Family::Bert(config) => {
+                let (logits, features) = bert::forward(config, &self.params, x, dropout_rng, want, fused)?;
+                Ok(Output { logits, features, buffers: Vec::new() })
             }
-            let (fh, fw, fc) = self.blueprint.flatten.expect("conv blueprints flatten");
-            h = h.reshape((batch, fh * fw * fc))?;
-        }
-        let layers = self.arch.hidden().len() + 1;
-        for i in 0..layers {
-            let (mut w, b) = (next(&mut params)?.clone(), next(&mut params)?);
-            if let (0, Some((fh, fw, fc))) = (i, self.blueprint.flatten) {
-                // Exported weights read PyTorch's (c, h, w) flattening; the maps here are (h, w, c).
-                let out = w.dim(0)?;
-                w = w.reshape((out, fc, fh, fw))?.permute((0, 2, 3, 1))?.reshape((out, fh * fw * fc))?;
+            Family::Mlp(mlp) => {
+                let mut pass = Pass::new(want, dropout_rng, fused);
+                let logits = mlp.forward(x.clone(), &mut self.params.iter(), &mut pass)?;
+                Ok(pass.finish(logits, &self.buffers))
             }
-            let hidden = i + 1 < layers;
-            h = if fused {
-                Linear { relu: hidden, input_grad: h.track_op() }.forward(&h, &w, b)?
-            } else {
-                let z = h.matmul(&w.t()?)?.broadcast_add(b)?;
-                if hidden {
-                    z.relu()?
-                } else {
-                    z
-                }
-            };
-            let name = format!("layers.{i}");
-            if want.contains(&name.as_str()) {
-                features.insert(name, h.clone());
-            }
-            let dropout = self.arch.dropout();
-            if let (Some(rng), true) = (dropout_rng.as_deref_mut(), hidden && dropout > 0.0) {
-                h = dropout_mask(&h, dropout, rng)?;
+            Family::Conv(net) => {
+                let mut pass = Pass::new(want, dropout_rng, fused);
+                let logits = net.forward(x, &mut self.params.iter(), &mut self.buffers.iter(), &mut pass)?;
+                Ok(pass.finish(logits, &self.buffers))
             }
         }
-        let buffers = if training { new_buffers } else { self.buffers.clone() };
-        Ok(Output { logits: h, features, buffers })
     }
 
     /// Logits for a whole split (`x` row-major), computed in batches.
@@ -466,73 +454,6 @@ impl Net {
 
 fn next<'a>(it: &mut impl Iterator<Item = &'a Tensor>) -> Result<&'a Tensor> {
     it.next().ok_or_else(|| candle_core::Error::Msg("network has fewer tensors than its architecture".into()))
-}
-
-/// Batch norm over the channels (last axis). Training normalises with the batch's statistics
-/// and returns the running statistics moved towards them (PyTorch: momentum 0.1, unbiased
-/// variance in the running estimate); evaluation uses the running statistics. `fused` trains
-/// through `norm.rs`'s kernels; otherwise candle's ops, the reference they are tested against.
-fn batch_norm(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    running_mean: &Tensor,
-    running_var: &Tensor,
-    training: bool,
-    fused: bool,
-) -> Result<(Tensor, Vec<Tensor>)> {
-    let channels = x.dim(D::Minus1)?;
-    let shape = x.shape().clone();
-    let rows = x.reshape(((), channels))?;
-    if training && fused {
-        let n = rows.dim(0)? as f64;
-        let (y, mean, var) = batch_norm_train(&rows, gamma, beta, BN_EPS)?;
-        let unbiased = (var * (n / (n - 1.0).max(1.0)))?;
-        let new_mean = ((running_mean * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
-        let new_var = ((running_var * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
-        return Ok((y.reshape(shape)?, vec![new_mean, new_var]));
-    }
-    let (mean, var, updated) = if training {
-        let n = rows.dim(0)? as f64;
-        let mean = rows.mean(0)?;
-        let centred = rows.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean(0)?;
-        let unbiased = (var.detach() * (n / (n - 1.0).max(1.0)))?;
-        let new_mean = ((running_mean * (1.0 - BN_MOMENTUM))? + (mean.detach() * BN_MOMENTUM)?)?;
-        let new_var = ((running_var * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
-        (mean, var, vec![new_mean, new_var])
-    } else {
-        (running_mean.clone(), running_var.clone(), vec![running_mean.clone(), running_var.clone()])
-    };
-    let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
-    let y = rows.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(beta)?;
-    Ok((y.reshape(shape)?, updated))
-}
-
-/// Non-overlapping k×k pooling of an n × h × w × c map (PyTorch's default stride = kernel,
-/// floor: trailing rows and columns that do not fill a window are dropped). Unfused, max
-/// pooling is candle's reduction over reshaped windows, the reference for our kernel.
-fn pool(x: &Tensor, block: &ConvBlock, fused: bool) -> Result<Tensor> {
-    let Some(kind) = block.pool else { return Ok(x.clone()) };
-    let k = block.pool_size;
-    let (n, h, w, c) = x.dims4()?;
-    let (oh, ow) = (h / k, w / k);
-    let x = if oh * k != h || ow * k != w {
-        x.narrow(1, 0, oh * k)?.narrow(2, 0, ow * k)?.contiguous()?
-    } else {
-        x.clone()
-    };
-    let windows = || x.reshape((n, oh, k, ow, k, c));
-    match kind {
-        PoolKind::Max if fused => max_pool(&x, k),
-        PoolKind::Max => windows()?.max(4)?.max(2),
-        PoolKind::Avg => windows()?.mean(4)?.mean(2),
-    }
-}
-
-fn dropout_mask(h: &Tensor, p: f32, rng: &mut Rng) -> Result<Tensor> {
-    let mask = dropout_multipliers(h.elem_count(), p, rng);
-    h.mul(&Tensor::from_vec(mask, h.shape(), h.device())?)
 }
 
 /// Index of the largest logit per row.
