@@ -183,32 +183,26 @@ pub fn best_file(phase: Phase) -> String {
     format!("best-{}.safetensors", phase.as_str())
 }
 
-/// The teachers' soft targets for one batch: computed live, or read from the cache.
-enum Targets {
-    Live,
+/// The teachers' logits over the training set, computed once when nothing makes them change
+/// between epochs (no augmentation, no layer pairs): the phase reads its batches from here.
+enum TeacherCache {
     /// Per teacher: every training sample's logits, row-major.
     Full(Vec<Vec<f32>>),
     /// Per teacher: the k largest logits and their classes per sample, and one filler logit
     /// per sample for all other classes, chosen so their total probability at T is exact.
-    TopK {
-        k: usize,
-        values: Vec<Vec<f32>>,
-        classes: Vec<Vec<u32>>,
-        filler: Vec<Vec<f32>>,
-    },
+    TopK { k: usize, values: Vec<Vec<f32>>, classes: Vec<Vec<u32>>, filler: Vec<Vec<f32>> },
 }
 
-impl Targets {
+impl TeacherCache {
     fn batch(&self, teacher: usize, batch: &[usize], classes: usize, device: &Device) -> candle_core::Result<Tensor> {
         let mut out = Vec::with_capacity(batch.len() * classes);
         match self {
-            Targets::Live => unreachable!("live targets are computed by the caller"),
-            Targets::Full(all) => {
+            TeacherCache::Full(all) => {
                 for &i in batch {
                     out.extend_from_slice(&all[teacher][i * classes..(i + 1) * classes]);
                 }
             }
-            Targets::TopK { k, values, classes: ids, filler } => {
+            TeacherCache::TopK { k, values, classes: ids, filler } => {
                 for &i in batch {
                     let row = out.len();
                     out.extend(std::iter::repeat_n(filler[teacher][i], classes));
@@ -224,9 +218,8 @@ impl Targets {
     fn bytes(&self) -> u64 {
         let f = std::mem::size_of::<f32>() as u64;
         match self {
-            Targets::Live => 0,
-            Targets::Full(all) => all.iter().map(|v| v.len() as u64 * f).sum(),
-            Targets::TopK { values, classes, filler, .. } => {
+            TeacherCache::Full(all) => all.iter().map(|v| v.len() as u64 * f).sum(),
+            TeacherCache::TopK { values, classes, filler, .. } => {
                 values.iter().chain(filler).map(|v| v.len() as u64 * f).sum::<u64>()
                     + classes.iter().map(|v| v.len() as u64 * 4).sum::<u64>()
             }
@@ -240,10 +233,9 @@ fn teacher_targets(
     teachers: &Teachers,
     data: &Dataset,
     device: &Device,
-) -> Result<(Targets, CacheReport), EngineError> {
-    let off = |reason: &str| {
-        (Targets::Live, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0 })
-    };
+) -> Result<(Option<TeacherCache>, CacheReport), EngineError> {
+    let off =
+        |reason: &str| (None, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0 });
     if !plan.cache.enabled {
         return Ok(off("disabled by the spec (distill.cache.enabled = false)"));
     }
@@ -261,7 +253,7 @@ fn teacher_targets(
         .map(|t| t.logits(&data.train.x, device)?.flatten_all()?.to_vec1::<f32>())
         .collect::<candle_core::Result<_>>()?;
     let targets = match plan.cache.top_k.filter(|&k| k < classes) {
-        None => Targets::Full(logits),
+        None => TeacherCache::Full(logits),
         Some(k) => {
             let temperature = plan.temperature.at(0.0);
             let (mut values, mut ids, mut filler) = (Vec::new(), Vec::new(), Vec::new());
@@ -282,12 +274,12 @@ fn teacher_targets(
                 ids.push(c);
                 filler.push(f);
             }
-            Targets::TopK { k, values, classes: ids, filler }
+            TeacherCache::TopK { k, values, classes: ids, filler }
         }
     };
     let top_k = match &targets {
-        Targets::TopK { k, .. } => Some(*k),
-        _ => None,
+        TeacherCache::TopK { k, .. } => Some(*k),
+        TeacherCache::Full(_) => None,
     };
     let report = CacheReport {
         used: true,
@@ -296,7 +288,7 @@ fn teacher_targets(
         bytes: targets.bytes(),
         fill_s: started.elapsed().as_secs_f64(),
     };
-    Ok((targets, report))
+    Ok((Some(targets), report))
 }
 
 /// Trains `init` under `plan`, resuming from the phase's checkpoint if one exists.
@@ -333,7 +325,8 @@ struct PhaseRun<'p> {
     best_path: PathBuf,
     /// Whether the loss has teacher terms.
     distils: bool,
-    targets: Targets,
+    /// The teachers' logits computed once; without it they run on every batch.
+    cache: Option<TeacherCache>,
     cache_report: Option<CacheReport>,
     student_layers: Vec<&'p str>,
     teacher_layers: Vec<Vec<&'p str>>,
@@ -381,9 +374,9 @@ impl<'p> PhaseRun<'p> {
         // The phase's wall time includes filling the teacher cache: it is part of what it costs.
         let started = Instant::now();
         let distils = plan.distils() && !teachers.nets.is_empty();
-        let (targets, cache_report) = match distils {
+        let (cache, cache_report) = match distils {
             true => cached_targets(ctx, plan, teachers, data)?,
-            false => (Targets::Live, None),
+            false => (None, None),
         };
         let steps_per_epoch = plan.steps_per_epoch(data.train.len());
         let embedding_reference = match (data.classes, teachers.nets.first()) {
@@ -403,7 +396,7 @@ impl<'p> PhaseRun<'p> {
             checkpoint_path,
             best_path: ctx.job_dir.join(best_file(plan.phase)),
             distils,
-            targets,
+            cache,
             cache_report,
             student_layers: plan.intermediate.iter().map(|p| p.student_layer.as_str()).collect(),
             teacher_layers: (0..teachers.nets.len())
@@ -571,13 +564,16 @@ impl<'p> PhaseRun<'p> {
         let mut logits = Vec::new();
         let mut features = Vec::new();
         for (t, net) in teachers.nets.iter().enumerate() {
-            if matches!(self.targets, Targets::Live) {
-                let o = net.forward(x, None, &self.teacher_layers[t])?;
-                logits.push((o.logits, teachers.weights[t]));
-                features.push(o.features);
-            } else {
-                logits.push((self.targets.batch(t, batch, self.data.classes, device)?, teachers.weights[t]));
-                features.push(HashMap::new());
+            match &self.cache {
+                None => {
+                    let o = net.forward(x, None, &self.teacher_layers[t])?;
+                    logits.push((o.logits, teachers.weights[t]));
+                    features.push(o.features);
+                }
+                Some(cache) => {
+                    logits.push((cache.batch(t, batch, self.data.classes, device)?, teachers.weights[t]));
+                    features.push(HashMap::new());
+                }
             }
         }
         Ok((logits, features))
@@ -706,13 +702,13 @@ fn resume(
     Ok(position)
 }
 
-/// The teachers' targets for the phase (cached when the cache applies), saying which in the log.
+/// The teachers' cache for the phase when it applies, saying in the log whether it does.
 fn cached_targets(
     ctx: &mut PhaseContext,
     plan: &PhasePlan,
     teachers: &Teachers,
     data: &Dataset,
-) -> Result<(Targets, Option<CacheReport>), EngineError> {
+) -> Result<(Option<TeacherCache>, Option<CacheReport>), EngineError> {
     let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
     (ctx.sink)(EngineEvent::Log(match report.used {
         true => format!(
