@@ -206,8 +206,8 @@ impl EngineError {
 
 /// Fixes the CPU thread count for the process. candle asks for it on every parallel operation
 /// and, unless `RAYON_NUM_THREADS` is set, answers by opening and parsing `/proc/cpuinfo`: tens
-/// of times a training step, and most of the time of a small model's batch-1 forward (0.16 →
-/// 0.06 ms for the bench's student). Call at the start of `main`, before any thread exists.
+/// of times a training step, most of a small model's batch-1 forward (benches/RESULTS.md).
+/// Call at the start of `main`, before any thread exists.
 pub fn pin_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -216,11 +216,10 @@ pub fn pin_thread_count() {
 }
 
 /// mimalloc's purge delay: −1, freed memory stays in the process for reuse. By default mimalloc
-/// hands memory unused for 1 s back to the OS, about one transformer training step: each step
-/// freed hundreds of MB of activations and the next faulted them in again, the kernel zeroing
-/// every page (18% of the samples of a `bench --model bert` profile). A 10 s delay still left
-/// 290 huge-page faults a step (`perf stat`); −1 leaves none. The price: the process keeps the
-/// peak memory of its largest job for the next one, as PyTorch's CUDA caching allocator does.
+/// hands memory unused for 1 s back to the OS, about one transformer training step, so each step
+/// faulted in (and the kernel zeroed) the pages the last one freed; benches/RESULTS.md has the
+/// profiles. The price: the process keeps the peak memory of its largest job for the next one,
+/// as PyTorch's CUDA caching allocator does.
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = -1;
 
 /// mimalloc's `mi_option_purge_delay` (its position in `mi_option_t`, mimalloc.h v3); the Rust

@@ -1,9 +1,8 @@
 //! Convolution for the CPU as im2col + the fused linear kernel, on channels-last (NHWC) maps.
 //!
-//! candle 0.11.1's own conv2d backward took ~0.55 s for one batch of 128 28×28 images through
-//! 32 and 64 3×3 filters on this machine (its kernel gradient goes through a direct loop); as
-//! im2col the convolution is a single matrix product each way, run by the same gemm as the
-//! linear layers. Channels-last keeps the product's output already in the layout the next
+//! candle's own conv2d backward computes the kernel gradient in a direct loop (what that cost is
+//! in benches/RESULTS.md); as im2col the convolution is a single matrix product each way, run by
+//! the same gemm as the linear layers. Channels-last keeps the product's output already in the layout the next
 //! block reads, so no transposes run between layers.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
