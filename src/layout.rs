@@ -1,5 +1,5 @@
 //! The data directory's layout, in one place: the database, the lock that makes this process
-//! its only server, the data root that specs read from, and the job folders.
+//! its only server, the data root that specs read from, the job folders and the files in them.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,31 @@ pub fn jobs(data_dir: &Path) -> PathBuf {
 
 pub fn job_dir(data_dir: &Path, id: Uuid) -> PathBuf {
     jobs(data_dir).join(id.to_string())
+}
+
+/// In a job folder: how to rebuild and feed the student.
+pub const CONFIG_FILE: &str = "config.json";
+/// In a job folder: the report.
+pub const REPORT_FILE: &str = "report.json";
+/// In a job folder: the phases an earlier run finished, so a restart skips them.
+pub const STATE_FILE: &str = "state.json";
+/// In a text job's folder: the student as a Hugging Face folder, and its tar.
+pub const HF_FOLDER: &str = "student-hf";
+pub const HF_ARCHIVE: &str = "student-hf.tar";
+
+/// In a job folder: a finished phase's weights (`teacher`, `student`, `baseline`, …).
+pub fn weights_file(phase: &str) -> String {
+    format!("{phase}.safetensors")
+}
+
+/// In a job folder: a phase's latest checkpoint, with its optimiser state and position.
+pub fn checkpoint_file(phase: &str) -> String {
+    format!("checkpoint-{phase}.safetensors")
+}
+
+/// In a job folder: with early stopping, a phase's best epoch so far.
+pub fn best_file(phase: &str) -> String {
+    format!("best-{phase}.safetensors")
 }
 
 /// The service's own files, which no spec may read: the database with its journal files, the

@@ -15,8 +15,7 @@ use tokio_util::io::ReaderStream;
 use super::error::{ApiError, ApiResult};
 use super::extract::JobId;
 use super::AppState;
-use crate::engine::job::REPORT_FILE;
-use crate::layout::job_dir;
+use crate::layout::{job_dir, REPORT_FILE};
 use crate::store::Status;
 
 pub async fn report(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Response> {

@@ -11,8 +11,7 @@ use crate::engine::models::{Blueprint, Net};
 use crate::engine::{EngineError, EngineEvent};
 use crate::spec::ArchSpec;
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const REPORT_FILE: &str = "report.json";
+use crate::layout::{CONFIG_FILE, REPORT_FILE};
 
 /// For text jobs, the student as a Hugging Face folder and its tar; returns the tar's name.
 pub(super) fn hugging_face(

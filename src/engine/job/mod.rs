@@ -24,7 +24,6 @@ use crate::engine::train::PhaseContext;
 use crate::engine::{Control, EngineError, EngineEvent};
 use crate::spec::{JobSpec, SpecError};
 use evaluate::Trained;
-pub use export::{CONFIG_FILE, REPORT_FILE};
 pub use phases::file_of;
 use phases::Trainer;
 use text::TextSetup;

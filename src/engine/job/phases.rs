@@ -18,9 +18,8 @@ use crate::engine::rng::{streams, Rng};
 use crate::engine::train::loss::LogitLoss;
 use crate::engine::train::{train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use crate::engine::{EngineError, EngineEvent, Phase};
+use crate::layout::STATE_FILE;
 use crate::spec::{JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, SpecError, TeacherSpec};
-
-const STATE_FILE: &str = "state.json";
 
 /// A model of the job and how it was trained here (`None`: loaded, used as found, or an
 /// untrained reference).
@@ -239,5 +238,5 @@ pub(super) fn teacher_weights(spec: &JobSpec) -> Vec<f64> {
 }
 
 pub fn file_of(phase: Phase) -> String {
-    format!("{}.safetensors", phase.as_str())
+    crate::layout::weights_file(&phase.as_str())
 }

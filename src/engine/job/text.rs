@@ -28,8 +28,7 @@ const COMPANION_FILES: [&str; 9] = [
     "1_Pooling/config.json",
 ];
 const TOKENIZER: &str = "tokenizer.json";
-pub const HF_FOLDER: &str = "student-hf";
-pub const HF_ARCHIVE: &str = "student-hf.tar";
+pub use crate::layout::{HF_ARCHIVE, HF_FOLDER};
 
 /// The teacher folder as found on disk.
 pub struct TeacherFolder {

@@ -175,12 +175,12 @@ pub struct PhaseContext<'a> {
     pub sink: &'a mut dyn FnMut(EngineEvent),
 }
 
-pub fn checkpoint_file(phase: Phase) -> String {
-    format!("checkpoint-{}.safetensors", phase.as_str())
+fn checkpoint_file(phase: Phase) -> String {
+    crate::layout::checkpoint_file(&phase.as_str())
 }
 
-pub fn best_file(phase: Phase) -> String {
-    format!("best-{}.safetensors", phase.as_str())
+fn best_file(phase: Phase) -> String {
+    crate::layout::best_file(&phase.as_str())
 }
 
 /// The teachers' logits over the training set, computed once when nothing makes them change
