@@ -1,5 +1,6 @@
 //! The data directory's layout, in one place: the database, the lock that makes this process
-//! its only server, the data root that specs read from, the job folders and the files in them.
+//! its only server, the data root that specs read from, the job folders and the files in them,
+//! and the uploaded files.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,14 @@ pub const LOCK: &str = "distillery.lock";
 pub const DATASETS: &str = "datasets";
 /// One folder per job: checkpoints and artifacts.
 pub const JOBS: &str = "jobs";
+
+/// One folder per uploaded file, named by its id: `content` and, for an archive, `unpacked/`.
+/// A folder there is a complete upload; one being received waits in `.incoming/`.
+pub const FILES: &str = "files";
+/// In a file's folder: the bytes as uploaded.
+pub const FILE_CONTENT: &str = "content";
+/// In a file's folder: an archive's entries.
+pub const FILE_UNPACKED: &str = "unpacked";
 
 pub fn database(data_dir: &Path) -> PathBuf {
     data_dir.join(DATABASE)
@@ -32,6 +41,20 @@ pub fn jobs(data_dir: &Path) -> PathBuf {
 
 pub fn job_dir(data_dir: &Path, id: Uuid) -> PathBuf {
     jobs(data_dir).join(id.to_string())
+}
+
+pub fn files(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILES)
+}
+
+pub fn file_dir(data_dir: &Path, id: Uuid) -> PathBuf {
+    files(data_dir).join(id.to_string())
+}
+
+/// Uploads being received (and unpacked) before they are moved into `files/` whole; whatever is
+/// left there at start-up was cut short.
+pub fn incoming(data_dir: &Path) -> PathBuf {
+    files(data_dir).join(".incoming")
 }
 
 /// In a job folder: how to rebuild and feed the student.

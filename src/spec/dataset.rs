@@ -181,16 +181,39 @@ pub(super) fn default_validation_split() -> f64 {
     0.2
 }
 
-/// Paths in a spec are relative to the data root; refuse anything that could leave it.
+/// How a spec names an uploaded file: `file:<id>`, or `file:<id>/<path inside its archive>`.
+pub const FILE_SCHEME: &str = "file:";
+
+/// The id of `file:<id>`: a UUID in its hyphenated form (any letter case), the only form the
+/// service gives out, so a text search of stored specs finds every use of a file.
+pub fn file_id(text: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(text).ok().filter(|id| id.to_string().eq_ignore_ascii_case(text))
+}
+
+/// Paths in a spec are relative to the data root, or name an upload (`file:<id>[/<path>]`);
+/// refuse anything that could leave either.
 pub(super) fn validate_relative_path(path: &str, field: &str) -> Result<(), SpecError> {
-    let p = std::path::Path::new(path);
-    let escapes =
-        p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) || path.is_empty();
-    if escapes {
+    if let Some(rest) = path.strip_prefix(FILE_SCHEME) {
+        let (id, inner) = rest.split_once('/').map_or((rest, None), |(id, inner)| (id, Some(inner)));
+        if file_id(id).is_none() || inner.is_some_and(|inner| !is_plain_relative(inner)) {
+            return Err(SpecError::new(
+                field,
+                format!("`{path}` must be `file:<id>` or `file:<id>/<path inside it>`, without `..`"),
+            ));
+        }
+        return Ok(());
+    }
+    if !is_plain_relative(path) {
         return Err(SpecError::new(
             field,
             format!("`{path}` must be a relative path inside the data root, without `..`"),
         ));
     }
     Ok(())
+}
+
+/// Not empty, not absolute, and only plain names between the slashes.
+fn is_plain_relative(path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    !(p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) || path.is_empty())
 }

@@ -81,6 +81,30 @@ fn paths_may_not_leave_the_data_root() {
 }
 
 #[test]
+fn uploads_are_named_by_id_and_a_path_inside_them() {
+    let id = "0190b7b4-0000-7000-8000-00000000000a";
+    for path in [format!("file:{id}"), format!("file:{}/data/train.csv", id.to_uppercase())] {
+        let mut v = example();
+        v["dataset"] = serde_json::json!({"source": "csv", "path": path});
+        assert!(check(v).is_ok(), "{path}");
+    }
+    let simple = id.replace('-', "");
+    for path in [
+        "file:".to_string(),
+        "file:x".into(),
+        format!("file:{simple}"),
+        format!("file:{id}/../x"),
+        format!("file:{id}/"),
+        format!("file:{id}//etc/passwd"),
+    ] {
+        let mut v = example();
+        v["dataset"] = serde_json::json!({"source": "csv", "path": path});
+        let error = check(v).unwrap_err();
+        assert_eq!((error.field.as_str(), error.message.contains("file:<id>")), ("dataset.path", true), "{path}");
+    }
+}
+
+#[test]
 fn devices_parse() {
     assert_eq!(parse_device("cpu"), Ok(DeviceSpec::Cpu));
     assert!(parse_device("tpu").is_err());

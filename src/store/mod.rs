@@ -1,4 +1,5 @@
-//! The service's state: jobs, their events and their artifacts, behind the [`Store`] trait.
+//! The service's state: jobs, their events and their artifacts, and uploaded files, behind the
+//! [`Store`] trait.
 //! The API, the workers and the server hold an `Arc<dyn Store>` and never name a database;
 //! [`SqliteStore`] is the one implementation today (every SQL statement lives there), and a
 //! PostgreSQL one can be added beside it without touching its callers. A store publishes the
@@ -102,6 +103,17 @@ pub trait Store: Send + Sync {
 
     /// How many jobs are in each status, every status listed.
     fn count_by_status(&self) -> StoreFuture<'_, Vec<(Status, i64)>>;
+
+    /// Records an upload whose bytes are already in place.
+    fn insert_file<'a>(&'a self, file: &'a StoredFile) -> StoreFuture<'a, ()>;
+
+    fn get_file(&self, id: Uuid) -> StoreFuture<'_, Option<StoredFile>>;
+
+    /// Newest first, paged as [`Store::list_jobs`] is.
+    fn list_files(&self, after: Option<Uuid>, limit: usize) -> StoreFuture<'_, (Vec<StoredFile>, bool)>;
+
+    /// Forgets an upload, unless a queued or running job's spec names it (`file:<id>`).
+    fn delete_file(&self, id: Uuid) -> StoreFuture<'_, FileDeleteOutcome>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +313,53 @@ impl Recovered {
             Recovered::Requeued(id)
         }
     }
+}
+
+/// What an upload is for, as its uploader said; informative only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Dataset,
+    Model,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Dataset => "dataset",
+            Purpose::Model => "model",
+        }
+    }
+}
+
+impl FromStr for Purpose {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Purpose::Dataset, Purpose::Model]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown purpose `{s}`; expected dataset or model"))
+    }
+}
+
+/// An uploaded file, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredFile {
+    pub id: Uuid,
+    pub filename: String,
+    pub bytes: u64,
+    pub sha256: String,
+    pub purpose: Option<Purpose>,
+    /// An archive, unpacked: specs may name `file:<id>/<path inside it>`.
+    pub unpacked: bool,
+    pub created_at: String,
+}
+
+pub enum FileDeleteOutcome {
+    NotFound,
+    /// The queued or running jobs whose spec names the file.
+    InUse(Vec<Uuid>),
+    Deleted,
 }
 
 pub enum DeleteOutcome {

@@ -10,8 +10,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{
-    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, Inserted, Job, Recovered,
-    Status, Store, StoreError, StoreFuture,
+    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, FileDeleteOutcome, Inserted,
+    Job, Recovered, Status, Store, StoreError, StoreFuture, StoredFile,
 };
 use crate::spec::JobSpec;
 
@@ -26,6 +26,8 @@ pub struct SqliteStore {
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+const FILE_COLUMNS: &str = "id, filename, bytes, sha256, purpose, unpacked, created_at";
 
 const JOB_COLUMNS: &str =
     "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
@@ -462,6 +464,80 @@ impl Store for SqliteStore {
             Ok(counts)
         })
     }
+
+    fn insert_file<'a>(&'a self, file: &'a StoredFile) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO files (id, filename, bytes, sha256, purpose, unpacked, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(file.id.to_string())
+            .bind(&file.filename)
+            .bind(file.bytes as i64)
+            .bind(&file.sha256)
+            .bind(file.purpose.map(|p| p.as_str()))
+            .bind(file.unpacked)
+            .bind(&file.created_at)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn get_file(&self, id: Uuid) -> StoreFuture<'_, Option<StoredFile>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+            row.as_ref().map(file_from_row).transpose()
+        })
+    }
+
+    fn list_files(&self, after: Option<Uuid>, limit: usize) -> StoreFuture<'_, (Vec<StoredFile>, bool)> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!(
+                "SELECT {FILE_COLUMNS} FROM files WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
+            ))
+            .bind(after.map(|a| a.to_string()))
+            .bind(limit as i64 + 1)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut files = rows.iter().map(file_from_row).collect::<Result<Vec<_>, _>>()?;
+            let has_more = files.len() > limit;
+            files.truncate(limit);
+            Ok((files, has_more))
+        })
+    }
+
+    fn delete_file(&self, id: Uuid) -> StoreFuture<'_, FileDeleteOutcome> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM files WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_none() {
+                return Ok(FileDeleteOutcome::NotFound);
+            }
+            // Specs are stored as JSON, where a file is the string `"file:<id>"` or
+            // `"file:<id>/<path>"`: a text match finds every field that can name one, without a
+            // second table to keep in step. Ids are hex and dashes, so never LIKE wildcards, and
+            // LIKE ignores ASCII case as `file:` ids do.
+            let users: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE status IN ('queued', 'running')
+                   AND (spec LIKE '%\"file:' || ?1 || '\"%' OR spec LIKE '%\"file:' || ?1 || '/%') ORDER BY id",
+            )
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+            if !users.is_empty() {
+                return Ok(FileDeleteOutcome::InUse(users.iter().map(|u| parse_id(u)).collect::<Result<_, _>>()?));
+            }
+            sqlx::query("DELETE FROM files WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(FileDeleteOutcome::Deleted)
+        })
+    }
 }
 
 /// Whether a connection going back to the pool is outside any transaction. A COMMIT or statement
@@ -550,6 +626,19 @@ fn artifact_from_row(row: &SqliteRow) -> Result<Artifact, StoreError> {
     })
 }
 
+fn file_from_row(row: &SqliteRow) -> Result<StoredFile, StoreError> {
+    let purpose: Option<String> = row.try_get("purpose")?;
+    Ok(StoredFile {
+        id: parse_id(&row.try_get::<String, _>("id")?)?,
+        filename: row.try_get("filename")?,
+        bytes: row.try_get::<i64, _>("bytes")? as u64,
+        sha256: row.try_get("sha256")?,
+        purpose: purpose.map(|p| p.parse()).transpose().map_err(StoreError::Corrupt)?,
+        unpacked: row.try_get("unpacked")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,5 +714,32 @@ mod tests {
             assert!(matches!(store.insert_job(&tiny_spec(), None).await, Ok(Inserted::Created(_))));
         }
         assert_eq!(store.list_jobs(None, None, 10).await.unwrap().0.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_file_named_by_a_queued_job_is_not_deleted() {
+        let (_dir, store, _) = store_with_a_job().await;
+        let file = StoredFile {
+            id: Uuid::now_v7(),
+            filename: "train.csv".into(),
+            bytes: 3,
+            sha256: "ab".into(),
+            purpose: Some(super::super::Purpose::Dataset),
+            unpacked: false,
+            created_at: now(),
+        };
+        store.insert_file(&file).await.unwrap();
+        let mut spec = tiny_spec();
+        spec.dataset =
+            serde_json::from_value(serde_json::json!({"source": "csv", "path": format!("file:{}", file.id)})).unwrap();
+        let Inserted::Created(job) = store.insert_job(&spec, None).await.unwrap() else { panic!("not created") };
+        assert!(
+            matches!(store.delete_file(file.id).await.unwrap(), FileDeleteOutcome::InUse(jobs) if jobs == [job.id])
+        );
+        assert!(matches!(store.request_cancel(job.id).await.unwrap(), CancelOutcome::Cancelled(_)));
+        assert_eq!(store.list_files(None, 10).await.unwrap().0[0].filename, "train.csv");
+        assert!(matches!(store.delete_file(file.id).await.unwrap(), FileDeleteOutcome::Deleted));
+        assert!(matches!(store.delete_file(file.id).await.unwrap(), FileDeleteOutcome::NotFound));
+        assert!(store.get_file(file.id).await.unwrap().is_none());
     }
 }

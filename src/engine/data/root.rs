@@ -4,16 +4,24 @@
 //! its journals, the lock, `jobs/`), not even through a hard link. Those are refused without
 //! being opened: closing any descriptor of the SQLite database would drop the server's POSIX
 //! locks on it. Messages show paths relative to the root, never where the root is.
+//!
+//! A path may also name an upload, `file:<id>` (its bytes) or `file:<id>/<path>` (inside its
+//! unpacked archive), under `<data-dir>/files/<id>/` with the same checks. That the folder exists
+//! is all it takes: it appears whole once the upload is complete and goes when it is deleted, so
+//! no database is asked.
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::spec::SpecError;
+use crate::layout::{FILE_CONTENT, FILE_UNPACKED};
+use crate::spec::{file_id, SpecError, FILE_SCHEME};
 
 #[derive(Debug, Clone)]
 pub struct DataRoot {
     dir: PathBuf,
+    /// The uploaded files' folder, for `file:` paths; none outside a data directory.
+    files: Option<PathBuf>,
     /// Paths no spec may read (files, or folders with all they hold).
     private: Vec<PathBuf>,
     /// The largest file, and the most bytes a compressed file may expand to.
@@ -23,12 +31,16 @@ pub struct DataRoot {
 impl DataRoot {
     /// A root with no private files and no size cap (tests, tools).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), private: Vec::new(), max_file_bytes: u64::MAX }
+        Self { dir: dir.into(), files: None, private: Vec::new(), max_file_bytes: u64::MAX }
     }
 
     /// The root of a service's data directory, its own files kept out of reach.
     pub fn of_data_dir(data_dir: &Path) -> Self {
-        Self { private: crate::layout::private_paths(data_dir), ..Self::new(crate::layout::datasets(data_dir)) }
+        Self {
+            files: Some(crate::layout::files(data_dir)),
+            private: crate::layout::private_paths(data_dir),
+            ..Self::new(crate::layout::datasets(data_dir))
+        }
     }
 
     /// Also keeps `path` out of reach (e.g. a database given by URL elsewhere).
@@ -45,15 +57,29 @@ impl DataRoot {
         self.max_file_bytes
     }
 
-    /// The file `relative` names, checked: under the root, a regular file, not private.
+    /// The file `relative` names, checked: under the root (or in its upload's folder), a regular
+    /// file, not private.
     pub fn resolve(&self, relative: &str, field: &str) -> Result<PathBuf, SpecError> {
         let refuse = |why: &str| SpecError::new(field, format!("`{relative}` {why}"));
-        let root = self.dir.canonicalize().map_err(|_| SpecError::new(field, "the data root does not exist"))?;
-        let resolved = root.join(relative).canonicalize().map_err(|_| refuse("does not exist under the data root"))?;
-        if !resolved.starts_with(&root) {
-            return Err(refuse("leads outside the data root"));
+        let place = match relative.strip_prefix(FILE_SCHEME) {
+            Some(rest) => self.upload(rest).map_err(&refuse)?,
+            None => Place {
+                base: self.dir.clone(),
+                inner: relative.to_string(),
+                missing: "does not exist under the data root",
+                outside: "leads outside the data root",
+            },
+        };
+        let base = match place.base.canonicalize() {
+            Ok(base) => base,
+            Err(_) if relative.starts_with(FILE_SCHEME) => return Err(refuse(place.missing)),
+            Err(_) => return Err(SpecError::new(field, "the data root does not exist")),
+        };
+        let resolved = base.join(&place.inner).canonicalize().map_err(|_| refuse(place.missing))?;
+        if !resolved.starts_with(&base) {
+            return Err(refuse(place.outside));
         }
-        let metadata = std::fs::metadata(&resolved).map_err(|_| refuse("does not exist under the data root"))?;
+        let metadata = std::fs::metadata(&resolved).map_err(|_| refuse(place.missing))?;
         if !metadata.is_file() {
             return Err(refuse("is not a regular file"));
         }
@@ -63,10 +89,38 @@ impl DataRoot {
         Ok(resolved)
     }
 
+    /// Where `file:<rest>` lies: the upload's bytes, or its unpacked folder and a path in it.
+    fn upload(&self, rest: &str) -> Result<Place, &'static str> {
+        let files = self.files.as_ref().ok_or("names an uploaded file, but only a service keeps them")?;
+        let (id, inner) = rest.split_once('/').map_or((rest, None), |(id, inner)| (id, Some(inner)));
+        let id = file_id(id).ok_or("must be `file:<id>` or `file:<id>/<path inside it>`")?;
+        let dir = files.join(id.to_string());
+        if !dir.is_dir() {
+            return Err("does not exist: no uploaded file has this id");
+        }
+        Ok(match inner {
+            None => Place {
+                base: dir,
+                inner: FILE_CONTENT.into(),
+                missing: "does not exist: no uploaded file has this id",
+                outside: "leads outside its uploaded file",
+            },
+            Some(inner) => Place {
+                base: dir.join(FILE_UNPACKED),
+                inner: inner.into(),
+                missing: "does not exist in the uploaded archive (only .tar, .tar.gz and .zip uploads are unpacked)",
+                outside: "leads outside its uploaded archive",
+            },
+        })
+    }
+
     /// Whether `relative` names anything at all (a symlink counts, even a broken one), for
     /// optional files that, when present, must pass [`DataRoot::resolve`].
     pub fn exists(&self, relative: &str) -> bool {
-        std::fs::symlink_metadata(self.dir.join(relative)).is_ok()
+        match relative.strip_prefix(FILE_SCHEME) {
+            Some(rest) => self.upload(rest).is_ok_and(|p| std::fs::symlink_metadata(p.base.join(p.inner)).is_ok()),
+            None => std::fs::symlink_metadata(self.dir.join(relative)).is_ok(),
+        }
     }
 
     /// The bytes of the file `relative` names, checked as [`DataRoot::resolve`] does, and at
@@ -83,6 +137,14 @@ impl DataRoot {
             same_file || private.canonicalize().is_ok_and(|p| resolved.starts_with(p))
         })
     }
+}
+
+/// A folder paths are resolved in, and how to word a path that is missing or leaves it.
+struct Place {
+    base: PathBuf,
+    inner: String,
+    missing: &'static str,
+    outside: &'static str,
 }
 
 /// Reads a resolved file without following a link swapped in since it was resolved, and
@@ -169,5 +231,31 @@ mod tests {
         assert!(root.read("pipe.csv", "dataset.path").unwrap_err().message.contains("not a regular file"));
         let error = root.read("ok.csv", "dataset.path").unwrap_err();
         assert!(error.message.contains("the limit is 4 bytes"), "{}", error.message);
+    }
+
+    #[test]
+    fn uploads_resolve_by_id_with_the_same_checks() {
+        let dir = data_dir();
+        let id = "0190b7b4-0000-7000-8000-00000000000a";
+        let upload = dir.path().join("files").join(id);
+        std::fs::create_dir_all(upload.join("unpacked/bert")).unwrap();
+        std::fs::write(upload.join("content"), b"a,label\n1,0\n").unwrap();
+        std::fs::write(upload.join("unpacked/bert/config.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("datasets/ok.csv"), upload.join("unpacked/link.csv")).unwrap();
+        let root = DataRoot::of_data_dir(dir.path());
+        assert_eq!(root.read(&format!("file:{id}"), "dataset.path").unwrap(), b"a,label\n1,0\n");
+        assert_eq!(root.read(&format!("file:{}/bert/config.json", id.to_uppercase()), "f").unwrap(), b"{}");
+        assert!(root.exists(&format!("file:{id}/bert/config.json")));
+        assert!(!root.exists(&format!("file:{id}/bert/vocab.txt")));
+        let refused = |path: &str| root.read(path, "teacher.arch.path").unwrap_err();
+        let error = refused("file:0190b7b4-0000-7000-8000-00000000000b");
+        assert_eq!(error.field, "teacher.arch.path");
+        assert!(error.message.contains("no uploaded file has this id"), "{}", error.message);
+        assert!(refused(&format!("file:{id}/missing")).message.contains("does not exist in the uploaded archive"));
+        assert!(refused(&format!("file:{id}/bert")).message.contains("not a regular file"));
+        assert!(refused(&format!("file:{id}/link.csv")).message.contains("leads outside its uploaded archive"));
+        assert!(refused(&format!("file:{id}/../content")).message.contains("leads outside"));
+        let error = DataRoot::new(dir.path()).read(&format!("file:{id}"), "dataset.path").unwrap_err();
+        assert!(error.message.contains("only a service keeps them"), "{}", error.message);
     }
 }
