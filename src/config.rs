@@ -9,7 +9,7 @@ pub struct ServeConfig {
     #[arg(long, env = "DISTILLERY_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// Data directory: the SQLite database, `datasets/` (the root for dataset and teacher paths
-    /// in specs) and `jobs/` (checkpoints and artifacts). Created if missing.
+    /// in specs), `jobs/` (checkpoints and artifacts) and `files/` (uploads). Created if missing.
     #[arg(long, env = "DISTILLERY_DATA_DIR", default_value = "distillery-data")]
     pub data_dir: PathBuf,
     /// Database URL; default `sqlite://<data-dir>/distillery.db`.
@@ -38,6 +38,10 @@ pub struct ServeConfig {
     /// fails instead of going back to the queue.
     #[arg(long, env = "DISTILLERY_MAX_CRASHES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_crashes: u32,
+    /// The largest file `POST /v1/files` takes (e.g. `2GiB`); larger uploads get 413. An archive
+    /// may unpack to four times as much.
+    #[arg(long, env = "DISTILLERY_MAX_UPLOAD_BYTES", default_value = "2GiB", value_parser = parse_bytes)]
+    pub max_upload_bytes: u64,
     /// HTTP connections open at once; when all are taken, new ones wait in the OS backlog until
     /// one closes.
     #[arg(long, env = "DISTILLERY_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=65536))]

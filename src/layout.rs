@@ -22,6 +22,8 @@ pub const FILES: &str = "files";
 pub const FILE_CONTENT: &str = "content";
 /// In a file's folder: an archive's entries.
 pub const FILE_UNPACKED: &str = "unpacked";
+/// In a file's folder: the name it was uploaded under, whose extension says its format.
+pub const FILE_NAME: &str = "filename";
 
 pub fn database(data_dir: &Path) -> PathBuf {
     data_dir.join(DATABASE)

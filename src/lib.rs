@@ -8,4 +8,5 @@ pub mod layout;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod uploads;
 pub mod worker;

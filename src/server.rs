@@ -104,7 +104,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     if !recovered.is_empty() {
         tracing::info!(jobs = ?recovered, "took back the jobs a stopped process was running");
     }
-    let limits = Limits { max_job_memory: config.job_memory_limit(), min_free_disk: config.min_free_disk };
+    crate::uploads::prepare(&config.data_dir).context("preparing the uploads folder")?;
+    let limits = Limits {
+        max_job_memory: config.job_memory_limit(),
+        min_free_disk: config.min_free_disk,
+        max_upload_bytes: config.max_upload_bytes,
+    };
     let data_root = data_root(&config, limits.max_job_memory);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let running = Arc::new(Running::default());

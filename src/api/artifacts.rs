@@ -97,7 +97,7 @@ pub async fn download(
 const CHUNK_BYTES: usize = 64 * 1024;
 
 /// The next `len` bytes of `file`, streamed from disk a chunk at a time.
-fn file_body(file: tokio::fs::File, len: u64) -> Body {
+pub(super) fn file_body(file: tokio::fs::File, len: u64) -> Body {
     Body::from_stream(ReaderStream::with_capacity(file.take(len), CHUNK_BYTES))
 }
 

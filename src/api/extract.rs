@@ -19,14 +19,30 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        let text = params
-            .get("id")
-            .ok_or_else(|| ApiError::Internal("JobId on a route without an {id}".into()).into_response())?;
-        Uuid::parse_str(text).map(JobId).map_err(|_| ApiError::NotFound(format!("job `{text}`")).into_response())
+        path_id(parts, state, "job").await.map(JobId)
     }
+}
+
+/// The `{id}` of a `/v1/files/{id}…` path, read as [`JobId`] is.
+#[derive(Debug, Clone, Copy)]
+pub struct FileId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for FileId {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        path_id(parts, state, "file").await.map(FileId)
+    }
+}
+
+/// The path's `{id}`; text that is not an id is a 404 naming `noun`.
+async fn path_id<S: Send + Sync>(parts: &mut Parts, state: &S, noun: &str) -> Result<Uuid, Response> {
+    let Path(params) =
+        Path::<HashMap<String, String>>::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+    let text = params
+        .get("id")
+        .ok_or_else(|| ApiError::Internal(format!("{noun} id on a route without an {{id}}")).into_response())?;
+    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("{noun} `{text}`")).into_response())
 }
 
 /// Query parameters a handler takes, read from the query string.

@@ -22,6 +22,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let limits = json!({
         "max_job_memory_bytes": state.limits.max_job_memory,
         "min_free_disk_bytes": state.limits.min_free_disk,
+        "max_upload_bytes": state.limits.max_upload_bytes,
         "free_disk_bytes": free.as_ref().ok(),
     });
     let problem = match state.store.ready().await {

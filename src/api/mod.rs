@@ -5,6 +5,7 @@ mod artifacts;
 pub mod error;
 mod events;
 mod extract;
+mod files;
 mod health;
 mod jobs;
 
@@ -24,15 +25,16 @@ use crate::engine::DataRoot;
 use crate::store::{EventHub, Store};
 use crate::worker::Running;
 
-/// The largest request body accepted (job specs are small).
+/// The largest request body accepted (job specs are small); uploads have their own cap.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// What the service allows: each job's estimated memory, and the free disk below which it takes
-/// no new jobs.
+/// What the service allows: each job's estimated memory, the free disk below which it takes
+/// no new jobs, and the largest upload.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_job_memory: u64,
     pub min_free_disk: u64,
+    pub max_upload_bytes: u64,
 }
 
 impl Limits {
@@ -88,9 +90,12 @@ impl Routes {
     }
 }
 
-/// The routes whose responses may stream for long: exempt from the request timeout.
+/// The routes whose responses (or, for uploads, requests) may stream for long: exempt from the
+/// request timeout.
 const EVENTS: &str = "/v1/jobs/{id}/events";
 const DOWNLOAD: &str = "/v1/jobs/{id}/artifacts/{name}";
+const FILES: &str = "/v1/files";
+const FILE_CONTENT: &str = "/v1/files/{id}/content";
 
 pub fn routes() -> Routes {
     Routes { router: Router::new(), table: Vec::new() }
@@ -104,6 +109,12 @@ pub fn routes() -> Routes {
         .add(Method::GET, "/v1/jobs/{id}/report", get(artifacts::report))
         .add(Method::GET, "/v1/jobs/{id}/artifacts", get(artifacts::list))
         .add(Method::GET, DOWNLOAD, get(artifacts::download))
+        // The upload enforces its own cap (--max-upload-bytes) while it streams to disk.
+        .add(Method::POST, FILES, post(files::create).layer(DefaultBodyLimit::disable()))
+        .add(Method::GET, FILES, get(files::list))
+        .add(Method::GET, "/v1/files/{id}", get(files::show))
+        .add(Method::DELETE, "/v1/files/{id}", delete(files::remove))
+        .add(Method::GET, FILE_CONTENT, get(files::content))
         .add(Method::GET, "/healthz", get(health::healthz))
         .add(Method::GET, "/readyz", get(health::readyz))
         .add(Method::GET, "/metrics", get(health::prometheus))
@@ -163,13 +174,16 @@ async fn limit_request_time(State(limit): State<Duration>, request: Request, nex
     }
 }
 
-/// SSE streams and artifact downloads are exempt from the request timeout, explicitly: their
-/// handlers return at once today, but their bodies legitimately last minutes, and a later
-/// change that does more work before answering (a long replay, a slow disk) must not cut them.
+/// SSE streams and downloads are exempt from the request timeout, explicitly: their handlers
+/// return at once today, but their bodies legitimately last minutes, and a later change that
+/// does more work before answering (a long replay, a slow disk) must not cut them. Uploads are
+/// exempt too (gigabytes take longer than any fixed limit); instead each read of their body
+/// must make progress within the timeout.
 fn streams_long(request: &Request) -> bool {
     match request.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
         Some(EVENTS) => request.method() == Method::GET && events::wants_stream(request.headers()),
-        Some(DOWNLOAD) => request.method() == Method::GET,
+        Some(DOWNLOAD | FILE_CONTENT) => request.method() == Method::GET,
+        Some(FILES) => request.method() == Method::POST,
         _ => false,
     }
 }

@@ -1,6 +1,7 @@
 //! The service as a user meets it: start it, submit jobs, watch them, read the results.
 
 mod contract;
+mod files;
 mod hardening;
 mod helpers;
 mod inputs;

@@ -14,7 +14,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::layout::{FILE_CONTENT, FILE_UNPACKED};
+use crate::layout::{FILE_CONTENT, FILE_NAME, FILE_UNPACKED};
 use crate::spec::{file_id, SpecError, FILE_SCHEME};
 
 #[derive(Debug, Clone)]
@@ -112,6 +112,17 @@ impl DataRoot {
                 outside: "leads outside its uploaded archive",
             },
         })
+    }
+
+    /// The name whose extension says the format of the file `relative` names: the path itself,
+    /// or for `file:<id>` the name it was uploaded under.
+    pub fn format_name(&self, relative: &str) -> String {
+        let uploaded = relative
+            .strip_prefix(FILE_SCHEME)
+            .filter(|rest| !rest.contains('/'))
+            .and_then(|rest| self.upload(rest).ok())
+            .and_then(|place| std::fs::read_to_string(place.base.join(FILE_NAME)).ok());
+        uploaded.unwrap_or_else(|| relative.to_string())
     }
 
     /// Whether `relative` names anything at all (a symlink counts, even a broken one), for
@@ -240,12 +251,15 @@ mod tests {
         let upload = dir.path().join("files").join(id);
         std::fs::create_dir_all(upload.join("unpacked/bert")).unwrap();
         std::fs::write(upload.join("content"), b"a,label\n1,0\n").unwrap();
+        std::fs::write(upload.join("filename"), "train.tsv").unwrap();
         std::fs::write(upload.join("unpacked/bert/config.json"), b"{}").unwrap();
         std::os::unix::fs::symlink(dir.path().join("datasets/ok.csv"), upload.join("unpacked/link.csv")).unwrap();
         let root = DataRoot::of_data_dir(dir.path());
         assert_eq!(root.read(&format!("file:{id}"), "dataset.path").unwrap(), b"a,label\n1,0\n");
         assert_eq!(root.read(&format!("file:{}/bert/config.json", id.to_uppercase()), "f").unwrap(), b"{}");
         assert!(root.exists(&format!("file:{id}/bert/config.json")));
+        assert_eq!(root.format_name(&format!("file:{id}")), "train.tsv");
+        assert_eq!(root.format_name(&format!("file:{id}/bert/config.json")), format!("file:{id}/bert/config.json"));
         assert!(!root.exists(&format!("file:{id}/bert/vocab.txt")));
         let refused = |path: &str| root.read(path, "teacher.arch.path").unwrap_err();
         let error = refused("file:0190b7b4-0000-7000-8000-00000000000b");

@@ -178,25 +178,26 @@ struct File {
     shown: String,
 }
 
-/// Reads a file by its extension and checks every row has a text (and a label when asked for).
+/// Reads a file by its extension (an upload's: the name it was uploaded under) and checks every row has a text (and a label when asked for).
 fn read_file(
     root: &DataRoot,
     relative: &str,
     field: &'static str,
     columns: &[Option<&str>; 3],
 ) -> Result<File, SpecError> {
-    let delimiter =
-        match Path::new(relative).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-            Some("csv") => Some(b','),
-            Some("tsv") => Some(b'\t'),
-            Some("jsonl") => None,
-            _ => {
-                return Err(SpecError::new(
-                    field,
-                    format!("`{relative}`: unsupported file type; expected a .csv, .tsv or .jsonl file"),
-                ))
-            }
-        };
+    let named = root.format_name(relative);
+    let delimiter = match Path::new(&named).extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref()
+    {
+        Some("csv") => Some(b','),
+        Some("tsv") => Some(b'\t'),
+        Some("jsonl") => None,
+        _ => {
+            return Err(SpecError::new(
+                field,
+                format!("`{relative}`: unsupported file type; expected a .csv, .tsv or .jsonl file"),
+            ))
+        }
+    };
     let bytes = root.read(relative, field)?;
     let records = match delimiter {
         Some(delimiter) => read_delimited(&bytes, delimiter, columns, relative, field)?,
