@@ -120,6 +120,13 @@ async fn an_uploaded_csv_trains_a_job_and_downloads_byte_identical() {
     assert_eq!(done["status"], "succeeded", "{done}");
     let report = app.get_json(&format!("/v1/jobs/{job}/report")).await;
     assert!(report["student"]["accuracy"].is_number(), "{report}");
+
+    // Past the 1 MiB limit on other bodies: the upload has its own.
+    let weights: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let file = app.upload("weights.bin", weights.clone()).await;
+    assert_eq!(file["sha256"], sha256(&weights));
+    let download = app.get(&format!("/v1/files/{}/content", file["id"].as_str().unwrap())).await;
+    assert_eq!(download.bytes().await.unwrap(), weights);
 }
 
 #[tokio::test]
@@ -274,4 +281,25 @@ async fn uploads_that_are_not_one_file_part_are_refused() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["field"], "purpose", "{body}");
     app.assert_no_files().await;
+}
+
+#[tokio::test]
+async fn a_slow_upload_may_outlast_the_request_timeout_but_not_stall() {
+    let app = spawn_app_with(|config| config.request_timeout_secs = 1).await;
+    let paced = |pause_ms: u64, chunks: usize| {
+        let stream = futures_util::stream::unfold(0, move |sent| async move {
+            if sent == chunks {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+            Some((Ok::<_, std::io::Error>(b"a,label\n".repeat(4)), sent + 1))
+        });
+        Part::stream(reqwest::Body::wrap_stream(stream)).file_name("slow.csv")
+    };
+    let response = app.upload_part(paced(400, 5)).await;
+    assert_eq!(response.status(), 201, "2 s of steady progress, with a 1 s timeout");
+    let response = app.upload_part(paced(2500, 2)).await;
+    assert_eq!(response.status(), 408);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("--request-timeout-secs"), "{body}");
 }
