@@ -63,10 +63,17 @@ pub async fn create(
         unpacked: received.unpacked,
         created_at: crate::store::now(),
     };
-    incoming.commit().await.map_err(|e| internal("moving an upload into place", e))?;
+    // Recorded first: should the process die before the move, the record is listed and can be
+    // deleted, where a folder without one would be usable by specs yet invisible.
     if let Err(e) = state.store.insert_file(&file).await {
-        uploads::remove(&layout::file_dir(&state.data_dir, file.id));
+        incoming.discard().await;
         return Err(e.into());
+    }
+    if let Err(e) = incoming.commit().await {
+        if let Err(forget) = state.store.delete_file(file.id).await {
+            tracing::warn!(error = %forget, id = %file.id, "forgetting an upload that could not be moved failed");
+        }
+        return Err(internal("moving an upload into place", e));
     }
     tracing::info!(id = %file.id, filename = %file.filename, bytes = file.bytes, "file uploaded");
     Ok((StatusCode::CREATED, Json(file)))

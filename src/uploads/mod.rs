@@ -53,7 +53,7 @@ impl Incoming {
     pub async fn create(data_dir: &Path) -> std::io::Result<Incoming> {
         let id = Uuid::now_v7();
         let dir = layout::incoming(data_dir).join(id.to_string());
-        tokio::fs::create_dir(&dir).await?;
+        tokio::fs::create_dir_all(&dir).await?;
         let file = tokio::fs::File::create(dir.join(layout::FILE_CONTENT)).await?;
         Ok(Incoming {
             id,
