@@ -33,6 +33,9 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
 pub trait FromQuery: Sized {
     /// The parameters taken, in the order they are checked; any other is refused.
     const NAMES: &'static [&'static str];
+    /// Parameters also taken, but only administrators may use them (the handler checks), so
+    /// the unknown-parameter error does not offer them to everyone.
+    const ADMIN_NAMES: &'static [&'static str] = &[];
 
     fn from_query(params: &QueryParams) -> ApiResult<Self>;
 }
@@ -63,7 +66,8 @@ impl<S: Send + Sync, T: FromQuery> FromRequestParts<S> for Query<T> {
             axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
                 .await
                 .map_err(IntoResponse::into_response)?;
-        if let Some(unknown) = params.keys().find(|name| !T::NAMES.contains(&name.as_str())) {
+        let known = |name: &str| T::NAMES.contains(&name) || T::ADMIN_NAMES.contains(&name);
+        if let Some(unknown) = params.keys().find(|name| !known(name)) {
             let message = format!("unknown query parameter; expected {}", one_of(T::NAMES));
             return Err(ApiError::bad_request("invalid_query", unknown, message).into_response());
         }

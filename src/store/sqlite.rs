@@ -10,8 +10,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{
-    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, Inserted, Job, Recovered,
-    Status, Store, StoreError, StoreFuture,
+    now, Abandoned, ApiKey, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, Inserted, Job, NewKey,
+    Owner, Recovered, Status, Store, StoreError, StoreFuture,
 };
 use crate::spec::JobSpec;
 
@@ -27,8 +27,34 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-const JOB_COLUMNS: &str =
-    "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
+const JOB_COLUMNS: &str = "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, \
+     attempts, cancel_requested, (SELECT name FROM api_keys WHERE api_keys.id = jobs.owner) AS owner_name";
+
+const KEY_COLUMNS: &str = "id, name, prefix, admin, share, created_at, revoked_at";
+
+/// The condition that a job belongs to `owner`, for [`owner_binds`]' two values bound as `?{n}`
+/// (a key id) and `?{n + 1}` (a key name); a NULL one does not filter.
+fn owner_clause(n: usize) -> String {
+    let m = n + 1;
+    format!("(?{n} IS NULL OR owner = ?{n}) AND (?{m} IS NULL OR owner IN (SELECT id FROM api_keys WHERE name = ?{m}))")
+}
+
+fn owner_binds(owner: &Owner) -> (Option<&str>, Option<&str>) {
+    match owner {
+        Owner::Any => (None, None),
+        Owner::Key(id) => (Some(id), None),
+        Owner::Named(name) => (None, Some(name)),
+    }
+}
+
+/// Idempotency keys are unique per owner: the stored one is prefixed with the owner's key id,
+/// so one user's key can neither find nor block another's job.
+fn scoped_key(key: &str, owner: Option<&str>) -> String {
+    match owner {
+        Some(owner) => format!("{owner}/{key}"),
+        None => key.to_string(),
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies pending migrations. Committed
@@ -90,10 +116,73 @@ impl Store for SqliteStore {
         })
     }
 
-    fn insert_job<'a>(&'a self, spec: &'a JobSpec, idempotency_key: Option<&'a str>) -> StoreFuture<'a, Inserted> {
+    fn create_key<'a>(&'a self, key: &'a NewKey) -> StoreFuture<'a, ApiKey> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!(
+                "INSERT INTO api_keys (id, name, prefix, secret_hash, admin, share, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                 RETURNING {KEY_COLUMNS}"
+            ))
+            .bind(&key.id)
+            .bind(&key.name)
+            .bind(&key.prefix)
+            .bind(&key.secret_hash)
+            .bind(key.admin)
+            .bind(key.share)
+            .bind(now())
+            .fetch_one(&self.pool)
+            .await?;
+            key_from_row(&row)
+        })
+    }
+
+    fn list_keys(&self) -> StoreFuture<'_, Vec<ApiKey>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY rowid"))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(key_from_row).collect()
+        })
+    }
+
+    fn revoke_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ApiKey>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING {KEY_COLUMNS}"
+            ))
+            .bind(now())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(key_from_row).transpose()
+        })
+    }
+
+    fn find_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<(ApiKey, String)>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!("SELECT {KEY_COLUMNS}, secret_hash FROM api_keys WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(|row| Ok((key_from_row(&row)?, row.try_get("secret_hash")?))).transpose()
+        })
+    }
+
+    fn any_keys(&self) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)").fetch_one(&self.pool).await?)
+        })
+    }
+
+    fn insert_job<'a>(
+        &'a self,
+        spec: &'a JobSpec,
+        idempotency_key: Option<&'a str>,
+        owner: Option<&'a str>,
+    ) -> StoreFuture<'a, Inserted> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            if let Some(key) = idempotency_key {
+            let idempotency_key = idempotency_key.map(|key| scoped_key(key, owner));
+            if let Some(key) = &idempotency_key {
                 let existing = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
                     .bind(key)
                     .fetch_optional(&mut *tx)
@@ -105,13 +194,14 @@ impl Store for SqliteStore {
             let id = Uuid::now_v7();
             let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
-                "INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at) VALUES (?, ?, ?, 'queued', ?, ?)",
+                "INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at, owner) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
             )
             .bind(id.to_string())
             .bind(spec.display_name())
             .bind(spec_json)
             .bind(idempotency_key)
             .bind(now())
+            .bind(owner)
             .execute(&mut *tx)
             .await?;
             let event = append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "queued"})).await?;
@@ -119,36 +209,42 @@ impl Store for SqliteStore {
         })
     }
 
-    fn job_by_idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Job>> {
+    fn job_by_idempotency_key<'a>(&'a self, key: &'a str, owner: Option<&'a str>) -> StoreFuture<'a, Option<Job>> {
         Box::pin(async move {
             let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
-                .bind(key)
+                .bind(scoped_key(key, owner))
                 .fetch_optional(&self.pool)
                 .await?;
             row.as_ref().map(job_from_row).transpose()
         })
     }
 
-    fn get_job(&self, id: Uuid) -> StoreFuture<'_, Option<Job>> {
+    fn get_job<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, Option<Job>> {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await?;
-            fetch(&mut conn, id).await
+            fetch_owned(&mut conn, id, owner).await
         })
     }
 
-    fn list_jobs(
-        &self,
+    fn list_jobs<'a>(
+        &'a self,
+        owner: &'a Owner,
         status: Option<Status>,
         after: Option<Uuid>,
         limit: usize,
-    ) -> StoreFuture<'_, (Vec<Job>, bool)> {
+    ) -> StoreFuture<'a, (Vec<Job>, bool)> {
         Box::pin(async move {
+            let (key, name) = owner_binds(owner);
             let rows = sqlx::query(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) AND {}
+                 ORDER BY id DESC LIMIT ?3",
+                owner_clause(4)
             ))
             .bind(status.map(Status::as_str))
             .bind(after.map(|a| a.to_string()))
             .bind(limit as i64 + 1)
+            .bind(key)
+            .bind(name)
             .fetch_all(&self.pool)
             .await?;
             let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -307,10 +403,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn request_cancel(&self, id: Uuid) -> StoreFuture<'_, CancelOutcome> {
+    fn request_cancel<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, CancelOutcome> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            let Some(job) = fetch(&mut tx, id).await? else { return Ok(CancelOutcome::NotFound) };
+            let Some(job) = fetch_owned(&mut tx, id, owner).await? else { return Ok(CancelOutcome::NotFound) };
             if job.status.is_terminal() {
                 return Ok(CancelOutcome::AlreadyFinished(job));
             }
@@ -333,13 +429,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_job(&self, id: Uuid) -> StoreFuture<'_, DeleteOutcome> {
+    fn delete_job<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, DeleteOutcome> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let (key, name) = owner_binds(owner);
+            let status: Option<String> =
+                sqlx::query_scalar(&format!("SELECT status FROM jobs WHERE id = ?1 AND {}", owner_clause(2)))
+                    .bind(id.to_string())
+                    .bind(key)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
             let status: Status = status.parse().map_err(StoreError::Corrupt)?;
             if !status.is_terminal() {
@@ -503,6 +603,18 @@ async fn fetch(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Option<Job
     row.as_ref().map(job_from_row).transpose()
 }
 
+/// The job, if it belongs to `owner`.
+async fn fetch_owned(conn: &mut sqlx::SqliteConnection, id: Uuid, owner: &Owner) -> Result<Option<Job>, StoreError> {
+    let (key, name) = owner_binds(owner);
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND {}", owner_clause(2)))
+        .bind(id.to_string())
+        .bind(key)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
 fn parse_id(text: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("bad id {text}: {e}")))
 }
@@ -527,6 +639,19 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         result: json_column(row, "result")?,
         attempts: row.try_get("attempts")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        owner: row.try_get("owner_name")?,
+    })
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+    Ok(ApiKey {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        prefix: row.try_get("prefix")?,
+        admin: row.try_get("admin")?,
+        share: row.try_get("share")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -560,7 +685,9 @@ mod tests {
             SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display()), EventHub::new())
                 .await
                 .unwrap();
-        let Inserted::Created(job) = store.insert_job(&tiny_spec(), None).await.unwrap() else { panic!("not created") };
+        let Inserted::Created(job) = store.insert_job(&tiny_spec(), None, None).await.unwrap() else {
+            panic!("not created")
+        };
         (dir, store, job.id)
     }
 
@@ -589,7 +716,7 @@ mod tests {
                 _ => assert_eq!(recovered, vec![Recovered::Requeued(id)]),
             }
         }
-        let job = store.get_job(id).await.unwrap().unwrap();
+        let job = store.get_job(id, &Owner::Any).await.unwrap().unwrap();
         assert_eq!(job.status, Status::Failed);
         assert!(job.error.unwrap().contains("not retried"));
         assert!(
@@ -602,10 +729,10 @@ mod tests {
     async fn cancelling_a_job_whose_process_died_wins_over_the_requeue() {
         let (_dir, store, id) = store_with_a_job().await;
         store.claim_next("worker", Duration::from_millis(1)).await.unwrap().unwrap();
-        assert!(matches!(store.request_cancel(id).await.unwrap(), CancelOutcome::Requested(_)));
+        assert!(matches!(store.request_cancel(id, &Owner::Any).await.unwrap(), CancelOutcome::Requested(_)));
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
-        assert_eq!(store.get_job(id).await.unwrap().unwrap().status, Status::Cancelled);
+        assert_eq!(store.get_job(id, &Owner::Any).await.unwrap().unwrap().status, Status::Cancelled);
         assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none());
     }
 
@@ -622,8 +749,8 @@ mod tests {
             let mut tx = store.begin().await.unwrap();
             sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
             drop(tx);
-            assert!(matches!(store.insert_job(&tiny_spec(), None).await, Ok(Inserted::Created(_))));
+            assert!(matches!(store.insert_job(&tiny_spec(), None, None).await, Ok(Inserted::Created(_))));
         }
-        assert_eq!(store.list_jobs(None, None, 10).await.unwrap().0.len(), 3);
+        assert_eq!(store.list_jobs(&Owner::Any, None, None, 10).await.unwrap().0.len(), 3);
     }
 }
