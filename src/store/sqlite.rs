@@ -736,6 +736,46 @@ mod tests {
         assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none());
     }
 
+    fn new_key(id: &str, name: &str) -> NewKey {
+        let prefix = format!("dk_{id}");
+        NewKey { id: id.into(), name: name.into(), prefix, secret_hash: "00".into(), admin: false, share: 1 }
+    }
+
+    #[tokio::test]
+    async fn jobs_are_seen_by_their_key_and_listed_by_their_owners_name() {
+        let (_dir, store, open_job) = store_with_a_job().await;
+        assert!(!store.any_keys().await.unwrap());
+        for (id, name) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
+            store.create_key(&new_key(id, name)).await.unwrap();
+        }
+        let mut jobs = Vec::new();
+        for key in ["a1", "a2", "b1"] {
+            let Inserted::Created(job) = store.insert_job(&tiny_spec(), Some("same"), Some(key)).await.unwrap() else {
+                panic!("an idempotency key is per owner")
+            };
+            jobs.push(job.id);
+        }
+        let store = &store;
+        let listed = async |owner: Owner| {
+            store.list_jobs(&owner, None, None, 10).await.unwrap().0.into_iter().map(|j| j.id).collect::<Vec<_>>()
+        };
+        assert_eq!(listed(Owner::Key("a1".into())).await, [jobs[0]]);
+        assert_eq!(listed(Owner::Named("alice".into())).await, [jobs[1], jobs[0]]);
+        assert_eq!(listed(Owner::Any).await, [jobs[2], jobs[1], jobs[0], open_job]);
+        let bob = Owner::Key("b1".into());
+        assert!(store.get_job(jobs[0], &bob).await.unwrap().is_none());
+        assert!(matches!(store.request_cancel(jobs[0], &bob).await.unwrap(), CancelOutcome::NotFound));
+        assert!(matches!(store.delete_job(open_job, &bob).await.unwrap(), DeleteOutcome::NotFound));
+        assert_eq!(store.get_job(jobs[2], &bob).await.unwrap().unwrap().owner.as_deref(), Some("bob"));
+
+        let first = store.revoke_key("b1").await.unwrap().unwrap().revoked_at.unwrap();
+        let again = store.revoke_key("b1").await.unwrap().unwrap().revoked_at.unwrap();
+        assert_eq!(first, again, "revoking twice keeps the first time");
+        assert!(store.revoke_key("zz").await.unwrap().is_none());
+        let (key, hash) = store.find_key("a1").await.unwrap().unwrap();
+        assert_eq!((key.prefix.as_str(), hash.as_str()), ("dk_a1", "00"));
+    }
+
     #[tokio::test]
     async fn a_transaction_that_sqlite_ended_alone_does_not_poison_the_pool() {
         let dir = tempfile::tempdir().unwrap();
