@@ -168,6 +168,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
 async fn check_access(config: &ServeConfig, store: &dyn Store) -> anyhow::Result<()> {
     if store.any_keys().await.context("reading the API keys")? {
         tracing::info!("API keys exist: every /v1 request needs `Authorization: Bearer <key>`");
+        if config.no_auth {
+            tracing::warn!("--no-auth changes nothing once API keys exist: every request still needs one");
+        }
         return Ok(());
     }
     if config.create_admin_key {
