@@ -52,11 +52,11 @@ pub struct ServeConfig {
     pub request_timeout_secs: u64,
     /// Allow listening on an address other than loopback while no API key exists, so that
     /// anyone who reaches it may use the API. Once a key exists, every request needs one anyway.
-    #[arg(long, env = "DISTILLERY_NO_AUTH")]
+    #[arg(long, env = "DISTILLERY_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_auth: bool,
     /// If no API key exists at start, create an administrator's key named `admin` and print it
     /// to the log, once (the Docker image sets this).
-    #[arg(long, env = "DISTILLERY_CREATE_ADMIN_KEY")]
+    #[arg(long, env = "DISTILLERY_CREATE_ADMIN_KEY", value_parser = clap::builder::BoolishValueParser::new())]
     pub create_admin_key: bool,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
