@@ -1,6 +1,8 @@
 //! `distillery run`: one job in-process, without a server, with a progress bar and the report
 //! printed as a table.
 
+pub mod keys;
+
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};

@@ -54,6 +54,14 @@ pub struct ServeConfig {
     /// 408; event streams and artifact downloads are exempt.
     #[arg(long, env = "DISTILLERY_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub request_timeout_secs: u64,
+    /// Allow listening on an address other than loopback while no API key exists, so that
+    /// anyone who reaches it may use the API. Once a key exists, every request needs one anyway.
+    #[arg(long, env = "DISTILLERY_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_auth: bool,
+    /// If no API key exists at start, create an administrator's key named `admin` and print it
+    /// to the log, once (the Docker image sets this).
+    #[arg(long, env = "DISTILLERY_CREATE_ADMIN_KEY", value_parser = clap::builder::BoolishValueParser::new())]
+    pub create_admin_key: bool,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -61,14 +69,17 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", crate::layout::database(&self.data_dir).display()))
+        self.database_url.clone().unwrap_or_else(|| default_database_url(&self.data_dir))
     }
 
     pub fn job_memory_limit(&self) -> u64 {
         self.max_job_memory.unwrap_or_else(|| default_job_memory(self.workers))
     }
+}
+
+/// The SQLite database in `data_dir`.
+pub fn default_database_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}", crate::layout::database(data_dir).display())
 }
 
 /// Half the machine's physical memory, shared among `workers` jobs.

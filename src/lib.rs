@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod keys;
 pub mod layout;
 pub mod server;
 pub mod spec;

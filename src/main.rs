@@ -42,6 +42,8 @@ enum Command {
         #[arg(long, env = "DISTILLERY_MAX_JOB_MEMORY", value_parser = distillery::config::parse_bytes)]
         max_job_memory: Option<u64>,
     },
+    /// Create, list and revoke API keys (also while the server runs).
+    Keys(distillery::cli::keys::KeysArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(config)) => distillery::server::serve(config),
+        Some(Command::Keys(args)) => distillery::cli::keys::main(args),
         None => distillery::server::serve(cli.serve),
     }
 }

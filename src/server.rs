@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState, Limits};
 use crate::config::ServeConfig;
 use crate::engine::DataRoot;
+use crate::keys;
 use crate::layout;
 use crate::store::{Abandoned, EventHub, SqliteStore, Store};
 use crate::worker::{self, Running, WorkerConfig};
@@ -95,6 +96,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
     let events = EventHub::new();
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::connect(&config.database_url(), events.clone()).await.context("opening the database")?);
+    check_access(&config, &*store).await?;
     // Under the lock no other process runs jobs from this data directory: whatever is still
     // marked running was left by a process that died, and need not wait for its lease.
     let recovered = store
@@ -163,6 +165,44 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         Ok(())
     });
     Ok(ServerHandle { addr, shutdown: shutdown_tx, task: Some(task) })
+}
+
+/// Until a key exists the API is open to whoever reaches it, which is safe on loopback only:
+/// elsewhere the service refuses to start unless `--no-auth` asks for that, or
+/// `--create-admin-key` creates the first key now (printed once, to the log).
+async fn check_access(config: &ServeConfig, store: &dyn Store) -> anyhow::Result<()> {
+    if store.any_keys().await.context("reading the API keys")? {
+        tracing::info!("API keys exist: every /v1 request needs `Authorization: Bearer <key>`");
+        if config.no_auth {
+            tracing::warn!("--no-auth changes nothing once API keys exist: every request still needs one");
+        }
+        return Ok(());
+    }
+    if config.create_admin_key {
+        let (key, secret) = keys::issue(store, "admin", true, 1).await.context("creating the first API key")?;
+        tracing::warn!(
+            key = %secret,
+            "created an administrator's API key named `admin` ({}): it is shown only this once, in this log line; \
+             keep it, create the users' keys with it (POST /v1/keys), and revoke it if this log is not private",
+            key.prefix
+        );
+        return Ok(());
+    }
+    if config.bind.ip().is_loopback() {
+        tracing::info!("no API key exists: the API is open to this machine's users (loopback only)");
+        return Ok(());
+    }
+    if config.no_auth {
+        tracing::warn!(bind = %config.bind, "no API key exists and --no-auth is set: the API is open to anyone who reaches it");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {} without API keys: anyone who reaches it could run jobs and read every result. \
+         Create an administrator's key first (`distillery keys create --name admin --admin --data-dir {}`), \
+         or pass --no-auth (DISTILLERY_NO_AUTH=true) to serve without keys on purpose",
+        config.bind,
+        config.data_dir.display()
+    )
 }
 
 /// What specs may read: the data root, without the service's own files, and no file larger

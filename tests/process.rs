@@ -284,3 +284,42 @@ async fn a_full_disk_fails_a_job_once_frees_its_files_and_the_service_keeps_serv
         assert_eq!((&job["status"], &job["attempts"]), (&old["status"], &json!(1)), "{job}");
     }
 }
+
+/// `distillery keys …` on `data_dir`: its stdout, after asserting it succeeded.
+fn keys(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .arg("keys")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "keys {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn keys_created_and_revoked_from_the_command_line_while_the_server_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let service = Service::start(data.path());
+    let jobs = format!("{}/v1/jobs", service.base);
+    assert_eq!(client.get(&jobs).send().await.unwrap().status(), 200, "open without keys");
+
+    let lead = keys(data.path(), &["create", "--name", "lead", "--admin"]).trim().to_string();
+    let alice = keys(data.path(), &["create", "--name", "alice", "--share", "2"]).trim().to_string();
+    assert!(lead.starts_with("dk_") && alice.starts_with("dk_"), "{lead} {alice}");
+    let listed = keys(data.path(), &["list"]);
+    for (key, line) in [(&lead, "yes"), (&alice, "no")] {
+        let (prefix, secret) = key.rsplit_once('_').unwrap();
+        let row = listed.lines().find(|row| row.starts_with(prefix)).unwrap_or_else(|| panic!("{listed}"));
+        assert!(row.split_whitespace().nth(2) == Some(line) && !listed.contains(secret), "{listed}");
+    }
+
+    assert_eq!(client.get(&jobs).send().await.unwrap().status(), 401, "a key exists now");
+    assert_eq!(client.get(&jobs).bearer_auth(&alice).send().await.unwrap().status(), 200);
+    let revoked = keys(data.path(), &["revoke", &alice[..19]]);
+    assert!(revoked.starts_with(&format!("revoked {} (alice)", &alice[..19])), "{revoked}");
+    assert_eq!(client.get(&jobs).bearer_auth(&alice).send().await.unwrap().status(), 401);
+    assert_eq!(client.get(&jobs).bearer_auth(&lead).send().await.unwrap().status(), 200);
+}

@@ -12,14 +12,20 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::JobId;
 use super::AppState;
 use crate::layout::{job_dir, REPORT_FILE};
-use crate::store::Status;
+use crate::store::{Job, Status};
 
-pub async fn report(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Response> {
-    let job = state.store.get_job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+/// The job, or a 404 when it does not exist or belongs to someone else.
+async fn visible_job(state: &AppState, caller: &Caller, id: uuid::Uuid) -> ApiResult<Job> {
+    state.store.get_job(id, &caller.owner()).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))
+}
+
+pub async fn report(State(state): State<AppState>, caller: Caller, JobId(id): JobId) -> ApiResult<Response> {
+    let job = visible_job(&state, &caller, id).await?;
     if job.status != Status::Succeeded {
         return Err(ApiError::Conflict {
             code: "report_not_ready",
@@ -32,8 +38,12 @@ pub async fn report(State(state): State<AppState>, JobId(id): JobId) -> ApiResul
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-pub async fn list(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<serde_json::Value>> {
-    state.store.get_job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+) -> ApiResult<Json<serde_json::Value>> {
+    visible_job(&state, &caller, id).await?;
     let artifacts = state.store.artifacts(id).await?;
     let data: Vec<_> = artifacts
         .into_iter()
@@ -55,16 +65,16 @@ pub struct ArtifactPath {
 
 pub async fn download(
     State(state): State<AppState>,
+    caller: Caller,
     JobId(id): JobId,
     Path(ArtifactPath { name }): Path<ArtifactPath>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let not_found = || ApiError::NotFound(format!("artifact `{name}` of job {id}"));
+    // Another owner's job answers exactly as an unknown one does.
+    state.store.get_job(id, &caller.owner()).await?.ok_or_else(not_found)?;
     // Only names the store recorded are served, so a name can never walk out of the job folder.
-    let artifact = state
-        .store
-        .artifact(id, &name)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("artifact `{name}` of job {id}")))?;
+    let artifact = state.store.artifact(id, &name).await?.ok_or_else(not_found)?;
     let failed = |e: std::io::Error| ApiError::Internal(format!("artifact {name} of {id}: {e}"));
     let mut file = tokio::fs::File::open(job_dir(&state.data_dir, id).join(&artifact.name)).await.map_err(failed)?;
     // The size of the open file, so the headers describe exactly the bytes streamed.

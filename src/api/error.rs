@@ -15,6 +15,11 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String, field: Option<String> },
     #[error("{0}")]
     InvalidSpec(SpecError),
+    /// No key, or one that is not valid; the 401 asks for a bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{message}")]
@@ -37,6 +42,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, field, .. } => (StatusCode::BAD_REQUEST, code, field.as_deref()),
             ApiError::InvalidSpec(e) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", Some(&e.field)),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code, None),
             ApiError::Rejected { status, code, .. } => (*status, code, None),
@@ -67,6 +74,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::RangeNotSatisfiable { size, .. } => {
                 (status, [(header::CONTENT_RANGE, format!("bytes */{size}"))], body).into_response()
+            }
+            ApiError::Unauthorized(_) => {
+                (status, [(header::WWW_AUTHENTICATE, "Bearer realm=\"distillery\"")], body).into_response()
             }
             _ => (status, body).into_response(),
         }

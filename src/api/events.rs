@@ -18,10 +18,11 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{FromQuery, JobId, Query, QueryParams};
 use super::AppState;
-use crate::store::{Event, EventKind, Store};
+use crate::store::{Event, EventKind, Owner, Store};
 
 const PAGE: usize = 500;
 
@@ -49,13 +50,14 @@ impl FromQuery for EventsQuery {
 
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     JobId(id): JobId,
     headers: HeaderMap,
     Query(query): Query<EventsQuery>,
 ) -> ApiResult<Response> {
     if !wants_stream(&headers) {
         let limit = query.limit?;
-        ensure_job(&*state.store, id).await?;
+        ensure_job(&*state.store, id, &caller.owner()).await?;
         let mut data = state.store.events_after(id, query.after, limit + 1).await?;
         let has_more = data.len() > limit;
         data.truncate(limit);
@@ -70,7 +72,7 @@ pub async fn events(
     // Subscribe before reading the store: anything committed after the read is then received
     // live, and the seq check drops what both paths deliver.
     let live = state.events.subscribe();
-    ensure_job(&*state.store, id).await?;
+    ensure_job(&*state.store, id, &caller.owner()).await?;
     let follow = Follow {
         store: state.store.clone(),
         job: id,
@@ -89,8 +91,9 @@ pub(super) fn wants_stream(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"))
 }
 
-async fn ensure_job(store: &dyn Store, id: Uuid) -> ApiResult<()> {
-    store.get_job(id).await?.map(|_| ()).ok_or_else(|| ApiError::NotFound(format!("job {id}")))
+/// A 404 unless the job exists and `owner` may see it.
+async fn ensure_job(store: &dyn Store, id: Uuid, owner: &Owner) -> ApiResult<()> {
+    store.get_job(id, owner).await?.map(|_| ()).ok_or_else(|| ApiError::NotFound(format!("job {id}")))
 }
 
 struct Follow {
@@ -132,7 +135,7 @@ impl Follow {
                     Ok(_) => {
                         self.replaying = false;
                         // Nothing more will come for a job that has already ended.
-                        match self.store.get_job(self.job).await {
+                        match self.store.get_job(self.job, &Owner::Any).await {
                             Ok(Some(job)) if !job.status.is_terminal() => {}
                             _ => return None,
                         }
@@ -170,8 +173,12 @@ fn to_sse(event: &Event) -> SseEvent {
 }
 
 /// Training curves for charts: the persisted progress samples and every epoch's metrics.
-pub async fn metrics(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<serde_json::Value>> {
-    ensure_job(&*state.store, id).await?;
+pub async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+) -> ApiResult<Json<serde_json::Value>> {
+    ensure_job(&*state.store, id, &caller.owner()).await?;
     let events = state.store.events_of_types(id, &[EventKind::Progress, EventKind::Metrics]).await?;
     let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Progress);
     Ok(Json(json!({

@@ -49,6 +49,9 @@ async fn path_id<S: Send + Sync>(parts: &mut Parts, state: &S, noun: &str) -> Re
 pub trait FromQuery: Sized {
     /// The parameters taken, in the order they are checked; any other is refused.
     const NAMES: &'static [&'static str];
+    /// Parameters also taken, but only administrators may use them (the handler checks), so
+    /// the unknown-parameter error does not offer them to everyone.
+    const ADMIN_NAMES: &'static [&'static str] = &[];
 
     fn from_query(params: &QueryParams) -> ApiResult<Self>;
 }
@@ -79,7 +82,8 @@ impl<S: Send + Sync, T: FromQuery> FromRequestParts<S> for Query<T> {
             axum::extract::Query::<HashMap<String, String>>::from_request_parts(parts, state)
                 .await
                 .map_err(IntoResponse::into_response)?;
-        if let Some(unknown) = params.keys().find(|name| !T::NAMES.contains(&name.as_str())) {
+        let known = |name: &str| T::NAMES.contains(&name) || T::ADMIN_NAMES.contains(&name);
+        if let Some(unknown) = params.keys().find(|name| !known(name)) {
             let message = format!("unknown query parameter; expected {}", one_of(T::NAMES));
             return Err(ApiError::bad_request("invalid_query", unknown, message).into_response());
         }

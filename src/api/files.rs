@@ -11,6 +11,7 @@ use axum::Json;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{FileId, FromQuery, Query, QueryParams};
 use super::AppState;
@@ -25,6 +26,7 @@ const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<(StatusCode, Json<StoredFile>)> {
@@ -65,12 +67,12 @@ pub async fn create(
     };
     // Recorded first: should the process die before the move, the record is listed and can be
     // deleted, where a folder without one would be usable by specs yet invisible.
-    if let Err(e) = state.store.insert_file(&file).await {
+    if let Err(e) = state.store.insert_file(&file, caller.key_id()).await {
         incoming.discard().await;
         return Err(e.into());
     }
     if let Err(e) = incoming.commit().await {
-        if let Err(forget) = state.store.delete_file(file.id).await {
+        if let Err(forget) = state.store.delete_file(file.id, &caller.owner()).await {
             tracing::warn!(error = %forget, id = %file.id, "forgetting an upload that could not be moved failed");
         }
         return Err(internal("moving an upload into place", e));
@@ -223,22 +225,27 @@ impl FromQuery for ListQuery {
     }
 }
 
-pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
-    let (files, has_more) = state.store.list_files(query.after, query.limit).await?;
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (files, has_more) = state.store.list_files(&caller.owner(), query.after, query.limit).await?;
     Ok(Json(json!({"data": files, "has_more": has_more})))
 }
 
-pub async fn show(State(state): State<AppState>, FileId(id): FileId) -> ApiResult<Json<StoredFile>> {
-    Ok(Json(find(&state, id).await?))
+pub async fn show(State(state): State<AppState>, caller: Caller, FileId(id): FileId) -> ApiResult<Json<StoredFile>> {
+    Ok(Json(find(&state, &caller, id).await?))
 }
 
-async fn find(state: &AppState, id: Uuid) -> ApiResult<StoredFile> {
-    state.store.get_file(id).await?.ok_or_else(|| ApiError::NotFound(format!("file {id}")))
+/// The upload, if the caller may see it: another owner's is a 404, as an unknown id is.
+async fn find(state: &AppState, caller: &Caller, id: Uuid) -> ApiResult<StoredFile> {
+    state.store.get_file(id, &caller.owner()).await?.ok_or_else(|| ApiError::NotFound(format!("file {id}")))
 }
 
 /// The bytes as uploaded, streamed from disk.
-pub async fn content(State(state): State<AppState>, FileId(id): FileId) -> ApiResult<Response> {
-    let stored = find(&state, id).await?;
+pub async fn content(State(state): State<AppState>, caller: Caller, FileId(id): FileId) -> ApiResult<Response> {
+    let stored = find(&state, &caller, id).await?;
     let path = layout::file_dir(&state.data_dir, id).join(layout::FILE_CONTENT);
     let failed = |e: std::io::Error| internal(&format!("file {id}"), e);
     let file = tokio::fs::File::open(path).await.map_err(failed)?;
@@ -258,8 +265,8 @@ pub async fn content(State(state): State<AppState>, FileId(id): FileId) -> ApiRe
     Ok((AppendHeaders(fields), super::artifacts::file_body(file, size)).into_response())
 }
 
-pub async fn remove(State(state): State<AppState>, FileId(id): FileId) -> ApiResult<StatusCode> {
-    match state.store.delete_file(id).await? {
+pub async fn remove(State(state): State<AppState>, caller: Caller, FileId(id): FileId) -> ApiResult<StatusCode> {
+    match state.store.delete_file(id, &caller.owner()).await? {
         FileDeleteOutcome::NotFound => Err(ApiError::NotFound(format!("file {id}"))),
         FileDeleteOutcome::InUse(jobs) => Err(ApiError::Conflict {
             code: "file_in_use",

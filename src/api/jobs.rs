@@ -8,16 +8,18 @@ use axum::Json;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{FromQuery, JobId, Query, QueryParams};
 use super::AppState;
-use crate::store::{CancelOutcome, DeleteOutcome, Inserted, Job, Status};
+use crate::store::{CancelOutcome, DeleteOutcome, Inserted, Job, Owner, Status};
 use crate::{engine, spec};
 
 const MAX_PAGE: usize = 100;
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
@@ -50,7 +52,7 @@ pub async fn create(
     let spec = spec::parse(&body)?;
     // A retry is answered from the store, even if its files have changed since the first try.
     if let Some(key) = &idempotency_key {
-        if let Some(job) = state.store.job_by_idempotency_key(key).await? {
+        if let Some(job) = state.store.job_by_idempotency_key(key, caller.key_id()).await? {
             return idempotent_replay(job, &spec);
         }
     }
@@ -59,15 +61,19 @@ pub async fn create(
         code: "insufficient_storage",
         message,
     })?;
-    let (checked, data_root) = (spec.clone(), state.data_root.clone());
+    let data_root = match caller.owner() {
+        Owner::Any => state.data_root.clone(),
+        owner => state.data_root.clone().with_visible_uploads(state.store.file_ids(&owner).await?),
+    };
+    let checked = spec.clone();
     let estimate = tokio::task::spawn_blocking(move || engine::preflight(&checked, &data_root))
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
     estimate.check(state.limits.max_job_memory)?;
-    match state.store.insert_job(&spec, idempotency_key.as_deref()).await? {
+    match state.store.insert_job(&spec, idempotency_key.as_deref(), caller.key_id()).await? {
         Inserted::Created(job) => {
             state.queue.notify_waiters();
-            tracing::info!(id = %job.id, name = %job.name, "job queued");
+            tracing::info!(id = %job.id, name = %job.name, owner = caller.name(), "job queued");
             Ok((StatusCode::CREATED, Json(job)))
         }
         Inserted::Existing(job) => idempotent_replay(job, &spec),
@@ -75,7 +81,7 @@ pub async fn create(
 }
 
 /// Whether a `Content-Type` is JSON: `application/json`, any letter case, any parameters.
-fn is_json(content_type: &str) -> bool {
+pub(super) fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     essence.eq_ignore_ascii_case("application/json")
 }
@@ -90,16 +96,19 @@ fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, J
     Ok((StatusCode::OK, Json(job)))
 }
 
-/// `GET /v1/jobs?status=&limit=&after=`.
+/// `GET /v1/jobs?status=&limit=&after=&owner=`.
 pub struct ListQuery {
     status: Option<Status>,
     limit: usize,
     /// The last id of the previous page.
     after: Option<Uuid>,
+    /// A key's name: an administrator's filter.
+    owner: Option<String>,
 }
 
 impl FromQuery for ListQuery {
     const NAMES: &'static [&'static str] = &["status", "limit", "after"];
+    const ADMIN_NAMES: &'static [&'static str] = &["owner"];
 
     fn from_query(params: &QueryParams) -> ApiResult<Self> {
         Ok(ListQuery {
@@ -113,22 +122,46 @@ impl FromQuery for ListQuery {
                 })?
                 .unwrap_or(20),
             after: params.get("after", |a| Uuid::parse_str(a).map_err(|_| "must be a job id".to_string()))?,
+            owner: params.get("owner", |o| Ok(o.to_string()))?,
         })
     }
 }
 
-pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
-    let (jobs, has_more) = state.store.list_jobs(query.status, query.after, query.limit).await?;
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let owner = match query.owner {
+        None => caller.owner(),
+        Some(name) => owner_named(&state, &caller, name).await?,
+    };
+    let (jobs, has_more) = state.store.list_jobs(&owner, query.status, query.after, query.limit).await?;
     Ok(Json(json!({"data": jobs, "has_more": has_more})))
 }
 
-pub async fn show(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<Json<Job>> {
-    let job = state.store.get_job(id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+/// `?owner=<name>`: only administrators may filter by owner, and only by a name some key has.
+async fn owner_named(state: &AppState, caller: &Caller, name: String) -> ApiResult<Owner> {
+    if !caller.is_admin() {
+        return Err(ApiError::bad_request("invalid_query", "owner", "only an administrator may filter by owner"));
+    }
+    if !state.store.list_keys().await?.iter().any(|key| key.name == name) {
+        return Err(ApiError::bad_request("invalid_query", "owner", format!("no key is named `{name}`")));
+    }
+    Ok(Owner::Named(name))
+}
+
+pub async fn show(State(state): State<AppState>, caller: Caller, JobId(id): JobId) -> ApiResult<Json<Job>> {
+    let job = state.store.get_job(id, &caller.owner()).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     Ok(Json(job))
 }
 
-pub async fn cancel(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<(StatusCode, Json<Job>)> {
-    match state.store.request_cancel(id).await? {
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    match state.store.request_cancel(id, &caller.owner()).await? {
         CancelOutcome::NotFound => Err(ApiError::NotFound(format!("job {id}"))),
         CancelOutcome::AlreadyFinished(job) => Err(ApiError::Conflict {
             code: "job_finished",
@@ -142,8 +175,8 @@ pub async fn cancel(State(state): State<AppState>, JobId(id): JobId) -> ApiResul
     }
 }
 
-pub async fn remove(State(state): State<AppState>, JobId(id): JobId) -> ApiResult<StatusCode> {
-    match state.store.delete_job(id).await? {
+pub async fn remove(State(state): State<AppState>, caller: Caller, JobId(id): JobId) -> ApiResult<StatusCode> {
+    match state.store.delete_job(id, &caller.owner()).await? {
         DeleteOutcome::NotFound => Err(ApiError::NotFound(format!("job {id}"))),
         DeleteOutcome::NotFinished(status) => Err(ApiError::Conflict {
             code: "job_not_finished",

@@ -1,13 +1,16 @@
 //! HTTP: routing, extractors, error mapping, SSE. Handlers validate, call the store or the
-//! queue, and map errors; no training and no SQL happen here.
+//! queue, and map errors; no training and no SQL happen here. Every `/v1` handler takes the
+//! `Caller` first, so authentication precedes any other check.
 
 mod artifacts;
+mod auth;
 pub mod error;
 mod events;
 mod extract;
 mod files;
 mod health;
 mod jobs;
+mod keys;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -115,6 +118,9 @@ pub fn routes() -> Routes {
         .add(Method::GET, "/v1/files/{id}", get(files::show))
         .add(Method::DELETE, "/v1/files/{id}", delete(files::remove))
         .add(Method::GET, FILE_CONTENT, get(files::content))
+        .add(Method::POST, "/v1/keys", post(keys::create))
+        .add(Method::GET, "/v1/keys", get(keys::list))
+        .add(Method::DELETE, "/v1/keys/{id}", delete(keys::revoke))
         .add(Method::GET, "/healthz", get(health::healthz))
         .add(Method::GET, "/readyz", get(health::readyz))
         .add(Method::GET, "/metrics", get(health::prometheus))

@@ -1,5 +1,5 @@
-//! The service's state: jobs, their events and their artifacts, and uploaded files, behind the
-//! [`Store`] trait.
+//! The service's state: API keys, jobs, their events and their artifacts, and uploaded files,
+//! behind the [`Store`] trait.
 //! The API, the workers and the server hold an `Arc<dyn Store>` and never name a database;
 //! [`SqliteStore`] is the one implementation today (every SQL statement lives there), and a
 //! PostgreSQL one can be added beside it without touching its callers. A store publishes the
@@ -31,16 +31,45 @@ pub trait Store: Send + Sync {
     /// Readiness: the database answers and every migration this build knows is applied.
     fn ready(&self) -> StoreFuture<'_, ()>;
 
-    /// Queues a job. With an idempotency key already used, returns that job instead.
-    fn insert_job<'a>(&'a self, spec: &'a JobSpec, idempotency_key: Option<&'a str>) -> StoreFuture<'a, Inserted>;
+    /// Stores a new key (its secret only as a hash).
+    fn create_key<'a>(&'a self, key: &'a NewKey) -> StoreFuture<'a, ApiKey>;
 
-    fn job_by_idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Job>>;
+    /// Every key, revoked ones included, oldest first.
+    fn list_keys(&self) -> StoreFuture<'_, Vec<ApiKey>>;
 
-    fn get_job(&self, id: Uuid) -> StoreFuture<'_, Option<Job>>;
+    /// Marks a key revoked (once; revoking again changes nothing). `None`: no such key.
+    fn revoke_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ApiKey>>;
 
-    /// Newest first; `after` is the last id of the previous page. Also says whether more follow.
-    fn list_jobs(&self, status: Option<Status>, after: Option<Uuid>, limit: usize)
-        -> StoreFuture<'_, (Vec<Job>, bool)>;
+    /// A key with its secret's hash, to check a caller's secret against.
+    fn find_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<(ApiKey, String)>>;
+
+    /// Whether any key was ever created: from then on every request needs one.
+    fn any_keys(&self) -> StoreFuture<'_, bool>;
+
+    /// Queues a job for the key `owner` (`None`: the open mode). With an idempotency key this
+    /// owner already used, returns that job instead.
+    fn insert_job<'a>(
+        &'a self,
+        spec: &'a JobSpec,
+        idempotency_key: Option<&'a str>,
+        owner: Option<&'a str>,
+    ) -> StoreFuture<'a, Inserted>;
+
+    /// The job `owner` (a key id, `None` in the open mode) submitted with this idempotency key.
+    fn job_by_idempotency_key<'a>(&'a self, key: &'a str, owner: Option<&'a str>) -> StoreFuture<'a, Option<Job>>;
+
+    /// The job, if `owner` may see it.
+    fn get_job<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, Option<Job>>;
+
+    /// `owner`'s jobs, newest first; `after` is the last id of the previous page. Also says
+    /// whether more follow.
+    fn list_jobs<'a>(
+        &'a self,
+        owner: &'a Owner,
+        status: Option<Status>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreFuture<'a, (Vec<Job>, bool)>;
 
     /// Takes the oldest queued job for `worker`, with a lease of `lease`.
     fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration) -> StoreFuture<'a, Option<Job>>;
@@ -70,10 +99,11 @@ pub trait Store: Send + Sync {
         report: Option<&'a serde_json::Value>,
     ) -> StoreFuture<'a, ()>;
 
-    fn request_cancel(&self, id: Uuid) -> StoreFuture<'_, CancelOutcome>;
+    /// Cancels a job `owner` may see; another owner's job is `NotFound`.
+    fn request_cancel<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, CancelOutcome>;
 
-    /// Deletes a finished job with its events and artifact records.
-    fn delete_job(&self, id: Uuid) -> StoreFuture<'_, DeleteOutcome>;
+    /// Deletes a finished job `owner` may see, with its events and artifact records.
+    fn delete_job<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, DeleteOutcome>;
 
     /// Appends one event (and, for progress, keeps it as the job's latest progress).
     fn append_event(&self, id: Uuid, kind: EventKind, payload: serde_json::Value) -> StoreFuture<'_, Event>;
@@ -104,16 +134,26 @@ pub trait Store: Send + Sync {
     /// How many jobs are in each status, every status listed.
     fn count_by_status(&self) -> StoreFuture<'_, Vec<(Status, i64)>>;
 
-    /// Records an upload whose bytes are already in place.
-    fn insert_file<'a>(&'a self, file: &'a StoredFile) -> StoreFuture<'a, ()>;
+    /// Records an upload whose bytes are already in place, owned by the key `owner` (`None` in
+    /// the open mode).
+    fn insert_file<'a>(&'a self, file: &'a StoredFile, owner: Option<&'a str>) -> StoreFuture<'a, ()>;
 
-    fn get_file(&self, id: Uuid) -> StoreFuture<'_, Option<StoredFile>>;
+    /// The upload, if `owner` may see it.
+    fn get_file<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, Option<StoredFile>>;
 
-    /// Newest first, paged as [`Store::list_jobs`] is.
-    fn list_files(&self, after: Option<Uuid>, limit: usize) -> StoreFuture<'_, (Vec<StoredFile>, bool)>;
+    /// The uploads `owner` may see, newest first, paged as [`Store::list_jobs`] is.
+    fn list_files<'a>(
+        &'a self,
+        owner: &'a Owner,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreFuture<'a, (Vec<StoredFile>, bool)>;
 
-    /// Forgets an upload, unless a queued or running job's spec names it (`file:<id>`).
-    fn delete_file(&self, id: Uuid) -> StoreFuture<'_, FileDeleteOutcome>;
+    /// The ids of every upload `owner` may see: what its specs may name as `file:<id>`.
+    fn file_ids<'a>(&'a self, owner: &'a Owner) -> StoreFuture<'a, Vec<Uuid>>;
+
+    /// Forgets an upload `owner` may see, unless a queued or running job's spec names it.
+    fn delete_file<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, FileDeleteOutcome>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +218,43 @@ pub struct Job {
     pub result: Option<serde_json::Value>,
     pub attempts: i64,
     pub cancel_requested: bool,
+    /// The name of the key that submitted it; `None` for a job of the open mode.
+    pub owner: Option<String>,
+}
+
+/// Whose jobs an operation may see or act on. Another owner's job is as absent as an unknown
+/// one, so its id answers 404, never 403.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// Every job: administrators, and the open mode before any key exists.
+    Any,
+    /// The jobs the key with this id submitted.
+    Key(String),
+    /// The jobs of every key with this name (an administrator's `?owner=`).
+    Named(String),
+}
+
+/// An API key as stored and listed; never its secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// `dk_<id>`: the key's start, to recognise it by.
+    pub prefix: String,
+    pub admin: bool,
+    pub share: u32,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// A key to store: the secret only as its hash (see `crate::keys`).
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub secret_hash: String,
+    pub admin: bool,
+    pub share: u32,
 }
 
 /// What an event tells; its name is the event's `type` in JSON, SSE and the database.

@@ -10,8 +10,8 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use uuid::Uuid;
 
 use super::{
-    now, Abandoned, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, FileDeleteOutcome, Inserted,
-    Job, Recovered, Status, Store, StoreError, StoreFuture, StoredFile,
+    now, Abandoned, ApiKey, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, FileDeleteOutcome,
+    Inserted, Job, NewKey, Owner, Recovered, Status, Store, StoreError, StoreFuture, StoredFile,
 };
 use crate::spec::JobSpec;
 
@@ -29,8 +29,34 @@ fn now_ms() -> i64 {
 
 const FILE_COLUMNS: &str = "id, filename, bytes, sha256, purpose, unpacked, created_at";
 
-const JOB_COLUMNS: &str =
-    "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, attempts, cancel_requested";
+const JOB_COLUMNS: &str = "id, name, spec, status, created_at, started_at, finished_at, error, progress, result, \
+     attempts, cancel_requested, (SELECT name FROM api_keys WHERE api_keys.id = jobs.owner) AS owner_name";
+
+const KEY_COLUMNS: &str = "id, name, prefix, admin, share, created_at, revoked_at";
+
+/// The condition that a job belongs to `owner`, for [`owner_binds`]' two values bound as `?{n}`
+/// (a key id) and `?{n + 1}` (a key name); a NULL one does not filter.
+fn owner_clause(n: usize) -> String {
+    let m = n + 1;
+    format!("(?{n} IS NULL OR owner = ?{n}) AND (?{m} IS NULL OR owner IN (SELECT id FROM api_keys WHERE name = ?{m}))")
+}
+
+fn owner_binds(owner: &Owner) -> (Option<&str>, Option<&str>) {
+    match owner {
+        Owner::Any => (None, None),
+        Owner::Key(id) => (Some(id), None),
+        Owner::Named(name) => (None, Some(name)),
+    }
+}
+
+/// Idempotency keys are unique per owner: the stored one is prefixed with the owner's key id,
+/// so one user's key can neither find nor block another's job.
+fn scoped_key(key: &str, owner: Option<&str>) -> String {
+    match owner {
+        Some(owner) => format!("{owner}/{key}"),
+        None => key.to_string(),
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies pending migrations. Committed
@@ -92,10 +118,73 @@ impl Store for SqliteStore {
         })
     }
 
-    fn insert_job<'a>(&'a self, spec: &'a JobSpec, idempotency_key: Option<&'a str>) -> StoreFuture<'a, Inserted> {
+    fn create_key<'a>(&'a self, key: &'a NewKey) -> StoreFuture<'a, ApiKey> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!(
+                "INSERT INTO api_keys (id, name, prefix, secret_hash, admin, share, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                 RETURNING {KEY_COLUMNS}"
+            ))
+            .bind(&key.id)
+            .bind(&key.name)
+            .bind(&key.prefix)
+            .bind(&key.secret_hash)
+            .bind(key.admin)
+            .bind(key.share)
+            .bind(now())
+            .fetch_one(&self.pool)
+            .await?;
+            key_from_row(&row)
+        })
+    }
+
+    fn list_keys(&self) -> StoreFuture<'_, Vec<ApiKey>> {
+        Box::pin(async move {
+            let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY rowid"))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(key_from_row).collect()
+        })
+    }
+
+    fn revoke_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<ApiKey>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING {KEY_COLUMNS}"
+            ))
+            .bind(now())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(key_from_row).transpose()
+        })
+    }
+
+    fn find_key<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<(ApiKey, String)>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!("SELECT {KEY_COLUMNS}, secret_hash FROM api_keys WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            row.map(|row| Ok((key_from_row(&row)?, row.try_get("secret_hash")?))).transpose()
+        })
+    }
+
+    fn any_keys(&self) -> StoreFuture<'_, bool> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys)").fetch_one(&self.pool).await?)
+        })
+    }
+
+    fn insert_job<'a>(
+        &'a self,
+        spec: &'a JobSpec,
+        idempotency_key: Option<&'a str>,
+        owner: Option<&'a str>,
+    ) -> StoreFuture<'a, Inserted> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            if let Some(key) = idempotency_key {
+            let idempotency_key = idempotency_key.map(|key| scoped_key(key, owner));
+            if let Some(key) = &idempotency_key {
                 let existing = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
                     .bind(key)
                     .fetch_optional(&mut *tx)
@@ -107,13 +196,14 @@ impl Store for SqliteStore {
             let id = Uuid::now_v7();
             let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
-                "INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at) VALUES (?, ?, ?, 'queued', ?, ?)",
+                "INSERT INTO jobs (id, name, spec, status, idempotency_key, created_at, owner) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
             )
             .bind(id.to_string())
             .bind(spec.display_name())
             .bind(spec_json)
             .bind(idempotency_key)
             .bind(now())
+            .bind(owner)
             .execute(&mut *tx)
             .await?;
             let event = append(&mut tx, id, EventKind::Status, serde_json::json!({"status": "queued"})).await?;
@@ -121,36 +211,42 @@ impl Store for SqliteStore {
         })
     }
 
-    fn job_by_idempotency_key<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Job>> {
+    fn job_by_idempotency_key<'a>(&'a self, key: &'a str, owner: Option<&'a str>) -> StoreFuture<'a, Option<Job>> {
         Box::pin(async move {
             let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = ?"))
-                .bind(key)
+                .bind(scoped_key(key, owner))
                 .fetch_optional(&self.pool)
                 .await?;
             row.as_ref().map(job_from_row).transpose()
         })
     }
 
-    fn get_job(&self, id: Uuid) -> StoreFuture<'_, Option<Job>> {
+    fn get_job<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, Option<Job>> {
         Box::pin(async move {
             let mut conn = self.pool.acquire().await?;
-            fetch(&mut conn, id).await
+            fetch_owned(&mut conn, id, owner).await
         })
     }
 
-    fn list_jobs(
-        &self,
+    fn list_jobs<'a>(
+        &'a self,
+        owner: &'a Owner,
         status: Option<Status>,
         after: Option<Uuid>,
         limit: usize,
-    ) -> StoreFuture<'_, (Vec<Job>, bool)> {
+    ) -> StoreFuture<'a, (Vec<Job>, bool)> {
         Box::pin(async move {
+            let (key, name) = owner_binds(owner);
             let rows = sqlx::query(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) AND {}
+                 ORDER BY id DESC LIMIT ?3",
+                owner_clause(4)
             ))
             .bind(status.map(Status::as_str))
             .bind(after.map(|a| a.to_string()))
             .bind(limit as i64 + 1)
+            .bind(key)
+            .bind(name)
             .fetch_all(&self.pool)
             .await?;
             let mut jobs = rows.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -309,10 +405,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn request_cancel(&self, id: Uuid) -> StoreFuture<'_, CancelOutcome> {
+    fn request_cancel<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, CancelOutcome> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            let Some(job) = fetch(&mut tx, id).await? else { return Ok(CancelOutcome::NotFound) };
+            let Some(job) = fetch_owned(&mut tx, id, owner).await? else { return Ok(CancelOutcome::NotFound) };
             if job.status.is_terminal() {
                 return Ok(CancelOutcome::AlreadyFinished(job));
             }
@@ -335,13 +431,17 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_job(&self, id: Uuid) -> StoreFuture<'_, DeleteOutcome> {
+    fn delete_job<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, DeleteOutcome> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let (key, name) = owner_binds(owner);
+            let status: Option<String> =
+                sqlx::query_scalar(&format!("SELECT status FROM jobs WHERE id = ?1 AND {}", owner_clause(2)))
+                    .bind(id.to_string())
+                    .bind(key)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             let Some(status) = status else { return Ok(DeleteOutcome::NotFound) };
             let status: Status = status.parse().map_err(StoreError::Corrupt)?;
             if !status.is_terminal() {
@@ -465,10 +565,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn insert_file<'a>(&'a self, file: &'a StoredFile) -> StoreFuture<'a, ()> {
+    fn insert_file<'a>(&'a self, file: &'a StoredFile, owner: Option<&'a str>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             sqlx::query(
-                "INSERT INTO files (id, filename, bytes, sha256, purpose, unpacked, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO files (id, filename, bytes, sha256, purpose, unpacked, created_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(file.id.to_string())
             .bind(&file.filename)
@@ -477,29 +577,42 @@ impl Store for SqliteStore {
             .bind(file.purpose.map(|p| p.as_str()))
             .bind(file.unpacked)
             .bind(&file.created_at)
+            .bind(owner)
             .execute(&self.pool)
             .await?;
             Ok(())
         })
     }
 
-    fn get_file(&self, id: Uuid) -> StoreFuture<'_, Option<StoredFile>> {
+    fn get_file<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, Option<StoredFile>> {
         Box::pin(async move {
-            let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?"))
+            let (key, name) = owner_binds(owner);
+            let row = sqlx::query(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1 AND {}", owner_clause(2)))
                 .bind(id.to_string())
+                .bind(key)
+                .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
             row.as_ref().map(file_from_row).transpose()
         })
     }
 
-    fn list_files(&self, after: Option<Uuid>, limit: usize) -> StoreFuture<'_, (Vec<StoredFile>, bool)> {
+    fn list_files<'a>(
+        &'a self,
+        owner: &'a Owner,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreFuture<'a, (Vec<StoredFile>, bool)> {
         Box::pin(async move {
+            let (key, name) = owner_binds(owner);
             let rows = sqlx::query(&format!(
-                "SELECT {FILE_COLUMNS} FROM files WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
+                "SELECT {FILE_COLUMNS} FROM files WHERE (?1 IS NULL OR id < ?1) AND {} ORDER BY id DESC LIMIT ?2",
+                owner_clause(3)
             ))
             .bind(after.map(|a| a.to_string()))
             .bind(limit as i64 + 1)
+            .bind(key)
+            .bind(name)
             .fetch_all(&self.pool)
             .await?;
             let mut files = rows.iter().map(file_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -509,13 +622,29 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_file(&self, id: Uuid) -> StoreFuture<'_, FileDeleteOutcome> {
+    fn file_ids<'a>(&'a self, owner: &'a Owner) -> StoreFuture<'a, Vec<Uuid>> {
+        Box::pin(async move {
+            let (key, name) = owner_binds(owner);
+            let ids: Vec<String> = sqlx::query_scalar(&format!("SELECT id FROM files WHERE {}", owner_clause(1)))
+                .bind(key)
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await?;
+            ids.iter().map(|id| parse_id(id)).collect()
+        })
+    }
+
+    fn delete_file<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, FileDeleteOutcome> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
-            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM files WHERE id = ?")
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
+            let (key, name) = owner_binds(owner);
+            let exists: Option<i64> =
+                sqlx::query_scalar(&format!("SELECT 1 FROM files WHERE id = ?1 AND {}", owner_clause(2)))
+                    .bind(id.to_string())
+                    .bind(key)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             if exists.is_none() {
                 return Ok(FileDeleteOutcome::NotFound);
             }
@@ -579,6 +708,18 @@ async fn fetch(conn: &mut sqlx::SqliteConnection, id: Uuid) -> Result<Option<Job
     row.as_ref().map(job_from_row).transpose()
 }
 
+/// The job, if it belongs to `owner`.
+async fn fetch_owned(conn: &mut sqlx::SqliteConnection, id: Uuid, owner: &Owner) -> Result<Option<Job>, StoreError> {
+    let (key, name) = owner_binds(owner);
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND {}", owner_clause(2)))
+        .bind(id.to_string())
+        .bind(key)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
 fn parse_id(text: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(text).map_err(|e| StoreError::Corrupt(format!("bad id {text}: {e}")))
 }
@@ -603,6 +744,19 @@ fn job_from_row(row: &SqliteRow) -> Result<Job, StoreError> {
         result: json_column(row, "result")?,
         attempts: row.try_get("attempts")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        owner: row.try_get("owner_name")?,
+    })
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+    Ok(ApiKey {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        prefix: row.try_get("prefix")?,
+        admin: row.try_get("admin")?,
+        share: row.try_get("share")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -649,7 +803,9 @@ mod tests {
             SqliteStore::connect(&format!("sqlite://{}", dir.path().join("db.sqlite").display()), EventHub::new())
                 .await
                 .unwrap();
-        let Inserted::Created(job) = store.insert_job(&tiny_spec(), None).await.unwrap() else { panic!("not created") };
+        let Inserted::Created(job) = store.insert_job(&tiny_spec(), None, None).await.unwrap() else {
+            panic!("not created")
+        };
         (dir, store, job.id)
     }
 
@@ -678,7 +834,7 @@ mod tests {
                 _ => assert_eq!(recovered, vec![Recovered::Requeued(id)]),
             }
         }
-        let job = store.get_job(id).await.unwrap().unwrap();
+        let job = store.get_job(id, &Owner::Any).await.unwrap().unwrap();
         assert_eq!(job.status, Status::Failed);
         assert!(job.error.unwrap().contains("not retried"));
         assert!(
@@ -691,11 +847,51 @@ mod tests {
     async fn cancelling_a_job_whose_process_died_wins_over_the_requeue() {
         let (_dir, store, id) = store_with_a_job().await;
         store.claim_next("worker", Duration::from_millis(1)).await.unwrap().unwrap();
-        assert!(matches!(store.request_cancel(id).await.unwrap(), CancelOutcome::Requested(_)));
+        assert!(matches!(store.request_cancel(id, &Owner::Any).await.unwrap(), CancelOutcome::Requested(_)));
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
-        assert_eq!(store.get_job(id).await.unwrap().unwrap().status, Status::Cancelled);
+        assert_eq!(store.get_job(id, &Owner::Any).await.unwrap().unwrap().status, Status::Cancelled);
         assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none());
+    }
+
+    fn new_key(id: &str, name: &str) -> NewKey {
+        let prefix = format!("dk_{id}");
+        NewKey { id: id.into(), name: name.into(), prefix, secret_hash: "00".into(), admin: false, share: 1 }
+    }
+
+    #[tokio::test]
+    async fn jobs_are_seen_by_their_key_and_listed_by_their_owners_name() {
+        let (_dir, store, open_job) = store_with_a_job().await;
+        assert!(!store.any_keys().await.unwrap());
+        for (id, name) in [("a1", "alice"), ("a2", "alice"), ("b1", "bob")] {
+            store.create_key(&new_key(id, name)).await.unwrap();
+        }
+        let mut jobs = Vec::new();
+        for key in ["a1", "a2", "b1"] {
+            let Inserted::Created(job) = store.insert_job(&tiny_spec(), Some("same"), Some(key)).await.unwrap() else {
+                panic!("an idempotency key is per owner")
+            };
+            jobs.push(job.id);
+        }
+        let store = &store;
+        let listed = async |owner: Owner| {
+            store.list_jobs(&owner, None, None, 10).await.unwrap().0.into_iter().map(|j| j.id).collect::<Vec<_>>()
+        };
+        assert_eq!(listed(Owner::Key("a1".into())).await, [jobs[0]]);
+        assert_eq!(listed(Owner::Named("alice".into())).await, [jobs[1], jobs[0]]);
+        assert_eq!(listed(Owner::Any).await, [jobs[2], jobs[1], jobs[0], open_job]);
+        let bob = Owner::Key("b1".into());
+        assert!(store.get_job(jobs[0], &bob).await.unwrap().is_none());
+        assert!(matches!(store.request_cancel(jobs[0], &bob).await.unwrap(), CancelOutcome::NotFound));
+        assert!(matches!(store.delete_job(open_job, &bob).await.unwrap(), DeleteOutcome::NotFound));
+        assert_eq!(store.get_job(jobs[2], &bob).await.unwrap().unwrap().owner.as_deref(), Some("bob"));
+
+        let first = store.revoke_key("b1").await.unwrap().unwrap().revoked_at.unwrap();
+        let again = store.revoke_key("b1").await.unwrap().unwrap().revoked_at.unwrap();
+        assert_eq!(first, again, "revoking twice keeps the first time");
+        assert!(store.revoke_key("zz").await.unwrap().is_none());
+        let (key, hash) = store.find_key("a1").await.unwrap().unwrap();
+        assert_eq!((key.prefix.as_str(), hash.as_str()), ("dk_a1", "00"));
     }
 
     #[tokio::test]
@@ -711,9 +907,9 @@ mod tests {
             let mut tx = store.begin().await.unwrap();
             sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
             drop(tx);
-            assert!(matches!(store.insert_job(&tiny_spec(), None).await, Ok(Inserted::Created(_))));
+            assert!(matches!(store.insert_job(&tiny_spec(), None, None).await, Ok(Inserted::Created(_))));
         }
-        assert_eq!(store.list_jobs(None, None, 10).await.unwrap().0.len(), 3);
+        assert_eq!(store.list_jobs(&Owner::Any, None, None, 10).await.unwrap().0.len(), 3);
     }
 
     #[tokio::test]
@@ -728,18 +924,19 @@ mod tests {
             unpacked: false,
             created_at: now(),
         };
-        store.insert_file(&file).await.unwrap();
+        store.insert_file(&file, None).await.unwrap();
         let mut spec = tiny_spec();
         spec.dataset =
             serde_json::from_value(serde_json::json!({"source": "csv", "path": format!("file:{}", file.id)})).unwrap();
-        let Inserted::Created(job) = store.insert_job(&spec, None).await.unwrap() else { panic!("not created") };
+        let Inserted::Created(job) = store.insert_job(&spec, None, None).await.unwrap() else { panic!("not created") };
+        let any = Owner::Any;
         assert!(
-            matches!(store.delete_file(file.id).await.unwrap(), FileDeleteOutcome::InUse(jobs) if jobs == [job.id])
+            matches!(store.delete_file(file.id, &any).await.unwrap(), FileDeleteOutcome::InUse(jobs) if jobs == [job.id])
         );
-        assert!(matches!(store.request_cancel(job.id).await.unwrap(), CancelOutcome::Cancelled(_)));
-        assert_eq!(store.list_files(None, 10).await.unwrap().0[0].filename, "train.csv");
-        assert!(matches!(store.delete_file(file.id).await.unwrap(), FileDeleteOutcome::Deleted));
-        assert!(matches!(store.delete_file(file.id).await.unwrap(), FileDeleteOutcome::NotFound));
-        assert!(store.get_file(file.id).await.unwrap().is_none());
+        assert!(matches!(store.request_cancel(job.id, &any).await.unwrap(), CancelOutcome::Cancelled(_)));
+        assert_eq!(store.list_files(&any, None, 10).await.unwrap().0[0].filename, "train.csv");
+        assert!(matches!(store.delete_file(file.id, &any).await.unwrap(), FileDeleteOutcome::Deleted));
+        assert!(matches!(store.delete_file(file.id, &any).await.unwrap(), FileDeleteOutcome::NotFound));
+        assert!(store.get_file(file.id, &any).await.unwrap().is_none());
     }
 }

@@ -44,6 +44,8 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         max_connections: 512,
         header_timeout_secs: 10,
         request_timeout_secs: 60,
+        no_auth: false,
+        create_admin_key: false,
         log_format: "text".into(),
     }
 }

@@ -1,5 +1,6 @@
 //! The service as a user meets it: start it, submit jobs, watch them, read the results.
 
+mod auth;
 mod contract;
 mod files;
 mod hardening;

@@ -10,12 +10,15 @@
 //! is all it takes: it appears whole once the upload is complete and goes when it is deleted, so
 //! no database is asked.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::layout::{FILE_CONTENT, FILE_NAME, FILE_UNPACKED};
 use crate::spec::{file_id, SpecError, FILE_SCHEME};
+use uuid::Uuid;
 
 #[derive(Debug, Clone)]
 pub struct DataRoot {
@@ -26,12 +29,15 @@ pub struct DataRoot {
     private: Vec<PathBuf>,
     /// The largest file, and the most bytes a compressed file may expand to.
     max_file_bytes: u64,
+    /// The uploads this root's user may name; `None`: all of them (an administrator, the open
+    /// mode, a job already admitted).
+    visible_uploads: Option<Arc<HashSet<Uuid>>>,
 }
 
 impl DataRoot {
     /// A root with no private files and no size cap (tests, tools).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), files: None, private: Vec::new(), max_file_bytes: u64::MAX }
+        Self { dir: dir.into(), files: None, private: Vec::new(), max_file_bytes: u64::MAX, visible_uploads: None }
     }
 
     /// The root of a service's data directory, its own files kept out of reach.
@@ -51,6 +57,12 @@ impl DataRoot {
 
     pub fn with_max_file_bytes(self, max_file_bytes: u64) -> Self {
         Self { max_file_bytes, ..self }
+    }
+
+    /// Lets `file:` paths name only these uploads (a user's own); any other id reads as one
+    /// that does not exist.
+    pub fn with_visible_uploads(self, ids: impl IntoIterator<Item = Uuid>) -> Self {
+        Self { visible_uploads: Some(Arc::new(ids.into_iter().collect())), ..self }
     }
 
     pub fn max_file_bytes(&self) -> u64 {
@@ -95,7 +107,8 @@ impl DataRoot {
         let (id, inner) = rest.split_once('/').map_or((rest, None), |(id, inner)| (id, Some(inner)));
         let id = file_id(id).ok_or("must be `file:<id>` or `file:<id>/<path inside it>`")?;
         let dir = files.join(id.to_string());
-        if !dir.is_dir() {
+        let hidden = self.visible_uploads.as_ref().is_some_and(|visible| !visible.contains(&id));
+        if hidden || !dir.is_dir() {
             return Err("does not exist: no uploaded file has this id");
         }
         Ok(match inner {

@@ -1,0 +1,89 @@
+//! Who is calling: the [`Caller`] extractor every `/v1` handler takes first. Until a key exists
+//! the service is open (one user on loopback, as before keys); from the first key on, every
+//! request needs `Authorization: Bearer <key>`, and an unknown, revoked or malformed key is a
+//! 401 whatever the mode.
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+use crate::keys;
+use crate::store::Owner;
+
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No key exists: the single-user mode, which may do everything.
+    Open,
+    User {
+        id: String,
+        name: String,
+        admin: bool,
+    },
+}
+
+impl Caller {
+    /// Whose jobs the caller sees: all of them for administrators and the open mode.
+    pub fn owner(&self) -> Owner {
+        match self {
+            Caller::User { id, admin: false, .. } => Owner::Key(id.clone()),
+            _ => Owner::Any,
+        }
+    }
+
+    /// The key new jobs belong to; `None` in the open mode.
+    pub fn key_id(&self) -> Option<&str> {
+        match self {
+            Caller::Open => None,
+            Caller::User { id, .. } => Some(id),
+        }
+    }
+
+    /// The key's name, for logs; `None` in the open mode.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Caller::Open => None,
+            Caller::User { name, .. } => Some(name),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Caller::Open | Caller::User { admin: true, .. })
+    }
+
+    pub fn require_admin(&self) -> ApiResult<()> {
+        match self.is_admin() {
+            true => Ok(()),
+            false => Err(ApiError::Forbidden("only an administrator's key may manage keys".into())),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Caller> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return match state.store.any_keys().await? {
+                false => Ok(Caller::Open),
+                true => Err(ApiError::Unauthorized(
+                    "this service needs an API key: send `Authorization: Bearer <key>`; an administrator creates one with `distillery keys create`".into(),
+                )),
+            };
+        };
+        let invalid = || ApiError::Unauthorized("the API key is not valid (unknown, revoked or mistyped)".into());
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .and_then(|(_, key)| keys::parse(key.trim()))
+            .ok_or_else(invalid)?;
+        let (key, hash) = state.store.find_key(token.id).await?.ok_or_else(invalid)?;
+        if key.revoked_at.is_some() || !keys::verify(token.secret, &hash) {
+            return Err(invalid());
+        }
+        Ok(Caller::User { id: key.id, name: key.name, admin: key.admin })
+    }
+}
