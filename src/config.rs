@@ -62,6 +62,10 @@ pub struct ServeConfig {
     /// to the log, once (the Docker image sets this).
     #[arg(long, env = "DISTILLERY_CREATE_ADMIN_KEY", value_parser = clap::builder::BoolishValueParser::new())]
     pub create_admin_key: bool,
+    /// CPU threads each running job trains with; by default the cores divided among the
+    /// workers, so concurrent jobs do not oversubscribe the machine.
+    #[arg(long, env = "DISTILLERY_THREADS_PER_JOB", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads_per_job: Option<u16>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -74,6 +78,12 @@ impl ServeConfig {
 
     pub fn job_memory_limit(&self) -> u64 {
         self.max_job_memory.unwrap_or_else(|| default_job_memory(self.workers))
+    }
+
+    /// `--threads-per-job`, or the cores shared among the workers (at least one each).
+    pub fn job_threads(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.threads_per_job.map_or_else(|| (cores / usize::from(self.workers.max(1))).max(1), usize::from)
     }
 }
 

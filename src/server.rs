@@ -125,6 +125,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
             data_root: data_root.clone(),
             default_device: config.device.clone(),
             max_crashes: config.max_crashes,
+            threads_per_job: config.job_threads(),
         },
         running.clone(),
         queue.clone(),

@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub default_device: String,
     /// Deaths of the process while running a job before the job fails for good.
     pub max_crashes: u32,
+    /// CPU threads each job trains with, in a pool of its own.
+    pub threads_per_job: usize,
 }
 
 impl WorkerConfig {
@@ -195,7 +197,23 @@ impl Worker {
                     let _ = events_tx.send(event);
                 };
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    engine::run(&spec, &config.default_device, &config.data_root, &job_dir, &thread_control, &mut sink)
+                    // The job's own pool: candle's and the kernels' parallel loops run on the pool
+                    // they are called from, so jobs side by side share the cores, not contend.
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(config.threads_per_job)
+                        .thread_name(|i| format!("job-worker-{i}"))
+                        .build()
+                        .map_err(|e| EngineError::Internal(format!("starting the job's threads: {e}")))?;
+                    pool.install(|| {
+                        engine::run(
+                            &spec,
+                            &config.default_device,
+                            &config.data_root,
+                            &job_dir,
+                            &thread_control,
+                            &mut sink,
+                        )
+                    })
                 }));
                 let result =
                     result.unwrap_or_else(|_| Err(EngineError::Internal("the training thread panicked".into())));

@@ -40,6 +40,7 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         max_job_memory: None,
         min_free_disk: 64 << 20,
         max_crashes: 3,
+        threads_per_job: None,
         max_upload_bytes: 2 << 30,
         max_connections: 512,
         header_timeout_secs: 10,

@@ -1,6 +1,7 @@
 //! The service as a user meets it: start it, submit jobs, watch them, read the results.
 
 mod auth;
+mod budgets;
 mod contract;
 mod files;
 mod hardening;

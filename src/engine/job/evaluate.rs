@@ -219,6 +219,8 @@ fn assemble(
         },
         wall_time_s,
         train_samples_per_s: student_row.training.as_ref().map(|t| t.samples_per_s).unwrap_or_default(),
+        // The pool the job runs in (the worker installs one of `--threads-per-job` threads).
+        threads: rayon::current_num_threads(),
         teacher,
         teachers: members,
         student: student_row,

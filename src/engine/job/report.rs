@@ -43,6 +43,9 @@ pub struct Report {
     pub wall_time_s: f64,
     /// Training throughput of the distillation phase.
     pub train_samples_per_s: f64,
+    /// CPU threads the job trained with (its share of the machine under `--threads-per-job`).
+    #[serde(default)]
+    pub threads: usize,
     /// One plain sentence: did distillation help?
     pub verdict: String,
 }
