@@ -29,6 +29,8 @@ pub struct WorkerConfig {
     pub default_device: String,
     /// Deaths of the process while running a job before the job fails for good.
     pub max_crashes: u32,
+    /// Jobs of one owner that run at once.
+    pub max_running_per_owner: u32,
 }
 
 impl WorkerConfig {
@@ -135,7 +137,7 @@ impl Worker {
         let mut shutdown = self.shutdown.clone();
         while !*shutdown.borrow() {
             let notified = queue.notified();
-            match self.store.claim_next(&self.id, self.config.lease).await {
+            match self.store.claim_next(&self.id, self.config.lease, self.config.max_running_per_owner).await {
                 Ok(Some(job)) => {
                     let span = tracing::info_span!("job", id = %job.id, name = %job.name, attempt = job.attempts);
                     self.run_job(job).instrument(span).await;

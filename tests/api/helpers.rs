@@ -44,6 +44,13 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         max_connections: 512,
         header_timeout_secs: 10,
         request_timeout_secs: 60,
+        // Generous, so that only the tests of quotas meet them.
+        max_active_jobs: 1000,
+        max_running_jobs: None,
+        max_storage_bytes: 1 << 40,
+        max_parameters: 1_000_000_000,
+        max_epoch_samples: 1_000_000_000,
+        rate_limit: 100_000,
         no_auth: false,
         create_admin_key: false,
         log_format: "text".into(),

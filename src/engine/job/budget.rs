@@ -67,6 +67,44 @@ impl MemoryEstimate {
     }
 }
 
+/// How large a job is in the terms its size limits count: its largest model's parameters and
+/// its longest phase's epochs × training samples, each with the spec field that decides it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobSize {
+    pub parameters: (String, u64),
+    pub epoch_samples: (String, u64),
+}
+
+impl JobSize {
+    /// Refuses a job past either limit, naming the field and the limit.
+    pub fn check(&self, max_parameters: u64, max_epoch_samples: u64) -> Result<(), SpecError> {
+        let (field, parameters) = &self.parameters;
+        if *parameters > max_parameters {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "this model has {parameters} parameters; the service allows {max_parameters} (--max-parameters)"
+                ),
+            ));
+        }
+        let (field, samples) = &self.epoch_samples;
+        if *samples > max_epoch_samples {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "this phase trains on {samples} samples in all (epochs × training samples); the service allows {max_epoch_samples} (--max-epoch-samples)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A model's trainable parameters.
+pub fn parameters(blueprint: &Blueprint) -> u64 {
+    blueprint.params.iter().map(|(_, s)| elements(s)).fold(0u64, u64::saturating_add)
+}
+
 /// Bytes a model's parameters take while it trains, or while it is only loaded.
 pub fn model_bytes(blueprint: &Blueprint, trained: bool) -> u64 {
     let parameters =
