@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::engine::job::budget::SizeLimits;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -71,6 +73,12 @@ pub struct ServeConfig {
     /// Epochs × training samples of a job's longest phase; longer get 422.
     #[arg(long, env = "DISTILLERY_MAX_EPOCH_SAMPLES", default_value_t = 1_000_000_000)]
     pub max_epoch_samples: u64,
+    /// The largest batch a spec may ask for (the spec allows 65536); larger get 422.
+    #[arg(long, env = "DISTILLERY_MAX_BATCH_SIZE", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_size: u64,
+    /// The most tokens per text a text job may use (the spec allows 512); more get 422.
+    #[arg(long, env = "DISTILLERY_MAX_SEQUENCE_LENGTH", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sequence_length: u64,
     /// Writes (`POST`, `DELETE`) one key may send a minute, in bursts of as many; more get 429
     /// with `Retry-After`.
     #[arg(long, env = "DISTILLERY_RATE_LIMIT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
@@ -95,6 +103,15 @@ impl ServeConfig {
 
     pub fn running_jobs_limit(&self) -> u32 {
         self.max_running_jobs.unwrap_or(u32::from(self.workers))
+    }
+
+    pub fn job_size_limits(&self) -> SizeLimits {
+        SizeLimits {
+            parameters: self.max_parameters,
+            epoch_samples: self.max_epoch_samples,
+            batch_size: self.max_batch_size,
+            sequence_length: self.max_sequence_length,
+        }
     }
 
     pub fn job_memory_limit(&self) -> u64 {

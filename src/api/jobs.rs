@@ -73,7 +73,7 @@ pub async fn create(
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
     admission.memory.check(state.limits.max_job_memory)?;
-    admission.size.check(state.limits.max_parameters, state.limits.max_epoch_samples)?;
+    admission.size.check(&state.limits.job_size)?;
     match state.store.insert_job(&spec, idempotency_key.as_deref(), caller.key_id()).await? {
         Inserted::Created(job) => {
             state.queue.notify_waiters();

@@ -25,6 +25,7 @@ use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use tokio::sync::{watch, Notify};
 
+use crate::engine::job::budget::SizeLimits;
 use crate::engine::DataRoot;
 use crate::store::{EventHub, Store};
 use crate::worker::Running;
@@ -39,8 +40,7 @@ pub struct Limits {
     pub max_job_memory: u64,
     pub min_free_disk: u64,
     pub max_upload_bytes: u64,
-    pub max_parameters: u64,
-    pub max_epoch_samples: u64,
+    pub job_size: SizeLimits,
     pub max_active_jobs: u64,
     pub max_running_jobs: u32,
     pub max_storage_bytes: u64,

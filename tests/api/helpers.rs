@@ -50,6 +50,8 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         max_storage_bytes: 1 << 40,
         max_parameters: 1_000_000_000,
         max_epoch_samples: 1_000_000_000,
+        max_batch_size: 65536,
+        max_sequence_length: 512,
         rate_limit: 100_000,
         no_auth: false,
         create_admin_key: false,

@@ -6,7 +6,7 @@ use reqwest::multipart::{Form, Part};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{slow_spec, small_spec, spawn_app_with, TestApp};
+use crate::helpers::{slow_spec, small_spec, spawn_app_with, tiny_bert_job, TestApp};
 
 /// A request with `key` as its bearer token (none: the open mode); the status, headers and body.
 async fn call(app: &TestApp, key: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -149,6 +149,7 @@ async fn specs_past_the_size_limits_are_refused_naming_the_field_and_the_limit()
     let app = spawn_app_with(|c| {
         c.max_parameters = 10_000;
         c.max_epoch_samples = 10_000;
+        c.max_batch_size = 32;
     })
     .await;
     let refusal = async |spec: Value| {
@@ -172,10 +173,37 @@ async fn specs_past_the_size_limits_are_refused_naming_the_field_and_the_limit()
     long_teacher["teacher"]["train"]["epochs"] = json!(20);
     assert_eq!(refusal(long_teacher).await["field"], "teacher.train.epochs");
 
+    let error = refusal(small_spec(1)).await;
+    assert_eq!(error["field"], "training.batch_size", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("32 (--max-batch-size)"), "{error}");
+    let mut fits = small_spec(1);
+    fits["training"]["batch_size"] = json!(32);
+
     let ready = app.get_json("/readyz").await;
     assert_eq!(ready["limits"]["max_parameters"], 10_000, "{ready}");
     assert_eq!(app.get_json("/v1/jobs").await["data"], json!([]));
-    assert_eq!(call(&app, None, Method::POST, "/v1/jobs", Some(small_spec(1))).await.0, 201);
+    assert_eq!(call(&app, None, Method::POST, "/v1/jobs", Some(fits)).await.0, 201);
+}
+
+#[tokio::test]
+async fn texts_longer_than_the_limit_are_refused_on_max_length() {
+    let app = spawn_app_with(|c| c.max_sequence_length = 6).await;
+    let refusal = async |spec: Value| {
+        let (status, body) = call(&app, None, Method::POST, "/v1/jobs", Some(spec)).await;
+        assert_eq!(status, 422, "{body}");
+        body["error"].clone()
+    };
+    let rows: String =
+        (0..30).map(|i| format!("{} movie,{}\n", ["a good", "an okay", "a bad"][i % 3], i % 3)).collect();
+    std::fs::write(app.data_dir.path().join("datasets/reviews.csv"), format!("text,label\n{rows}")).unwrap();
+    let mut text = tiny_bert_job(&app);
+    text["training"]["batch_size"] = json!(8);
+    let error = refusal(text.clone()).await;
+    assert_eq!(error["field"], "dataset.max_length", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("6 (--max-sequence-length)"), "{error}");
+    text["dataset"]["max_length"] = json!(6);
+    let (status, body) = call(&app, None, Method::POST, "/v1/jobs", Some(text)).await;
+    assert_eq!(status, 201, "{body}");
 }
 
 #[tokio::test]

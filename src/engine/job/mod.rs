@@ -61,7 +61,7 @@ pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<Admission, Spec
     }
     Ok(Admission {
         memory: resolve::estimate_memory(spec, &data, &resolved),
-        size: resolve::job_size(spec, &data, &resolved),
+        size: resolve::job_size(spec, &data, &resolved, text.as_ref()),
     })
 }
 
