@@ -23,8 +23,8 @@ pub fn run(
     let body = std::fs::read(spec_path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", spec_path.display()))?;
     let spec = spec::parse(&body).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
     let data_root = DataRoot::of_data_dir(data_dir).with_max_file_bytes(max_job_memory);
-    let estimate = engine::preflight(&spec, &data_root).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
-    estimate.check(max_job_memory).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
+    let admission = engine::preflight(&spec, &data_root).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
+    admission.memory.check(max_job_memory).map_err(|e| anyhow::anyhow!("invalid spec: {e}"))?;
     let out = out.unwrap_or_else(|| {
         let stem = spec_path.file_stem().and_then(|s| s.to_str()).unwrap_or("job");
         PathBuf::from("runs").join(format!("{stem}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")))

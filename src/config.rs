@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::engine::job::budget::SizeLimits;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -54,6 +56,33 @@ pub struct ServeConfig {
     /// 408; event streams and artifact downloads are exempt.
     #[arg(long, env = "DISTILLERY_REQUEST_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub request_timeout_secs: u64,
+    /// Queued and running jobs one key may have at once; more submissions get 429.
+    #[arg(long, env = "DISTILLERY_MAX_ACTIVE_JOBS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_active_jobs: u32,
+    /// Jobs of one key that train at once; its others wait in the queue while other keys' jobs
+    /// run. Default: `--workers`.
+    #[arg(long, env = "DISTILLERY_MAX_RUNNING_JOBS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_running_jobs: Option<u32>,
+    /// Bytes one key may keep: its uploads and its jobs' artifacts (e.g. `50GiB`); past it,
+    /// uploads and submissions get 429.
+    #[arg(long, env = "DISTILLERY_MAX_STORAGE_BYTES", default_value = "50GiB", value_parser = parse_bytes)]
+    pub max_storage_bytes: u64,
+    /// Trainable parameters of the largest model a spec may name; larger get 422.
+    #[arg(long, env = "DISTILLERY_MAX_PARAMETERS", default_value_t = 1_000_000_000)]
+    pub max_parameters: u64,
+    /// Epochs × training samples of a job's longest phase; longer get 422.
+    #[arg(long, env = "DISTILLERY_MAX_EPOCH_SAMPLES", default_value_t = 1_000_000_000)]
+    pub max_epoch_samples: u64,
+    /// The largest batch a spec may ask for (the spec allows 65536); larger get 422.
+    #[arg(long, env = "DISTILLERY_MAX_BATCH_SIZE", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_size: u64,
+    /// The most tokens per text a text job may use (the spec allows 512); more get 422.
+    #[arg(long, env = "DISTILLERY_MAX_SEQUENCE_LENGTH", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sequence_length: u64,
+    /// Writes (`POST`, `DELETE`) one key may send a minute, in bursts of as many; more get 429
+    /// with `Retry-After`.
+    #[arg(long, env = "DISTILLERY_RATE_LIMIT", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit: u32,
     /// Allow listening on an address other than loopback while no API key exists, so that
     /// anyone who reaches it may use the API. Once a key exists, every request needs one anyway.
     #[arg(long, env = "DISTILLERY_NO_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
@@ -74,6 +103,19 @@ pub struct ServeConfig {
 impl ServeConfig {
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| default_database_url(&self.data_dir))
+    }
+
+    pub fn running_jobs_limit(&self) -> u32 {
+        self.max_running_jobs.unwrap_or(u32::from(self.workers))
+    }
+
+    pub fn job_size_limits(&self) -> SizeLimits {
+        SizeLimits {
+            parameters: self.max_parameters,
+            epoch_samples: self.max_epoch_samples,
+            batch_size: self.max_batch_size,
+            sequence_length: self.max_sequence_length,
+        }
     }
 
     pub fn job_memory_limit(&self) -> u64 {

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::api::quota::RateLimiter;
 use crate::api::{self, AppState, Limits};
 use crate::config::ServeConfig;
 use crate::engine::DataRoot;
@@ -107,11 +108,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         tracing::info!(jobs = ?recovered, "took back the jobs a stopped process was running");
     }
     crate::uploads::prepare(&config.data_dir).context("preparing the uploads folder")?;
-    let limits = Limits {
-        max_job_memory: config.job_memory_limit(),
-        min_free_disk: config.min_free_disk,
-        max_upload_bytes: config.max_upload_bytes,
-    };
+    let limits = limits(&config);
     let data_root = data_root(&config, limits.max_job_memory);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let running = Arc::new(Running::default());
@@ -126,6 +123,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
             default_device: config.device.clone(),
             max_crashes: config.max_crashes,
             threads_per_job: config.job_threads(),
+            max_running_per_owner: limits.max_running_jobs,
         },
         running.clone(),
         queue.clone(),
@@ -139,6 +137,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         data_dir: config.data_dir.clone(),
         data_root,
         limits,
+        rate_limiter: Arc::new(RateLimiter::new(limits.rate_limit)),
         workers: config.workers as usize,
         shutdown: shutdown.clone(),
         started: Instant::now(),
@@ -166,6 +165,19 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         Ok(())
     });
     Ok(ServerHandle { addr, shutdown: shutdown_tx, task: Some(task) })
+}
+
+fn limits(config: &ServeConfig) -> Limits {
+    Limits {
+        max_job_memory: config.job_memory_limit(),
+        min_free_disk: config.min_free_disk,
+        max_upload_bytes: config.max_upload_bytes,
+        job_size: config.job_size_limits(),
+        max_active_jobs: u64::from(config.max_active_jobs),
+        max_running_jobs: config.running_jobs_limit(),
+        max_storage_bytes: config.max_storage_bytes,
+        rate_limit: config.rate_limit,
+    }
 }
 
 /// Until a key exists the API is open to whoever reaches it, which is safe on loopback only:

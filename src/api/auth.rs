@@ -4,8 +4,8 @@
 //! 401 whatever the mode.
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{header, Method};
 
 use super::error::{ApiError, ApiResult};
 use super::AppState;
@@ -63,27 +63,38 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
+    /// Writes are rate-limited here, once the caller is known, so that a stranger cannot spend
+    /// a user's allowance by sending their key id with a wrong secret.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Caller> {
-        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-            return match state.store.any_keys().await? {
-                false => Ok(Caller::Open),
-                true => Err(ApiError::Unauthorized(
-                    "this service needs an API key: send `Authorization: Bearer <key>`; an administrator creates one with `distillery keys create`".into(),
-                )),
-            };
-        };
-        let invalid = || ApiError::Unauthorized("the API key is not valid (unknown, revoked or mistyped)".into());
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .and_then(|(_, key)| keys::parse(key.trim()))
-            .ok_or_else(invalid)?;
-        let (key, hash) = state.store.find_key(token.id).await?.ok_or_else(invalid)?;
-        if key.revoked_at.is_some() || !keys::verify(token.secret, &hash) {
-            return Err(invalid());
+        let caller = identify(parts, state).await?;
+        if matches!(parts.method, Method::POST | Method::DELETE) {
+            state.rate_limiter.check(&caller)?;
         }
-        Ok(Caller::User { id: key.id, name: key.name, admin: key.admin })
+        Ok(caller)
     }
+}
+
+/// The caller a request's `Authorization` names, or the open mode's user.
+async fn identify(parts: &Parts, state: &AppState) -> ApiResult<Caller> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return match state.store.any_keys().await? {
+            false => Ok(Caller::Open),
+            true => Err(ApiError::Unauthorized(
+                "this service needs an API key: send `Authorization: Bearer <key>`; an administrator creates one with `distillery keys create`".into(),
+            )),
+        };
+    };
+    let invalid = || ApiError::Unauthorized("the API key is not valid (unknown, revoked or mistyped)".into());
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .and_then(|(_, key)| keys::parse(key.trim()))
+        .ok_or_else(invalid)?;
+    let (key, hash) = state.store.find_key(token.id).await?.ok_or_else(invalid)?;
+    if key.revoked_at.is_some() || !keys::verify(token.secret, &hash) {
+        return Err(invalid());
+    }
+    Ok(Caller::User { id: key.id, name: key.name, admin: key.admin })
 }

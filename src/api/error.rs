@@ -26,6 +26,9 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("{message}")]
     Rejected { status: StatusCode, code: &'static str, message: String },
+    /// Too many writes; the 429 says in `Retry-After` how many seconds to wait.
+    #[error("{message}")]
+    RateLimited { retry_after: u64, message: String },
     /// A `Range` the file cannot serve; the 416 names the file's size in `Content-Range`.
     #[error("{message}")]
     RangeNotSatisfiable { size: u64, message: String },
@@ -47,6 +50,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code, None),
             ApiError::Rejected { status, code, .. } => (*status, code, None),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", None),
             ApiError::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", Some("Range"))
             }
@@ -74,6 +78,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::RangeNotSatisfiable { size, .. } => {
                 (status, [(header::CONTENT_RANGE, format!("bytes */{size}"))], body).into_response()
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                (status, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response()
             }
             ApiError::Unauthorized(_) => {
                 (status, [(header::WWW_AUTHENTICATE, "Bearer realm=\"distillery\"")], body).into_response()

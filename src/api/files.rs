@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{FileId, FromQuery, Query, QueryParams};
-use super::AppState;
+use super::{quota, AppState};
 use crate::layout;
 use crate::store::{FileDeleteOutcome, Purpose, StoredFile};
 use crate::uploads::archive::{ArchiveError, Kind};
@@ -48,6 +48,7 @@ pub async fn create(
         code: "insufficient_storage",
         message,
     })?;
+    quota::check_storage(&state, &caller, 0).await?;
     let mut incoming = Incoming::create(&state.data_dir).await.map_err(|e| internal("staging an upload", e))?;
     let received = match receive(&state, &mut multipart, &mut incoming).await {
         Ok(received) => received,
@@ -56,6 +57,12 @@ pub async fn create(
             return Err(e);
         }
     };
+    // The size is known once the body is on disk: an upload that would pass the quota is
+    // received (at most --max-upload-bytes), then dropped.
+    if let Err(e) = quota::check_storage(&state, &caller, incoming.bytes()).await {
+        incoming.discard().await;
+        return Err(e);
+    }
     let file = StoredFile {
         id: incoming.id,
         filename: received.filename,

@@ -23,6 +23,14 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "max_job_memory_bytes": state.limits.max_job_memory,
         "min_free_disk_bytes": state.limits.min_free_disk,
         "max_upload_bytes": state.limits.max_upload_bytes,
+        "max_parameters": state.limits.job_size.parameters,
+        "max_epoch_samples": state.limits.job_size.epoch_samples,
+        "max_batch_size": state.limits.job_size.batch_size,
+        "max_sequence_length": state.limits.job_size.sequence_length,
+        "max_active_jobs": state.limits.max_active_jobs,
+        "max_running_jobs": state.limits.max_running_jobs,
+        "max_storage_bytes": state.limits.max_storage_bytes,
+        "rate_limit_per_minute": state.limits.rate_limit,
         "free_disk_bytes": free.as_ref().ok(),
     });
     let problem = match state.store.ready().await {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{FromQuery, JobId, Query, QueryParams};
-use super::AppState;
+use super::{quota, AppState};
 use crate::store::{CancelOutcome, DeleteOutcome, Inserted, Job, Owner, Status};
 use crate::{engine, spec};
 
@@ -61,15 +61,19 @@ pub async fn create(
         code: "insufficient_storage",
         message,
     })?;
+    // Before the preflight, which reads the data: a caller over quota costs little. Two
+    // submissions at the same moment may both pass, overshooting by one.
+    quota::check_new_job(&state, &caller).await?;
     let data_root = match caller.owner() {
         Owner::Any => state.data_root.clone(),
         owner => state.data_root.clone().with_visible_uploads(state.store.file_ids(&owner).await?),
     };
     let checked = spec.clone();
-    let estimate = tokio::task::spawn_blocking(move || engine::preflight(&checked, &data_root))
+    let admission = tokio::task::spawn_blocking(move || engine::preflight(&checked, &data_root))
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
-    estimate.check(state.limits.max_job_memory)?;
+    admission.memory.check(state.limits.max_job_memory)?;
+    admission.size.check(&state.limits.job_size)?;
     match state.store.insert_job(&spec, idempotency_key.as_deref(), caller.key_id()).await? {
         Inserted::Created(job) => {
             state.queue.notify_waiters();

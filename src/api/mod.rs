@@ -11,6 +11,7 @@ mod files;
 mod health;
 mod jobs;
 mod keys;
+pub mod quota;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use tokio::sync::{watch, Notify};
 
+use crate::engine::job::budget::SizeLimits;
 use crate::engine::DataRoot;
 use crate::store::{EventHub, Store};
 use crate::worker::Running;
@@ -31,13 +33,19 @@ use crate::worker::Running;
 /// The largest request body accepted (job specs are small); uploads have their own cap.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// What the service allows: each job's estimated memory, the free disk below which it takes
-/// no new jobs, and the largest upload.
+/// What the service allows: each job's estimated memory and size, the free disk below which it
+/// takes no new jobs, the largest upload, and each key's quotas.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub max_job_memory: u64,
     pub min_free_disk: u64,
     pub max_upload_bytes: u64,
+    pub job_size: SizeLimits,
+    pub max_active_jobs: u64,
+    pub max_running_jobs: u32,
+    pub max_storage_bytes: u64,
+    /// Writes a minute per key.
+    pub rate_limit: u32,
 }
 
 impl Limits {
@@ -71,6 +79,7 @@ pub struct AppState {
     pub data_dir: PathBuf,
     pub data_root: DataRoot,
     pub limits: Limits,
+    pub rate_limiter: Arc<quota::RateLimiter>,
     pub workers: usize,
     pub shutdown: watch::Receiver<bool>,
     pub started: Instant,

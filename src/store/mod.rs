@@ -71,8 +71,9 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreFuture<'a, (Vec<Job>, bool)>;
 
-    /// Takes the oldest queued job for `worker`, with a lease of `lease`.
-    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration) -> StoreFuture<'a, Option<Job>>;
+    /// Takes the oldest queued job for `worker`, with a lease of `lease`, skipping the jobs of
+    /// owners that already have `max_running` jobs running (the open mode is one owner).
+    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration, max_running: u32) -> StoreFuture<'a, Option<Job>>;
 
     /// Extends the lease. Returns whether cancellation was requested, or `None` when this
     /// worker no longer holds the job.
@@ -151,6 +152,9 @@ pub trait Store: Send + Sync {
 
     /// The ids of every upload `owner` may see: what its specs may name as `file:<id>`.
     fn file_ids<'a>(&'a self, owner: &'a Owner) -> StoreFuture<'a, Vec<Uuid>>;
+
+    /// What the key `owner` (`None`: the open mode) holds, for its quotas.
+    fn usage<'a>(&'a self, owner: Option<&'a str>) -> StoreFuture<'a, Usage>;
 
     /// Forgets an upload `owner` may see, unless a queued or running job's spec names it.
     fn delete_file<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, FileDeleteOutcome>;
@@ -430,6 +434,15 @@ pub struct StoredFile {
     /// An archive, unpacked: specs may name `file:<id>/<path inside it>`.
     pub unpacked: bool,
     pub created_at: String,
+}
+
+/// What one owner holds: its quotas count these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Queued and running jobs.
+    pub active_jobs: u64,
+    /// Bytes of its uploads and its jobs' artifacts.
+    pub storage_bytes: u64,
 }
 
 pub enum FileDeleteOutcome {

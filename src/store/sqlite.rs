@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     now, Abandoned, ApiKey, Artifact, CancelOutcome, DeleteOutcome, Event, EventHub, EventKind, FileDeleteOutcome,
-    Inserted, Job, NewKey, Owner, Recovered, Status, Store, StoreError, StoreFuture, StoredFile,
+    Inserted, Job, NewKey, Owner, Recovered, Status, Store, StoreError, StoreFuture, StoredFile, Usage,
 };
 use crate::spec::JobSpec;
 
@@ -256,18 +256,24 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration) -> StoreFuture<'a, Option<Job>> {
+    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration, max_running: u32) -> StoreFuture<'a, Option<Job>> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
+            // `IS` compares owners NULL-safely: the open mode's jobs count as one owner's. The
+            // count and the update run in one write transaction, so two workers cannot both
+            // take an owner's last running slot.
             let claimed: Option<String> = sqlx::query_scalar(
                 "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_ms = ?2, attempts = attempts + 1,
                         started_at = COALESCE(started_at, ?3), error = NULL
-                 WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
+                 WHERE id = (SELECT id FROM jobs AS q WHERE status = 'queued'
+                               AND (SELECT COUNT(*) FROM jobs AS r WHERE r.status = 'running' AND r.owner IS q.owner) < ?4
+                             ORDER BY id LIMIT 1)
                  RETURNING id",
             )
             .bind(worker)
             .bind(now_ms() + lease.as_millis() as i64)
             .bind(now())
+            .bind(i64::from(max_running))
             .fetch_optional(&mut *tx)
             .await?;
             let Some(id) = claimed else { return Ok(None) };
@@ -634,6 +640,24 @@ impl Store for SqliteStore {
         })
     }
 
+    fn usage<'a>(&'a self, owner: Option<&'a str>) -> StoreFuture<'a, Usage> {
+        Box::pin(async move {
+            let (active, files, artifacts): (i64, i64, i64) = sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM jobs WHERE owner IS ?1 AND status IN ('queued', 'running')),
+                        (SELECT COALESCE(SUM(bytes), 0) FROM files WHERE owner IS ?1),
+                        (SELECT COALESCE(SUM(a.size_bytes), 0) FROM artifacts AS a JOIN jobs AS j ON j.id = a.job_id
+                          WHERE j.owner IS ?1)",
+            )
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(Usage {
+                active_jobs: active.max(0) as u64,
+                storage_bytes: files.saturating_add(artifacts).max(0) as u64,
+            })
+        })
+    }
+
     fn delete_file<'a>(&'a self, id: Uuid, owner: &'a Owner) -> StoreFuture<'a, FileDeleteOutcome> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
@@ -824,7 +848,7 @@ mod tests {
     async fn a_job_that_keeps_killing_the_process_fails_instead_of_looping() {
         let (_dir, store, id) = store_with_a_job().await;
         for crash in 1..=3 {
-            let claimed = store.claim_next("worker", Duration::from_secs(60)).await.unwrap();
+            let claimed = store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap();
             assert_eq!(claimed.map(|j| j.id), Some(id), "crash {crash}: the job is claimable");
             let recovered = store.recover_abandoned(Abandoned::AllRunning, 3).await.unwrap();
             match crash {
@@ -838,7 +862,7 @@ mod tests {
         assert_eq!(job.status, Status::Failed);
         assert!(job.error.unwrap().contains("not retried"));
         assert!(
-            store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none(),
+            store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap().is_none(),
             "a failed job is never claimed"
         );
     }
@@ -846,12 +870,12 @@ mod tests {
     #[tokio::test]
     async fn cancelling_a_job_whose_process_died_wins_over_the_requeue() {
         let (_dir, store, id) = store_with_a_job().await;
-        store.claim_next("worker", Duration::from_millis(1)).await.unwrap().unwrap();
+        store.claim_next("worker", Duration::from_millis(1), u32::MAX).await.unwrap().unwrap();
         assert!(matches!(store.request_cancel(id, &Owner::Any).await.unwrap(), CancelOutcome::Requested(_)));
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
         assert_eq!(store.get_job(id, &Owner::Any).await.unwrap().unwrap().status, Status::Cancelled);
-        assert!(store.claim_next("worker", Duration::from_secs(60)).await.unwrap().is_none());
+        assert!(store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap().is_none());
     }
 
     fn new_key(id: &str, name: &str) -> NewKey {
@@ -892,6 +916,33 @@ mod tests {
         assert!(store.revoke_key("zz").await.unwrap().is_none());
         let (key, hash) = store.find_key("a1").await.unwrap().unwrap();
         assert_eq!((key.prefix.as_str(), hash.as_str()), ("dk_a1", "00"));
+    }
+
+    #[tokio::test]
+    async fn a_claim_skips_the_jobs_of_owners_at_their_running_limit() {
+        let (_dir, store, open_job) = store_with_a_job().await;
+        for (id, name) in [("a1", "alice"), ("b1", "bob")] {
+            store.create_key(&new_key(id, name)).await.unwrap();
+        }
+        let mut jobs = Vec::new();
+        for owner in [Some("a1"), Some("a1"), Some("b1"), None] {
+            let Inserted::Created(job) = store.insert_job(&tiny_spec(), None, owner).await.unwrap() else {
+                panic!("not created")
+            };
+            jobs.push(job.id);
+        }
+        let lease = Duration::from_secs(60);
+        let mut claimed = Vec::new();
+        while let Some(job) = store.claim_next("worker", lease, 1).await.unwrap() {
+            claimed.push(job.id);
+        }
+        assert_eq!(claimed, [open_job, jobs[0], jobs[2]], "one job of each owner, the open mode's included");
+        store.finish(jobs[0], "worker", Status::Succeeded, None, None, None).await.unwrap();
+        assert_eq!(store.claim_next("worker", lease, 1).await.unwrap().map(|j| j.id), Some(jobs[1]));
+        assert_eq!(store.claim_next("worker", lease, 3).await.unwrap().map(|j| j.id), Some(jobs[3]));
+        let usage = store.usage(Some("a1")).await.unwrap();
+        assert_eq!((usage.active_jobs, usage.storage_bytes), (1, 0));
+        assert_eq!(store.usage(None).await.unwrap().active_jobs, 2);
     }
 
     #[tokio::test]

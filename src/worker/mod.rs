@@ -31,6 +31,8 @@ pub struct WorkerConfig {
     pub max_crashes: u32,
     /// CPU threads each job trains with, in a pool of its own.
     pub threads_per_job: usize,
+    /// Jobs of one owner that run at once.
+    pub max_running_per_owner: u32,
 }
 
 impl WorkerConfig {
@@ -137,7 +139,7 @@ impl Worker {
         let mut shutdown = self.shutdown.clone();
         while !*shutdown.borrow() {
             let notified = queue.notified();
-            match self.store.claim_next(&self.id, self.config.lease).await {
+            match self.store.claim_next(&self.id, self.config.lease, self.config.max_running_per_owner).await {
                 Ok(Some(job)) => {
                     let span = tracing::info_span!("job", id = %job.id, name = %job.name, attempt = job.attempts);
                     self.run_job(job).instrument(span).await;

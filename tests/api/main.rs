@@ -9,5 +9,6 @@ mod helpers;
 mod inputs;
 mod jobs;
 mod limits;
+mod quotas;
 mod sse;
 mod validation;

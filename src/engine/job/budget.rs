@@ -67,6 +67,57 @@ impl MemoryEstimate {
     }
 }
 
+/// How large a job is in the terms its size limits count, each with the spec field that
+/// decides it: its largest model's parameters, its longest phase's epochs × training samples,
+/// its largest batch, and (text jobs) the tokens per text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobSize {
+    pub parameters: (String, u64),
+    pub epoch_samples: (String, u64),
+    pub batch_size: (String, u64),
+    pub sequence_length: Option<(String, u64)>,
+}
+
+/// The largest [`JobSize`] the service accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    pub parameters: u64,
+    pub epoch_samples: u64,
+    pub batch_size: u64,
+    pub sequence_length: u64,
+}
+
+impl JobSize {
+    /// Refuses a job past any limit, naming the field and the limit.
+    pub fn check(&self, limits: &SizeLimits) -> Result<(), SpecError> {
+        let measures = [
+            (Some(&self.parameters), limits.parameters, "parameters in this model", "--max-parameters"),
+            (
+                Some(&self.epoch_samples),
+                limits.epoch_samples,
+                "samples trained on in this phase (epochs × training samples)",
+                "--max-epoch-samples",
+            ),
+            (Some(&self.batch_size), limits.batch_size, "samples in a batch", "--max-batch-size"),
+            (self.sequence_length.as_ref(), limits.sequence_length, "tokens per text", "--max-sequence-length"),
+        ];
+        for (measure, limit, what, flag) in measures {
+            if let Some((field, value)) = measure.filter(|(_, value)| *value > limit) {
+                return Err(SpecError::new(
+                    field,
+                    format!("{value} {what}; the service allows at most {limit} ({flag}); make the job smaller"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A model's trainable parameters.
+pub fn parameters(blueprint: &Blueprint) -> u64 {
+    blueprint.params.iter().map(|(_, s)| elements(s)).fold(0u64, u64::saturating_add)
+}
+
 /// Bytes a model's parameters take while it trains, or while it is only loaded.
 pub fn model_bytes(blueprint: &Blueprint, trained: bool) -> u64 {
     let parameters =

@@ -17,7 +17,7 @@ use candle_core::Device;
 
 use crate::engine::data::root::DataRoot;
 use crate::engine::data::Dataset;
-use crate::engine::job::budget::MemoryEstimate;
+use crate::engine::job::budget::{JobSize, MemoryEstimate};
 use crate::engine::job::report::Report;
 use crate::engine::rng::Rng;
 use crate::engine::train::PhaseContext;
@@ -34,11 +34,18 @@ pub struct RunOutput {
     pub artifacts: Vec<String>,
 }
 
+/// What [`preflight`] measured, for the caller to hold against its limits.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The job's estimated peak memory.
+    pub memory: MemoryEstimate,
+    pub size: JobSize,
+}
+
 /// The checks a spec must pass before it is accepted: ranges, then the dataset and the teacher
 /// files, read for real, and the architectures against the data; returns the job's estimated
-/// peak memory, for the caller to hold against its limit. A job that passes can still fail
-/// later if its files change.
-pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<MemoryEstimate, SpecError> {
+/// peak memory and its size. A job that passes can still fail later if its files change.
+pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<Admission, SpecError> {
     spec.validate()?;
     let (data, text) = resolve::load_data(spec, data_root, &Device::Cpu)?;
     let resolved = resolve::resolve(spec, &data, text.as_ref())?;
@@ -52,7 +59,10 @@ pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<MemoryEstimate,
             }
         }
     }
-    Ok(resolve::estimate_memory(spec, &data, &resolved))
+    Ok(Admission {
+        memory: resolve::estimate_memory(spec, &data, &resolved),
+        size: resolve::job_size(spec, &data, &resolved, text.as_ref()),
+    })
 }
 
 /// Runs the job on `spec.device`, or on `default_device` when the spec names none.

@@ -7,7 +7,7 @@ use candle_core::Device;
 use crate::engine::data::root::DataRoot;
 use crate::engine::data::{self, Dataset};
 use crate::engine::files::parse_safetensors;
-use crate::engine::job::budget::{self, MemoryEstimate};
+use crate::engine::job::budget::{self, JobSize, MemoryEstimate};
 use crate::engine::job::text::{self, TextSetup};
 use crate::engine::models::bert::BertConfig;
 use crate::engine::models::{Blueprint, Input, Net};
@@ -93,6 +93,34 @@ pub(super) fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolve
         estimate.add("distill.cache", "the teacher cache", budget::f32_bytes(cache));
     }
     estimate
+}
+
+/// What the size limits count: the largest model, the phase that sees the most samples, the
+/// largest batch and the text length.
+pub(super) fn job_size(spec: &JobSpec, data: &Dataset, resolved: &Resolved, text: Option<&TextSetup>) -> JobSize {
+    let training = &spec.training;
+    let mut models = vec![("student.arch".to_string(), budget::parameters(&resolved.student))];
+    let samples = data.train.len() as u64;
+    let mut phases = vec![("training.epochs".to_string(), u64::from(training.epochs).saturating_mul(samples))];
+    let mut batches = vec![("training.batch_size".to_string(), training.batch_size as u64)];
+    for (i, (teacher, blueprint)) in spec.teacher_specs().iter().zip(&resolved.teachers).enumerate() {
+        let field = spec.teacher_field(i);
+        models.push((format!("{field}.arch"), budget::parameters(blueprint)));
+        if let Some(train) = &teacher.train {
+            phases.push((format!("{field}.train.epochs"), u64::from(train.epochs).saturating_mul(samples)));
+            if let Some(batch) = train.batch_size {
+                batches.push((format!("{field}.train.batch_size"), batch as u64));
+            }
+        }
+    }
+    // The first of equals wins: the student's field when a teacher is as large.
+    let largest = |list: Vec<(String, u64)>| list.into_iter().rev().max_by_key(|(_, n)| *n).unwrap_or_default();
+    JobSize {
+        parameters: largest(models),
+        epoch_samples: largest(phases),
+        batch_size: largest(batches),
+        sequence_length: text.map(|setup| ("dataset.max_length".to_string(), setup.max_length as u64)),
+    }
 }
 
 /// The dataset; for text, tokenised with the teacher's tokenizer, with the teacher's folder.
