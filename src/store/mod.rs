@@ -71,8 +71,10 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> StoreFuture<'a, (Vec<Job>, bool)>;
 
-    /// Takes the oldest queued job for `worker`, with a lease of `lease`, skipping the jobs of
-    /// owners that already have `max_running` jobs running (the open mode is one owner).
+    /// Takes a queued job for `worker`, with a lease of `lease`, by fair share: the oldest job of
+    /// the owner with the fewest running jobs relative to their key's `share`, ties going to the
+    /// owner whose jobs ran least in the last day; owners that already have `max_running` jobs
+    /// running are skipped (the open mode is one owner, of share 1).
     fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration, max_running: u32) -> StoreFuture<'a, Option<Job>>;
 
     /// Extends the lease. Returns whether cancellation was requested, or `None` when this

@@ -260,14 +260,23 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let mut tx = self.begin().await?;
             // `IS` compares owners NULL-safely: the open mode's jobs count as one owner's. The
-            // count and the update run in one write transaction, so two workers cannot both
-            // take an owner's last running slot.
+            // counts and the update run in one write transaction, so two workers cannot both
+            // take an owner's last running slot. Fair share first (running ÷ share), then the
+            // owner's compute in the last day (days of its jobs' runs, the running ones to now),
+            // then age: one user's 50 queued jobs no longer wait out everyone else's.
             let claimed: Option<String> = sqlx::query_scalar(
                 "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_ms = ?2, attempts = attempts + 1,
                         started_at = COALESCE(started_at, ?3), error = NULL
-                 WHERE id = (SELECT id FROM jobs AS q WHERE status = 'queued'
+                 WHERE id = (SELECT q.id FROM jobs AS q WHERE q.status = 'queued'
                                AND (SELECT COUNT(*) FROM jobs AS r WHERE r.status = 'running' AND r.owner IS q.owner) < ?4
-                             ORDER BY id LIMIT 1)
+                             ORDER BY
+                               (SELECT COUNT(*) FROM jobs AS r WHERE r.status = 'running' AND r.owner IS q.owner) * 1.0
+                                 / MAX(COALESCE((SELECT share FROM api_keys AS k WHERE k.id = q.owner), 1), 1),
+                               (SELECT COALESCE(SUM(julianday(COALESCE(c.finished_at, ?3)) - julianday(c.started_at)), 0)
+                                  FROM jobs AS c WHERE c.owner IS q.owner AND c.started_at IS NOT NULL
+                                   AND julianday(COALESCE(c.finished_at, ?3)) > julianday(?3) - 1),
+                               q.id
+                             LIMIT 1)
                  RETURNING id",
             )
             .bind(worker)
@@ -819,6 +828,8 @@ fn file_from_row(row: &SqliteRow) -> Result<StoredFile, StoreError> {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Timelike;
+
     use super::*;
 
     async fn store_with_a_job() -> (tempfile::TempDir, SqliteStore, Uuid) {
@@ -876,6 +887,68 @@ mod tests {
         assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
         assert_eq!(store.get_job(id, &Owner::Any).await.unwrap().unwrap().status, Status::Cancelled);
         assert!(store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap().is_none());
+    }
+
+    /// Queued jobs of `owner`, oldest first.
+    async fn queue(store: &SqliteStore, owner: &str, n: usize) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let Inserted::Created(job) = store.insert_job(&tiny_spec(), None, Some(owner)).await.unwrap() else {
+                panic!("not created")
+            };
+            ids.push(job.id);
+        }
+        ids
+    }
+
+    /// Claims the next job and finishes it as if it had run for exactly `seconds`, ending a
+    /// minute ago (so equal runs tie exactly).
+    async fn run_next(store: &SqliteStore, seconds: i64) -> Uuid {
+        let job = store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap().expect("a queued job");
+        store.finish(job.id, "worker", Status::Succeeded, None, None, None).await.unwrap();
+        let minute = chrono::Utc::now().with_nanosecond(0).unwrap() - chrono::Duration::seconds(60);
+        let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        sqlx::query("UPDATE jobs SET started_at = ?, finished_at = ? WHERE id = ?")
+            .bind(at(minute - chrono::Duration::seconds(seconds)))
+            .bind(at(minute))
+            .bind(job.id.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        job.id
+    }
+
+    #[tokio::test]
+    async fn one_worker_alternates_between_owners_instead_of_draining_the_first_queue() {
+        let (_dir, store, open_job) = store_with_a_job().await;
+        sqlx::query("DELETE FROM jobs WHERE id = ?").bind(open_job.to_string()).execute(&store.pool).await.unwrap();
+        store.create_key(&new_key("a", "alice")).await.unwrap();
+        store.create_key(&new_key("b", "bob")).await.unwrap();
+        let alice = queue(&store, "a", 6).await;
+        let bob = queue(&store, "b", 2).await;
+        let mut order = Vec::new();
+        for _ in 0..8 {
+            order.push(run_next(&store, 10).await);
+        }
+        // Bob has used no compute when Alice's first job ends, and less than her after each of
+        // his: his jobs run second and fourth, not last.
+        assert_eq!(order, [alice[0], bob[0], alice[1], bob[1], alice[2], alice[3], alice[4], alice[5]]);
+    }
+
+    #[tokio::test]
+    async fn a_larger_share_runs_more_jobs_at_once() {
+        let (_dir, store, open_job) = store_with_a_job().await;
+        sqlx::query("DELETE FROM jobs WHERE id = ?").bind(open_job.to_string()).execute(&store.pool).await.unwrap();
+        store.create_key(&new_key("a", "alice")).await.unwrap();
+        store.create_key(&NewKey { share: 2, ..new_key("b", "bob") }).await.unwrap();
+        let alice = queue(&store, "a", 3).await;
+        let bob = queue(&store, "b", 3).await;
+        let mut claimed = Vec::new();
+        for _ in 0..3 {
+            claimed.push(store.claim_next("w", Duration::from_secs(60), u32::MAX).await.unwrap().unwrap().id);
+        }
+        // Alice's oldest first (nobody runs anything); then Bob, whose running job counts half.
+        assert_eq!(claimed, [alice[0], bob[0], bob[1]]);
     }
 
     fn new_key(id: &str, name: &str) -> NewKey {
