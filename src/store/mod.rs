@@ -74,8 +74,16 @@ pub trait Store: Send + Sync {
     /// Takes a queued job for `worker`, with a lease of `lease`, by fair share: the oldest job of
     /// the owner with the fewest running jobs relative to their key's `share`, ties going to the
     /// owner whose jobs ran least in the last day; owners that already have `max_running` jobs
-    /// running are skipped (the open mode is one owner, of share 1).
-    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration, max_running: u32) -> StoreFuture<'a, Option<Job>>;
+    /// running are skipped (the open mode is one owner, of share 1), and so are jobs for a GPU
+    /// that a running job holds: one job per GPU. A spec without a device runs on
+    /// `default_device`.
+    fn claim_next<'a>(
+        &'a self,
+        worker: &'a str,
+        lease: Duration,
+        max_running: u32,
+        default_device: &'a str,
+    ) -> StoreFuture<'a, Option<Job>>;
 
     /// Extends the lease. Returns whether cancellation was requested, or `None` when this
     /// worker no longer holds the job.

@@ -41,6 +41,13 @@ fn owner_clause(n: usize) -> String {
     format!("(?{n} IS NULL OR owner = ?{n}) AND (?{m} IS NULL OR owner IN (SELECT id FROM api_keys WHERE name = ?{m}))")
 }
 
+/// The device the job `alias` runs on, in SQL: its spec's `device`, else the service's default
+/// (`?5`), with `cuda` read as `cuda:0` as the engine reads it.
+fn device_of(alias: &str) -> String {
+    let device = format!("COALESCE(json_extract({alias}.spec, '$.device'), ?5)");
+    format!("(CASE {device} WHEN 'cuda' THEN 'cuda:0' ELSE {device} END)")
+}
+
 fn owner_binds(owner: &Owner) -> (Option<&str>, Option<&str>) {
     match owner {
         Owner::Any => (None, None),
@@ -256,19 +263,28 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim_next<'a>(&'a self, worker: &'a str, lease: Duration, max_running: u32) -> StoreFuture<'a, Option<Job>> {
+    fn claim_next<'a>(
+        &'a self,
+        worker: &'a str,
+        lease: Duration,
+        max_running: u32,
+        default_device: &'a str,
+    ) -> StoreFuture<'a, Option<Job>> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
             // `IS` compares owners NULL-safely: the open mode's jobs count as one owner's. The
             // counts and the update run in one write transaction, so two workers cannot both
             // take an owner's last running slot. Fair share first (running ÷ share), then the
             // owner's compute in the last day (days of its jobs' runs, the running ones to now),
-            // then age: one user's 50 queued jobs no longer wait out everyone else's.
-            let claimed: Option<String> = sqlx::query_scalar(
+            // then age: one user's 50 queued jobs no longer wait out everyone else's. A GPU that
+            // a running job holds is not shared: jobs for it wait.
+            let claimed: Option<String> = sqlx::query_scalar(&format!(
                 "UPDATE jobs SET status = 'running', lease_owner = ?1, lease_expires_ms = ?2, attempts = attempts + 1,
                         started_at = COALESCE(started_at, ?3), error = NULL
                  WHERE id = (SELECT q.id FROM jobs AS q WHERE q.status = 'queued'
                                AND (SELECT COUNT(*) FROM jobs AS r WHERE r.status = 'running' AND r.owner IS q.owner) < ?4
+                               AND NOT EXISTS (SELECT 1 FROM jobs AS g WHERE g.status = 'running'
+                                     AND {gpu_of_q} LIKE 'cuda:%' AND {gpu_of_g} = {gpu_of_q})
                              ORDER BY
                                (SELECT COUNT(*) FROM jobs AS r WHERE r.status = 'running' AND r.owner IS q.owner) * 1.0
                                  / MAX(COALESCE((SELECT share FROM api_keys AS k WHERE k.id = q.owner), 1), 1),
@@ -278,11 +294,14 @@ impl Store for SqliteStore {
                                q.id
                              LIMIT 1)
                  RETURNING id",
-            )
+                gpu_of_q = device_of("q"),
+                gpu_of_g = device_of("g"),
+            ))
             .bind(worker)
             .bind(now_ms() + lease.as_millis() as i64)
             .bind(now())
             .bind(i64::from(max_running))
+            .bind(default_device)
             .fetch_optional(&mut *tx)
             .await?;
             let Some(id) = claimed else { return Ok(None) };
@@ -859,7 +878,7 @@ mod tests {
     async fn a_job_that_keeps_killing_the_process_fails_instead_of_looping() {
         let (_dir, store, id) = store_with_a_job().await;
         for crash in 1..=3 {
-            let claimed = store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap();
+            let claimed = store.claim_next("worker", Duration::from_secs(60), u32::MAX, "cpu").await.unwrap();
             assert_eq!(claimed.map(|j| j.id), Some(id), "crash {crash}: the job is claimable");
             let recovered = store.recover_abandoned(Abandoned::AllRunning, 3).await.unwrap();
             match crash {
@@ -873,7 +892,7 @@ mod tests {
         assert_eq!(job.status, Status::Failed);
         assert!(job.error.unwrap().contains("not retried"));
         assert!(
-            store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap().is_none(),
+            store.claim_next("worker", Duration::from_secs(60), u32::MAX, "cpu").await.unwrap().is_none(),
             "a failed job is never claimed"
         );
     }
@@ -881,12 +900,12 @@ mod tests {
     #[tokio::test]
     async fn cancelling_a_job_whose_process_died_wins_over_the_requeue() {
         let (_dir, store, id) = store_with_a_job().await;
-        store.claim_next("worker", Duration::from_millis(1), u32::MAX).await.unwrap().unwrap();
+        store.claim_next("worker", Duration::from_millis(1), u32::MAX, "cpu").await.unwrap().unwrap();
         assert!(matches!(store.request_cancel(id, &Owner::Any).await.unwrap(), CancelOutcome::Requested(_)));
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(store.recover_abandoned(Abandoned::LeaseExpired, 3).await.unwrap(), vec![Recovered::Cancelled(id)]);
         assert_eq!(store.get_job(id, &Owner::Any).await.unwrap().unwrap().status, Status::Cancelled);
-        assert!(store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap().is_none());
+        assert!(store.claim_next("worker", Duration::from_secs(60), u32::MAX, "cpu").await.unwrap().is_none());
     }
 
     /// Queued jobs of `owner`, oldest first.
@@ -904,7 +923,8 @@ mod tests {
     /// Claims the next job and finishes it as if it had run for exactly `seconds`, ending a
     /// minute ago (so equal runs tie exactly).
     async fn run_next(store: &SqliteStore, seconds: i64) -> Uuid {
-        let job = store.claim_next("worker", Duration::from_secs(60), u32::MAX).await.unwrap().expect("a queued job");
+        let job =
+            store.claim_next("worker", Duration::from_secs(60), u32::MAX, "cpu").await.unwrap().expect("a queued job");
         store.finish(job.id, "worker", Status::Succeeded, None, None, None).await.unwrap();
         let minute = chrono::Utc::now().with_nanosecond(0).unwrap() - chrono::Duration::seconds(60);
         let at = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -945,10 +965,30 @@ mod tests {
         let bob = queue(&store, "b", 3).await;
         let mut claimed = Vec::new();
         for _ in 0..3 {
-            claimed.push(store.claim_next("w", Duration::from_secs(60), u32::MAX).await.unwrap().unwrap().id);
+            claimed.push(store.claim_next("w", Duration::from_secs(60), u32::MAX, "cpu").await.unwrap().unwrap().id);
         }
         // Alice's oldest first (nobody runs anything); then Bob, whose running job counts half.
         assert_eq!(claimed, [alice[0], bob[0], bob[1]]);
+    }
+
+    #[tokio::test]
+    async fn a_job_for_a_busy_gpu_waits_while_the_queue_moves_on() {
+        let (_dir, store, cpu_job) = store_with_a_job().await;
+        let on = |device: &str| JobSpec { device: Some(device.into()), ..tiny_spec() };
+        let mut ids = Vec::new();
+        for spec in [on("cuda:0"), on("cuda"), on("cuda:1")] {
+            let Inserted::Created(job) = store.insert_job(&spec, None, None).await.unwrap() else { panic!() };
+            ids.push(job.id);
+        }
+        let claim =
+            async || store.claim_next("w", Duration::from_secs(60), u32::MAX, "cpu").await.unwrap().map(|j| j.id);
+        assert_eq!(claim().await, Some(cpu_job));
+        assert_eq!(claim().await, Some(ids[0]), "cuda:0 is free");
+        // `cuda` is cuda:0, which the job before holds; cuda:1 is free.
+        assert_eq!(claim().await, Some(ids[2]));
+        assert_eq!(claim().await, None, "the job for cuda:0 waits for it");
+        store.finish(ids[0], "w", Status::Succeeded, None, None, None).await.unwrap();
+        assert_eq!(claim().await, Some(ids[1]));
     }
 
     fn new_key(id: &str, name: &str) -> NewKey {
@@ -1006,13 +1046,13 @@ mod tests {
         }
         let lease = Duration::from_secs(60);
         let mut claimed = Vec::new();
-        while let Some(job) = store.claim_next("worker", lease, 1).await.unwrap() {
+        while let Some(job) = store.claim_next("worker", lease, 1, "cpu").await.unwrap() {
             claimed.push(job.id);
         }
         assert_eq!(claimed, [open_job, jobs[0], jobs[2]], "one job of each owner, the open mode's included");
         store.finish(jobs[0], "worker", Status::Succeeded, None, None, None).await.unwrap();
-        assert_eq!(store.claim_next("worker", lease, 1).await.unwrap().map(|j| j.id), Some(jobs[1]));
-        assert_eq!(store.claim_next("worker", lease, 3).await.unwrap().map(|j| j.id), Some(jobs[3]));
+        assert_eq!(store.claim_next("worker", lease, 1, "cpu").await.unwrap().map(|j| j.id), Some(jobs[1]));
+        assert_eq!(store.claim_next("worker", lease, 3, "cpu").await.unwrap().map(|j| j.id), Some(jobs[3]));
         let usage = store.usage(Some("a1")).await.unwrap();
         assert_eq!((usage.active_jobs, usage.storage_bytes), (1, 0));
         assert_eq!(store.usage(None).await.unwrap().active_jobs, 2);

@@ -139,7 +139,13 @@ impl Worker {
         let mut shutdown = self.shutdown.clone();
         while !*shutdown.borrow() {
             let notified = queue.notified();
-            match self.store.claim_next(&self.id, self.config.lease, self.config.max_running_per_owner).await {
+            let claim = self.store.claim_next(
+                &self.id,
+                self.config.lease,
+                self.config.max_running_per_owner,
+                &self.config.default_device,
+            );
+            match claim.await {
                 Ok(Some(job)) => {
                     let span = tracing::info_span!("job", id = %job.id, name = %job.name, attempt = job.attempts);
                     self.run_job(job).instrument(span).await;
