@@ -70,6 +70,23 @@ impl QueryParams {
     }
 }
 
+/// The most items a page holds, and how many without `limit`.
+const MAX_PAGE: usize = 100;
+const DEFAULT_PAGE: usize = 20;
+
+impl QueryParams {
+    /// `limit`, the page size of a list: 1 to 100, 20 when absent.
+    pub fn page_limit(&self) -> ApiResult<usize> {
+        let parse = |l: &str| {
+            l.parse()
+                .ok()
+                .filter(|l| (1..=MAX_PAGE).contains(l))
+                .ok_or_else(|| format!("must be an integer within [1, {MAX_PAGE}]"))
+        };
+        Ok(self.get("limit", parse)?.unwrap_or(DEFAULT_PAGE))
+    }
+}
+
 /// Query parameters read into `T` (see [`FromQuery`]); a parameter `T` does not take is an
 /// `invalid_query` error naming it.
 pub struct Query<T>(pub T);

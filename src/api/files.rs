@@ -20,7 +20,6 @@ use crate::store::{FileDeleteOutcome, Purpose, StoredFile};
 use crate::uploads::archive::{ArchiveError, Kind};
 use crate::uploads::{self, Incoming};
 
-const MAX_PAGE: usize = 100;
 /// Room for the multipart framing and the `purpose` part around a file of the largest size.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 
@@ -219,14 +218,7 @@ impl FromQuery for ListQuery {
 
     fn from_query(params: &QueryParams) -> ApiResult<Self> {
         Ok(ListQuery {
-            limit: params
-                .get("limit", |l| {
-                    l.parse()
-                        .ok()
-                        .filter(|l| (1..=MAX_PAGE).contains(l))
-                        .ok_or_else(|| format!("must be an integer within [1, {MAX_PAGE}]"))
-                })?
-                .unwrap_or(20),
+            limit: params.page_limit()?,
             after: params.get("after", |a| Uuid::parse_str(a).map_err(|_| "must be a file id".to_string()))?,
         })
     }

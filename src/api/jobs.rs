@@ -15,8 +15,6 @@ use super::{quota, AppState};
 use crate::store::{CancelOutcome, DeleteOutcome, Inserted, Job, Owner, Status};
 use crate::{engine, spec};
 
-const MAX_PAGE: usize = 100;
-
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -117,14 +115,7 @@ impl FromQuery for ListQuery {
     fn from_query(params: &QueryParams) -> ApiResult<Self> {
         Ok(ListQuery {
             status: params.get("status", str::parse)?,
-            limit: params
-                .get("limit", |l| {
-                    l.parse()
-                        .ok()
-                        .filter(|l| (1..=MAX_PAGE).contains(l))
-                        .ok_or_else(|| format!("must be an integer within [1, {MAX_PAGE}]"))
-                })?
-                .unwrap_or(20),
+            limit: params.page_limit()?,
             after: params.get("after", |a| Uuid::parse_str(a).map_err(|_| "must be a job id".to_string()))?,
             owner: params.get("owner", |o| Ok(o.to_string()))?,
         })
