@@ -8,7 +8,7 @@ use distillery::store::{EventHub, SqliteStore};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{config, small_spec, spawn_app, TestApp};
+use crate::helpers::{call, config, small_spec, spawn_app, TestApp};
 
 const UNAUTHORIZED: &str = "unauthorized";
 
@@ -35,21 +35,6 @@ async fn set_up_keys(app: &TestApp) -> Keys {
     };
     let (alice, bob) = (user("alice").await, user("bob").await);
     Keys { admin, alice, bob }
-}
-
-/// A request with `key` as its bearer token (none: no `Authorization`); the status and the body
-/// as JSON (null when it is not JSON).
-async fn call(app: &TestApp, key: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = app.client.request(method, app.url(path));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {

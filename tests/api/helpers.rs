@@ -6,6 +6,7 @@ use std::time::Duration;
 use distillery::config::ServeConfig;
 use distillery::server::{self, ServerHandle};
 use futures_util::StreamExt;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 pub struct TestApp {
@@ -193,4 +194,19 @@ fn parse_frame(frame: &str) -> Option<SseEvent> {
         return None; // a keep-alive comment
     }
     Some(SseEvent { id, kind, data: serde_json::from_str(&data).unwrap() })
+}
+
+/// A request with `key` as its bearer token (none: no `Authorization`); the status and the body
+/// as JSON (null when it is not JSON).
+pub async fn call(app: &TestApp, key: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = app.client.request(method, app.url(path));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

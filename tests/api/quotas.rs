@@ -6,21 +6,7 @@ use reqwest::multipart::{Form, Part};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{slow_spec, small_spec, spawn_app_with, tiny_bert_job, TestApp};
-
-/// A request with `key` as its bearer token (none: the open mode); the status, headers and body.
-async fn call(app: &TestApp, key: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = app.client.request(method, app.url(path));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::helpers::{call, slow_spec, small_spec, spawn_app_with, tiny_bert_job, TestApp};
 
 /// A job that outlasts its test: it is cancelled at the end.
 fn long_spec() -> Value {
