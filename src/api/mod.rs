@@ -12,6 +12,7 @@ mod health;
 mod jobs;
 mod keys;
 pub mod quota;
+mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -130,6 +131,9 @@ pub fn routes() -> Routes {
         .add(Method::POST, "/v1/keys", post(keys::create))
         .add(Method::GET, "/v1/keys", get(keys::list))
         .add(Method::DELETE, "/v1/keys/{id}", delete(keys::revoke))
+        .add(Method::GET, "/v1/session", get(session::show))
+        .add(Method::POST, "/v1/session", post(session::create))
+        .add(Method::DELETE, "/v1/session", delete(session::remove))
         .add(Method::GET, "/healthz", get(health::healthz))
         .add(Method::GET, "/readyz", get(health::readyz))
         .add(Method::GET, "/metrics", get(health::prometheus))
