@@ -4,6 +4,7 @@
 
 mod artifacts;
 mod auth;
+pub mod cors;
 pub mod error;
 mod events;
 mod extract;
@@ -86,6 +87,8 @@ pub struct AppState {
     pub started: Instant,
     /// How long an ordinary request may take; see `limit_request_time`.
     pub request_timeout: Duration,
+    /// Which other origins' pages may call the API (`--cors-origin`).
+    pub cors: cors::Cors,
 }
 
 /// The router, and the (method, path) pairs it serves, which the OpenAPI test checks against
@@ -153,6 +156,9 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, limit_request_time))
+        // Outside the routes and the timeout, so that refusals carry the headers too and an
+        // external page can read why it was refused.
+        .layer(axum::middleware::from_fn_with_state(state.cors.clone(), cors::allow_origins))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
 }

@@ -10,5 +10,6 @@ mod inputs;
 mod jobs;
 mod limits;
 mod quotas;
+mod session;
 mod sse;
 mod validation;
