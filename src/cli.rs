@@ -97,8 +97,8 @@ fn cells(m: &ModelReport, column: Column) -> [String; 8] {
     ]
 }
 
-/// The report as the seed table of the field: teacher, distilled student, baseline.
-pub fn table(report: &Report) -> String {
+/// The seed table's contents: the row labels, and each model's column (its name and cells).
+pub fn table_columns(report: &Report) -> ([String; 8], Vec<(String, [String; 8])>) {
     let mut columns: Vec<(String, &ModelReport, Column)> = Vec::new();
     for (i, member) in report.teachers.iter().flatten().enumerate() {
         columns.push((engine::Phase::Teacher(i).as_str().into_owned(), member, Column::Teacher));
@@ -122,15 +122,20 @@ pub fn table(report: &Report) -> String {
         format!("latency, batch {}", report.teacher.latency.batch_n),
         "training time".into(),
     ];
-    let cells: Vec<[String; 8]> = columns.iter().map(|(_, m, column)| cells(m, *column)).collect();
+    (labels, columns.into_iter().map(|(name, m, column)| (name, cells(m, column))).collect())
+}
+
+/// The report as the seed table of the field: teacher, distilled student, baseline.
+pub fn table(report: &Report) -> String {
+    let (labels, columns) = table_columns(report);
     let mut out = format!("{:<24}", "");
-    for (name, _, _) in &columns {
+    for (name, _) in &columns {
         out += &format!("{name:>22}");
     }
     for (row, label) in labels.iter().enumerate() {
         out += &format!("\n{label:<24}");
-        for column in &cells {
-            out += &format!("{:>22}", column[row]);
+        for (_, cells) in &columns {
+            out += &format!("{:>22}", cells[row]);
         }
     }
     out += &format!(
