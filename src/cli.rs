@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::job::report::{ModelReport, Report, Task};
 use crate::engine::{self, Control, DataRoot, EngineEvent};
+use crate::layout::{CURVES_FILE, REPORT_PLOT_FILE};
 use crate::spec;
 
 /// Runs the job `spec_path` describes, reading its files from `data_dir`'s data root, and lets
@@ -68,6 +69,7 @@ pub fn run(
     bar.finish_and_clear();
     println!("{}", table(&output.report));
     println!("artifacts in {}: {}", out.display(), output.artifacts.join(", "));
+    println!("plots: {}, {}", out.join(CURVES_FILE).display(), out.join(REPORT_PLOT_FILE).display());
     Ok(output.report)
 }
 
