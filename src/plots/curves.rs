@@ -175,8 +175,7 @@ pub fn downsample(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
 /// `curves.svg` for the job called `title`.
 pub fn render(title: &str, history: &History) -> String {
     let mut svg = Svg::new(WIDTH, HEIGHT);
-    let bold = [("text-anchor", "middle".to_string()), ("font-size", "16".into()), ("font-weight", "bold".into())];
-    svg.text(WIDTH / 2.0, 30.0, &bold, &format!("{title}: training curves"));
+    svg.title(WIDTH, &format!("{title}: training curves"));
 
     let losses = loss_series(history);
     let all = |series: &[Series], axis: fn(&(f64, f64)) -> f64| -> Vec<f64> {

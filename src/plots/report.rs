@@ -45,8 +45,7 @@ pub fn render(title: &str, report: &Report) -> String {
     let height = verdict_top + 18.0 * verdict.len() as f64 + 20.0;
 
     let mut svg = Svg::new(width, height);
-    let bold = [("text-anchor", "middle".to_string()), ("font-size", "16".into()), ("font-weight", "bold".into())];
-    svg.text(width / 2.0, 30.0, &bold, &format!("{title}: distillation report"));
+    svg.title(width, &format!("{title}: distillation report"));
 
     let end = [("text-anchor", "end".to_string())];
     let header = [("text-anchor", "end".to_string()), ("font-weight", "bold".into())];

@@ -55,6 +55,20 @@ impl Svg {
         svg
     }
 
+    /// The picture's title: in full as its `<title>` (tooltips, screen readers), and as a
+    /// heading centred at the top, shortened to what fits.
+    pub fn title(&mut self, width: f64, title: &str) {
+        let _ = writeln!(self.out, "<title>{}</title>", escape(title));
+        // About 9 pixels a character at 16 pixels bold.
+        let fits = ((width - 40.0) / 9.0) as usize;
+        let heading = match title.chars().count() > fits {
+            true => title.chars().take(fits.saturating_sub(1)).collect::<String>() + "…",
+            false => title.to_string(),
+        };
+        let bold = [("text-anchor", "middle".to_string()), ("font-size", "16".into()), ("font-weight", "bold".into())];
+        self.text(width / 2.0, 30.0, &bold, &heading);
+    }
+
     fn tag(&mut self, name: &str, attrs: &[(&str, String)]) {
         self.out.push('<');
         self.out.push_str(name);
@@ -255,6 +269,18 @@ mod tests {
         let out = svg.finish();
         assert!(!out.contains("<script>"), "{out}");
         assert!(out.contains(r#"data-name="&quot;&gt;&lt;script&gt;""#), "{out}");
+    }
+
+    #[test]
+    fn a_long_title_is_shortened_in_the_heading_and_whole_in_the_title_element() {
+        let name =
+            "fashion-mnist: ensemble of a conv and an MLP teacher, generalised JS loss, alpha schedule, top-3 cache";
+        let mut svg = Svg::new(500.0, 100.0);
+        svg.title(500.0, name);
+        let out = svg.finish();
+        assert!(out.contains(&format!("<title>{name}</title>")), "{out}");
+        let heading = out.split("font-weight=\"bold\">").nth(1).unwrap().split("</text>").next().unwrap();
+        assert!(heading.ends_with('…') && heading.chars().count() <= 52, "{heading}");
     }
 
     #[test]
