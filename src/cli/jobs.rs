@@ -234,7 +234,7 @@ async fn watch(client: &Client, id: Uuid) -> anyhow::Result<()> {
             return Err(problem.context(format!("following job {id}: gave up after {RECONNECTS} reconnections")));
         }
         view.note(&format!("{problem:#}; reconnecting"));
-        tokio::time::sleep(Duration::from_millis(250 << failures.min(5))).await;
+        tokio::time::sleep(Duration::from_millis(250 << failures.min(4))).await;
     };
     view.finish();
     match end["status"].as_str() {
