@@ -134,7 +134,7 @@ impl Client {
         }
         match e.is_connect() {
             true => anyhow::anyhow!(
-                "cannot connect to the server at {}: {cause} (is `distillery serve` running? --server or DISTILLERY_URL says where)",
+                "cannot connect to the server at {}: {cause}; is `distillery serve` running there? (--server or DISTILLERY_URL sets the address)",
                 self.base
             ),
             false => anyhow::anyhow!("talking to the server at {}: {cause}", self.base),

@@ -50,7 +50,10 @@ struct StoredFile {
 
 async fn upload(client: &Client, path: &Path, purpose: Option<String>) -> anyhow::Result<()> {
     let file = tokio::fs::File::open(path).await.with_context(|| format!("cannot read {}", path.display()))?;
-    let len = file.metadata().await.with_context(|| format!("cannot read {}", path.display()))?.len();
+    let metadata = file.metadata().await.with_context(|| format!("cannot read {}", path.display()))?;
+    if !metadata.is_file() {
+        anyhow::bail!("{} is not a file; send a folder as a .tar.gz or .zip archive", path.display());
+    }
     let filename = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // Hashed as it is sent, so the server's sha256 can be checked without reading the file twice.
     let hasher = Arc::new(Mutex::new(Sha256::new()));
@@ -60,8 +63,8 @@ async fn upload(client: &Client, path: &Path, purpose: Option<String>) -> anyhow
             hashing.lock().expect("not poisoned").update(chunk);
         }
     });
-    let mut form =
-        Form::new().part("file", Part::stream_with_length(Body::wrap_stream(stream), len).file_name(filename));
+    let mut form = Form::new()
+        .part("file", Part::stream_with_length(Body::wrap_stream(stream), metadata.len()).file_name(filename));
     if let Some(purpose) = purpose {
         form = form.text("purpose", purpose);
     }

@@ -316,8 +316,12 @@ impl View {
                 if matches!(status, "succeeded" | "failed" | "cancelled") {
                     return Some(payload.clone());
                 }
+                let attempt = match payload["attempt"].as_u64() {
+                    Some(attempt) if attempt > 1 => format!(" (attempt {attempt})"),
+                    _ => String::new(),
+                };
                 let why = payload["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
-                self.say(&format!("job {status}{why}"));
+                self.say(&format!("job {status}{attempt}{why}"));
             }
             _ => {} // checkpoints; the report is fetched whole at the end
         }
@@ -338,8 +342,7 @@ impl View {
         });
         bar.set_length(p.total_steps);
         bar.set_position(p.step);
-        let soft = p.soft.map(|s| format!(" soft {s:.4}")).unwrap_or_default();
-        bar.set_message(format!("epoch {}/{} loss {:.4}{soft} hard {:.4}", p.epoch, p.epochs, p.loss, p.hard));
+        bar.set_message(format!("epoch {}/{} loss {:.4}", p.epoch, p.epochs, p.loss));
         if p.step >= p.total_steps {
             bar.finish();
         }
