@@ -126,6 +126,17 @@ impl Client {
         serde_json::from_slice(&body).with_context(|| format!("unexpected answer from {url}"))
     }
 
+    /// The next chunk of a response's body; an error once the server has been silent for
+    /// longer than its keep-alives (every 15 s) allow, as a connection that died without a
+    /// word would otherwise hang the client for good.
+    pub async fn chunk(&self, response: &mut Response) -> anyhow::Result<Option<impl AsRef<[u8]>>> {
+        const SILENCE: Duration = Duration::from_secs(45);
+        tokio::time::timeout(SILENCE, response.chunk())
+            .await
+            .map_err(|_| anyhow::anyhow!("no word from the server at {} for {} s", self.base, SILENCE.as_secs()))?
+            .map_err(|e| self.transport(e))
+    }
+
     /// What a failed exchange with the server says: which server, and the cause at the bottom.
     pub fn transport(&self, e: reqwest::Error) -> anyhow::Error {
         let mut cause: &dyn std::error::Error = &e;

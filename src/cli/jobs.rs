@@ -208,9 +208,6 @@ fn aligned<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
 /// back-off below, about a minute of the server being away (a restart, say).
 const RECONNECTS: u32 = 15;
 
-/// No byte for this long (the server's keep-alives come every 15 s): the connection is dead.
-const SILENCE: Duration = Duration::from_secs(45);
-
 /// Follows the job's event stream to its end, reconnecting with `Last-Event-ID` when the
 /// connection drops, so each event is shown once; then the report, or the job's error.
 async fn watch(client: &Client, id: Uuid) -> anyhow::Result<()> {
@@ -225,7 +222,8 @@ async fn watch(client: &Client, id: Uuid) -> anyhow::Result<()> {
         }
         let problem = match attempt {
             Ok(Some(end)) => break end,
-            Err(e) if e.is::<ApiError>() => return Err(e),
+            // A refusal (404, 401) stays a refusal; a 5xx may be a proxy while the service restarts.
+            Err(e) if e.downcast_ref::<ApiError>().is_some_and(|e| e.status < 500) => return Err(e),
             Err(e) => e,
             Ok(None) => anyhow::anyhow!("the event stream ended before the job did"),
         };
@@ -243,8 +241,8 @@ async fn watch(client: &Client, id: Uuid) -> anyhow::Result<()> {
             Ok(())
         }
         status => {
-            let why = end["error"].as_str().or(end["reason"].as_str()).unwrap_or("no reason given");
-            anyhow::bail!("job {id} {}: {why}", status.unwrap_or("ended"))
+            let why = end["error"].as_str().or(end["reason"].as_str()).map(|why| format!(": {why}"));
+            anyhow::bail!("job {id} {}{}", status.unwrap_or("ended"), why.unwrap_or_default())
         }
     }
 }
@@ -258,13 +256,8 @@ async fn follow(client: &Client, id: Uuid, last: &mut Option<i64>, view: &mut Vi
     }
     let mut response = client.send(request).await?;
     let mut parser = SseParser::default();
-    loop {
-        let chunk = tokio::time::timeout(SILENCE, response.chunk())
-            .await
-            .map_err(|_| anyhow::anyhow!("no word from the server for {} s", SILENCE.as_secs()))?
-            .map_err(|e| client.transport(e))?;
-        let Some(chunk) = chunk else { return Ok(None) };
-        for event in parser.push(&chunk) {
+    while let Some(chunk) = client.chunk(&mut response).await? {
+        for event in parser.push(chunk.as_ref()) {
             let seq = event.id.as_deref().and_then(|id| id.parse::<i64>().ok());
             if seq.is_some_and(|seq| Some(seq) <= *last) {
                 continue; // already shown before a reconnection
@@ -276,6 +269,7 @@ async fn follow(client: &Client, id: Uuid, last: &mut Option<i64>, view: &mut Vi
             }
         }
     }
+    Ok(None)
 }
 
 /// The terminal's picture of a job: one progress bar per phase, and the epoch and log lines.
@@ -414,9 +408,10 @@ async fn fetch_artifact(client: &Client, id: Uuid, artifact: &Artifact, out: &Pa
     bar.set_style(ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes}").expect("valid template"));
     let mut hasher = Sha256::new();
     let written: anyhow::Result<()> = async {
-        while let Some(chunk) = response.chunk().await.map_err(|e| client.transport(e))? {
-            hasher.update(&chunk);
-            file.write_all(&chunk).with_context(|| format!("writing {}", partial.display()))?;
+        while let Some(chunk) = client.chunk(&mut response).await? {
+            let chunk = chunk.as_ref();
+            hasher.update(chunk);
+            file.write_all(chunk).with_context(|| format!("writing {}", partial.display()))?;
             bar.inc(chunk.len() as u64);
         }
         Ok(())
