@@ -213,7 +213,7 @@ const RECONNECTS: u32 = 15;
 async fn watch(client: &Client, id: Uuid) -> anyhow::Result<()> {
     let mut view = View::new();
     let mut last = None;
-    let mut failures = 0;
+    let (mut failures, mut said) = (0, String::new());
     let end = loop {
         let before = last;
         let attempt = follow(client, id, &mut last, &mut view).await;
@@ -231,7 +231,12 @@ async fn watch(client: &Client, id: Uuid) -> anyhow::Result<()> {
         if failures > RECONNECTS {
             return Err(problem.context(format!("following job {id}: gave up after {RECONNECTS} reconnections")));
         }
-        view.note(&format!("{problem:#}; reconnecting"));
+        // Once per kind of trouble: a restarting server refuses several attempts alike.
+        let note = format!("{problem:#}; reconnecting");
+        if note != said {
+            view.note(&note);
+            said = note;
+        }
         tokio::time::sleep(Duration::from_millis(250 << failures.min(4))).await;
     };
     view.finish();
