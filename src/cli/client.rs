@@ -90,10 +90,10 @@ impl Client {
         if base.scheme() != "http" || base.cannot_be_a_base() {
             anyhow::bail!("--server `{}`: only http:// URLs are supported (this build has no TLS)", args.server);
         }
-        let key = std::env::var("DISTILLERY_API_KEY").ok().filter(|k| !k.trim().is_empty());
+        let key = std::env::var("DISTILLERY_API_KEY").ok().map(|k| k.trim().to_string()).filter(|k| !k.is_empty());
         // No overall timeout: event streams and downloads last as long as they need.
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
-        Ok(Client { http, base, key: key.map(|k| k.trim().to_string()) })
+        Ok(Client { http, base, key })
     }
 
     /// A request to the path made of `segments`, each escaped, so an argument can never
@@ -138,7 +138,7 @@ impl Client {
     }
 
     /// What a failed exchange with the server says: which server, and the cause at the bottom.
-    pub fn transport(&self, e: reqwest::Error) -> anyhow::Error {
+    fn transport(&self, e: reqwest::Error) -> anyhow::Error {
         let mut cause: &dyn std::error::Error = &e;
         while let Some(source) = cause.source() {
             cause = source;
