@@ -218,7 +218,7 @@ async fn errors_name_the_field_the_key_or_the_server() {
     // A port nothing listens on: the one a stopped service had.
     let gone = Service::start(data.path().join("gone").as_path(), "127.0.0.1:0");
     let base = gone.base.clone();
-    gone.stop();
+    drop(gone);
     let unreachable: Ran = client(&base, None).args(["jobs", "list"]).output().unwrap().into();
     assert!(!unreachable.ok && unreachable.stderr.contains(&format!("cannot connect to the server at {base}/")));
 
@@ -285,7 +285,15 @@ async fn watch_follows_a_job_across_a_restart_of_the_service() {
     });
     let mut lines = Vec::new();
     while !lines.iter().any(|l: &String| l.contains("student epoch   2/")) {
-        lines.push(rx.recv_timeout(Duration::from_secs(60)).expect("no student epoch within a minute"));
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                let _ = watch.kill();
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
+                panic!("no second student epoch ({e}):\n{}\n{stderr}", lines.join("\n"));
+            }
+        }
     }
     first.stop();
     let second = Service::start(data.path(), &address);
