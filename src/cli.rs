@@ -1,6 +1,9 @@
 //! `distillery run`: one job in-process, without a server, with a progress bar and the report
 //! printed as a table.
 
+pub mod client;
+pub mod files;
+pub mod jobs;
 pub mod keys;
 
 use std::path::{Path, PathBuf};
