@@ -143,6 +143,7 @@ impl JobSpec {
             }
         }
         validate_epochs(self.training.epochs, "training.epochs")?;
+        self.training.validate_repeats()?;
         validate_batch(self.training.batch_size, "training.batch_size")?;
         validate_optimizer(&self.training.optimizer, "training.optimizer")?;
         if let Some(device) = &self.device {

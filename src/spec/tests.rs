@@ -110,3 +110,29 @@ fn devices_parse() {
     assert!(parse_device("tpu").is_err());
     assert_eq!(parse_device("cuda:1").is_ok(), cfg!(feature = "cuda"));
 }
+
+#[test]
+fn repeats_and_seeds_are_checked_and_named() {
+    let cases: &[(serde_json::Value, &str)] = &[
+        (serde_json::json!({"repeats": 0}), "training.repeats"),
+        (serde_json::json!({"repeats": 21}), "training.repeats"),
+        (serde_json::json!({"repeats": 2, "seeds": [1, 2]}), "training.seeds"),
+        (serde_json::json!({"seeds": []}), "training.seeds"),
+        (serde_json::json!({"seeds": [3, 4, 3]}), "training.seeds[2]"),
+    ];
+    for (fields, field) in cases {
+        let mut v = example();
+        for (key, value) in fields.as_object().unwrap() {
+            v["training"][key] = value.clone();
+        }
+        assert_eq!(check(v).unwrap_err().field, *field, "{fields}");
+    }
+    let mut v = example();
+    v["training"]["seed"] = 7.into();
+    assert_eq!(check(v.clone()).unwrap().training.run_seeds(), vec![7]);
+    v["training"]["repeats"] = 3.into();
+    assert_eq!(check(v.clone()).unwrap().training.run_seeds(), vec![7, 8, 9]);
+    v["training"].as_object_mut().unwrap().remove("repeats");
+    v["training"]["seeds"] = serde_json::json!([5, 1]);
+    assert_eq!(check(v).unwrap().training.run_seeds(), vec![5, 1]);
+}

@@ -24,6 +24,51 @@ pub struct TrainingSpec {
     pub augment: Option<AugmentSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
+    /// Train the student and the baseline this many times, with seeds `seed`, `seed + 1`, …;
+    /// the teacher trains once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<u32>,
+    /// The seeds of the repeated runs, given outright (instead of `repeats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<Vec<u64>>,
+}
+
+/// The most runs `repeats` or `seeds` may ask for.
+pub const MAX_REPEATS: usize = 20;
+
+impl TrainingSpec {
+    /// The seed of each run of the student and the baseline: one run with `seed` unless the
+    /// spec repeats them.
+    pub fn run_seeds(&self) -> Vec<u64> {
+        match (&self.seeds, self.repeats) {
+            (Some(seeds), _) => seeds.clone(),
+            (None, Some(k)) => (0..u64::from(k)).map(|i| self.seed.wrapping_add(i)).collect(),
+            (None, None) => vec![self.seed],
+        }
+    }
+
+    /// Whether the student and the baseline train more than once.
+    pub fn repeated(&self) -> bool {
+        self.run_seeds().len() > 1
+    }
+
+    pub(super) fn validate_repeats(&self) -> Result<(), SpecError> {
+        let in_range = |n: usize| (1..=MAX_REPEATS).contains(&n);
+        match (&self.seeds, self.repeats) {
+            (Some(_), Some(_)) => Err(SpecError::new("training.seeds", "give `repeats` or `seeds`, not both")),
+            (None, Some(k)) if !in_range(k as usize) => {
+                Err(SpecError::new("training.repeats", format!("must be within [1, {MAX_REPEATS}], got {k}")))
+            }
+            (Some(seeds), None) if !in_range(seeds.len()) => {
+                Err(SpecError::new("training.seeds", format!("give 1 to {MAX_REPEATS} seeds, got {}", seeds.len())))
+            }
+            (Some(seeds), None) => match seeds.iter().enumerate().find(|(i, s)| seeds[..*i].contains(s)) {
+                Some((i, s)) => Err(SpecError::new(format!("training.seeds[{i}]"), format!("seed {s} is given twice"))),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -102,6 +102,18 @@ async fn out_of_range_hyper_parameters() {
 }
 
 #[tokio::test]
+async fn repeats_out_of_range_both_given_or_seeds_twice() {
+    let app = spawn_app().await;
+    refused(&app, &with(&["training", "repeats"], json!(0)), 422, "invalid_spec", "training.repeats").await;
+    refused(&app, &with(&["training", "repeats"], json!(21)), 422, "invalid_spec", "training.repeats").await;
+    let mut both = with(&["training", "repeats"], json!(2));
+    both["training"]["seeds"] = json!([1, 2]);
+    refused(&app, &both, 422, "invalid_spec", "training.seeds").await;
+    refused(&app, &with(&["training", "seeds"], json!([4, 9, 4])), 422, "invalid_spec", "training.seeds[2]").await;
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
 async fn datasets_that_are_missing_unparseable_out_of_range_or_outside_the_root() {
     let app = spawn_app().await;
     let datasets = app.data_dir.path().join("datasets");
