@@ -158,7 +158,7 @@ fn an_ensemble_with_js_loss_schedules_top_k_cache_and_early_stopping() {
     assert!(job.path().join("teacher_1.safetensors").exists());
 
     // α moves linearly from 0.9 to 0.5 over the student's steps.
-    let student: Vec<_> = progress.iter().filter(|p| p.phase == engine::Phase::Student).collect();
+    let student: Vec<_> = progress.iter().filter(|p| p.phase == engine::Phase::Student(0)).collect();
     assert!((student[0].alpha - 0.9).abs() < 1e-9, "{}", student[0].alpha);
     assert!(student.windows(2).all(|w| w[1].alpha <= w[0].alpha));
 
@@ -282,7 +282,7 @@ fn a_conv_job_with_batch_norm_projections_and_early_stopping_resumes_exactly() {
 
     // 400 training samples (100 held out for early stopping), 8 steps an epoch.
     let dir = tempfile::tempdir().unwrap();
-    for (phase, step) in [(Phase::Teacher(0), 11), (Phase::Student, 13)] {
+    for (phase, step) in [(Phase::Teacher(0), 11), (Phase::Student(0), 13)] {
         interrupted_at(&s, root.path(), dir.path(), phase, step);
     }
     let Ran { report: resumed, logs, .. } = run(&s, root.path(), dir.path());

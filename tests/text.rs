@@ -334,7 +334,7 @@ mod jobs {
         let expected = run(&s, root.path(), straight.path()).report;
         // 400 reviews at batch 16: 25 steps an epoch.
         let dir = tempfile::tempdir().unwrap();
-        for (phase, step) in [(Phase::Teacher(0), 30), (Phase::Student, 7)] {
+        for (phase, step) in [(Phase::Teacher(0), 30), (Phase::Student(0), 7)] {
             interrupted_at(&s, root.path(), dir.path(), phase, step);
         }
         let Ran { report: resumed, logs, .. } = run(&s, root.path(), dir.path());
@@ -356,7 +356,7 @@ mod jobs {
         let Ran { report, epochs, .. } = run(&s, root.path(), job.path());
         // At half the width no teacher tensor fits, so the student starts from scratch and eight
         // epochs are too few for it to beat chance; it must be learning, though.
-        let student: Vec<f64> = epochs.iter().filter(|m| m.phase == Phase::Student).map(|m| m.train_loss).collect();
+        let student: Vec<f64> = epochs.iter().filter(|m| m.phase == Phase::Student(0)).map(|m| m.train_loss).collect();
         assert!(student[student.len() - 1] < 0.9 * student[0], "{student:?}");
         assert_eq!(report.distillation.projection_parameters, 16 * 32 + 32);
         let config: Value =

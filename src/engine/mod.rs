@@ -26,14 +26,16 @@ use serde::{Deserialize, Serialize};
 pub use data::root::DataRoot;
 pub use job::{preflight, run, RunOutput};
 
-/// The trainings a job may run, in this order: each teacher to train, the distilled student,
-/// the baseline.
+/// The trainings a job may run, in this order: each teacher to train, then the distilled
+/// student and the baseline (once, or once per seed of `training.repeats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Teacher `i` of the spec; the first is `teacher`, the others `teacher_1`, `teacher_2`, …
     Teacher(usize),
-    Student,
-    Baseline,
+    /// Run 0 is a job's only run, `student`; repeated runs are 1, 2, …: `student_1`, `student_2`, …
+    Student(usize),
+    /// Numbered as the student's runs: `baseline`, or `baseline_1`, `baseline_2`, …
+    Baseline(usize),
 }
 
 impl Phase {
@@ -41,8 +43,10 @@ impl Phase {
         match self {
             Phase::Teacher(0) => "teacher".into(),
             Phase::Teacher(i) => format!("teacher_{i}").into(),
-            Phase::Student => "student".into(),
-            Phase::Baseline => "baseline".into(),
+            Phase::Student(0) => "student".into(),
+            Phase::Student(r) => format!("student_{r}").into(),
+            Phase::Baseline(0) => "baseline".into(),
+            Phase::Baseline(r) => format!("baseline_{r}").into(),
         }
     }
 }
@@ -51,14 +55,15 @@ impl std::str::FromStr for Phase {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        let numbered = |prefix: &str| s.strip_prefix(prefix)?.parse::<usize>().ok().filter(|&i| i > 0);
         match s {
             "teacher" => Ok(Phase::Teacher(0)),
-            "student" => Ok(Phase::Student),
-            "baseline" => Ok(Phase::Baseline),
-            _ => s
-                .strip_prefix("teacher_")
-                .and_then(|i| i.parse().ok())
+            "student" => Ok(Phase::Student(0)),
+            "baseline" => Ok(Phase::Baseline(0)),
+            _ => numbered("teacher_")
                 .map(Phase::Teacher)
+                .or_else(|| numbered("student_").map(Phase::Student))
+                .or_else(|| numbered("baseline_").map(Phase::Baseline))
                 .ok_or_else(|| format!("unknown phase `{s}`")),
         }
     }
@@ -242,6 +247,22 @@ pub fn device(spec: &str) -> Result<candle_core::Device, EngineError> {
 
 #[cfg(test)]
 mod tests {
+    use super::Phase;
+
+    #[test]
+    fn phase_names_number_the_repeated_runs_and_read_back() {
+        let phases = [Phase::Teacher(0), Phase::Teacher(2), Phase::Student(0), Phase::Student(3), Phase::Baseline(12)];
+        let names: Vec<String> = phases.iter().map(|p| p.as_str().into_owned()).collect();
+        assert_eq!(names, ["teacher", "teacher_2", "student", "student_3", "baseline_12"]);
+        for (phase, name) in phases.iter().zip(&names) {
+            assert_eq!(name.parse::<Phase>().as_ref(), Ok(phase));
+        }
+        // Run 0 has one name only.
+        for bad in ["student_0", "baseline_", "student_x", "teacher_0"] {
+            assert!(bad.parse::<Phase>().is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn the_purge_delay_option_is_the_one_tune_allocator_sets() {
         // Position 15 of mimalloc's options must be the purge delay: its default is 1,000 ms

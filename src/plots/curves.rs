@@ -41,12 +41,13 @@ pub struct History {
     phases: Vec<PhaseCurves>,
 }
 
-/// Where a phase sorts: the teachers in their order, then the student, then the baseline.
+/// Where a phase sorts: the teachers in their order, then the students' runs, then the
+/// baselines'.
 fn order(phase: Phase) -> (u8, usize) {
     match phase {
         Phase::Teacher(i) => (0, i),
-        Phase::Student => (1, 0),
-        Phase::Baseline => (2, 0),
+        Phase::Student(r) => (1, r),
+        Phase::Baseline(r) => (2, r),
     }
 }
 

@@ -38,11 +38,11 @@ fn history() -> (History, Vec<Progress>, Vec<EpochMetrics>) {
     }
     for step in (1..=300).step_by(7) {
         let decay = (-(step as f64) / 60.0).exp();
-        steps.push(progress(Phase::Student, step, 1.9 * decay + 0.2, Some(4.0 * decay + 0.3)));
+        steps.push(progress(Phase::Student(0), step, 1.9 * decay + 0.2, Some(4.0 * decay + 0.3)));
     }
     let epochs: Vec<_> = (1..=3)
         .flat_map(|e| {
-            [epoch(Phase::Teacher(0), e, 0.8 + 0.05 * e as f64), epoch(Phase::Student, e, 0.7 + 0.06 * e as f64)]
+            [epoch(Phase::Teacher(0), e, 0.8 + 0.05 * e as f64), epoch(Phase::Student(0), e, 0.7 + 0.06 * e as f64)]
         })
         .collect();
     let mut history = History::default();
@@ -67,15 +67,15 @@ fn each_series_read_back_through_its_panel_gives_the_data() {
         steps.iter().filter(|p| p.phase == phase).filter_map(|p| Some((p.step as f64, value(p)?))).collect()
     };
     assert_close(&series(&svg, "loss", "teacher total"), &of(Phase::Teacher(0), &|p| Some(p.loss)), loss);
-    assert_close(&series(&svg, "loss", "student total"), &of(Phase::Student, &|p| Some(p.loss)), loss);
-    assert_close(&series(&svg, "loss", "student soft"), &of(Phase::Student, &|p| p.soft), loss);
-    assert_close(&series(&svg, "loss", "student hard"), &of(Phase::Student, &|p| Some(p.hard)), loss);
+    assert_close(&series(&svg, "loss", "student total"), &of(Phase::Student(0), &|p| Some(p.loss)), loss);
+    assert_close(&series(&svg, "loss", "student soft"), &of(Phase::Student(0), &|p| p.soft), loss);
+    assert_close(&series(&svg, "loss", "student hard"), &of(Phase::Student(0), &|p| Some(p.hard)), loss);
     let names: Vec<String> = elements(&svg, "polyline").into_iter().map(|l| l["data-series"].clone()).collect();
     assert_eq!(names.len(), 6, "no soft or hard series for the teacher: {names:?}");
 
     let accuracy = Mapping::of(&svg, "accuracy").resolution();
     let student: Vec<_> =
-        epochs.iter().filter(|m| m.phase == Phase::Student).map(|m| (m.epoch as f64, m.val_accuracy)).collect();
+        epochs.iter().filter(|m| m.phase == Phase::Student(0)).map(|m| (m.epoch as f64, m.val_accuracy)).collect();
     assert_close(&series(&svg, "accuracy", "student accuracy"), &student, accuracy);
     assert!(svg.contains(">digits: training curves</text>"), "the title names the job");
 }
@@ -94,21 +94,40 @@ fn the_stored_events_give_the_curves_the_engine_saw() {
 fn a_resumed_attempt_replaces_the_steps_and_epochs_it_repeats() {
     let mut history = History::default();
     for step in 1..=50 {
-        history.progress(&progress(Phase::Student, step, 9.0, None));
+        history.progress(&progress(Phase::Student(0), step, 9.0, None));
     }
-    history.epoch(&epoch(Phase::Student, 1, 0.1));
-    history.epoch(&epoch(Phase::Student, 2, 0.1));
+    history.epoch(&epoch(Phase::Student(0), 1, 0.1));
+    history.epoch(&epoch(Phase::Student(0), 2, 0.1));
     // The checkpoint was at step 40, after epoch 1.
     for step in 41..=60 {
-        history.progress(&progress(Phase::Student, step, 1.0, None));
+        history.progress(&progress(Phase::Student(0), step, 1.0, None));
     }
-    history.epoch(&epoch(Phase::Student, 2, 0.5));
+    history.epoch(&epoch(Phase::Student(0), 2, 0.5));
     let svg = curves::render("resumed", &history);
     let drawn = series(&svg, "loss", "student total");
     let expected: Vec<_> = (1..=60).map(|s| (s as f64, if s <= 40 { 9.0 } else { 1.0 })).collect();
     assert_close(&drawn, &expected, Mapping::of(&svg, "loss").resolution());
     let accuracy = series(&svg, "accuracy", "student accuracy");
     assert_close(&accuracy, &[(1.0, 0.1), (2.0, 0.5)], Mapping::of(&svg, "accuracy").resolution());
+}
+
+#[test]
+fn repeated_runs_get_a_series_each() {
+    let mut history = History::default();
+    for run in 1..=3 {
+        for step in 1..=10 {
+            history.progress(&progress(Phase::Student(run), step, run as f64, None));
+        }
+        history.epoch(&epoch(Phase::Baseline(run), 1, 0.1 * run as f64));
+    }
+    let svg = curves::render("repeats", &history);
+    for run in 1..=3 {
+        let loss = series(&svg, "loss", &format!("student_{run} total"));
+        let expected: Vec<_> = (1..=10).map(|s| (s as f64, run as f64)).collect();
+        assert_close(&loss, &expected, Mapping::of(&svg, "loss").resolution());
+        let accuracy = series(&svg, "accuracy", &format!("baseline_{run} accuracy"));
+        assert_close(&accuracy, &[(1.0, 0.1 * run as f64)], Mapping::of(&svg, "accuracy").resolution());
+    }
 }
 
 #[test]
@@ -124,7 +143,7 @@ fn long_series_are_thinned_keeping_the_ends_and_the_extremes() {
 
     let mut history = History::default();
     for step in 1..=20_000 {
-        history.progress(&progress(Phase::Baseline, step, 1.0 / step as f64, None));
+        history.progress(&progress(Phase::Baseline(0), step, 1.0 / step as f64, None));
     }
     let svg = curves::render("long", &history);
     assert_eq!(series(&svg, "loss", "baseline total").len(), MAX_POINTS);

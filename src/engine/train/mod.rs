@@ -840,7 +840,7 @@ mod tests {
 
     fn plan(schedule: Schedule, warmup: u64) -> PhasePlan {
         PhasePlan {
-            phase: Phase::Student,
+            phase: Phase::Student(0),
             epochs: 1,
             batch_size: 8,
             optimizer: OptimizerSpec::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0 },
