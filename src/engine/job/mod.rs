@@ -9,6 +9,7 @@ mod export;
 mod phases;
 pub mod report;
 mod resolve;
+mod stats;
 pub mod text;
 
 use std::path::Path;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::stats;
 use crate::engine::models::Net;
 use crate::engine::train::{CacheReport, PhaseSummary};
 use crate::spec::{IntermediateSpec, LayerCopy, LogitLossKind, Scheduled};
@@ -32,9 +33,15 @@ pub struct Report {
     /// Student accuracy ÷ teacher accuracy.
     pub retention: f64,
     /// Distilled − baseline accuracy (fraction, 0.01 = one point); absent without a baseline.
+    /// With repeated seeds, the mean gain over the runs.
     pub gain: Option<f64>,
-    /// Whether the gain stands out from the noise of the held-out set.
+    /// Whether the gain stands out from the noise of the held-out set (with repeated seeds,
+    /// between the exported student and its seed's baseline).
     pub gain_test: Option<PairedTest>,
+    /// With `training.repeats` or `training.seeds`: every run and what they say together.
+    /// `student` and `baseline` above are then the exported run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Repeats>,
     /// Student parameters ÷ teacher parameters.
     pub size_ratio: f64,
     /// Teacher latency ÷ student latency, at batch 1 and batch N.
@@ -90,6 +97,93 @@ fn binomial_two_sided(k: usize, n: usize) -> f64 {
     let ln_choose = |i: usize| -> f64 { (1..=i).map(|j| ((n - i + j) as f64 / j as f64).ln()).sum() };
     let tail: f64 = (0..=k).map(|i| (ln_choose(i) - n as f64 * std::f64::consts::LN_2).exp()).sum();
     (2.0 * tail).min(1.0)
+}
+
+/// The student and the baseline trained once per seed, the teacher once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repeats {
+    pub runs: Vec<RunReport>,
+    /// The run exported as `student.safetensors`: the best on the validation split held out of
+    /// the training data (never the held-out test samples).
+    pub exported_run: usize,
+    pub exported_seed: u64,
+    pub student_accuracy: Spread,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_accuracy: Option<Spread>,
+    /// The gain across seeds; absent without a baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gain: Option<GainAcrossSeeds>,
+}
+
+/// One seed's run, judged on the held-out split (`validation_accuracy`: on the validation split
+/// held out of training, which picks the exported run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub run: usize,
+    pub seed: u64,
+    pub student_accuracy: f64,
+    pub validation_accuracy: f64,
+    pub baseline_accuracy: Option<f64>,
+    pub gain: Option<f64>,
+}
+
+/// Mean and sample standard deviation over the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+}
+
+/// The per-seed gains taken together: a 95% confidence interval of their mean (Student's t,
+/// k − 1 degrees of freedom) and the paired t-test of "distillation changes nothing".
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GainAcrossSeeds {
+    pub mean: f64,
+    pub sd: f64,
+    pub ci95_low: f64,
+    pub ci95_high: f64,
+    pub t: f64,
+    /// Two-sided p-value of the paired t-test on the per-seed gains.
+    pub p_value: f64,
+}
+
+impl GainAcrossSeeds {
+    /// From two or more per-seed gains.
+    pub fn new(gains: &[f64]) -> Self {
+        let (mean, sd) = stats::mean_sd(gains);
+        let df = (gains.len() - 1) as f64;
+        let standard_error = sd / (gains.len() as f64).sqrt();
+        let half_width = stats::t_quantile(0.95, df) * standard_error;
+        // Identical gains on every seed: no spread, so any non-zero mean is certain.
+        let t = match (standard_error > 0.0, mean == 0.0) {
+            (true, _) => mean / standard_error,
+            (false, true) => 0.0,
+            (false, false) => mean.signum() * f64::INFINITY,
+        };
+        let p_value = stats::t_two_sided_p(t, df);
+        Self { mean, sd, ci95_low: mean - half_width, ci95_high: mean + half_width, t, p_value }
+    }
+}
+
+impl Repeats {
+    /// The runs' summary; `exported` indexes `runs`.
+    pub fn new(runs: Vec<RunReport>, exported: usize) -> Self {
+        let spread = |values: Vec<f64>| {
+            let (mean, sd) = stats::mean_sd(&values);
+            Spread { mean, sd }
+        };
+        let student_accuracy = spread(runs.iter().map(|r| r.student_accuracy).collect());
+        let baselines: Option<Vec<f64>> = runs.iter().map(|r| r.baseline_accuracy).collect();
+        let gains: Option<Vec<f64>> = runs.iter().map(|r| r.gain).collect();
+        Self {
+            exported_run: runs[exported].run,
+            exported_seed: runs[exported].seed,
+            student_accuracy,
+            baseline_accuracy: baselines.map(spread),
+            gain: gains.map(|g| GainAcrossSeeds::new(&g)),
+            runs,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +298,45 @@ pub fn embedding_verdict(student: &ModelReport, baseline: Option<&ModelReport>, 
     }
 }
 
+/// The verdict over repeated seeds: from the confidence interval of the mean gain and the
+/// paired t-test, never from a single run.
+pub fn repeats_verdict(retention: f64, repeats: &Repeats) -> String {
+    let k = repeats.runs.len();
+    let kept = format!(
+        "the exported student (run {}, seed {}, the best on validation data) keeps {:.1}% of the teacher's accuracy",
+        repeats.exported_run,
+        repeats.exported_seed,
+        retention * 100.0
+    );
+    let Some(g) = &repeats.gain else {
+        let s = &repeats.student_accuracy;
+        return format!(
+            "over {k} seeds the student reaches {:.1}% ± {:.1} accuracy; {kept}; no baseline was trained, so the gain from distillation is unknown",
+            s.mean * 100.0,
+            s.sd * 100.0
+        );
+    };
+    let evidence = format!(
+        "(95% CI {:+.1} to {:+.1}) over {k} seeds, paired t-test p = {:.3}",
+        g.ci95_low * 100.0,
+        g.ci95_high * 100.0,
+        g.p_value
+    );
+    if g.ci95_low > 0.0 {
+        format!("distillation helped: {:+.1} points {evidence}; {kept}", g.mean * 100.0)
+    } else if g.ci95_high < 0.0 {
+        format!(
+            "distillation hurt: {:+.1} points {evidence}; {kept}; try another temperature or alpha, more epochs, or a larger student",
+            g.mean * 100.0
+        )
+    } else {
+        format!(
+            "distillation made no clear difference: {:+.1} points {evidence}; the interval spans 0; {kept}",
+            g.mean * 100.0
+        )
+    }
+}
+
 pub fn verdict(retention: f64, gain: Option<f64>, test: Option<&PairedTest>) -> String {
     let kept = format!("the student keeps {:.1}% of the teacher's accuracy", retention * 100.0);
     let (Some(g), Some(t)) = (gain, test) else {
@@ -265,5 +398,55 @@ mod tests {
         assert!(verdict(0.95, Some(0.01), Some(&test(6, 3))).starts_with("distillation made no clear difference"));
         assert!(verdict(0.95, Some(0.009), Some(&test(4, 0))).starts_with("distillation made no clear difference"));
         assert!(verdict(0.95, None, None).contains("no baseline"));
+    }
+
+    fn runs(gains: &[f64]) -> Vec<RunReport> {
+        let run = |(i, g): (usize, &f64)| RunReport {
+            run: i + 1,
+            seed: 42 + i as u64,
+            student_accuracy: 0.9 + g,
+            validation_accuracy: 0.8 + i as f64 / 100.0,
+            baseline_accuracy: Some(0.9),
+            gain: Some(*g),
+        };
+        gains.iter().enumerate().map(run).collect()
+    }
+
+    /// By hand (reference values from mpmath): gains 1, 2, 3, 4, 5 points have mean 3, sd
+    /// √(10/4) = 1.5811; standard error 1.5811/√5 = 0.70711; t(0.975, 4) = 2.776445, so the
+    /// interval is 3 ± 1.96324 = [1.03676, 4.96324] points; t = 3/0.70711 = 4.24264, p = 0.0132356.
+    #[test]
+    fn interval_and_paired_test_over_seeds_match_a_hand_computation() {
+        let repeats = Repeats::new(runs(&[0.01, 0.02, 0.03, 0.04, 0.05]), 4);
+        let g = repeats.gain.unwrap();
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        close(g.mean, 0.03);
+        close(g.sd, 0.015_811_388_300_841_9);
+        close(g.ci95_low, 0.010_367_568_385_224_4);
+        close(g.ci95_high, 0.049_632_431_614_775_6);
+        close(g.t, 4.242_640_687_119_285);
+        close(g.p_value, 0.013_235_599_563_682_7);
+        assert_eq!((repeats.exported_run, repeats.exported_seed), (5, 46));
+        let v = repeats_verdict(0.97, &repeats);
+        assert!(
+            v.starts_with(
+                "distillation helped: +3.0 points (95% CI +1.0 to +5.0) over 5 seeds, paired t-test p = 0.013"
+            ),
+            "{v}"
+        );
+        assert!(v.contains("run 5, seed 46"), "{v}");
+
+        // Gains 12, −4, 7, −9, 3, 5 tenths of a point: mean 0.2333, sd 0.76333, t(0.975, 5) =
+        // 2.570582; interval [−0.56773, +1.03439] points, t = 0.74876, p = 0.487709.
+        let repeats = Repeats::new(runs(&[0.012, -0.004, 0.007, -0.009, 0.003, 0.005]), 0);
+        let g = repeats.gain.unwrap();
+        close(g.ci95_low, -0.005_677_282_339_368_835);
+        close(g.ci95_high, 0.010_343_949_006_035_5);
+        close(g.p_value, 0.487_708_619_118_944_1);
+        assert!(repeats_verdict(0.97, &repeats).starts_with("distillation made no clear difference"));
+        let repeats = Repeats::new(runs(&[-0.02, -0.03, -0.025]), 0);
+        assert!(repeats_verdict(0.9, &repeats).starts_with("distillation hurt"));
+        let same = GainAcrossSeeds::new(&[0.01, 0.01]);
+        assert_eq!((same.p_value, same.ci95_low, same.ci95_high), (0.0, 0.01, 0.01));
     }
 }
