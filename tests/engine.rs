@@ -60,8 +60,8 @@ fn an_interrupted_job_resumes_to_exactly_the_uninterrupted_result() {
 
     // 45 steps an epoch: both stops fall in the middle of the second epoch.
     let dir = tempfile::tempdir().unwrap();
-    interrupted_at(&s, dir.path(), dir.path(), Phase::Student, 50);
-    let logs = interrupted_at(&s, dir.path(), dir.path(), Phase::Baseline, 70);
+    interrupted_at(&s, dir.path(), dir.path(), Phase::Student(0), 50);
+    let logs = interrupted_at(&s, dir.path(), dir.path(), Phase::Baseline(0), 70);
     assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student, epoch 1, step 50"), "{logs:?}");
     let Ran { report: resumed, logs, .. } = run_to_end(&s, dir.path(), dir.path());
     assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase baseline, epoch 1, step 70"), "{logs:?}");
@@ -110,4 +110,91 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
     assert_eq!(second.teacher.accuracy, report.teacher.accuracy);
     assert!(second.teacher.training.is_none());
     assert_eq!(second.student.accuracy, report.student.accuracy);
+}
+
+fn repeated(k: u32) -> JobSpec {
+    let mut value = small(0.7);
+    value["training"]["repeats"] = k.into();
+    spec(value)
+}
+
+fn file_bytes(dir: &Path, phase: Phase) -> Vec<u8> {
+    std::fs::read(dir.join(format!("{}.safetensors", phase.as_str()))).unwrap()
+}
+
+#[test]
+fn repeats_train_the_teacher_once_and_the_student_and_baseline_once_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = repeated(3);
+    let Ran { report, progress, logs, .. } = run_to_end(&s, dir.path(), dir.path());
+    let mut phases: Vec<String> = progress.iter().map(|p| p.phase.as_str().into_owned()).collect();
+    phases.dedup();
+    let expected = ["teacher", "student_1", "baseline_1", "student_2", "baseline_2", "student_3", "baseline_3"];
+    assert_eq!(phases, expected, "the teacher trains once, then each seed's student and baseline");
+
+    let repeats = report.repeats.as_ref().expect("a repeated job reports its runs");
+    let seeds: Vec<u64> = repeats.runs.iter().map(|r| r.seed).collect();
+    assert_eq!(seeds, [11, 12, 13]);
+    for (a, b) in [(1, 2), (1, 3), (2, 3)] {
+        assert_ne!(file_bytes(dir.path(), Phase::Student(a)), file_bytes(dir.path(), Phase::Student(b)));
+        assert_ne!(file_bytes(dir.path(), Phase::Baseline(a)), file_bytes(dir.path(), Phase::Baseline(b)));
+    }
+    let accuracies: Vec<f64> = repeats.runs.iter().map(|r| r.student_accuracy).collect();
+    assert!(accuracies.iter().any(|a| *a != accuracies[0]), "different seeds, different students: {accuracies:?}");
+    let gains: Vec<f64> = repeats.runs.iter().map(|r| r.student_accuracy - r.baseline_accuracy.unwrap()).collect();
+    assert!((report.gain.unwrap() - gains.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+    assert!(report.verdict.contains("over 3 seeds, paired t-test p = "), "{}", report.verdict);
+    assert!(logs.iter().any(|m| m == "run 2 of 3: student and baseline with seed 12"), "{logs:?}");
+}
+
+#[test]
+fn the_exported_student_is_the_run_best_on_validation_data_never_the_test_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = repeated(3);
+    let report = quiet(&s, dir.path());
+    let repeats = report.repeats.as_ref().unwrap();
+    // Each run judged again here on the split held out of training, which the report's
+    // held-out samples are not part of.
+    let data = data::load(&s.dataset, &DataRoot::new(dir.path()), s.training.seed, true).unwrap();
+    let validation = data.monitor.as_ref().expect("repeats hold validation data out of training");
+    let input = Input { features: data.features, image: data.image };
+    let arch = &s.student.arch;
+    let accuracy = |phase: Phase| {
+        let path = dir.path().join(format!("{}.safetensors", phase.as_str()));
+        let (tensors, _) = read_safetensors(&path, &Device::Cpu).unwrap();
+        let net = Net::from_named(arch, input, data.classes, tensors, &Device::Cpu).unwrap();
+        evaluate(&net, validation, &Device::Cpu).unwrap().accuracy
+    };
+    let on_validation: Vec<f64> = (1..=3).map(|r| accuracy(Phase::Student(r))).collect();
+    let reported: Vec<f64> = repeats.runs.iter().map(|r| r.validation_accuracy).collect();
+    assert_eq!(on_validation, reported);
+    let best = on_validation.iter().copied().fold(f64::MIN, f64::max);
+    let best_run = 1 + on_validation.iter().position(|a| *a == best).unwrap();
+    // With these seeds the best on validation data is not the best on the held-out samples, so
+    // a choice made on the latter would fail here.
+    let held_out: Vec<f64> = repeats.runs.iter().map(|r| r.student_accuracy).collect();
+    let best_held_out = held_out.iter().copied().fold(f64::MIN, f64::max);
+    assert_ne!(held_out[best_run - 1], best_held_out, "{on_validation:?} {held_out:?}");
+    assert_eq!(repeats.exported_run, best_run);
+    assert_eq!(file_bytes(dir.path(), Phase::Student(0)), file_bytes(dir.path(), Phase::Student(best_run)));
+    let exported = &repeats.runs[best_run - 1];
+    assert_eq!((report.student.accuracy, repeats.exported_seed), (exported.student_accuracy, exported.seed));
+    assert!(report.verdict.contains(&format!("run {best_run}, seed {}", exported.seed)), "{}", report.verdict);
+}
+
+#[test]
+fn a_repeated_job_resumes_keeping_its_finished_runs() {
+    let s = repeated(2);
+    let straight = tempfile::tempdir().unwrap();
+    let expected = quiet(&s, straight.path());
+
+    let dir = tempfile::tempdir().unwrap();
+    interrupted_at(&s, dir.path(), dir.path(), Phase::Student(2), 50);
+    let Ran { report, logs, .. } = run_to_end(&s, dir.path(), dir.path());
+    for finished in ["teacher", "student_1", "baseline_1"] {
+        assert!(logs.iter().any(|m| m.starts_with(&format!("phase {finished} was finished"))), "{logs:?}");
+    }
+    assert!(logs.iter().any(|m| m == "resumed from checkpoint: phase student_2, epoch 1, step 50"), "{logs:?}");
+    assert_eq!(report.repeats.as_ref().unwrap().runs, expected.repeats.as_ref().unwrap().runs);
+    assert_eq!(results(&report), results(&expected));
 }

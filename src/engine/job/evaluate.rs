@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 
-use super::phases::{file_of, teacher_weights, Model};
+use super::phases::{file_of, teacher_weights, Model, Run};
 use super::resolve::Resolved;
 use crate::engine::data::Dataset;
 use crate::engine::job::report::{
-    self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Report, Speedup, Task,
+    self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Repeats, Report, RunReport, Speedup,
+    Task,
 };
 use crate::engine::models::{predictions, Net};
 use crate::engine::train::{evaluate, EmbeddingReference, Evaluation};
@@ -23,8 +24,15 @@ const LATENCY_BUDGET: Duration = Duration::from_millis(150);
 /// The models of a finished job.
 pub(super) struct Trained<'a> {
     pub teachers: &'a [Model],
-    pub student: &'a Model,
-    pub baseline: Option<&'a Model>,
+    /// One run per seed of the student and the baseline.
+    pub runs: &'a [Run],
+}
+
+impl Trained<'_> {
+    fn wall_time_s(&self) -> f64 {
+        let runs = self.runs.iter().flat_map(|r| [Some(&r.student), r.baseline.as_ref()]).flatten();
+        self.teachers.iter().chain(runs).filter_map(|m| m.training.as_ref()).map(|t| t.wall_s).sum()
+    }
 }
 
 /// Judges and measures models on the held-out split, against the teachers' predictions.
@@ -83,6 +91,17 @@ struct Rows {
     student: ModelReport,
     baseline: Option<ModelReport>,
     gain_test: Option<PairedTest>,
+    repeats: Option<Repeats>,
+    /// Index in `Trained::runs` of the exported run.
+    exported: usize,
+}
+
+/// One run's evaluations on the held-out split, and its accuracy on the validation split held
+/// out of training (the held-out split itself when the job runs once).
+struct JudgedRun {
+    student: Evaluation,
+    baseline: Option<Evaluation>,
+    validation_accuracy: f64,
 }
 
 /// Judges every model and writes the report.
@@ -103,7 +122,8 @@ pub(super) fn report(
     let batch_n = if resolved.transformer.is_some() { 32 } else { 256 }.min(data.validation.len().max(1));
     let judge = Judge { data, device: device.1, job_dir, reference, batch_n };
     let rows = rows(spec, &judge, trained)?;
-    Ok(assemble(spec, data, resolved, device.0, rows, trained.student))
+    let exported = &trained.runs[rows.exported].student;
+    Ok(assemble(spec, data, resolved, device.0, rows, exported, trained.wall_time_s()))
 }
 
 fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, EngineError> {
@@ -117,8 +137,13 @@ fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, Engine
         false => None,
     };
     let teacher_predictions = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]).predictions.clone();
-    let student_evaluation = judge.judge(&trained.student.net)?;
-    let baseline_evaluation = trained.baseline.map(|b| judge.judge(&b.net)).transpose()?;
+    let judged = trained.runs.iter().map(|run| judge_run(judge, run)).collect::<Result<Vec<_>, _>>()?;
+    // The first of equals wins, so a tie never depends on anything but the seeds' order.
+    let best = |(i, r): (usize, &JudgedRun)| (r.validation_accuracy, std::cmp::Reverse(i));
+    let exported = judged.iter().enumerate().max_by(|a, b| best(*a).partial_cmp(&best(*b)).unwrap()).unwrap().0;
+    let repeats = (trained.runs.len() > 1).then(|| repeats(trained.runs, &judged, exported));
+    let (run, JudgedRun { student: student_evaluation, baseline: baseline_evaluation, .. }) =
+        (&trained.runs[exported], judged.into_iter().nth(exported).expect("the exported run was judged"));
     let mut members = Vec::new();
     for (i, (model, evaluation)) in trained.teachers.iter().zip(&teacher_evaluations).enumerate() {
         let file = model.training.as_ref().map(|_| file_of(Phase::Teacher(i)));
@@ -128,11 +153,11 @@ fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, Engine
         None => (members.remove(0), None),
         Some(e) => (ensemble_row(&members, e, judge.batch_n), Some(members)),
     };
-    let student_file = Some(file_of(Phase::Student));
-    let student = judge.measure(trained.student, &student_evaluation, student_file, &teacher_predictions)?;
-    let (baseline, gain_test) = match (trained.baseline, &baseline_evaluation) {
+    let student_file = Some(file_of(Phase::Student(run.number)));
+    let student = judge.measure(&run.student, &student_evaluation, student_file, &teacher_predictions)?;
+    let (baseline, gain_test) = match (run.baseline.as_ref(), &baseline_evaluation) {
         (Some(model), Some(evaluation)) => {
-            let file = model.training.as_ref().map(|_| file_of(Phase::Baseline));
+            let file = model.training.as_ref().map(|_| file_of(Phase::Baseline(run.number)));
             // Without labels, "right" means the teacher's nearest neighbour.
             let truth = if data.classes == 0 { &teacher_predictions } else { &data.validation.y };
             let test = PairedTest::new(truth, &student_evaluation.predictions, &evaluation.predictions);
@@ -140,7 +165,39 @@ fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, Engine
         }
         _ => (None, None),
     };
-    Ok(Rows { teacher, members, student, baseline, gain_test })
+    Ok(Rows { teacher, members, student, baseline, gain_test, repeats, exported })
+}
+
+fn judge_run(judge: &Judge, run: &Run) -> Result<JudgedRun, EngineError> {
+    let student = judge.judge(&run.student.net)?;
+    let baseline = run.baseline.as_ref().map(|b| judge.judge(&b.net)).transpose()?;
+    let validation_accuracy = match &judge.data.monitor {
+        Some(validation) => match &judge.reference {
+            Some(reference) => reference.evaluate(&run.student.net, validation, judge.device)?.accuracy,
+            None => evaluate(&run.student.net, validation, judge.device)?.accuracy,
+        },
+        None => student.accuracy,
+    };
+    Ok(JudgedRun { student, baseline, validation_accuracy })
+}
+
+fn repeats(runs: &[Run], judged: &[JudgedRun], exported: usize) -> Repeats {
+    let reports = runs
+        .iter()
+        .zip(judged)
+        .map(|(run, j)| {
+            let baseline_accuracy = j.baseline.as_ref().map(|b| b.accuracy);
+            RunReport {
+                run: run.number,
+                seed: run.seed,
+                student_accuracy: j.student.accuracy,
+                validation_accuracy: j.validation_accuracy,
+                baseline_accuracy,
+                gain: baseline_accuracy.map(|b| j.student.accuracy - b),
+            }
+        })
+        .collect();
+    Repeats::new(reports, exported)
 }
 
 /// An ensemble as one model: its members' sizes and latencies added up.
@@ -168,19 +225,15 @@ fn assemble(
     device_name: &str,
     rows: Rows,
     student: &Model,
+    wall_time_s: f64,
 ) -> Report {
-    let Rows { teacher, members, student: student_row, baseline, gain_test } = rows;
+    let Rows { teacher, members, student: student_row, baseline, gain_test, repeats, .. } = rows;
     let unlabelled = data.classes == 0;
     let retention = student_row.accuracy / teacher.accuracy.max(f64::MIN_POSITIVE);
-    let gain = baseline.as_ref().map(|b| student_row.accuracy - b.accuracy);
-    let wall_time_s = members
-        .iter()
-        .flatten()
-        .chain([&teacher, &student_row])
-        .chain(baseline.as_ref())
-        .filter_map(|m| m.training.as_ref())
-        .map(|t| t.wall_s)
-        .sum();
+    let gain = match repeats.as_ref().map(|r| r.gain) {
+        Some(over_seeds) => over_seeds.map(|g| g.mean),
+        None => baseline.as_ref().map(|b| student_row.accuracy - b.accuracy),
+    };
     let projection_parameters =
         resolved.pairs.iter().filter_map(|p| p.projection).map(|(from, to)| from * to + to).sum();
     Report {
@@ -207,11 +260,13 @@ fn assemble(
         device: device_name.to_string(),
         retention,
         gain,
-        verdict: match unlabelled {
-            true => report::embedding_verdict(&student_row, baseline.as_ref(), gain_test.as_ref()),
-            false => report::verdict(retention, gain, gain_test.as_ref()),
+        verdict: match (unlabelled, &repeats) {
+            (true, _) => report::embedding_verdict(&student_row, baseline.as_ref(), gain_test.as_ref()),
+            (false, Some(repeats)) => report::repeats_verdict(retention, repeats),
+            (false, None) => report::verdict(retention, gain, gain_test.as_ref()),
         },
         gain_test,
+        repeats,
         size_ratio: student_row.parameters as f64 / teacher.parameters as f64,
         speedup: Speedup {
             batch_1: teacher.latency.batch_1_ms / student_row.latency.batch_1_ms,

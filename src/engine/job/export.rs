@@ -3,15 +3,29 @@
 
 use std::path::Path;
 
+use super::phases::{file_of, Run};
 use crate::engine::data::Dataset;
-use crate::engine::files::write_json;
+use crate::engine::files::{write_atomic, write_json};
 use crate::engine::job::report::Report;
 use crate::engine::job::text::{self, TextSetup};
 use crate::engine::models::{Blueprint, Net};
-use crate::engine::{EngineError, EngineEvent};
+use crate::engine::{EngineError, EngineEvent, Phase};
 use crate::spec::ArchSpec;
 
 use crate::layout::{CONFIG_FILE, REPORT_FILE};
+
+/// With repeated seeds, the best run's weights copied to `student.safetensors`, where a single
+/// run leaves them; returns the name.
+pub(super) fn best_run(run: &Run, job_dir: &Path, sink: &mut dyn FnMut(EngineEvent)) -> Result<String, EngineError> {
+    let exported = file_of(Phase::Student(0));
+    let bytes = std::fs::read(job_dir.join(file_of(Phase::Student(run.number))))?;
+    write_atomic(&job_dir.join(&exported), &bytes)?;
+    sink(EngineEvent::Log(format!(
+        "exported student: run {} (seed {}), the best on the validation split held out of training",
+        run.number, run.seed
+    )));
+    Ok(exported)
+}
 
 /// For text jobs, the student as a Hugging Face folder and its tar; returns the tar's name.
 pub(super) fn hugging_face(

@@ -103,16 +103,22 @@ fn train_and_report(
     let ctx = PhaseContext { device: &device, job_dir, control, sink };
     let mut trainer = Trainer::new(spec, &data, text.as_ref(), &resolved, ctx)?;
     let teachers = trainer.teachers(data_root)?;
-    let (random_init, student_init) = trainer.student_inits(&teachers[0].net)?;
-    let student = trainer.student(&teachers, &student_init)?;
-    let baseline = trainer.baseline(&random_init, &student_init)?;
+    let runs = trainer.runs(&teachers)?;
 
     trainer.log("evaluating on the held-out split and measuring latency".into());
-    let trained = Trained { teachers: &teachers, student: &student, baseline: baseline.as_ref() };
+    let trained = Trained { teachers: &teachers, runs: &runs };
     let report = evaluate::report(spec, &data, &resolved, &trained, (device_name, &device), job_dir)?;
     let mut artifacts = trainer.artifacts;
+    let exported = match &report.repeats {
+        Some(repeats) => {
+            let run = runs.iter().find(|r| r.number == repeats.exported_run).expect("the exported run exists");
+            artifacts.push(export::best_run(run, job_dir, trainer.ctx.sink)?);
+            run
+        }
+        None => &runs[0],
+    };
     if let Some(setup) = &text {
-        artifacts.push(export::hugging_face(&student.net, &data, setup, job_dir, trainer.ctx.sink)?);
+        artifacts.push(export::hugging_face(&exported.student.net, &data, setup, job_dir, trainer.ctx.sink)?);
     }
     artifacts.extend(export::write_results(&spec.student.arch, &data, &resolved.student, &report, job_dir)?);
     Ok(RunOutput { report, artifacts })

@@ -28,6 +28,15 @@ pub(super) struct Model {
     pub training: Option<PhaseSummary>,
 }
 
+/// One seed's distilled student and baseline.
+pub(super) struct Run {
+    /// The phases' number: 0 for a job's only run, else 1 to k.
+    pub number: usize,
+    pub seed: u64,
+    pub student: Model,
+    pub baseline: Option<Model>,
+}
+
 /// Phases already finished, kept across restarts.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct JobState {
@@ -69,17 +78,18 @@ impl<'a> Trainer<'a> {
         (self.ctx.sink)(EngineEvent::Log(message));
     }
 
-    /// The distilled student's plan: the spec's training, α, T, loss and layer pairs.
-    pub fn student_plan(&self) -> PhasePlan {
+    /// The distilled student's plan: the spec's training, α, T, loss and layer pairs, with the
+    /// run's seed (its data order, shifts, dropout and projections).
+    fn student_plan(&self, phase: Phase, seed: u64) -> PhasePlan {
         let (training, distill) = (&self.spec.training, &self.spec.distill);
         PhasePlan {
-            phase: Phase::Student,
+            phase,
             epochs: training.epochs,
             batch_size: training.batch_size,
             optimizer: training.optimizer,
             schedule: training.schedule,
             warmup_steps: training.warmup_steps,
-            seed: training.seed,
+            seed,
             temperature: distill.temperature,
             alpha: distill.alpha,
             loss: match distill.loss {
@@ -96,8 +106,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Teachers and the baseline learn from labels alone.
-    fn label_plan(&self, phase: Phase) -> PhasePlan {
-        PhasePlan { phase, alpha: Scheduled::Constant(0.0), intermediate: Vec::new(), ..self.student_plan() }
+    fn label_plan(&self, phase: Phase, seed: u64) -> PhasePlan {
+        PhasePlan { alpha: Scheduled::Constant(0.0), intermediate: Vec::new(), ..self.student_plan(phase, seed) }
     }
 
     fn teacher_plan(&self, i: usize, train: &PhaseTrainSpec) -> PhasePlan {
@@ -107,7 +117,7 @@ impl<'a> Trainer<'a> {
             batch_size: train.batch_size.unwrap_or(training.batch_size),
             optimizer: train.optimizer.unwrap_or(training.optimizer),
             schedule: train.schedule.unwrap_or(training.schedule),
-            ..self.label_plan(Phase::Teacher(i))
+            ..self.label_plan(Phase::Teacher(i), training.seed)
         }
     }
 
@@ -140,11 +150,30 @@ impl<'a> Trainer<'a> {
         self.phase(&plan, &init, &Teachers { nets: Vec::new(), weights: Vec::new() })
     }
 
-    /// The student's two starting points: the random initialisation (the baseline's), and the
-    /// distilled student's, which may copy teacher layers into it.
-    pub fn student_inits(&mut self, teacher: &Net) -> Result<(Net, Net), EngineError> {
+    /// The distilled student and the baseline, once per seed of the spec; run 0 alone without
+    /// repeats, else runs 1 to k.
+    pub fn runs(&mut self, teachers: &[Model]) -> Result<Vec<Run>, EngineError> {
+        let seeds = self.spec.training.run_seeds();
+        let k = seeds.len();
+        let mut runs = Vec::with_capacity(k);
+        for (i, seed) in seeds.into_iter().enumerate() {
+            let number = if k > 1 { i + 1 } else { 0 };
+            if k > 1 {
+                self.log(format!("run {number} of {k}: student and baseline with seed {seed}"));
+            }
+            let (random_init, student_init) = self.student_inits(&teachers[0].net, seed)?;
+            let student = self.student(teachers, &student_init, number, seed)?;
+            let baseline = self.baseline(&random_init, &student_init, number, seed)?;
+            runs.push(Run { number, seed, student, baseline });
+        }
+        Ok(runs)
+    }
+
+    /// The student's two starting points for a seed: the random initialisation (the
+    /// baseline's), and the distilled student's, which may copy teacher layers into it.
+    fn student_inits(&mut self, teacher: &Net, seed: u64) -> Result<(Net, Net), EngineError> {
         let spec = self.spec;
-        let mut rng = Rng::stream(spec.training.seed, &[streams::STUDENT_INIT]);
+        let mut rng = Rng::stream(seed, &[streams::STUDENT_INIT]);
         let input = self.resolved.input;
         let Some((config, layers)) = &self.resolved.transformer else {
             let random_init = Net::init(&spec.student.arch, input, self.data.classes, &mut rng, self.ctx.device)?;
@@ -184,14 +213,20 @@ impl<'a> Trainer<'a> {
     }
 
     /// The distilled student, learning from the teachers weighted as the spec says.
-    pub fn student(&mut self, teachers: &[Model], init: &Net) -> Result<Model, EngineError> {
+    fn student(&mut self, teachers: &[Model], init: &Net, number: usize, seed: u64) -> Result<Model, EngineError> {
         let frozen = Teachers { nets: teachers.iter().map(|t| &t.net).collect(), weights: teacher_weights(self.spec) };
-        let plan = self.student_plan();
+        let plan = self.student_plan(Phase::Student(number), seed);
         self.phase(&plan, init, &frozen)
     }
 
     /// The same student without the teachers, when the spec asks for it.
-    pub fn baseline(&mut self, random_init: &Net, student_init: &Net) -> Result<Option<Model>, EngineError> {
+    fn baseline(
+        &mut self,
+        random_init: &Net,
+        student_init: &Net,
+        number: usize,
+        seed: u64,
+    ) -> Result<Option<Model>, EngineError> {
         if !self.spec.baseline {
             return Ok(None);
         }
@@ -203,7 +238,7 @@ impl<'a> Trainer<'a> {
         }
         // Same initialisation (before any copy from the teacher, except for transformers), data
         // order, shifts and dropout masks; only the teacher is gone.
-        let plan = self.label_plan(Phase::Baseline);
+        let plan = self.label_plan(Phase::Baseline(number), seed);
         self.phase(&plan, random_init, &Teachers { nets: Vec::new(), weights: Vec::new() }).map(Some)
     }
 

@@ -83,6 +83,12 @@ pub(super) fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolve
         "the student's weights",
         budget::model_bytes(&resolved.student, true).saturating_mul(students),
     );
+    // Every run's models stay in memory until the report has judged them all.
+    let earlier_runs = spec.training.run_seeds().len() as u64 - 1;
+    if earlier_runs > 0 {
+        let held = budget::model_bytes(&resolved.student, false).saturating_mul(students * earlier_runs);
+        estimate.add("training.repeats", "the earlier runs' students", held);
+    }
     let student_phase = budget::activation_bytes(&resolved.student, features, spec.training.batch_size, true)
         .saturating_add(teacher_forward);
     largest_phase = largest_phase.max(student_phase);
@@ -101,7 +107,11 @@ pub(super) fn job_size(spec: &JobSpec, data: &Dataset, resolved: &Resolved, text
     let training = &spec.training;
     let mut models = vec![("student.arch".to_string(), budget::parameters(&resolved.student))];
     let samples = data.train.len() as u64;
-    let mut phases = vec![("training.epochs".to_string(), u64::from(training.epochs).saturating_mul(samples))];
+    // Repeated seeds train the student k times over: the student's phases count as one, k times as long.
+    let runs = training.run_seeds().len() as u64;
+    let student_field = if runs > 1 { "training.repeats" } else { "training.epochs" };
+    let student_samples = u64::from(training.epochs).saturating_mul(samples).saturating_mul(runs);
+    let mut phases = vec![(student_field.to_string(), student_samples)];
     let mut batches = vec![("training.batch_size".to_string(), training.batch_size as u64)];
     for (i, (teacher, blueprint)) in spec.teacher_specs().iter().zip(&resolved.teachers).enumerate() {
         let field = spec.teacher_field(i);
@@ -129,7 +139,9 @@ pub(super) fn load_data(
     data_root: &DataRoot,
     device: &Device,
 ) -> Result<(Dataset, Option<TextSetup>), SpecError> {
-    let monitor = spec.training.early_stopping.is_some();
+    // Repeated seeds pick the exported run on validation data held out of training, so the
+    // reported held-out samples stay unseen.
+    let monitor = spec.training.early_stopping.is_some() || spec.training.repeated();
     if spec.dataset.source == DatasetSource::Text {
         let (data, setup) = text::load(spec, data_root, monitor, device)?;
         return Ok((data, Some(setup)));
