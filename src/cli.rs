@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::job::report::{ModelReport, Report, Task};
+use crate::engine::job::report::{ModelReport, Repeats, Report, Spread, Task};
 use crate::engine::{self, Control, DataRoot, EngineEvent};
 use crate::layout::{CURVES_FILE, REPORT_PLOT_FILE};
 use crate::spec;
@@ -152,7 +152,8 @@ pub fn table(report: &Report) -> String {
         report.teacher.latency.batch_n
     );
     if let Some(gain) = report.gain {
-        out += &format!("  gain over baseline {:+.2} points", gain * 100.0);
+        let mean = if report.repeats.is_some() { "mean " } else { "" };
+        out += &format!("  {mean}gain over baseline {:+.2} points", gain * 100.0);
     }
     out += &format!(
         "\nwall time {:.1} s, {:.0} training samples/s (distillation)",
@@ -171,6 +172,45 @@ pub fn table(report: &Report) -> String {
     if let Some(best) = report.student.training.as_ref().and_then(|t| t.best_epoch) {
         out += &format!("; early stopping kept the student's epoch {best}");
     }
+    if let Some(repeats) = &report.repeats {
+        out += &runs_table(repeats);
+    }
     out += &format!("\n{}", report.verdict);
+    out
+}
+
+/// Each seed's run, their mean ± standard deviation, and the gain's interval and paired test.
+fn runs_table(repeats: &Repeats) -> String {
+    let percent = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.2}%", v * 100.0));
+    let mut out = format!(
+        "\n\nthe student (distilled) and baseline columns are run {} (seed {}), the best on validation data\n{:>4} {:>20} {:>10} {:>10} {:>10} {:>12}",
+        repeats.exported_run, repeats.exported_seed, "run", "seed", "student", "baseline", "gain", "validation"
+    );
+    for r in &repeats.runs {
+        let gain = r.gain.map_or("-".to_string(), |g| format!("{:+.2}", g * 100.0));
+        out += &format!(
+            "\n{:>4} {:>20} {:>10} {:>10} {gain:>10} {:>12}",
+            r.run,
+            r.seed,
+            percent(Some(r.student_accuracy)),
+            percent(r.baseline_accuracy),
+            percent(Some(r.validation_accuracy))
+        );
+    }
+    let spread = |s: &Spread| format!("{:.2} ± {:.2}", s.mean * 100.0, s.sd * 100.0);
+    out += &format!("\nmean ± sd: student {}%", spread(&repeats.student_accuracy));
+    if let Some(b) = &repeats.baseline_accuracy {
+        out += &format!(", baseline {}%", spread(b));
+    }
+    if let Some(g) = &repeats.gain {
+        out += &format!(
+            ", gain {:+.2} ± {:.2} points (95% CI {:+.2} to {:+.2}, paired t-test p = {:.3})",
+            g.mean * 100.0,
+            g.sd * 100.0,
+            g.ci95_low * 100.0,
+            g.ci95_high * 100.0,
+            g.p_value
+        );
+    }
     out
 }
