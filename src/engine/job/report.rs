@@ -142,7 +142,8 @@ pub struct GainAcrossSeeds {
     pub sd: f64,
     pub ci95_low: f64,
     pub ci95_high: f64,
-    pub t: f64,
+    /// Absent when every seed gained exactly as much (no spread, so no t).
+    pub t: Option<f64>,
     /// Two-sided p-value of the paired t-test on the per-seed gains.
     pub p_value: f64,
 }
@@ -155,12 +156,12 @@ impl GainAcrossSeeds {
         let standard_error = sd / (gains.len() as f64).sqrt();
         let half_width = stats::t_quantile(0.95, df) * standard_error;
         // Identical gains on every seed: no spread, so any non-zero mean is certain.
-        let t = match (standard_error > 0.0, mean == 0.0) {
-            (true, _) => mean / standard_error,
-            (false, true) => 0.0,
-            (false, false) => mean.signum() * f64::INFINITY,
+        let t = (standard_error > 0.0).then(|| mean / standard_error);
+        let p_value = match t {
+            Some(t) => stats::t_two_sided_p(t, df),
+            None if mean == 0.0 => 1.0,
+            None => 0.0,
         };
-        let p_value = stats::t_two_sided_p(t, df);
         Self { mean, sd, ci95_low: mean - half_width, ci95_high: mean + half_width, t, p_value }
     }
 }
@@ -424,7 +425,7 @@ mod tests {
         close(g.sd, 0.015_811_388_300_841_9);
         close(g.ci95_low, 0.010_367_568_385_224_4);
         close(g.ci95_high, 0.049_632_431_614_775_6);
-        close(g.t, 4.242_640_687_119_285);
+        close(g.t.unwrap(), 4.242_640_687_119_285);
         close(g.p_value, 0.013_235_599_563_682_7);
         assert_eq!((repeats.exported_run, repeats.exported_seed), (5, 46));
         let v = repeats_verdict(0.97, &repeats);
@@ -447,6 +448,7 @@ mod tests {
         let repeats = Repeats::new(runs(&[-0.02, -0.03, -0.025]), 0);
         assert!(repeats_verdict(0.9, &repeats).starts_with("distillation hurt"));
         let same = GainAcrossSeeds::new(&[0.01, 0.01]);
-        assert_eq!((same.p_value, same.ci95_low, same.ci95_high), (0.0, 0.01, 0.01));
+        assert_eq!((same.t, same.p_value, same.ci95_low, same.ci95_high), (None, 0.0, 0.01, 0.01));
+        assert_eq!((GainAcrossSeeds::new(&[0.0, 0.0]).p_value), 1.0);
     }
 }
