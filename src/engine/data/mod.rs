@@ -66,7 +66,7 @@ pub struct Dataset {
     pub train: Split,
     /// The held-out samples the report is measured on.
     pub validation: Split,
-    /// Samples held out of training for early stopping, so `validation` stays unseen.
+    /// Samples held out of training for early stopping or the choice among repeated runs, so `validation` stays unseen.
     pub monitor: Option<Split>,
     pub normalization: Normalization,
     pub image: Option<ImageShape>,

@@ -54,7 +54,7 @@ pub struct TextDataset {
     pub train: TextSplit,
     /// The held-out rows the report is measured on.
     pub validation: TextSplit,
-    /// Rows held out of training for early stopping, so `validation` stays unseen.
+    /// Rows held out of training for early stopping or the choice among repeated runs, so `validation` stays unseen.
     pub monitor: Option<TextSplit>,
     /// Texts (all splits) longer than `max_length` tokens, cut to fit.
     pub truncated: usize,

@@ -142,7 +142,9 @@ fn log_inputs(sink: &mut dyn FnMut(EngineEvent), data: &Dataset, text: Option<&T
             setup.truncated
         )));
     }
-    let monitor = data.monitor.as_ref().map(|m| format!(" ({} more held out of training for early stopping)", m.len()));
+    let monitor = data.monitor.as_ref().map(|m| {
+        format!(" ({} more held out of training as validation data: early stopping, the choice among runs)", m.len())
+    });
     let image = data.image.map(|i| format!(" ({}×{}×{} images)", i.channels, i.height, i.width));
     sink(EngineEvent::Log(format!(
         "dataset {}: {} training and {} held-out samples{}, {} features{}, {} classes",
