@@ -159,6 +159,13 @@ async fn specs_past_the_size_limits_are_refused_naming_the_field_and_the_limit()
     long_teacher["teacher"]["train"]["epochs"] = json!(20);
     assert_eq!(refusal(long_teacher).await["field"], "teacher.train.epochs");
 
+    // One epoch fits, but ten runs of it do not: the repeats are the student's phase k times.
+    let mut repeated = small_spec(1);
+    repeated["training"]["repeats"] = json!(10);
+    let error = refusal(repeated).await;
+    assert_eq!(error["field"], "training.repeats", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("× runs for repeated seeds"), "{error}");
+
     let error = refusal(small_spec(1)).await;
     assert_eq!(error["field"], "training.batch_size", "{error}");
     assert!(error["message"].as_str().unwrap().contains("32 (--max-batch-size)"), "{error}");
