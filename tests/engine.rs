@@ -145,6 +145,13 @@ fn repeats_train_the_teacher_once_and_the_student_and_baseline_once_per_seed() {
     assert!((report.gain.unwrap() - gains.iter().sum::<f64>() / 3.0).abs() < 1e-12);
     assert!(report.verdict.contains("over 3 seeds, paired t-test p = "), "{}", report.verdict);
     assert!(logs.iter().any(|m| m == "run 2 of 3: student and baseline with seed 12"), "{logs:?}");
+    let table = distillery::cli::table(&report);
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    for run in &repeats.runs {
+        let row = rows.iter().find(|r| r.len() == 6 && r[1] == run.seed.to_string()).expect("a row per run");
+        assert_eq!(row[2], format!("{:.2}%", run.student_accuracy * 100.0), "{table}");
+    }
+    assert!(table.contains("mean ± sd: student ") && table.contains("paired t-test p = "), "{table}");
 }
 
 #[test]
