@@ -205,3 +205,34 @@ fn a_repeated_job_resumes_keeping_its_finished_runs() {
     assert_eq!(report.repeats.as_ref().unwrap().runs, expected.repeats.as_ref().unwrap().runs);
     assert_eq!(results(&report), results(&expected));
 }
+
+#[test]
+fn a_tiny_student_t_1_and_a_weak_teacher_are_warned_of_in_the_log_and_the_report() {
+    let mut value = small(0.7);
+    value["distill"]["temperature"] = json!(1.0);
+    value["student"]["arch"]["hidden"] = json!([4]);
+    let dir = tempfile::tempdir().unwrap();
+    let Ran { report, logs, .. } = run_to_end(&spec(value), dir.path(), dir.path());
+    assert!(
+        report.warnings[0].starts_with("the student has 6.4% of the teacher's parameters"),
+        "{:?}",
+        report.warnings
+    );
+    assert!(report.warnings[1].starts_with("T = 1"), "{:?}", report.warnings);
+    let first_phase = logs.iter().position(|m| m.starts_with("phase teacher")).unwrap();
+    for warning in &report.warnings[..2] {
+        let logged = logs.iter().position(|m| *m == format!("warning: {warning}"));
+        assert!(logged.is_some_and(|at| at < first_phase), "warned of before training: {logs:?}");
+    }
+
+    // A teacher no larger than the student and trained for one epoch has nothing to teach.
+    let mut value = small(0.7);
+    value["teacher"] = json!({"arch": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 1}});
+    let dir = tempfile::tempdir().unwrap();
+    let Ran { report, logs, .. } = run_to_end(&spec(value), dir.path(), dir.path());
+    let weak: Vec<&String> =
+        report.warnings.iter().filter(|w| w.starts_with("the teacher is not clearly better")).collect();
+    assert_eq!(weak.len(), 1, "{:?}", report.warnings);
+    assert!(weak[0].contains("on the held-out split"), "{}", weak[0]);
+    assert!(logs.contains(&format!("warning: {}", weak[0])), "{logs:?}");
+}

@@ -10,7 +10,7 @@ mod device;
 mod distill;
 mod models;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod training;
 
 use serde::{Deserialize, Serialize};

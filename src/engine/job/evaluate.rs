@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 
+use super::guidance;
 use super::phases::{file_of, teacher_weights, Model, Run};
 use super::resolve::Resolved;
-use crate::engine::data::Dataset;
+use crate::engine::data::{Dataset, Split};
 use crate::engine::job::report::{
     self, DatasetSummary, DistillationSummary, Latency, ModelReport, PairedTest, Repeats, Report, RunReport, Speedup,
     Task,
@@ -94,6 +95,8 @@ struct Rows {
     repeats: Option<Repeats>,
     /// Index in `Trained::runs` of the exported run.
     exported: usize,
+    /// Whether the teacher is not clearly better than the student trained alone.
+    teacher_margin_warning: Option<String>,
 }
 
 /// One run's evaluations on the held-out split, and its accuracy on the validation split held
@@ -104,7 +107,7 @@ struct JudgedRun {
     validation_accuracy: f64,
 }
 
-/// Judges every model and writes the report.
+/// Judges every model and writes the report, with the spec's `warnings` and any the results add.
 pub(super) fn report(
     spec: &JobSpec,
     data: &Dataset,
@@ -112,6 +115,7 @@ pub(super) fn report(
     trained: &Trained,
     device: (&str, &Device),
     job_dir: &std::path::Path,
+    mut warnings: Vec<String>,
 ) -> Result<Report, EngineError> {
     let unlabelled = data.classes == 0;
     let reference = match unlabelled {
@@ -121,9 +125,33 @@ pub(super) fn report(
     // Text latency is per sequence at the dataset's length, at batch 1 and 32.
     let batch_n = if resolved.transformer.is_some() { 32 } else { 256 }.min(data.validation.len().max(1));
     let judge = Judge { data, device: device.1, job_dir, reference, batch_n };
-    let rows = rows(spec, &judge, trained)?;
+    let mut rows = rows(spec, &judge, trained)?;
+    warnings.extend(rows.teacher_margin_warning.take());
     let exported = &trained.runs[rows.exported].student;
-    Ok(assemble(spec, data, resolved, device.0, rows, exported, trained.wall_time_s()))
+    let mut report = assemble(spec, data, resolved, device.0, rows, exported, trained.wall_time_s());
+    report.warnings = warnings;
+    Ok(report)
+}
+
+/// The teacher against the student trained alone (over every seed's run), on the validation
+/// split held out of training when there is one; for labelled data with a baseline.
+fn teacher_margin_warning(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Option<String>, EngineError> {
+    let (data, device) = (judge.data, judge.device);
+    let baselines: Vec<&Model> = trained.runs.iter().filter_map(|r| r.baseline.as_ref()).collect();
+    if data.classes == 0 || baselines.is_empty() {
+        return Ok(None);
+    }
+    let split = data.monitored();
+    let teacher = match trained.teachers {
+        [one] => evaluate(&one.net, split, device)?.accuracy,
+        many => ensemble(many, &teacher_weights(spec), split, device)?.accuracy,
+    };
+    let mut baseline = 0.0;
+    for model in &baselines {
+        baseline += evaluate(&model.net, split, device)?.accuracy / baselines.len() as f64;
+    }
+    let on = if data.monitor.is_some() { "the validation split held out of training" } else { "the held-out split" };
+    Ok(guidance::teacher_margin_warning(teacher, baseline, on))
 }
 
 fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, EngineError> {
@@ -133,7 +161,7 @@ fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, Engine
         None => trained.teachers.iter().map(|t| judge.judge(&t.net)).collect::<candle_core::Result<_>>()?,
     };
     let ensemble_evaluation = match trained.teachers.len() > 1 {
-        true => Some(ensemble(trained.teachers, &teacher_weights(spec), data, judge.device)?),
+        true => Some(ensemble(trained.teachers, &teacher_weights(spec), &data.validation, judge.device)?),
         false => None,
     };
     let teacher_predictions = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]).predictions.clone();
@@ -165,7 +193,8 @@ fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, Engine
         }
         _ => (None, None),
     };
-    Ok(Rows { teacher, members, student, baseline, gain_test, repeats, exported })
+    let teacher_margin_warning = teacher_margin_warning(spec, judge, trained)?;
+    Ok(Rows { teacher, members, student, baseline, gain_test, repeats, exported, teacher_margin_warning })
 }
 
 fn judge_run(judge: &Judge, run: &Run) -> Result<JudgedRun, EngineError> {
@@ -267,6 +296,8 @@ fn assemble(
         },
         gain_test,
         repeats,
+        // Filled in by `report`, which knows the spec's.
+        warnings: Vec::new(),
         size_ratio: student_row.parameters as f64 / teacher.parameters as f64,
         speedup: Speedup {
             batch_1: teacher.latency.batch_1_ms / student_row.latency.batch_1_ms,
@@ -283,22 +314,22 @@ fn assemble(
     }
 }
 
-/// The ensemble on the held-out split: the weighted average of the members' probabilities.
-fn ensemble(teachers: &[Model], weights: &[f64], data: &Dataset, device: &Device) -> candle_core::Result<Evaluation> {
+/// The ensemble on `split`: the weighted average of the members' probabilities.
+fn ensemble(teachers: &[Model], weights: &[f64], split: &Split, device: &Device) -> candle_core::Result<Evaluation> {
     let mut mixture: Option<Tensor> = None;
     for (model, &w) in teachers.iter().zip(weights) {
-        let p = (candle_nn::ops::softmax_last_dim(&model.net.logits(&data.validation.x, device)?)? * w)?;
+        let p = (candle_nn::ops::softmax_last_dim(&model.net.logits(&split.x, device)?)? * w)?;
         mixture = Some(match mixture {
             None => p,
             Some(m) => (m + p)?,
         });
     }
     let mixture = mixture.expect("an ensemble has members");
-    let labels = Tensor::from_slice(&data.validation.y, data.validation.len(), device)?;
+    let labels = Tensor::from_slice(&split.y, split.len(), device)?;
     let loss = candle_nn::loss::nll(&mixture.clamp(1e-12f32, 1f32)?.log()?, &labels)?.to_scalar::<f32>()? as f64;
     let predictions = predictions(&mixture)?;
-    let correct = predictions.iter().zip(&data.validation.y).filter(|(p, y)| p == y).count();
-    Ok(Evaluation { loss, accuracy: correct as f64 / data.validation.len().max(1) as f64, predictions })
+    let correct = predictions.iter().zip(&split.y).filter(|(p, y)| p == y).count();
+    Ok(Evaluation { loss, accuracy: correct as f64 / split.len().max(1) as f64, predictions })
 }
 
 fn safetensors_size(model: &Net) -> Result<u64, EngineError> {

@@ -6,6 +6,7 @@
 pub mod budget;
 mod evaluate;
 mod export;
+mod guidance;
 mod phases;
 pub mod report;
 mod resolve;
@@ -100,6 +101,12 @@ fn train_and_report(
     let (data, text) = resolve::load_data(spec, data_root, &device)?;
     log_inputs(sink, &data, text.as_ref());
     let resolved = resolve::resolve(spec, &data, text.as_ref())?;
+    let teacher_parameters = resolved.teachers.iter().map(budget::parameters).sum();
+    let warnings = guidance::spec_warnings(spec, budget::parameters(&resolved.student), teacher_parameters);
+    for warning in &warnings {
+        sink(EngineEvent::Log(format!("warning: {warning}")));
+    }
+    let logged = warnings.len();
     let ctx = PhaseContext { device: &device, job_dir, control, sink };
     let mut trainer = Trainer::new(spec, &data, text.as_ref(), &resolved, ctx)?;
     let teachers = trainer.teachers(data_root)?;
@@ -107,7 +114,10 @@ fn train_and_report(
 
     trainer.log("evaluating on the held-out split and measuring latency".into());
     let trained = Trained { teachers: &teachers, runs: &runs };
-    let report = evaluate::report(spec, &data, &resolved, &trained, (device_name, &device), job_dir)?;
+    let report = evaluate::report(spec, &data, &resolved, &trained, (device_name, &device), job_dir, warnings)?;
+    for warning in &report.warnings[logged..] {
+        trainer.log(format!("warning: {warning}"));
+    }
     let mut artifacts = trainer.artifacts;
     let exported = match &report.repeats {
         Some(repeats) => {

@@ -55,6 +55,10 @@ pub struct Report {
     pub threads: usize,
     /// One plain sentence: did distillation help?
     pub verdict: String,
+    /// The ways this job may lose (a tiny student, T = 1, a teacher with little to teach), each
+    /// also a `log` event.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
