@@ -175,6 +175,10 @@ pub fn table(report: &Report) -> String {
     if let Some(repeats) = &report.repeats {
         out += &runs_table(repeats);
     }
+    // The verdict stays the last line, where scripts look for it.
+    for warning in &report.warnings {
+        out += &format!("\nwarning: {warning}");
+    }
     out += &format!("\n{}", report.verdict);
     out
 }
