@@ -111,7 +111,7 @@ struct Series {
 }
 
 /// Total loss per phase; soft and hard parts for phases with a teacher term (without one, the
-/// hard part is the total).
+/// hard part is the total), of the first run only when seeds repeat, so the legend fits.
 fn loss_series(history: &History) -> Vec<Series> {
     let mut series = Vec::new();
     for (i, curves) in history.phases.iter().enumerate().filter(|(_, c)| !c.steps.is_empty()) {
@@ -127,7 +127,8 @@ fn loss_series(history: &History) -> Vec<Series> {
             ),
         };
         series.push(line("total", None, &|s| Some(s.loss)));
-        if curves.steps.iter().any(|s| s.soft.is_some()) {
+        let first_run = !matches!(curves.phase, Phase::Student(r) if r > 1);
+        if first_run && curves.steps.iter().any(|s| s.soft.is_some()) {
             series.push(line("soft", Some("6 3"), &|s| s.soft));
             series.push(line("hard", Some("2 2"), &|s| Some(s.hard)));
         }
