@@ -34,7 +34,7 @@ pub fn teacher_margin_warning(teacher_accuracy: f64, baseline_accuracy: f64, on:
     let margin = teacher_accuracy - baseline_accuracy;
     (margin < CLEAR_TEACHER_MARGIN).then(|| {
         format!(
-            "the teacher is not clearly better than the student trained alone on {on} ({:.1}% against {:.1}%, a margin of {:+.1} points): it has little to teach; train a stronger teacher before distilling",
+            "the teacher is not clearly better than the student trained alone on {on} ({:.2}% against {:.2}%, a margin of {:+.2} points): it has little to teach; train a stronger teacher before distilling",
             teacher_accuracy * 100.0,
             baseline_accuracy * 100.0,
             margin * 100.0
@@ -79,9 +79,9 @@ mod tests {
         assert_eq!(teacher_margin_warning(0.95, 0.93, "the validation split"), None);
         let warning = teacher_margin_warning(0.95, 0.945, "the validation split").unwrap();
         assert!(
-            warning.contains("on the validation split (95.0% against 94.5%, a margin of +0.5 points)"),
+            warning.contains("on the validation split (95.00% against 94.50%, a margin of +0.50 points)"),
             "{warning}"
         );
-        assert!(teacher_margin_warning(0.90, 0.92, "x").unwrap().contains("a margin of -2.0 points"));
+        assert!(teacher_margin_warning(0.90, 0.92, "x").unwrap().contains("a margin of -2.00 points"));
     }
 }
