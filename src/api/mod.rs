@@ -12,6 +12,7 @@ mod health;
 mod jobs;
 mod keys;
 pub mod quota;
+mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -134,6 +135,10 @@ pub fn routes() -> Routes {
         .add(Method::GET, "/readyz", get(health::readyz))
         .add(Method::GET, "/metrics", get(health::prometheus))
         .add(Method::GET, "/openapi.yaml", get(health::openapi))
+        // The dashboard: static files, open like the contract; its data comes from /v1.
+        .add(Method::GET, "/", get(ui::root))
+        .add(Method::GET, "/ui", get(ui::index))
+        .add(Method::GET, "/ui/{file}", get(ui::asset))
 }
 
 pub fn router(state: AppState) -> Router {

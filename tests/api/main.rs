@@ -11,4 +11,5 @@ mod jobs;
 mod limits;
 mod quotas;
 mod sse;
+mod ui;
 mod validation;
