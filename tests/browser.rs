@@ -1,0 +1,220 @@
+//! The dashboard in real headless Chromium against the real binary: submit from the page, watch
+//! the curves grow while the job trains, read the report's numbers (the API's, formatted as the
+//! page formats them), compare two jobs, cancel one, and see a refused spec's field. Screenshots
+//! go to the test's temporary folder and, with `DISTILLERY_SCREENSHOTS=<dir>`, there too.
+
+#[path = "browser/cdp.rs"]
+mod cdp;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cdp::Browser;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(120);
+const WIDTH: u32 = 1280;
+const HEIGHT: u32 = 800;
+
+/// The real binary on a free port with its own data directory.
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    fn start(data_dir: &Path) -> Service {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
+            .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .arg(data_dir)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let log: Value = serde_json::from_str(&line).unwrap_or_default();
+                if let Some(address) = log["fields"]["address"].as_str() {
+                    let _ = tx.send(address.to_string());
+                }
+            }
+        });
+        let address = rx.recv_timeout(Duration::from_secs(30)).expect("the service never said where it listens");
+        Service { child, base: format!("http://{address}") }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        reqwest::get(format!("{}{path}", self.base)).await.unwrap().json().await.unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where screenshots go: the test's folder, and `DISTILLERY_SCREENSHOTS` when set.
+struct Shots {
+    dirs: Vec<PathBuf>,
+}
+
+impl Shots {
+    fn new(temp: &Path) -> Shots {
+        let mut dirs = vec![temp.to_path_buf()];
+        dirs.extend(std::env::var_os("DISTILLERY_SCREENSHOTS").map(PathBuf::from));
+        Shots { dirs }
+    }
+
+    fn take(&self, browser: &mut Browser, name: &str) {
+        for dir in &self.dirs {
+            std::fs::create_dir_all(dir).unwrap();
+            browser.screenshot(&dir.join(name));
+        }
+    }
+}
+
+/// A Rust string as a JavaScript string literal.
+fn js(text: &str) -> String {
+    serde_json::to_string(text).unwrap()
+}
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)).unwrap()
+}
+
+/// Picks an example on the submit page, submits it, and returns the new job's id.
+fn submit_example(browser: &mut Browser, name: &str) -> String {
+    browser.eval("location.hash = '#/submit'");
+    let option = format!("[...document.querySelectorAll('#example option')].find(o => o.textContent === {})", js(name));
+    browser.wait_for("the example to be offered", &option, WAIT);
+    browser.eval(&format!(
+        "{{ const s = document.querySelector('#example'); s.value = ({option}).value; s.dispatchEvent(new Event('change')); }}"
+    ));
+    assert_eq!(browser.eval("document.querySelector('#spec').value"), Value::String(example(name)));
+    browser.eval("document.querySelector('#submit-spec').click()");
+    browser.wait_for("the job page", "/^#\\/jobs\\/[0-9a-f-]{36}$/.test(location.hash)", WAIT);
+    browser.eval("location.hash.slice(7)").as_str().unwrap().to_string()
+}
+
+/// Points drawn on the loss charts' `total` lines.
+const LOSS_POINTS: &str =
+    "[...document.querySelectorAll('.loss-chart polyline[data-series=total]')].reduce((n, p) => n + p.points.numberOfItems, 0)";
+
+fn loss_points(browser: &mut Browser) -> u64 {
+    browser.eval(LOSS_POINTS).as_u64().unwrap()
+}
+
+fn status_is(status: &str) -> String {
+    format!("document.querySelector('h1 .job-status').dataset.status === {}", js(status))
+}
+
+/// The chart gains points while the job runs, and ends with exactly the stored ones.
+async fn watch_the_job_train(browser: &mut Browser, service: &Service, id: &str) {
+    let running = status_is("running");
+    browser.wait_for("the first points while running", &format!("{running} && {LOSS_POINTS} > 0"), WAIT);
+    let first = loss_points(browser);
+    browser.wait_for("more points while still running", &format!("{running} && {LOSS_POINTS} > {first}"), WAIT);
+    browser.wait_for("the verdict", "document.querySelector('#verdict')", WAIT);
+    let metrics = service.get(&format!("/v1/jobs/{id}/metrics")).await;
+    assert_eq!(
+        loss_points(browser),
+        metrics["steps"].as_array().unwrap().len() as u64,
+        "each progress event drawn once"
+    );
+}
+
+/// The report table shows the API's numbers as the page formats them.
+async fn check_the_report(browser: &mut Browser, service: &Service, id: &str) {
+    let report = service.get(&format!("/v1/jobs/{id}/report")).await;
+    let cell = |model: &str, row: &str| {
+        format!("document.querySelector('#report-table td[data-model={model}][data-row={row}]').textContent")
+    };
+    for model in ["teacher", "student", "baseline"] {
+        let accuracy = format!("{:.2}%", report[model]["accuracy"].as_f64().unwrap() * 100.0);
+        assert_eq!(browser.eval(&cell(model, "accuracy")), Value::String(accuracy), "{model} accuracy");
+        let loss = format!("{:.4}", report[model]["loss"].as_f64().unwrap());
+        assert_eq!(browser.eval(&cell(model, "loss")), Value::String(loss), "{model} loss");
+        let parameters = report[model]["parameters"].as_u64().unwrap();
+        let grouped = format!("{},{:03}", parameters / 1000, parameters % 1000);
+        assert_eq!(browser.eval(&cell(model, "parameters")), Value::String(grouped), "{model} parameters");
+    }
+    assert_eq!(browser.eval("document.querySelector('#verdict').textContent"), report["verdict"]);
+    let artifacts = browser.eval("[...document.querySelectorAll('#artifact-table a')].map(a => a.textContent)");
+    assert!(artifacts.as_array().unwrap().contains(&Value::from("student.safetensors")), "{artifacts}");
+}
+
+/// A running job cancelled from its page, through the confirm step, ends cancelled.
+async fn cancel_from_the_page(browser: &mut Browser, service: &Service) {
+    let id = submit_example(browser, "digits.json");
+    browser.wait_for("the second job to run", &status_is("running"), WAIT);
+    browser.eval("document.querySelector('#cancel-job').click()");
+    browser.eval("document.querySelector('.confirm-yes').click()");
+    browser.wait_for("the job to end cancelled", &status_is("cancelled"), WAIT);
+    assert_eq!(service.get(&format!("/v1/jobs/{id}")).await["status"], "cancelled");
+    browser.wait_for("the delete button", "document.querySelector('#delete-job')", WAIT);
+}
+
+/// A refused spec: the API's message beside the field it names, with that field's line.
+async fn refused_spec_names_its_field(browser: &mut Browser, service: &Service) {
+    let mut spec: Value = serde_json::from_str(&example("digits.json")).unwrap();
+    spec["distill"]["temperature"] = Value::from(-1.0);
+    let text = serde_json::to_string_pretty(&spec).unwrap();
+    let refused: Value = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", service.base))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let message = refused["error"]["message"].as_str().unwrap();
+    browser.eval("location.hash = '#/submit'");
+    browser.wait_for("the submit page", "document.querySelector('#spec')", WAIT);
+    browser.eval(&format!("document.querySelector('#spec').value = {}", js(&text)));
+    browser.eval("document.querySelector('#submit-spec').click()");
+    let error = "document.querySelector('.field-error[data-field=\"distill.temperature\"]')";
+    browser.wait_for("the field's error", error, WAIT);
+    let shown = browser.eval(&format!("{error}.textContent"));
+    let line = text.lines().position(|l| l.contains("\"temperature\"")).unwrap() + 1;
+    assert_eq!(shown, Value::String(format!("distill.temperature{message} · line {line}")));
+    assert!(browser.eval("location.hash") == "#/submit", "a refused spec stays on the page");
+}
+
+#[tokio::test]
+async fn the_dashboard_submits_watches_reports_compares_and_cancels() {
+    let temp = tempfile::tempdir().unwrap();
+    let shots = Shots::new(temp.path());
+    let service = Service::start(&temp.path().join("data"));
+    let mut browser = Browser::start(WIDTH, HEIGHT);
+    browser.navigate(&format!("{}/", service.base));
+    browser.wait_for("the job list", "document.querySelector('#jobs-table')", WAIT);
+
+    let first = submit_example(&mut browser, "digits.json");
+    watch_the_job_train(&mut browser, &service, &first).await;
+    check_the_report(&mut browser, &service, &first).await;
+    shots.take(&mut browser, "dashboard-job.png");
+
+    cancel_from_the_page(&mut browser, &service).await;
+    refused_spec_names_its_field(&mut browser, &service).await;
+
+    let second = submit_example(&mut browser, "digits-small-data.json");
+    browser.eval("location.hash = '#/jobs'");
+    browser.wait_for("three jobs listed", "document.querySelectorAll('#jobs-table tbody tr').length === 3", WAIT);
+    shots.take(&mut browser, "dashboard-jobs.png");
+    browser.wait_for(
+        "the second job to succeed",
+        &format!("document.querySelector('tr[data-id=\"{second}\"] .job-status').dataset.status === 'succeeded'"),
+        WAIT,
+    );
+    browser.eval(&format!("location.hash = '#/compare/{first},{second}'"));
+    browser.wait_for("the comparison", "document.querySelectorAll('#compare-table thead th').length === 3", WAIT);
+    shots.take(&mut browser, "dashboard-compare.png");
+}
