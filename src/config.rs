@@ -95,6 +95,11 @@ pub struct ServeConfig {
     /// workers, so concurrent jobs do not oversubscribe the machine.
     #[arg(long, env = "DISTILLERY_THREADS_PER_JOB", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads_per_job: Option<u16>,
+    /// Origins (`scheme://host[:port]`, comma-separated or repeated) whose pages may call the
+    /// API and follow its SSE streams, with their cookies: an external dashboard. `*` lets any
+    /// origin call it, without cookies.
+    #[arg(long = "cors-origin", env = "DISTILLERY_CORS_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "DISTILLERY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -126,6 +131,24 @@ impl ServeConfig {
     pub fn job_threads(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.threads_per_job.map_or_else(|| (cores / usize::from(self.workers.max(1))).max(1), usize::from)
+    }
+}
+
+/// An origin as browsers send it in `Origin`: `http(s)://host[:port]`, no path, or `*`.
+pub fn parse_origin(text: &str) -> Result<String, String> {
+    // Browsers send schemes and hosts in lower case.
+    let text = text.trim().to_ascii_lowercase();
+    let rest = text.strip_prefix("http://").or_else(|| text.strip_prefix("https://"));
+    let host_ok = |host: &str| {
+        !host.is_empty()
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+    };
+    match rest {
+        _ if text == "*" => Ok(text),
+        Some(host) if host_ok(host) => Ok(text),
+        _ => Err(format!(
+            "`{text}` is not an origin: write `http://host[:port]` or `https://host[:port]` (no path), or `*`"
+        )),
     }
 }
 

@@ -92,6 +92,16 @@ pub async fn issue(store: &dyn Store, name: &str, admin: bool, share: u32) -> Re
     Ok((key, whole))
 }
 
+/// A browser session's token: as random as a key's secret, so it is stored only as its hash too.
+pub fn session_token() -> std::io::Result<String> {
+    random_hex(SECRET_BYTES)
+}
+
+/// Whether `text` has a session token's shape, checked before any lookup.
+pub fn is_session_token(text: &str) -> bool {
+    text.len() == 2 * SECRET_BYTES && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// `bytes` bytes from the kernel's generator, as hex.
 fn random_hex(bytes: usize) -> std::io::Result<String> {
     let mut buffer = vec![0u8; bytes];

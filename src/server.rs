@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::api::cors::Cors;
 use crate::api::quota::RateLimiter;
 use crate::api::{self, AppState, Limits};
 use crate::config::ServeConfig;
@@ -142,6 +143,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<ServerHandle> {
         shutdown: shutdown.clone(),
         started: Instant::now(),
         request_timeout: Duration::from_secs(config.request_timeout_secs),
+        cors: Cors::new(&config.cors_origins),
     };
     let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;

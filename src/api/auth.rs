@@ -1,16 +1,17 @@
 //! Who is calling: the [`Caller`] extractor every `/v1` handler takes first. Until a key exists
 //! the service is open (one user on loopback, as before keys); from the first key on, every
-//! request needs `Authorization: Bearer <key>`, and an unknown, revoked or malformed key is a
-//! 401 whatever the mode.
+//! request needs `Authorization: Bearer <key>` (or the dashboard's session cookie, which acts as
+//! the key it was opened with), and an unknown, revoked or malformed key is a 401 whatever the
+//! mode.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderValue, Method};
 
 use super::error::{ApiError, ApiResult};
-use super::AppState;
+use super::{session, AppState};
 use crate::keys;
-use crate::store::Owner;
+use crate::store::{ApiKey, Owner};
 
 #[derive(Debug, Clone)]
 pub enum Caller {
@@ -74,27 +75,48 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// The caller a request's `Authorization` names, or the open mode's user.
-async fn identify(parts: &Parts, state: &AppState) -> ApiResult<Caller> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
-        return match state.store.any_keys().await? {
-            false => Ok(Caller::Open),
-            true => Err(ApiError::Unauthorized(
-                "this service needs an API key: send `Authorization: Bearer <key>`; an administrator creates one with `distillery keys create`".into(),
-            )),
-        };
-    };
-    let invalid = || ApiError::Unauthorized("the API key is not valid (unknown, revoked or mistyped)".into());
+/// The caller a request's credentials name: `Authorization` first, then the dashboard's session
+/// cookie; with neither, the open mode's user until a key exists.
+pub(super) async fn identify(parts: &Parts, state: &AppState) -> ApiResult<Caller> {
+    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+        return from_bearer(value, state).await;
+    }
+    if let Some(token) = session::cookie(&parts.headers) {
+        if let Some(key) = state.store.find_session(&keys::hash(token)).await? {
+            return Ok(Caller::User { id: key.id, name: key.name, admin: key.admin });
+        }
+    }
+    match state.store.any_keys().await? {
+        // A stale cookie (another server on this host shares its cookies) means nothing here.
+        false => Ok(Caller::Open),
+        true => Err(ApiError::Unauthorized(
+            "this service needs an API key: send `Authorization: Bearer <key>` or log in on the dashboard; an administrator creates one with `distillery keys create`".into(),
+        )),
+    }
+}
+
+async fn from_bearer(value: &HeaderValue, state: &AppState) -> ApiResult<Caller> {
     let token = value
         .to_str()
         .ok()
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .and_then(|(_, key)| keys::parse(key.trim()))
-        .ok_or_else(invalid)?;
-    let (key, hash) = state.store.find_key(token.id).await?.ok_or_else(invalid)?;
-    if key.revoked_at.is_some() || !keys::verify(token.secret, &hash) {
-        return Err(invalid());
-    }
+        .map(|(_, key)| key.trim())
+        .ok_or_else(invalid_key)?;
+    let key = verify_key(token, state).await?;
     Ok(Caller::User { id: key.id, name: key.name, admin: key.admin })
+}
+
+/// The stored key a whole key (`dk_<id>_<secret>`) names, if it is valid and not revoked.
+pub(super) async fn verify_key(whole: &str, state: &AppState) -> ApiResult<ApiKey> {
+    let token = keys::parse(whole).ok_or_else(invalid_key)?;
+    let (key, hash) = state.store.find_key(token.id).await?.ok_or_else(invalid_key)?;
+    if key.revoked_at.is_some() || !keys::verify(token.secret, &hash) {
+        return Err(invalid_key());
+    }
+    Ok(key)
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::Unauthorized("the API key is not valid (unknown, revoked or mistyped)".into())
 }

@@ -21,14 +21,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !is_json(content_type) {
-        return Err(ApiError::Rejected {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
-            message: format!("send the job spec as JSON with `content-type: application/json` (got `{content_type}`)"),
-        });
-    }
+    require_json(&headers, "the job spec")?;
     let body = body?;
     if std::str::from_utf8(&body).is_err() {
         return Err(ApiError::bad_request("malformed_json", "body", "the body is not UTF-8 text, so not JSON"));
@@ -82,10 +75,19 @@ pub async fn create(
     }
 }
 
-/// Whether a `Content-Type` is JSON: `application/json`, any letter case, any parameters.
-pub(super) fn is_json(content_type: &str) -> bool {
+/// Refuses a body whose `Content-Type` is not JSON (`application/json`, any letter case, any
+/// parameters) with 415, saying what the body should have been.
+pub(super) fn require_json(headers: &HeaderMap, what: &str) -> ApiResult<()> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or_default().trim();
-    essence.eq_ignore_ascii_case("application/json")
+    if essence.eq_ignore_ascii_case("application/json") {
+        return Ok(());
+    }
+    Err(ApiError::Rejected {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "unsupported_media_type",
+        message: format!("send {what} as JSON with `content-type: application/json` (got `{content_type}`)"),
+    })
 }
 
 fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, Json<Job>)> {

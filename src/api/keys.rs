@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
@@ -37,14 +37,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     caller.require_admin()?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if !super::jobs::is_json(content_type) {
-        return Err(ApiError::Rejected {
-            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            code: "unsupported_media_type",
-            message: format!("send the key as JSON with `content-type: application/json` (got `{content_type}`)"),
-        });
-    }
+    super::jobs::require_json(&headers, "the key")?;
     let request: KeyRequest = serde_json::from_slice(&body?)
         .map_err(|e| ApiError::bad_request("invalid_key", "body", format!("expected {{name, admin?, share?}}: {e}")))?;
     let (key, secret) =

@@ -4,6 +4,7 @@
 
 mod artifacts;
 mod auth;
+pub mod cors;
 pub mod error;
 mod events;
 mod extract;
@@ -12,6 +13,7 @@ mod health;
 mod jobs;
 mod keys;
 pub mod quota;
+mod session;
 mod ui;
 
 use std::path::PathBuf;
@@ -86,6 +88,8 @@ pub struct AppState {
     pub started: Instant,
     /// How long an ordinary request may take; see `limit_request_time`.
     pub request_timeout: Duration,
+    /// Which other origins' pages may call the API (`--cors-origin`).
+    pub cors: cors::Cors,
 }
 
 /// The router, and the (method, path) pairs it serves, which the OpenAPI test checks against
@@ -131,6 +135,9 @@ pub fn routes() -> Routes {
         .add(Method::POST, "/v1/keys", post(keys::create))
         .add(Method::GET, "/v1/keys", get(keys::list))
         .add(Method::DELETE, "/v1/keys/{id}", delete(keys::revoke))
+        .add(Method::GET, "/v1/session", get(session::show))
+        .add(Method::POST, "/v1/session", post(session::create))
+        .add(Method::DELETE, "/v1/session", delete(session::remove))
         .add(Method::GET, "/healthz", get(health::healthz))
         .add(Method::GET, "/readyz", get(health::readyz))
         .add(Method::GET, "/metrics", get(health::prometheus))
@@ -154,6 +161,9 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state.request_timeout, limit_request_time))
+        // Outside the routes and the timeout, so that refusals carry the headers too and an
+        // external page can read why it was refused.
+        .layer(axum::middleware::from_fn_with_state(state.cors.clone(), cors::allow_origins))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(state)
 }

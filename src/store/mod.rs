@@ -46,6 +46,16 @@ pub trait Store: Send + Sync {
     /// Whether any key was ever created: from then on every request needs one.
     fn any_keys(&self) -> StoreFuture<'_, bool>;
 
+    /// Opens a browser session for `key_id` until `expires_at` (RFC 3339), and forgets the
+    /// sessions that have expired.
+    fn create_session<'a>(&'a self, token_hash: &'a str, key_id: &'a str, expires_at: &'a str) -> StoreFuture<'a, ()>;
+
+    /// The key a session acts as, while it has not expired and its key is not revoked.
+    fn find_session<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, Option<ApiKey>>;
+
+    /// Ends a session (logging out); ending an unknown one changes nothing.
+    fn delete_session<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, ()>;
+
     /// Queues a job for the key `owner` (`None`: the open mode). With an idempotency key this
     /// owner already used, returns that job instead.
     fn insert_job<'a>(

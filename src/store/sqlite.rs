@@ -182,6 +182,43 @@ impl Store for SqliteStore {
         })
     }
 
+    fn create_session<'a>(&'a self, token_hash: &'a str, key_id: &'a str, expires_at: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let now = now();
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("DELETE FROM sessions WHERE expires_at <= ?").bind(&now).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO sessions (token_hash, key_id, created_at, expires_at) VALUES (?, ?, ?, ?)")
+                .bind(token_hash)
+                .bind(key_id)
+                .bind(&now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx.commit().await?)
+        })
+    }
+
+    fn find_session<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, Option<ApiKey>> {
+        Box::pin(async move {
+            let row = sqlx::query(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL
+                 AND id = (SELECT key_id FROM sessions WHERE token_hash = ? AND expires_at > ?)"
+            ))
+            .bind(token_hash)
+            .bind(now())
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(key_from_row).transpose()
+        })
+    }
+
+    fn delete_session<'a>(&'a self, token_hash: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM sessions WHERE token_hash = ?").bind(token_hash).execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
     fn insert_job<'a>(
         &'a self,
         spec: &'a JobSpec,
@@ -1102,5 +1139,32 @@ mod tests {
         assert!(matches!(store.delete_file(file.id, &any).await.unwrap(), FileDeleteOutcome::Deleted));
         assert!(matches!(store.delete_file(file.id, &any).await.unwrap(), FileDeleteOutcome::NotFound));
         assert!(store.get_file(file.id, &any).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_at_its_expiry_and_expired_ones_are_forgotten() {
+        let (_dir, store, _) = store_with_a_job().await;
+        let key = NewKey {
+            id: "00000000000000aa".into(),
+            name: "alice".into(),
+            prefix: "dk_00000000000000aa".into(),
+            secret_hash: "0".repeat(64),
+            admin: false,
+            share: 1,
+        };
+        store.create_key(&key).await.unwrap();
+        let later =
+            (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let past =
+            (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        store.create_session("expired", &key.id, &past).await.unwrap();
+        assert!(store.find_session("expired").await.unwrap().is_none(), "an expired session still acts");
+        store.create_session("live", &key.id, &later).await.unwrap();
+        assert_eq!(store.find_session("live").await.unwrap().map(|k| k.name).as_deref(), Some("alice"));
+        let left: Vec<String> =
+            sqlx::query_scalar("SELECT token_hash FROM sessions").fetch_all(&store.pool).await.unwrap();
+        assert_eq!(left, ["live"], "opening a session forgets the expired ones");
+        store.delete_session("live").await.unwrap();
+        assert!(store.find_session("live").await.unwrap().is_none());
     }
 }

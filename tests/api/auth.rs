@@ -13,17 +13,17 @@ use crate::helpers::{call, config, small_spec, spawn_app, TestApp};
 const UNAUTHORIZED: &str = "unauthorized";
 
 /// An administrator's key and two users' keys, the first created over REST in the open mode.
-struct Keys {
-    admin: String,
-    alice: String,
-    bob: String,
+pub struct Keys {
+    pub admin: String,
+    pub alice: String,
+    pub bob: String,
 }
 
 async fn create_key(app: &TestApp, by: Option<&str>, body: Value) -> (u16, Value) {
     call(app, by, Method::POST, "/v1/keys", Some(body)).await
 }
 
-async fn set_up_keys(app: &TestApp) -> Keys {
+pub async fn set_up_keys(app: &TestApp) -> Keys {
     let (status, admin) = create_key(app, None, json!({"name": "lead", "admin": true})).await;
     assert_eq!(status, 201, "{admin}");
     let admin = admin["key"].as_str().unwrap().to_string();
@@ -41,7 +41,7 @@ async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
     call(app, Some(key), Method::GET, path, None).await
 }
 
-async fn submit(app: &TestApp, key: &str) -> String {
+pub async fn submit(app: &TestApp, key: &str) -> String {
     let (status, job) = call(app, Some(key), Method::POST, "/v1/jobs", Some(small_spec(2))).await;
     assert_eq!(status, 201, "{job}");
     job["id"].as_str().unwrap().to_string()

@@ -57,6 +57,7 @@ pub fn config(data_dir: PathBuf) -> ServeConfig {
         rate_limit: 100_000,
         no_auth: false,
         create_admin_key: false,
+        cors_origins: Vec::new(),
         log_format: "text".into(),
     }
 }

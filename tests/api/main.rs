@@ -10,6 +10,7 @@ mod inputs;
 mod jobs;
 mod limits;
 mod quotas;
+mod session;
 mod sse;
 mod ui;
 mod validation;
