@@ -218,3 +218,79 @@ async fn the_dashboard_submits_watches_reports_compares_and_cancels() {
     browser.wait_for("the comparison", "document.querySelectorAll('#compare-table thead th').length === 3", WAIT);
     shots.take(&mut browser, "dashboard-compare.png");
 }
+
+/// `distillery keys create …` on `data_dir`: the new key.
+fn create_key(data_dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .args(["keys", "create"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "keys create {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// Submits a one-epoch job over the API with `key`; its id.
+async fn submit_with_key(service: &Service, key: &str, name: &str) -> String {
+    let mut spec: Value = serde_json::from_str(&example("digits.json")).unwrap();
+    spec["name"] = Value::from(name);
+    spec["teacher"]["train"]["epochs"] = Value::from(1);
+    spec["training"]["epochs"] = Value::from(1);
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(format!("{}/v1/jobs", service.base))
+        .bearer_auth(key)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    job["id"].as_str().unwrap().to_string()
+}
+
+fn log_in(browser: &mut Browser, key: &str) {
+    browser.wait_for("the login form", "document.querySelector('#login-form')", WAIT);
+    browser.eval(&format!("document.querySelector('#api-key').value = {}", js(key)));
+    browser.eval("document.querySelector('#login').click()");
+}
+
+#[tokio::test]
+async fn the_dashboard_logs_in_with_a_key_and_out_again() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let lead = create_key(&data, &["--name", "lead", "--admin"]);
+    let alice = create_key(&data, &["--name", "alice"]);
+    let service = Service::start(&data);
+    submit_with_key(&service, &lead, "leads-job").await;
+    let alices = submit_with_key(&service, &alice, "alices-job").await;
+    let mut browser = Browser::start(WIDTH, HEIGHT);
+    browser.navigate(&format!("{}/ui", service.base));
+
+    let wrong = format!("{}_{}", &alice[..19], "0".repeat(alice.len() - 20));
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/session", service.base))
+        .json(&serde_json::json!({"key": wrong}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let message = refused.json::<Value>().await.unwrap()["error"]["message"].clone();
+    log_in(&mut browser, &wrong);
+    browser.wait_for("the refusal", "document.querySelector('#login-error').textContent !== ''", WAIT);
+    assert_eq!(browser.eval("document.querySelector('#login-error').textContent"), message);
+    Shots::new(temp.path()).take(&mut browser, "login.png");
+
+    log_in(&mut browser, &alice);
+    browser.wait_for("alice's name", "document.querySelector('#user-name').textContent === 'alice'", WAIT);
+    browser.wait_for("alice's job only", "document.querySelectorAll('#jobs-table tbody tr').length === 1", WAIT);
+    let shown = browser.eval("document.querySelector('#jobs-table tbody tr').dataset.id");
+    assert_eq!(shown, Value::String(alices), "a user sees her own jobs only");
+
+    browser.eval("document.querySelector('#logout').click()");
+    browser.wait_for("the login form again", "document.querySelector('#login-form')", WAIT);
+    assert_eq!(browser.eval("fetch('/v1/jobs').then(r => r.status)"), 401, "the cookie is gone");
+}
