@@ -23,6 +23,7 @@ function showError(errors, textarea, e) {
   const where = line ? h('button', { type: 'button', class: 'link', onclick: () => selectLine(textarea, line) }, `line ${line}`) : null;
   errors.replaceChildren(h('li', { class: 'field-error', 'data-field': field || '', role: 'alert' },
     field ? h('code', {}, field) : null, e.message, where ? ' · ' : null, where));
+  if (line) selectLine(textarea, line);
 }
 
 function selectLine(textarea, line) {
