@@ -151,7 +151,7 @@ async fn check_the_report(browser: &mut Browser, service: &Service, id: &str) {
 }
 
 /// A running job cancelled from its page, through the confirm step, ends cancelled.
-async fn cancel_from_the_page(browser: &mut Browser, service: &Service) {
+async fn cancel_from_the_page(browser: &mut Browser, service: &Service) -> String {
     let id = submit_example(browser, "digits.json");
     browser.wait_for("the second job to run", &status_is("running"), WAIT);
     browser.eval("document.querySelector('#cancel-job').click()");
@@ -159,10 +159,51 @@ async fn cancel_from_the_page(browser: &mut Browser, service: &Service) {
     browser.wait_for("the job to end cancelled", &status_is("cancelled"), WAIT);
     assert_eq!(service.get(&format!("/v1/jobs/{id}")).await["status"], "cancelled");
     browser.wait_for("the delete button", "document.querySelector('#delete-job')", WAIT);
+    id
+}
+
+/// A finished job deleted from its page, through the confirm step, is gone from the API.
+async fn delete_from_the_page(browser: &mut Browser, service: &Service, id: &str) {
+    browser.eval(&format!("location.hash = '#/jobs/{id}'"));
+    browser.wait_for("the delete button", "document.querySelector('#delete-job')", WAIT);
+    browser.eval("document.querySelector('#delete-job').click()");
+    browser.eval("document.querySelector('.confirm-yes').click()");
+    browser.wait_for("the job list", "location.hash === '#/jobs'", WAIT);
+    let status = reqwest::get(format!("{}/v1/jobs/{id}", service.base)).await.unwrap().status();
+    assert_eq!(status, 404);
+}
+
+/// The list's status filter asks the API for that status only.
+fn filter_by_status(browser: &mut Browser, status: &str, id: &str) {
+    browser.eval(&format!(
+        "{{ const s = document.querySelector('#status-filter'); s.value = {}; s.dispatchEvent(new Event('change')); }}",
+        js(status)
+    ));
+    let only =
+        format!("[...document.querySelectorAll('#jobs-table tbody tr')].map(r => r.dataset.id).join() === '{id}'");
+    browser.wait_for("the filtered list", &only, WAIT);
+    browser.eval(
+        "{ const s = document.querySelector('#status-filter'); s.value = ''; s.dispatchEvent(new Event('change')); }",
+    );
+}
+
+/// A data file uploaded from the submit page comes back as the `file:<id>` a spec names.
+async fn upload_a_file(browser: &mut Browser, service: &Service) {
+    browser.eval("location.hash = '#/submit'");
+    browser.wait_for("the upload form", "document.querySelector('#data-file')", WAIT);
+    browser.eval(
+        "{ const t = new DataTransfer(); t.items.add(new File(['label,x\\n1,0.5\\n0,0.25\\n'], 'tiny.csv')); \
+         document.querySelector('#data-file').files = t.files; document.querySelector('#upload').click(); }",
+    );
+    browser.wait_for("the file's reference", "document.querySelector('#upload-result .file-ref')", WAIT);
+    let reference = browser.eval("document.querySelector('#upload-result .file-ref').textContent");
+    let id = reference.as_str().unwrap().strip_prefix("file:").unwrap();
+    let file = service.get(&format!("/v1/files/{id}")).await;
+    assert_eq!((file["filename"].as_str(), file["bytes"].as_u64()), (Some("tiny.csv"), Some(21)), "{file}");
 }
 
 /// A refused spec: the API's message beside the field it names, with that field's line.
-async fn refused_spec_names_its_field(browser: &mut Browser, service: &Service) {
+async fn refused_spec_names_its_field(browser: &mut Browser, service: &Service, shots: &Shots) {
     let mut spec: Value = serde_json::from_str(&example("digits.json")).unwrap();
     spec["distill"]["temperature"] = Value::from(-1.0);
     let text = serde_json::to_string_pretty(&spec).unwrap();
@@ -186,6 +227,7 @@ async fn refused_spec_names_its_field(browser: &mut Browser, service: &Service) 
     let line = text.lines().position(|l| l.contains("\"temperature\"")).unwrap() + 1;
     assert_eq!(shown, Value::String(format!("distill.temperature{message} · line {line}")));
     assert!(browser.eval("location.hash") == "#/submit", "a refused spec stays on the page");
+    shots.take(browser, "refused.png");
 }
 
 #[tokio::test]
@@ -202,13 +244,15 @@ async fn the_dashboard_submits_watches_reports_compares_and_cancels() {
     check_the_report(&mut browser, &service, &first).await;
     shots.take(&mut browser, "dashboard-job.png");
 
-    cancel_from_the_page(&mut browser, &service).await;
-    refused_spec_names_its_field(&mut browser, &service).await;
+    let cancelled = cancel_from_the_page(&mut browser, &service).await;
+    refused_spec_names_its_field(&mut browser, &service, &shots).await;
+    upload_a_file(&mut browser, &service).await;
 
     let second = submit_example(&mut browser, "digits-small-data.json");
     browser.eval("location.hash = '#/jobs'");
     browser.wait_for("three jobs listed", "document.querySelectorAll('#jobs-table tbody tr').length === 3", WAIT);
     shots.take(&mut browser, "dashboard-jobs.png");
+    filter_by_status(&mut browser, "cancelled", &cancelled);
     browser.wait_for(
         "the second job to succeed",
         &format!("document.querySelector('tr[data-id=\"{second}\"] .job-status').dataset.status === 'succeeded'"),
@@ -217,6 +261,12 @@ async fn the_dashboard_submits_watches_reports_compares_and_cancels() {
     browser.eval(&format!("location.hash = '#/compare/{first},{second}'"));
     browser.wait_for("the comparison", "document.querySelectorAll('#compare-table thead th').length === 3", WAIT);
     shots.take(&mut browser, "dashboard-compare.png");
+    let table = browser.eval("document.querySelector('#compare-table').textContent");
+    for id in [&first, &second] {
+        let accuracy = service.get(&format!("/v1/jobs/{id}/report")).await["student"]["accuracy"].as_f64().unwrap();
+        assert!(table.as_str().unwrap().contains(&format!("{:.2}%", accuracy * 100.0)), "{table}");
+    }
+    delete_from_the_page(&mut browser, &service, &cancelled).await;
 }
 
 /// `distillery keys create …` on `data_dir`: the new key.
