@@ -27,8 +27,12 @@ struct Service {
 
 impl Service {
     fn start(data_dir: &Path) -> Service {
+        Service::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    fn start_on(data_dir: &Path, bind: &str) -> Service {
         let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+            .args(["serve", "--bind", bind, "--log-format", "json", "--data-dir"])
             .arg(data_dir)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -46,6 +50,13 @@ impl Service {
         });
         let address = rx.recv_timeout(Duration::from_secs(30)).expect("the service never said where it listens");
         Service { child, base: format!("http://{address}") }
+    }
+
+    /// SIGTERM, as an operator stops it: running jobs are checkpointed and requeued.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
+        assert!(self.child.wait().unwrap().success());
     }
 
     async fn get(&self, path: &str) -> Value {
@@ -282,24 +293,23 @@ fn create_key(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
-/// Submits a one-epoch job over the API with `key`; its id.
-async fn submit_with_key(service: &Service, key: &str, name: &str) -> String {
+/// Submits `spec` over the API, with `key` if given; the job's id.
+async fn submit_spec(service: &Service, key: Option<&str>, spec: &Value) -> String {
+    let mut request = reqwest::Client::new().post(format!("{}/v1/jobs", service.base)).json(spec);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let job: Value = request.send().await.unwrap().json().await.unwrap();
+    job["id"].as_str().unwrap_or_else(|| panic!("{job}")).to_string()
+}
+
+/// examples/digits.json named `name`, with one epoch per phase.
+fn one_epoch(name: &str) -> Value {
     let mut spec: Value = serde_json::from_str(&example("digits.json")).unwrap();
     spec["name"] = Value::from(name);
     spec["teacher"]["train"]["epochs"] = Value::from(1);
     spec["training"]["epochs"] = Value::from(1);
-    let client = reqwest::Client::new();
-    let job: Value = client
-        .post(format!("{}/v1/jobs", service.base))
-        .bearer_auth(key)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    job["id"].as_str().unwrap().to_string()
+    spec
 }
 
 fn log_in(browser: &mut Browser, key: &str) {
@@ -315,8 +325,8 @@ async fn the_dashboard_logs_in_with_a_key_and_out_again() {
     let lead = create_key(&data, &["--name", "lead", "--admin"]);
     let alice = create_key(&data, &["--name", "alice"]);
     let service = Service::start(&data);
-    submit_with_key(&service, &lead, "leads-job").await;
-    let alices = submit_with_key(&service, &alice, "alices-job").await;
+    submit_spec(&service, Some(&lead), &one_epoch("leads-job")).await;
+    let alices = submit_spec(&service, Some(&alice), &one_epoch("alices-job")).await;
     let mut browser = Browser::start(WIDTH, HEIGHT);
     browser.navigate(&format!("{}/ui", service.base));
 
@@ -343,4 +353,46 @@ async fn the_dashboard_logs_in_with_a_key_and_out_again() {
     browser.eval("document.querySelector('#logout').click()");
     browser.wait_for("the login form again", "document.querySelector('#login-form')", WAIT);
     assert_eq!(browser.eval("fetch('/v1/jobs').then(r => r.status)"), 401, "the cookie is gone");
+}
+
+/// The job page loses its stream when the server stops mid-job and picks it up again from the
+/// last event it has once the server is back: the log holds every event once, in order, and the
+/// charts hold what the stored events give.
+#[tokio::test]
+async fn the_job_page_resumes_its_stream_after_the_server_restarts() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let service = Service::start(&data);
+    let id = submit_spec(&service, None, &serde_json::from_str(&example("digits.json")).unwrap()).await;
+    let mut browser = Browser::start(WIDTH, HEIGHT);
+    browser.navigate(&format!("{}/ui#/jobs/{id}", service.base));
+    browser.wait_for("points while running", &format!("{} && {LOSS_POINTS} > 0", status_is("running")), WAIT);
+    let address = service.base.trim_start_matches("http://").to_string();
+    service.stop();
+    let service = Service::start_on(&data, &address);
+    browser.wait_for("the verdict", "document.querySelector('#verdict')", WAIT);
+
+    let events = service.get(&format!("/v1/jobs/{id}/events?limit=1000")).await;
+    let logged: Vec<Value> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] != "progress")
+        .map(|e| e["seq"].clone())
+        .collect();
+    let shown = browser.eval("[...document.querySelectorAll('#event-log tr')].map(r => Number(r.dataset.seq))");
+    assert_eq!(shown, Value::Array(logged), "every event once, in order");
+    assert!(
+        events["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["payload"]["message"].as_str().is_some_and(|m| m.starts_with("resumed"))),
+        "the job resumed after the restart"
+    );
+    let expected = format!(
+        "import('/ui/curves.js').then(async (c) => {{ const m = await (await fetch('/v1/jobs/{id}/metrics')).json(); \
+         return [...c.Curves.fromMetrics(m).phases.values()].reduce((n, p) => n + p.steps.length, 0); }})"
+    );
+    assert_eq!(browser.eval(LOSS_POINTS), browser.eval(&expected), "the charts hold the stored curves");
 }
