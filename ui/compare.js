@@ -15,7 +15,7 @@ function picker(jobs, chosen) {
   });
   return h('div', { class: 'card' },
     h('p', { class: 'muted' }, 'Pick two or more finished jobs.'),
-    h('div', { class: 'picker' }, h('table', {}, h('tbody', {}, jobs.map((j, i) => h('tr', {},
+    h('div', { class: 'picker' }, h('table', { class: 'narrow' }, h('tbody', {}, jobs.map((j, i) => h('tr', {},
       h('td', { class: 'check' }, boxes[i]), h('td', {}, h('label', { for: `pick-${j.id}` }, j.name)),
       h('td', { class: 'num' }, j.result ? pct(j.result.student_accuracy) : '—'), h('td', {}, time(j.finished_at))))))),
     h('div', { class: 'toolbar' }, go));
@@ -28,7 +28,7 @@ function overlays(entries) {
   const student = (e) => e.curves.phases.get('student') || { steps: [], epochs: [] };
   const loss = entries.map((e) => ({ name: label(e.job), points: student(e).steps.map((p) => [p.step, p.loss]) }));
   const acc = entries.map((e) => ({ name: label(e.job), points: student(e).epochs.map((m) => [m.epoch, m.val_accuracy]) }));
-  return h('div', { class: 'grid', id: 'compare-charts' },
+  return h('div', { class: 'grid wide', id: 'compare-charts' },
     h('figure', { class: 'card' }, lineChart({ title: 'student: training loss', series: loss, xLabel: 'step', log: true })),
     h('figure', { class: 'card' }, lineChart({ title: 'student: validation accuracy', series: acc, xLabel: 'epoch', format: (v) => pct(v, 0) })));
 }
