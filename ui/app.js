@@ -28,7 +28,11 @@ function render() {
     return;
   }
   const { view, param } = route();
-  for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.view === view);
+  for (const a of document.querySelectorAll('#nav a')) {
+    a.classList.toggle('active', a.dataset.view === view);
+    if (a.dataset.view === view) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
   if (view === 'jobs' && param) show(() => jobView(main, param));
   else if (view === 'compare') show(() => compareView(main, param));
   else if (view === 'submit') show(() => submitView(main));

@@ -129,7 +129,7 @@ class JobView {
       this.apply(event);
       this.scheduleCharts();
       if (TERMINAL.includes(this.job.status)) this.finish();
-    });
+    }).catch(() => {}); // a failed catch-up is retried at the next event's gap
   }
 
   apply(event) {
