@@ -239,6 +239,12 @@ async fn refused_spec_names_its_field(browser: &mut Browser, service: &Service, 
     assert_eq!(shown, Value::String(format!("distill.temperature{message} · line {line}")));
     assert!(browser.eval("location.hash") == "#/submit", "a refused spec stays on the page");
     shots.take(browser, "refused.png");
+    browser.eval("document.querySelector('#spec').value = '{\\n  \"name\": \"x\",\\n  oops\\n}'");
+    browser.eval("document.querySelector('#submit-spec').click()");
+    let body = "document.querySelector('.field-error[data-field=\"body\"]')";
+    browser.wait_for("the malformed body's error", body, WAIT);
+    let shown = browser.eval(&format!("{body}.textContent"));
+    assert!(shown.as_str().unwrap().ends_with(" · line 3"), "{shown}");
 }
 
 #[tokio::test]

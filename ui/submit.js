@@ -19,7 +19,9 @@ export function lineOf(text, field) {
 
 function showError(errors, textarea, e) {
   const field = e.field;
-  const line = field ? lineOf(textarea.value, field) : null;
+  // Malformed JSON names the `body`; its message says where (serde: "at line 3 column 5").
+  const parsed = field === 'body' ? /line (\d+)/.exec(e.message) : null;
+  const line = parsed ? Number(parsed[1]) : field ? lineOf(textarea.value, field) : null;
   const where = line ? h('button', { type: 'button', class: 'link', onclick: () => selectLine(textarea, line) }, `line ${line}`) : null;
   errors.replaceChildren(h('li', { class: 'field-error', 'data-field': field || '', role: 'alert' },
     field ? h('code', {}, field) : null, e.message, where ? ' · ' : null, where));
