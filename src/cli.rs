@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::job::report::{ModelReport, Report, Task};
 use crate::engine::{self, Control, DataRoot, EngineEvent};
+use crate::layout::{CURVES_FILE, REPORT_PLOT_FILE};
 use crate::spec;
 
 /// Runs the job `spec_path` describes, reading its files from `data_dir`'s data root, and lets
@@ -68,6 +69,7 @@ pub fn run(
     bar.finish_and_clear();
     println!("{}", table(&output.report));
     println!("artifacts in {}: {}", out.display(), output.artifacts.join(", "));
+    println!("plots: {}, {}", out.join(CURVES_FILE).display(), out.join(REPORT_PLOT_FILE).display());
     Ok(output.report)
 }
 
@@ -97,8 +99,8 @@ fn cells(m: &ModelReport, column: Column) -> [String; 8] {
     ]
 }
 
-/// The report as the seed table of the field: teacher, distilled student, baseline.
-pub fn table(report: &Report) -> String {
+/// The seed table's contents: the row labels, and each model's column (its name and cells).
+pub fn table_columns(report: &Report) -> ([String; 8], Vec<(String, [String; 8])>) {
     let mut columns: Vec<(String, &ModelReport, Column)> = Vec::new();
     for (i, member) in report.teachers.iter().flatten().enumerate() {
         columns.push((engine::Phase::Teacher(i).as_str().into_owned(), member, Column::Teacher));
@@ -122,15 +124,20 @@ pub fn table(report: &Report) -> String {
         format!("latency, batch {}", report.teacher.latency.batch_n),
         "training time".into(),
     ];
-    let cells: Vec<[String; 8]> = columns.iter().map(|(_, m, column)| cells(m, *column)).collect();
+    (labels, columns.into_iter().map(|(name, m, column)| (name, cells(m, column))).collect())
+}
+
+/// The report as the seed table of the field: teacher, distilled student, baseline.
+pub fn table(report: &Report) -> String {
+    let (labels, columns) = table_columns(report);
     let mut out = format!("{:<24}", "");
-    for (name, _, _) in &columns {
+    for (name, _) in &columns {
         out += &format!("{name:>22}");
     }
     for (row, label) in labels.iter().enumerate() {
         out += &format!("\n{label:<24}");
-        for column in &cells {
-            out += &format!("{:>22}", column[row]);
+        for (_, cells) in &columns {
+            out += &format!("{:>22}", cells[row]);
         }
     }
     out += &format!(

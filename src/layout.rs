@@ -63,6 +63,10 @@ pub fn incoming(data_dir: &Path) -> PathBuf {
 pub const CONFIG_FILE: &str = "config.json";
 /// In a job folder: the report.
 pub const REPORT_FILE: &str = "report.json";
+/// In a job folder: the loss and accuracy curves of every phase, drawn.
+pub const CURVES_FILE: &str = "curves.svg";
+/// In a job folder: the report's table, bars and verdict, drawn.
+pub const REPORT_PLOT_FILE: &str = "report.svg";
 /// In a job folder: the phases an earlier run finished, so a restart skips them.
 pub const STATE_FILE: &str = "state.json";
 /// In a text job's folder: the student as a Hugging Face folder, and its tar.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod engine;
 pub mod keys;
 pub mod layout;
+pub mod plots;
 pub mod server;
 pub mod spec;
 pub mod store;

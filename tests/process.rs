@@ -114,6 +114,13 @@ fn resumption(events: &[Value]) -> (u64, u64) {
     (resumed, next["payload"]["step"].as_u64().unwrap())
 }
 
+/// How many points the polyline of `series` has.
+fn drawn_points(svg: &str, series: &str) -> usize {
+    let line =
+        svg.lines().find(|l| l.contains(&format!("data-series=\"{series}\""))).unwrap_or_else(|| panic!("no {series}"));
+    line.split("points=\"").nth(1).unwrap().split('"').next().unwrap().split(' ').count()
+}
+
 #[tokio::test]
 async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
     let data = tempfile::tempdir().unwrap();
@@ -150,6 +157,15 @@ async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
     let report: Value =
         client.get(format!("{}/v1/jobs/{id}/report", second.base)).send().await.unwrap().json().await.unwrap();
     assert!(report["student"]["accuracy"].as_f64().unwrap() > 0.8, "{report}");
+
+    // The second process trained only the rest of the student; the curves show every attempt.
+    let curves = client.get(format!("{}/v1/jobs/{id}/artifacts/curves.svg", second.base)).send().await.unwrap();
+    let curves = curves.text().await.unwrap();
+    assert!(drawn_points(&curves, "teacher total") > 0 && drawn_points(&curves, "teacher accuracy") == 2);
+    let at =
+        events.iter().position(|e| e["payload"]["message"].as_str().is_some_and(|m| m.starts_with("resumed"))).unwrap();
+    let second_attempt = events[at..].iter().filter(|e| e["type"] == "progress").count();
+    assert!(drawn_points(&curves, "student total") > second_attempt, "the student's first attempt is drawn too");
 }
 
 #[tokio::test]
@@ -322,4 +338,35 @@ async fn keys_created_and_revoked_from_the_command_line_while_the_server_runs() 
     assert!(revoked.starts_with(&format!("revoked {} (alice)", &alice[..19])), "{revoked}");
     assert_eq!(client.get(&jobs).bearer_auth(&alice).send().await.unwrap().status(), 401);
     assert_eq!(client.get(&jobs).bearer_auth(&lead).send().await.unwrap().status(), 200);
+}
+
+#[test]
+fn run_writes_the_pictures_beside_the_other_artifacts_and_says_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec();
+    spec["training"]["epochs"] = json!(2);
+    spec["student"]["arch"]["hidden"] = json!([16]);
+    let spec_path = dir.path().join("tiny.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_distillery"))
+        .arg("run")
+        .arg(&spec_path)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    let artifacts = stdout.lines().find(|l| l.starts_with("artifacts in ")).unwrap();
+    assert!(artifacts.ends_with("config.json, report.json, curves.svg, report.svg"), "{artifacts}");
+    let (curves, report) = (out.join("curves.svg"), out.join("report.svg"));
+    assert!(stdout.contains(&format!("plots: {}, {}", curves.display(), report.display())), "{stdout}");
+    let curves = std::fs::read_to_string(curves).unwrap();
+    assert_eq!(drawn_points(&curves, "teacher accuracy"), 2);
+    assert_eq!(drawn_points(&curves, "student accuracy"), 2);
+    assert!(drawn_points(&curves, "student soft") > 1);
+    assert!(std::fs::read_to_string(report).unwrap().contains(">resumable: distillation report</text>"));
 }

@@ -22,7 +22,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiResult};
 use super::extract::{FromQuery, JobId, Query, QueryParams};
 use super::AppState;
-use crate::store::{Event, EventKind, Owner, Store};
+use crate::store::{Event, Owner, Store, TrainingLog};
 
 const PAGE: usize = 500;
 
@@ -173,16 +173,7 @@ fn to_sse(event: &Event) -> SseEvent {
 }
 
 /// Training curves for charts: the persisted progress samples and every epoch's metrics.
-pub async fn metrics(
-    State(state): State<AppState>,
-    caller: Caller,
-    JobId(id): JobId,
-) -> ApiResult<Json<serde_json::Value>> {
+pub async fn metrics(State(state): State<AppState>, caller: Caller, JobId(id): JobId) -> ApiResult<Json<TrainingLog>> {
     ensure_job(&*state.store, id, &caller.owner()).await?;
-    let events = state.store.events_of_types(id, &[EventKind::Progress, EventKind::Metrics]).await?;
-    let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Progress);
-    Ok(Json(json!({
-        "steps": steps.into_iter().map(|e| e.payload).collect::<Vec<_>>(),
-        "epochs": epochs.into_iter().map(|e| e.payload).collect::<Vec<_>>(),
-    })))
+    Ok(Json(TrainingLog::read(&*state.store, id).await?))
 }

@@ -346,6 +346,26 @@ impl Event {
     }
 }
 
+/// A job's training curves as persisted: the payloads of its `progress` events (sampled steps)
+/// and of its `metrics` events (every epoch), each in the order they happened, over every
+/// attempt. `GET /v1/jobs/{id}/metrics` serves it; `curves.svg` is drawn from it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TrainingLog {
+    pub steps: Vec<serde_json::Value>,
+    pub epochs: Vec<serde_json::Value>,
+}
+
+impl TrainingLog {
+    pub async fn read(store: &dyn Store, id: Uuid) -> Result<Self, StoreError> {
+        let events = store.events_of_types(id, &[EventKind::Progress, EventKind::Metrics]).await?;
+        let (steps, epochs): (Vec<_>, Vec<_>) = events.into_iter().partition(|e| e.kind == EventKind::Progress);
+        Ok(TrainingLog {
+            steps: steps.into_iter().map(|e| e.payload).collect(),
+            epochs: epochs.into_iter().map(|e| e.payload).collect(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Artifact {
     pub name: String,

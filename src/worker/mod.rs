@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use crate::engine::{self, Control, DataRoot, EngineError, EngineEvent, RunOutput};
 use crate::layout;
-use crate::store::{Abandoned, EventKind, Job, Status, Store};
+use crate::plots::{self, History};
+use crate::store::{Abandoned, EventKind, Job, Status, Store, TrainingLog};
 
 /// Progress events are persisted at most this often; epoch ends and status changes always.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -307,6 +308,7 @@ impl Worker {
         let content_type = match name.rsplit_once('.').map(|(_, ext)| ext) {
             Some("json") => "application/json",
             Some("tar") => "application/x-tar",
+            Some("svg") => "image/svg+xml",
             _ => "application/octet-stream",
         };
         match hashed {
@@ -317,6 +319,23 @@ impl Worker {
             }
             Ok(Err(e)) => warn!(error = %e, name, "reading an artifact failed"),
             Err(e) => warn!(error = %e, name, "hashing an artifact failed"),
+        }
+    }
+
+    /// Draws `curves.svg` again from the stored events: the engine drew only what its own
+    /// attempt trained, and a job resumed after a restart had earlier ones. If that fails, the
+    /// engine's drawing stays.
+    async fn redraw_curves(&self, job: &Job) {
+        let log = match TrainingLog::read(&*self.store, job.id).await {
+            Ok(log) => log,
+            Err(e) => return warn!(error = %e, "reading the training curves failed"),
+        };
+        let (dir, title) = (self.config.job_dir(job.id), job.name.clone());
+        let drawn = tokio::task::spawn_blocking(move || plots::write_curves(&dir, &title, &History::from_log(&log)));
+        match drawn.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "writing curves.svg failed"),
+            Err(e) => warn!(error = %e, "drawing curves.svg failed"),
         }
     }
 
@@ -355,6 +374,7 @@ impl Worker {
     }
 
     async fn succeed(&self, job: &Job, output: RunOutput) -> Result<(), crate::store::StoreError> {
+        self.redraw_curves(job).await;
         for name in &output.artifacts {
             self.record_file(job.id, name).await;
         }

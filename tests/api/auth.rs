@@ -90,6 +90,9 @@ async fn every_v1_route_needs_a_valid_key_once_one_exists() {
     let job = "0190b7b4-0000-7000-8000-000000000000";
     for (method, path) in distillery::api::routes().table {
         let uri = path.replace("{id}", job).replace("{name}", "report.json");
+        if path == "/v1/session" {
+            continue; // The login itself, open by design: session.rs tests it.
+        }
         if !path.starts_with("/v1/") {
             let response = app.client.request(method.clone(), app.url(&uri)).send().await.unwrap();
             assert_eq!(response.status(), 200, "{method} {path} stays open");

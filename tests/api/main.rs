@@ -9,6 +9,7 @@ mod helpers;
 mod inputs;
 mod jobs;
 mod limits;
+mod plots;
 mod quotas;
 mod session;
 mod sse;

@@ -22,6 +22,7 @@ use crate::engine::job::report::Report;
 use crate::engine::rng::Rng;
 use crate::engine::train::PhaseContext;
 use crate::engine::{Control, EngineError, EngineEvent};
+use crate::plots::{self, History};
 use crate::spec::{JobSpec, SpecError};
 use evaluate::Trained;
 pub use phases::file_of;
@@ -65,8 +66,26 @@ pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<Admission, Spec
     })
 }
 
-/// Runs the job on `spec.device`, or on `default_device` when the spec names none.
+/// Runs the job on `spec.device`, or on `default_device` when the spec names none, and draws
+/// its curves (as this run saw them: phases a restart skipped are missing) and its report.
 pub fn run(
+    spec: &JobSpec,
+    default_device: &str,
+    data_root: &DataRoot,
+    job_dir: &Path,
+    control: &Control,
+    sink: &mut dyn FnMut(EngineEvent),
+) -> Result<RunOutput, EngineError> {
+    let mut history = History::default();
+    let mut output = train_and_report(spec, default_device, data_root, job_dir, control, &mut |event| {
+        history.observe(&event);
+        sink(event)
+    })?;
+    output.artifacts.extend(plots::write(job_dir, &spec.display_name(), &history, &output.report)?);
+    Ok(output)
+}
+
+fn train_and_report(
     spec: &JobSpec,
     default_device: &str,
     data_root: &DataRoot,

@@ -1,0 +1,113 @@
+//! The pictures a finished job leaves, read back as a program would: the curves in
+//! `curves.svg` are those `/metrics` serves, and the bars of `report.svg` those of `/report`.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{small_spec, spawn_app, TestApp};
+
+/// The attributes of every `<tag …>` in `svg` (values as written, still escaped).
+fn elements(svg: &str, tag: &str) -> Vec<HashMap<String, String>> {
+    svg.split(&format!("<{tag} "))
+        .skip(1)
+        .map(|rest| {
+            let body = &rest[..rest.find('>').unwrap()];
+            let parts: Vec<&str> = body.split('"').collect();
+            parts.chunks_exact(2).map(|p| (p[0].trim().trim_end_matches('=').to_string(), p[1].to_string())).collect()
+        })
+        .collect()
+}
+
+/// A panel's mapping from pixels to data: (data-x0, x1, y0, y1, left, top, width, height).
+fn mapping(svg: &str, panel: &str) -> [f64; 8] {
+    let g = elements(svg, "g").into_iter().find(|g| g.get("data-panel").is_some_and(|p| p == panel)).unwrap();
+    ["data-x0", "data-x1", "data-y0", "data-y1", "data-left", "data-top", "data-width", "data-height"]
+        .map(|key| g[key].parse().unwrap())
+}
+
+/// The series' points in data units, and half a pixel in data units along x and y.
+fn series(svg: &str, panel: &str, name: &str) -> (Vec<(f64, f64)>, (f64, f64)) {
+    let [x0, x1, y0, y1, left, top, width, height] = mapping(svg, panel);
+    let line = elements(svg, "polyline").into_iter().find(|l| l["data-series"] == name);
+    let points = line.unwrap_or_else(|| panic!("no series {name}"))["points"]
+        .split(' ')
+        .map(|p| {
+            let (px, py) = p.split_once(',').unwrap();
+            let (px, py): (f64, f64) = (px.parse().unwrap(), py.parse().unwrap());
+            (x0 + (px - left) / width * (x1 - x0), y0 + (top + height - py) / height * (y1 - y0))
+        })
+        .collect();
+    (points, ((x1 - x0) / width / 2.0, (y1 - y0) / height / 2.0))
+}
+
+fn assert_drawn(svg: &str, panel: &str, name: &str, expected: &[(f64, f64)]) {
+    let (drawn, (dx, dy)) = series(svg, panel, name);
+    assert!(!expected.is_empty(), "{name}: nothing to compare");
+    assert_eq!(drawn.len(), expected.len(), "{name}");
+    for (d, e) in drawn.iter().zip(expected) {
+        assert!((d.0 - e.0).abs() <= dx && (d.1 - e.1).abs() <= dy, "{name}: drawn {d:?}, served {e:?}");
+    }
+}
+
+/// Downloads an artifact, checking it against its listing; returns its text.
+async fn download(app: &TestApp, listed: &[Value], name: &str) -> String {
+    let listed = listed.iter().find(|a| a["name"] == name).unwrap_or_else(|| panic!("{name} is not listed"));
+    assert_eq!(listed["content_type"], "image/svg+xml");
+    let response = app.get(listed["url"].as_str().unwrap()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/svg+xml");
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(bytes.len() as u64, listed["size_bytes"].as_u64().unwrap());
+    assert_eq!(format!("{:x}", Sha256::digest(&bytes)), listed["sha256"].as_str().unwrap());
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn curves_and_report_pictures_show_what_the_api_serves() {
+    let app = spawn_app().await;
+    let id = app.submit(&small_spec(3)).await;
+    app.wait_for_status(&id, &["succeeded", "failed"]).await;
+    let listed = app.get_json(&format!("/v1/jobs/{id}/artifacts")).await["data"].as_array().unwrap().clone();
+    let curves = download(&app, &listed, "curves.svg").await;
+    let report_svg = download(&app, &listed, "report.svg").await;
+
+    let metrics = app.get_json(&format!("/v1/jobs/{id}/metrics")).await;
+    let of = |list: &str, phase: &str, x: &str, y: &str| -> Vec<(f64, f64)> {
+        let samples = metrics[list].as_array().unwrap().iter().filter(|s| s["phase"] == phase);
+        samples.map(|s| (s[x].as_f64().unwrap(), s[y].as_f64().unwrap())).collect()
+    };
+    assert_drawn(&curves, "loss", "student total", &of("steps", "student", "step", "loss"));
+    assert_drawn(&curves, "loss", "student soft", &of("steps", "student", "step", "soft"));
+    assert_drawn(&curves, "loss", "baseline total", &of("steps", "baseline", "step", "loss"));
+    for phase in ["teacher", "student", "baseline"] {
+        let epochs = of("epochs", phase, "epoch", "val_accuracy");
+        assert_eq!(epochs.len(), 3);
+        assert_drawn(&curves, "accuracy", &format!("{phase} accuracy"), &epochs);
+    }
+    assert!(curves.contains(">small: training curves</text>"), "the title names the job");
+
+    let report = app.get_json(&format!("/v1/jobs/{id}/report")).await;
+    let bars = elements(&report_svg, "rect");
+    let bar = |model: &str, metric: &str| -> f64 {
+        let found = bars.iter().find(|b| b.get("data-model").is_some_and(|m| m == model) && b["data-metric"] == metric);
+        found.unwrap_or_else(|| panic!("no bar {model} {metric}"))["data-value"].parse().unwrap()
+    };
+    let f = |model: &str, path: &[&str]| path.iter().fold(&report[model], |v, key| &v[*key]).as_f64().unwrap();
+    // serde_json's float parsing may miss the last bit: equal to 1e-12, relatively.
+    let same = |drawn: f64, served: f64| (drawn - served).abs() <= 1e-12 * served.abs();
+    for (model, name) in
+        [("teacher", "teacher"), ("student", "student (distilled)"), ("baseline", "student (baseline)")]
+    {
+        let ratio = |path: &[&str]| f(model, path) / f("teacher", path);
+        assert!(same(bar(name, "accuracy"), f(model, &["accuracy"])), "{model} accuracy");
+        assert!(same(bar(name, "size"), ratio(&["size_bytes"])), "{model} size");
+        assert!(same(bar(name, "latency_batch_1"), ratio(&["latency", "batch_1_ms"])), "{model} latency");
+        assert!(same(bar(name, "latency_batch_n"), ratio(&["latency", "batch_n_ms"])), "{model} latency");
+    }
+    let verdict = report["verdict"].as_str().unwrap().replace('\'', "&apos;");
+    let lines: Vec<&str> = report_svg.lines().filter(|l| l.contains("class=\"verdict\"")).collect();
+    let text: Vec<&str> = lines.iter().map(|l| &l[l.find('>').unwrap() + 1..l.rfind('<').unwrap()]).collect();
+    assert_eq!(text.join(" "), verdict);
+}
