@@ -77,7 +77,7 @@ function legend(series) {
 }
 
 /**
- * lineChart({title, series: [{name, points: [[x, y]…], color?}], xLabel, log, format}) → <svg>.
+ * lineChart({title, series: [{name, points: [[x, y]…], color?}], xLabel, log, format, xMax}) → <svg>.
  * Each polyline carries data-series (its name) so tests and readers can find it.
  */
 export function lineChart(opts) {
@@ -88,6 +88,8 @@ export function lineChart(opts) {
     svg.append(h('text', { class: 'empty', x: W / 2, y: H / 2, 'text-anchor': 'middle' }, 'no data yet'));
     return svg;
   }
+  // A live curve grows into the room its phase will fill (opts.xMax: its last step or epoch).
+  box.x1 = Math.max(box.x1, opts.xMax || 0);
   if (box.x1 === box.x0) box.x1 = box.x0 + 1;
   if (box.y1 === box.y0) { box.y0 -= 0.5; box.y1 += 0.5; }
   roundY(box, opts.log);

@@ -46,8 +46,9 @@ export function lossCharts(curves) {
   return [...curves.phases].filter(([, c]) => c.steps.length).map(([phase, c]) => {
     const keys = distilled(c.steps) ? KEYS : KEYS.slice(0, 1);
     const series = keys.map(([key, name]) => ({ name, points: c.steps.map((p) => [p.step, p[key]]) }));
+    const xMax = c.steps[c.steps.length - 1].total_steps;
     return h('figure', { class: 'card loss-chart', 'data-phase': phase },
-      lineChart({ title: `${phase}: training loss`, series, xLabel: 'step', log: true }));
+      lineChart({ title: `${phase}: training loss`, series, xLabel: 'step', log: true, xMax }));
   });
 }
 
@@ -55,6 +56,7 @@ export function lossCharts(curves) {
 export function accuracyChart(curves) {
   const series = [...curves.phases].filter(([, c]) => c.epochs.length)
     .map(([phase, c]) => ({ name: phase, points: c.epochs.map((m) => [m.epoch, m.val_accuracy]) }));
+  const xMax = Math.max(0, ...[...curves.phases.values()].flatMap((c) => c.epochs.map((m) => m.epochs)));
   return h('figure', { class: 'card accuracy-chart' },
-    lineChart({ title: 'validation accuracy', series, xLabel: 'epoch', format: (v) => pct(v, 0) }));
+    lineChart({ title: 'validation accuracy', series, xLabel: 'epoch', format: (v) => pct(v, 0), xMax }));
 }
