@@ -147,9 +147,17 @@ class JobView {
       this.job.status = p.status;
       this.showStatus();
     }
-    this.el.log.append(h('tr', { 'data-seq': event.seq, 'data-type': event.type },
+    this.appendLog(h('tr', { 'data-seq': event.seq, 'data-type': event.type },
       h('td', { class: 'num muted' }, event.seq), h('td', {}, time(event.created_at)),
       h('td', {}, event.type), h('td', {}, describe(event))));
+  }
+
+  /** The log follows new lines while it is scrolled to its end (where it starts). */
+  appendLog(row) {
+    const box = this.el.log.closest('.log');
+    const following = box.scrollTop + box.clientHeight >= box.scrollHeight - 4;
+    this.el.log.append(row);
+    if (following) box.scrollTop = box.scrollHeight;
   }
 
   scheduleCharts() {
