@@ -1,12 +1,11 @@
 // The /v1 API over fetch. Same origin, so the session cookie rides along; errors become
-// ApiError with the API's code, message and field.
+// ApiError with the API's message, the field it names and the HTTP status.
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, body) {
     const error = (body && body.error) || {};
     super(error.message || `HTTP ${status}`);
     this.status = status;
-    this.code = error.code || 'http_error';
     this.field = error.field || null;
   }
 }

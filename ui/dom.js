@@ -2,7 +2,7 @@
 
 /** h('td', {class: 'num'}, '42'): an element with attributes (on* as listeners) and children. */
 export function h(tag, attrs = {}, ...children) {
-  const svg = ['svg', 'g', 'line', 'polyline', 'text', 'rect', 'title', 'circle'].includes(tag);
+  const svg = ['svg', 'g', 'line', 'polyline', 'text', 'title'].includes(tag);
   const el = svg ? document.createElementNS('http://www.w3.org/2000/svg', tag) : document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (value === undefined || value === null || value === false) continue;

@@ -5,7 +5,7 @@ import { api } from './api.js';
 import { h } from './dom.js';
 
 /** The line (1-based) of a field path such as `distill.temperature` in the JSON text, if found. */
-export function lineOf(text, field) {
+function lineOf(text, field) {
   let at = 0;
   for (const part of field.split('.')) {
     const key = part.replace(/\[\d+\]$/, '');
