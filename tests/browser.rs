@@ -71,20 +71,21 @@ impl Drop for Service {
     }
 }
 
-/// Where screenshots go: the test's folder, and `DISTILLERY_SCREENSHOTS` when set.
+/// Where screenshots go: the test's folder, and for the README's pictures (`dashboard-*.png`)
+/// `DISTILLERY_SCREENSHOTS` too, when set.
 struct Shots {
-    dirs: Vec<PathBuf>,
+    temp: PathBuf,
+    docs: Option<PathBuf>,
 }
 
 impl Shots {
     fn new(temp: &Path) -> Shots {
-        let mut dirs = vec![temp.to_path_buf()];
-        dirs.extend(std::env::var_os("DISTILLERY_SCREENSHOTS").map(PathBuf::from));
-        Shots { dirs }
+        Shots { temp: temp.to_path_buf(), docs: std::env::var_os("DISTILLERY_SCREENSHOTS").map(PathBuf::from) }
     }
 
     fn take(&self, browser: &mut Browser, name: &str) {
-        for dir in &self.dirs {
+        let docs = self.docs.as_ref().filter(|_| name.starts_with("dashboard-"));
+        for dir in std::iter::once(&self.temp).chain(docs) {
             std::fs::create_dir_all(dir).unwrap();
             browser.screenshot(&dir.join(name));
         }
