@@ -319,6 +319,36 @@ fn one_epoch(name: &str) -> Value {
     spec
 }
 
+/// With 21 jobs, the list shows the API's first page of 20 and the oldest on the next one.
+async fn pages_as_the_api_pages(browser: &mut Browser, service: &Service, key: &str, oldest: &str) {
+    let client = reqwest::Client::new();
+    for i in 0..20 {
+        let id = submit_spec(service, Some(key), &one_epoch(&format!("page-filler-{i}"))).await;
+        let cancel =
+            client.post(format!("{}/v1/jobs/{id}/cancel", service.base)).bearer_auth(key).send().await.unwrap();
+        assert!(cancel.status().is_success(), "{}", cancel.status());
+    }
+    let rows = "document.querySelectorAll('#jobs-table tbody tr')";
+    browser.wait_for(
+        "a full first page",
+        &format!("{rows}.length === 20 && !document.querySelector('#older').disabled"),
+        WAIT,
+    );
+    browser.eval("document.querySelector('#older').click()");
+    browser.wait_for(
+        "the second page",
+        &format!("{rows}.length === 1 && document.querySelector('#older').disabled"),
+        WAIT,
+    );
+    assert_eq!(browser.eval(&format!("{rows}[0].dataset.id")), Value::from(oldest));
+    browser.eval("document.querySelector('#newer').click()");
+    browser.wait_for(
+        "the first page again",
+        &format!("{rows}.length === 20 && document.querySelector('#newer').disabled"),
+        WAIT,
+    );
+}
+
 fn log_in(browser: &mut Browser, key: &str) {
     browser.wait_for("the login form", "document.querySelector('#login-form')", WAIT);
     browser.eval(&format!("document.querySelector('#api-key').value = {}", js(key)));
@@ -355,7 +385,9 @@ async fn the_dashboard_logs_in_with_a_key_and_out_again() {
     browser.wait_for("alice's name", "document.querySelector('#user-name').textContent === 'alice'", WAIT);
     browser.wait_for("alice's job only", "document.querySelectorAll('#jobs-table tbody tr').length === 1", WAIT);
     let shown = browser.eval("document.querySelector('#jobs-table tbody tr').dataset.id");
-    assert_eq!(shown, Value::String(alices), "a user sees her own jobs only");
+    assert_eq!(shown, Value::from(alices.as_str()), "a user sees her own jobs only");
+
+    pages_as_the_api_pages(&mut browser, &service, &alice, &alices).await;
 
     browser.eval("document.querySelector('#logout').click()");
     browser.wait_for("the login form again", "document.querySelector('#login-form')", WAIT);
