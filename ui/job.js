@@ -10,11 +10,17 @@ import { reportTable, summaryLine, verdict } from './report.js';
 const TYPES = ['status', 'progress', 'metrics', 'checkpoint', 'log', 'report'];
 const CHART_DELAY_MS = 250;
 
+function statusLine(p) {
+  const attempt = p.attempt ? ` (attempt ${p.attempt})` : '';
+  const why = [p.reason, p.error].filter(Boolean).map((text) => `: ${text}`).join('');
+  return `status → ${p.status}${attempt}${why}`;
+}
+
 /** One line of the event log; progress events are the charts' and are left out. */
 function describe(event) {
   const p = event.payload;
   switch (event.type) {
-    case 'status': return `status → ${p.status}${p.attempt ? ` (attempt ${p.attempt})` : ''}${p.reason ? `: ${p.reason}` : ''}${p.error ? `: ${p.error}` : ''}`;
+    case 'status': return statusLine(p);
     case 'metrics': return `${p.phase} epoch ${p.epoch}/${p.epochs}: validation accuracy ${pct(p.val_accuracy)}, loss ${p.val_loss.toFixed(4)}`;
     case 'checkpoint': return `${p.phase} checkpoint at epoch ${p.epoch}, step ${p.step}`;
     case 'log': return p.message;
@@ -49,6 +55,7 @@ class JobView {
     }
     this.layout();
     (await eventsAfter(this.id, 0)).forEach((e) => this.apply(e));
+    if (this.stopped) return; // left the page while its log loaded
     this.drawCharts();
     if (TERMINAL.includes(this.job.status)) this.finish();
     else this.follow();
