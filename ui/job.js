@@ -81,14 +81,26 @@ class JobView {
   }
 
   showStatus() {
-    const j = this.job;
-    this.el.chip.replaceChildren(chip(j.status));
-    const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel-job' }, 'Cancel job');
-    cancel.addEventListener('click', () => confirmStep(cancel, 'Cancel this job?', 'Yes, cancel', () => this.act('cancel')));
-    const del = h('button', { type: 'button', class: 'danger', id: 'delete-job' }, 'Delete job');
-    del.addEventListener('click', () => confirmStep(del, 'Delete this job and its files?', 'Yes, delete', () => this.act('delete')));
-    this.el.actions.replaceChildren(TERMINAL.includes(j.status) ? del : cancel);
+    this.el.chip.replaceChildren(chip(this.job.status));
+    this.showActions();
     this.showFacts();
+  }
+
+  /** Delete once finished, else cancel; rebuilt only when that changes, so an open confirm stays. */
+  showActions() {
+    const j = this.job;
+    const kind = TERMINAL.includes(j.status) ? 'delete' : j.cancel_requested ? 'cancelling' : 'cancel';
+    if (kind === this.actionKind) return;
+    this.actionKind = kind;
+    if (kind === 'cancelling') {
+      this.el.actions.replaceChildren(h('button', { type: 'button', disabled: true }, 'Cancelling…'));
+      return;
+    }
+    const [label, question, yes] = kind === 'cancel'
+      ? ['Cancel job', 'Cancel this job?', 'Yes, cancel'] : ['Delete job', 'Delete this job and its files?', 'Yes, delete'];
+    const button = h('button', { type: 'button', class: 'danger', id: `${kind}-job` }, label);
+    button.addEventListener('click', () => confirmStep(button, question, yes, () => this.act(kind)));
+    this.el.actions.replaceChildren(button);
   }
 
   showFacts() {
@@ -106,7 +118,9 @@ class JobView {
   async act(what) {
     try {
       if (what === 'cancel') {
-        this.job = await api(`/v1/jobs/${this.id}/cancel`, { method: 'POST' });
+        await api(`/v1/jobs/${this.id}/cancel`, { method: 'POST' });
+        // The status itself comes from the stream, which may already be ahead of this answer.
+        this.job.cancel_requested = true;
         this.showStatus();
       } else {
         await api(`/v1/jobs/${this.id}`, { method: 'DELETE' });
@@ -119,11 +133,12 @@ class JobView {
   }
 
   follow() {
-    this.source = new EventSource(`/v1/jobs/${this.id}/events?after=${this.lastSeq}`);
-    for (const type of TYPES) this.source.addEventListener(type, (m) => this.receive(JSON.parse(m.data)));
+    const source = new EventSource(`/v1/jobs/${this.id}/events?after=${this.lastSeq}`);
+    this.source = source;
+    for (const type of TYPES) source.addEventListener(type, (m) => this.receive(JSON.parse(m.data)));
     // A refused stream (401, server gone) is not retried by the browser: start again later.
-    this.source.addEventListener('error', () => {
-      if (this.source.readyState !== EventSource.CLOSED || this.stopped) return;
+    source.addEventListener('error', () => {
+      if (source.readyState !== EventSource.CLOSED || this.stopped) return;
       setTimeout(() => { if (!this.stopped && !TERMINAL.includes(this.job.status)) this.follow(); }, 3000);
     });
   }
@@ -145,8 +160,7 @@ class JobView {
     const p = event.payload;
     if (event.type === 'progress') {
       this.curves.addStep(p);
-      this.job.progress = p;
-      if (this.el.log.isConnected) this.showFacts();
+      this.job.progress = p; // shown with the charts, at most every CHART_DELAY_MS
       return;
     }
     if (event.type === 'metrics') this.curves.addEpoch(p);
@@ -173,6 +187,7 @@ class JobView {
   }
 
   drawCharts() {
+    this.showFacts();
     this.el.charts.replaceChildren(accuracyChart(this.curves), ...lossCharts(this.curves));
   }
 
