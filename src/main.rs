@@ -44,6 +44,10 @@ enum Command {
     },
     /// Create, list and revoke API keys (also while the server runs).
     Keys(distillery::cli::keys::KeysArgs),
+    /// A running service's jobs: submit, list, watch, report, download, cancel, delete.
+    Jobs(distillery::cli::jobs::JobsArgs),
+    /// Upload files to a running service, for specs to name as `file:<id>`.
+    Files(distillery::cli::files::FilesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +62,18 @@ fn main() -> anyhow::Result<()> {
         }
         Some(Command::Serve(config)) => distillery::server::serve(config),
         Some(Command::Keys(args)) => distillery::cli::keys::main(args),
+        Some(Command::Jobs(args)) => exit_on_error(distillery::cli::jobs::main(args)),
+        Some(Command::Files(args)) => exit_on_error(distillery::cli::files::main(args)),
         None => distillery::server::serve(cli.serve),
     }
+}
+
+/// The client's errors as one line, `error: <code>: <field>: <message>` for the API's, and exit
+/// status 1.
+fn exit_on_error(result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -79,8 +79,11 @@ impl Drop for ServerHandle {
 }
 
 async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    // Installed before the server announces itself, so a SIGTERM sent as soon as it listens
+    // already shuts it down cleanly instead of killing it.
+    let stop = stop_signals()?;
     let server = start(config).await?;
-    terminate().await;
+    stop.await;
     tracing::info!("shutting down: no new requests; running jobs checkpoint and return to the queue");
     server.shutdown();
     server.wait().await?;
@@ -315,20 +318,15 @@ async fn accept(listener: &TcpListener, permits: &Arc<Semaphore>) -> Option<(Tcp
     }
 }
 
-async fn terminate() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let sigterm = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Resolves on the first SIGINT or SIGTERM; the handlers are in place when this returns.
+fn stop_signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = sigterm => {}
-    }
+    })
 }

@@ -111,7 +111,7 @@ fn bars(svg: &mut Svg, top: f64, accuracy_label: &str, models: &[Bar], teacher: 
     }
     svg.close("g");
     let note = "size and latency as a share of the teacher's (the teacher is 100%); accuracy as measured";
-    svg.text(panel.left, top - 10.0, &[("fill", "#555".into())], note);
+    svg.text(panel.left, top - 22.0, &[("fill", "#555".into())], note);
     for (i, (model, _)) in models.iter().enumerate() {
         let y = top + 10.0 + 20.0 * i as f64;
         let x = panel.left + panel.width + 24.0;
