@@ -5,70 +5,24 @@
 
 #[path = "browser/cdp.rs"]
 mod cdp;
+#[path = "common/service.rs"]
+mod service;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use cdp::Browser;
 use serde_json::Value;
+use service::{Service, ANY_PORT};
 
 const WAIT: Duration = Duration::from_secs(120);
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 800;
 
-/// The real binary on a free port with its own data directory.
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    fn start(data_dir: &Path) -> Service {
-        Service::start_on(data_dir, "127.0.0.1:0")
-    }
-
-    fn start_on(data_dir: &Path, bind: &str) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
-            .args(["serve", "--bind", bind, "--log-format", "json", "--data-dir"])
-            .arg(data_dir)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let log: Value = serde_json::from_str(&line).unwrap_or_default();
-                if let Some(address) = log["fields"]["address"].as_str() {
-                    let _ = tx.send(address.to_string());
-                }
-            }
-        });
-        let address = rx.recv_timeout(Duration::from_secs(30)).expect("the service never said where it listens");
-        Service { child, base: format!("http://{address}") }
-    }
-
-    /// SIGTERM, as an operator stops it: running jobs are checkpointed and requeued.
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
-        assert!(self.child.wait().unwrap().success());
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.base)).await.unwrap().json().await.unwrap()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A GET on the service, its JSON body.
+async fn get(service: &Service, path: &str) -> Value {
+    reqwest::get(format!("{}{path}", service.base)).await.unwrap().json().await.unwrap()
 }
 
 /// Where screenshots go: the test's folder, and for the README's pictures (`dashboard-*.png`)
@@ -134,7 +88,7 @@ async fn watch_the_job_train(browser: &mut Browser, service: &Service, id: &str)
     let first = loss_points(browser);
     browser.wait_for("more points while still running", &format!("{running} && {LOSS_POINTS} > {first}"), WAIT);
     browser.wait_for("the verdict", "document.querySelector('#verdict')", WAIT);
-    let metrics = service.get(&format!("/v1/jobs/{id}/metrics")).await;
+    let metrics = get(service, &format!("/v1/jobs/{id}/metrics")).await;
     assert_eq!(
         loss_points(browser),
         metrics["steps"].as_array().unwrap().len() as u64,
@@ -144,7 +98,7 @@ async fn watch_the_job_train(browser: &mut Browser, service: &Service, id: &str)
 
 /// The report table shows the API's numbers as the page formats them.
 async fn check_the_report(browser: &mut Browser, service: &Service, id: &str) {
-    let report = service.get(&format!("/v1/jobs/{id}/report")).await;
+    let report = get(service, &format!("/v1/jobs/{id}/report")).await;
     let cell = |model: &str, row: &str| {
         format!("document.querySelector('#report-table td[data-model={model}][data-row={row}]').textContent")
     };
@@ -169,7 +123,7 @@ async fn cancel_from_the_page(browser: &mut Browser, service: &Service) -> Strin
     browser.eval("document.querySelector('#cancel-job').click()");
     browser.eval("document.querySelector('.confirm-yes').click()");
     browser.wait_for("the job to end cancelled", &status_is("cancelled"), WAIT);
-    assert_eq!(service.get(&format!("/v1/jobs/{id}")).await["status"], "cancelled");
+    assert_eq!(get(service, &format!("/v1/jobs/{id}")).await["status"], "cancelled");
     browser.wait_for("the delete button", "document.querySelector('#delete-job')", WAIT);
     id
 }
@@ -210,7 +164,7 @@ async fn upload_a_file(browser: &mut Browser, service: &Service) {
     browser.wait_for("the file's reference", "document.querySelector('#upload-result .file-ref')", WAIT);
     let reference = browser.eval("document.querySelector('#upload-result .file-ref').textContent");
     let id = reference.as_str().unwrap().strip_prefix("file:").unwrap();
-    let file = service.get(&format!("/v1/files/{id}")).await;
+    let file = get(service, &format!("/v1/files/{id}")).await;
     assert_eq!((file["filename"].as_str(), file["bytes"].as_u64()), (Some("tiny.csv"), Some(21)), "{file}");
 }
 
@@ -252,7 +206,7 @@ async fn refused_spec_names_its_field(browser: &mut Browser, service: &Service, 
 async fn the_dashboard_submits_watches_reports_compares_and_cancels() {
     let temp = tempfile::tempdir().unwrap();
     let shots = Shots::new(temp.path());
-    let service = Service::start(&temp.path().join("data"));
+    let service = Service::start(&temp.path().join("data"), ANY_PORT, &[]);
     let mut browser = Browser::start(WIDTH, HEIGHT);
     browser.navigate(&format!("{}/", service.base));
     browser.wait_for("the job list", "document.querySelector('#jobs-table')", WAIT);
@@ -281,7 +235,7 @@ async fn the_dashboard_submits_watches_reports_compares_and_cancels() {
     shots.take(&mut browser, "dashboard-compare.png");
     let table = browser.eval("document.querySelector('#compare-table').textContent");
     for id in [&first, &second] {
-        let accuracy = service.get(&format!("/v1/jobs/{id}/report")).await["student"]["accuracy"].as_f64().unwrap();
+        let accuracy = get(&service, &format!("/v1/jobs/{id}/report")).await["student"]["accuracy"].as_f64().unwrap();
         assert!(table.as_str().unwrap().contains(&format!("{:.2}%", accuracy * 100.0)), "{table}");
     }
     delete_from_the_page(&mut browser, &service, &cancelled).await;
@@ -361,7 +315,7 @@ async fn the_dashboard_logs_in_with_a_key_and_out_again() {
     let data = temp.path().join("data");
     let lead = create_key(&data, &["--name", "lead", "--admin"]);
     let alice = create_key(&data, &["--name", "alice"]);
-    let service = Service::start(&data);
+    let service = Service::start(&data, ANY_PORT, &[]);
     submit_spec(&service, Some(&lead), &one_epoch("leads-job")).await;
     let alices = submit_spec(&service, Some(&alice), &one_epoch("alices-job")).await;
     let mut browser = Browser::start(WIDTH, HEIGHT);
@@ -401,17 +355,17 @@ async fn the_dashboard_logs_in_with_a_key_and_out_again() {
 async fn the_job_page_resumes_its_stream_after_the_server_restarts() {
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
-    let service = Service::start(&data);
+    let service = Service::start(&data, ANY_PORT, &[]);
     let id = submit_spec(&service, None, &serde_json::from_str(&example("digits.json")).unwrap()).await;
     let mut browser = Browser::start(WIDTH, HEIGHT);
     browser.navigate(&format!("{}/ui#/jobs/{id}", service.base));
     browser.wait_for("points while running", &format!("{} && {LOSS_POINTS} > 0", status_is("running")), WAIT);
     let address = service.base.trim_start_matches("http://").to_string();
     service.stop();
-    let service = Service::start_on(&data, &address);
+    let service = Service::start(&data, &address, &[]);
     browser.wait_for("the verdict", "document.querySelector('#verdict')", WAIT);
 
-    let events = service.get(&format!("/v1/jobs/{id}/events?limit=1000")).await;
+    let events = get(&service, &format!("/v1/jobs/{id}/events?limit=1000")).await;
     let logged: Vec<Value> = events["data"]
         .as_array()
         .unwrap()
