@@ -70,6 +70,7 @@ export function compareView(main, param) {
     try {
       const jobs = (await api('/v1/jobs?status=succeeded&limit=100')).data;
       body.replaceChildren(picker(jobs, chosen));
+      if (chosen.length === 1) body.append(h('p', { class: 'muted' }, 'Pick at least one more job to compare.'));
       if (chosen.length < 2) return;
       const entries = await Promise.all(chosen.map(load));
       body.append(h('h2', {}, 'Curves'), overlays(entries), h('h2', {}, 'Reports'), sideBySide(entries),
