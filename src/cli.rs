@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::job::report::{ModelReport, Repeats, Report, Spread, Task};
-use crate::engine::{self, Control, DataRoot, EngineEvent};
+use crate::engine::{self, Control, DataRoot, EngineEvent, EpochMetrics};
 use crate::layout::{CURVES_FILE, REPORT_PLOT_FILE};
 use crate::spec;
 
@@ -56,15 +56,7 @@ pub fn run(
                 p.epoch, p.epochs, p.loss, p.hard, p.alpha, p.temperature
             ));
         }
-        EngineEvent::Epoch(m) => say(format!(
-            "{:>9} epoch {:>3}/{}: train loss {:.4}, validation loss {:.4}, accuracy {:.2}%",
-            m.phase.as_str(),
-            m.epoch,
-            m.epochs,
-            m.train_loss,
-            m.val_loss,
-            m.val_accuracy * 100.0
-        )),
+        EngineEvent::Epoch(m) => say(epoch_line(&m)),
         EngineEvent::Log(message) => say(message),
         EngineEvent::Checkpoint(_) => {}
     };
@@ -74,6 +66,19 @@ pub fn run(
     println!("artifacts in {}: {}", out.display(), output.artifacts.join(", "));
     println!("plots: {}, {}", out.join(CURVES_FILE).display(), out.join(REPORT_PLOT_FILE).display());
     Ok(output.report)
+}
+
+/// One epoch's line, as `run` and `jobs watch` print it.
+pub fn epoch_line(m: &EpochMetrics) -> String {
+    format!(
+        "{:>9} epoch {:>3}/{}: train loss {:.4}, validation loss {:.4}, accuracy {:.2}%",
+        m.phase.as_str(),
+        m.epoch,
+        m.epochs,
+        m.train_loss,
+        m.val_loss,
+        m.val_accuracy * 100.0
+    )
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -11,57 +11,16 @@ use distillery::engine::job::report::Report;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+#[path = "common/service.rs"]
+mod service;
+
+use service::{Service, ANY_PORT};
+
 const BIN: &str = env!("CARGO_BIN_EXE_distillery");
 
-struct Service {
-    child: Child,
-    base: String,
-}
-
-impl Service {
-    /// A service on `bind` (port 0: any free one), once it says where it listens.
-    fn start(data_dir: &Path, bind: &str) -> Service {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--bind", bind, "--log-format", "json", "--data-dir"])
-            .arg(data_dir)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(address) = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|log| log["fields"]["address"].as_str().map(String::from))
-                {
-                    let _ = tx.send(address);
-                }
-            }
-        });
-        let address = rx.recv_timeout(Duration::from_secs(30)).expect("the service never said where it listens");
-        Service { child, base: format!("http://{address}") }
-    }
-
-    /// Stops it with SIGTERM (it checkpoints its running job) and waits until it has exited.
-    fn stop(mut self) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) }, 0);
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "{status}");
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        reqwest::get(format!("{}{path}", self.base)).await.unwrap()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `GET` on the service, as a test checks what the client did.
+async fn get(service: &Service, path: &str) -> reqwest::Response {
+    reqwest::get(format!("{}{path}", service.base)).await.unwrap()
 }
 
 /// What one run of the client left: its exit status, stdout and stderr.
@@ -126,14 +85,14 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 async fn status(service: &Service, id: &str) -> String {
-    let job: Value = service.get(&format!("/v1/jobs/{id}")).await.json().await.unwrap();
+    let job: Value = get(service, &format!("/v1/jobs/{id}")).await.json().await.unwrap();
     job["status"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
 async fn submit_watch_report_download_and_delete() {
     let data = tempfile::tempdir().unwrap();
-    let service = Service::start(data.path(), "127.0.0.1:0");
+    let service = Service::start(data.path(), ANY_PORT, &[]);
     let spec = digits_spec(data.path(), "digits.json", |_| {});
     let watched = ok(&service, &["jobs", "submit", &spec, "--watch"]);
     let id = watched.lines().next().unwrap().to_string();
@@ -145,7 +104,7 @@ async fn submit_watch_report_download_and_delete() {
 
     // The report as the API gives it reads back into the engine's type whole, and the table
     // the client prints is the one `distillery run` prints from it.
-    let raw: Value = service.get(&format!("/v1/jobs/{id}/report")).await.json().await.unwrap();
+    let raw: Value = get(&service, &format!("/v1/jobs/{id}/report")).await.json().await.unwrap();
     let report: Report = serde_json::from_value(raw.clone()).unwrap();
     assert_eq!(serde_json::to_value(&report).unwrap(), raw, "the report changed in a round trip");
     let table = distillery::cli::table(&report);
@@ -156,7 +115,7 @@ async fn submit_watch_report_download_and_delete() {
     let row = listed.lines().find(|row| row.starts_with(&id)).unwrap_or_else(|| panic!("{listed}"));
     assert!(listed.starts_with("ID") && row.split_whitespace().nth(1) == Some("succeeded"), "{listed}");
 
-    let artifacts: Value = service.get(&format!("/v1/jobs/{id}/artifacts")).await.json().await.unwrap();
+    let artifacts: Value = get(&service, &format!("/v1/jobs/{id}/artifacts")).await.json().await.unwrap();
     let artifacts = artifacts["data"].as_array().unwrap();
     let out = data.path().join("downloads");
     let written = ok(&service, &["jobs", "download", &id, "-o", out.to_str().unwrap()]);
@@ -173,7 +132,7 @@ async fn submit_watch_report_download_and_delete() {
     assert!(!missing.ok && missing.stderr.contains("no artifact `nope.bin`"), "{}", missing.stderr);
 
     assert_eq!(ok(&service, &["jobs", "rm", &id]).trim(), format!("{id} deleted"));
-    assert_eq!(service.get(&format!("/v1/jobs/{id}")).await.status(), 404);
+    assert_eq!(get(&service, &format!("/v1/jobs/{id}")).await.status(), 404);
     let gone = cli(&service, &["jobs", "report", &id]);
     assert!(!gone.ok && gone.stderr.starts_with("error: not_found: "), "{}", gone.stderr);
 }
@@ -181,7 +140,7 @@ async fn submit_watch_report_download_and_delete() {
 #[tokio::test]
 async fn cancel_a_queued_and_a_running_job() {
     let data = tempfile::tempdir().unwrap();
-    let service = Service::start(data.path(), "127.0.0.1:0");
+    let service = Service::start(data.path(), ANY_PORT, &[]);
     let spec = digits_spec(data.path(), "slow.json", slow);
     let running = ok(&service, &["jobs", "submit", &spec]).trim().to_string();
     let queued = ok(&service, &["jobs", "submit", &spec]).trim().to_string();
@@ -208,7 +167,7 @@ async fn cancel_a_queued_and_a_running_job() {
 #[tokio::test]
 async fn errors_name_the_field_the_key_or_the_server() {
     let data = tempfile::tempdir().unwrap();
-    let service = Service::start(data.path(), "127.0.0.1:0");
+    let service = Service::start(data.path(), ANY_PORT, &[]);
     let spec = digits_spec(data.path(), "cold.json", |spec| spec["distill"]["temperature"] = json!(0));
     let refused = cli(&service, &["jobs", "submit", &spec]);
     assert!(!refused.ok && refused.stdout.is_empty(), "{}", refused.stdout);
@@ -216,7 +175,7 @@ async fn errors_name_the_field_the_key_or_the_server() {
     assert_eq!(ok(&service, &["jobs", "list"]).lines().count(), 1, "a refused spec stores nothing");
 
     // A port nothing listens on: the one a stopped service had.
-    let gone = Service::start(data.path().join("gone").as_path(), "127.0.0.1:0");
+    let gone = Service::start(data.path().join("gone").as_path(), ANY_PORT, &[]);
     let base = gone.base.clone();
     drop(gone);
     let unreachable: Ran = client(&base, None).args(["jobs", "list"]).output().unwrap().into();
@@ -237,7 +196,7 @@ async fn errors_name_the_field_the_key_or_the_server() {
 #[tokio::test]
 async fn an_uploaded_csv_trains_a_job() {
     let data = tempfile::tempdir().unwrap();
-    let service = Service::start(data.path(), "127.0.0.1:0");
+    let service = Service::start(data.path(), ANY_PORT, &[]);
     // Four numeric features; the label is the index of the largest of the first three.
     let mut csv = String::from("a,b,c,d,label\n");
     for i in 0..120u32 {
@@ -248,7 +207,7 @@ async fn an_uploaded_csv_trains_a_job() {
     let path = data.path().join("train.csv");
     std::fs::write(&path, &csv).unwrap();
     let id = ok(&service, &["files", "upload", path.to_str().unwrap(), "--purpose", "dataset"]).trim().to_string();
-    let stored: Value = service.get(&format!("/v1/files/{id}")).await.json().await.unwrap();
+    let stored: Value = get(&service, &format!("/v1/files/{id}")).await.json().await.unwrap();
     assert_eq!((&stored["filename"], &stored["purpose"]), (&json!("train.csv"), &json!("dataset")));
     assert_eq!(stored["sha256"], sha256(csv.as_bytes()));
 
@@ -266,7 +225,7 @@ async fn an_uploaded_csv_trains_a_job() {
 #[tokio::test]
 async fn watch_follows_a_job_across_a_restart_of_the_service() {
     let data = tempfile::tempdir().unwrap();
-    let first = Service::start(data.path(), "127.0.0.1:0");
+    let first = Service::start(data.path(), ANY_PORT, &[]);
     let address = first.base.trim_start_matches("http://").to_string();
     let spec = digits_spec(data.path(), "slow.json", slow);
     let id = ok(&first, &["jobs", "submit", &spec]).trim().to_string();
@@ -296,7 +255,7 @@ async fn watch_follows_a_job_across_a_restart_of_the_service() {
         }
     }
     first.stop();
-    let second = Service::start(data.path(), &address);
+    let second = Service::start(data.path(), &address, &[]);
     let exit = watch.wait().unwrap();
     lines.extend(rx.iter());
     let mut stderr = String::new();

@@ -2,60 +2,19 @@
 //! then started again on the same data directory. No accepted job is lost, and the job resumes
 //! from its checkpoint instead of starting over.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-struct Service {
-    child: Child,
-    base: String,
-}
+#[path = "common/service.rs"]
+mod service;
 
-impl Service {
-    fn start(data_dir: &Path) -> Service {
-        Service::start_with(data_dir, &[])
-    }
+use service::{Service, ANY_PORT};
 
-    fn start_with(data_dir: &Path, extra: &[&str]) -> Service {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_distillery"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--lease-secs", "2", "--log-format", "json", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(log) = serde_json::from_str::<Value>(&line) {
-                    if let Some(address) = log["fields"]["address"].as_str() {
-                        let _ = tx.send(address.to_string());
-                    }
-                }
-            }
-        });
-        let address = rx.recv_timeout(Duration::from_secs(30)).expect("the service never said where it listens");
-        Service { child, base: format!("http://{address}") }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A short lease, so that a killed service's job is requeued quickly.
+const LEASE: &[&str] = &["--lease-secs", "2"];
 
 fn spec() -> Value {
     json!({
@@ -125,7 +84,7 @@ fn drawn_points(svg: &str, series: &str) -> usize {
 async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
     let data = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let first = Service::start(data.path());
+    let first = Service::start(data.path(), ANY_PORT, LEASE);
     let id = submit(&client, &first.base).await;
     let mut checkpoint_step = 0;
     wait_until("a student checkpoint", async || {
@@ -137,7 +96,7 @@ async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
     .await;
     drop(first); // SIGKILL: no checkpoint, no goodbye.
 
-    let second = Service::start(data.path());
+    let second = Service::start(data.path(), ANY_PORT, LEASE);
     let job = wait_for_success(&client, &second.base, &id).await;
     assert_eq!(job["attempts"], 2);
     let events = events(&client, &second.base, &id).await;
@@ -172,7 +131,7 @@ async fn sigkill_mid_job_then_restart_resumes_from_the_checkpoint() {
 async fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let data = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let mut first = Service::start(data.path());
+    let mut first = Service::start(data.path(), ANY_PORT, LEASE);
     let id = submit(&client, &first.base).await;
     wait_until("student training", async || {
         events(&client, &first.base, &id)
@@ -192,7 +151,7 @@ async fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     };
     assert!(status.success(), "{status}");
 
-    let second = Service::start(data.path());
+    let second = Service::start(data.path(), ANY_PORT, LEASE);
     wait_for_success(&client, &second.base, &id).await;
     let events = events(&client, &second.base, &id).await;
     let requeued = events
@@ -245,7 +204,7 @@ async fn a_full_disk_fails_a_job_once_frees_its_files_and_the_service_keeps_serv
     let client = reqwest::Client::new();
     {
         // Below the free-space floor, submissions are refused up front and /readyz says why.
-        let service = Service::start_with(&data, &["--min-free-disk", "1GiB"]);
+        let service = Service::start(&data, ANY_PORT, &[LEASE, &["--min-free-disk", "1GiB"]].concat());
         let response = client.post(format!("{}/v1/jobs", service.base)).json(&spec()).send().await.unwrap();
         assert_eq!(response.status(), 507);
         assert_eq!(response.json::<Value>().await.unwrap()["error"]["code"], "insufficient_storage");
@@ -253,7 +212,7 @@ async fn a_full_disk_fails_a_job_once_frees_its_files_and_the_service_keeps_serv
         assert_eq!(ready.status(), 503);
         assert_eq!(ready.json::<Value>().await.unwrap()["status"], "low_disk");
     }
-    let service = Service::start_with(&data, &["--min-free-disk", "1MiB"]);
+    let service = Service::start(&data, ANY_PORT, &[LEASE, &["--min-free-disk", "1MiB"]].concat());
     let mut heavy = spec();
     heavy["teacher"] = json!({"arch": {"kind": "mlp", "hidden": [1024, 1024]}, "train": {"epochs": 3}});
     let mut ids = Vec::new();
@@ -293,7 +252,7 @@ async fn a_full_disk_fails_a_job_once_frees_its_files_and_the_service_keeps_serv
     drop(service);
 
     // A restart runs none of them again.
-    let again = Service::start_with(&data, &["--min-free-disk", "1MiB"]);
+    let again = Service::start(&data, ANY_PORT, &[LEASE, &["--min-free-disk", "1MiB"]].concat());
     for old in &jobs {
         let id = old["id"].as_str().unwrap();
         let job: Value = client.get(format!("{}/v1/jobs/{id}", again.base)).send().await.unwrap().json().await.unwrap();
@@ -318,7 +277,7 @@ fn keys(data_dir: &Path, args: &[&str]) -> String {
 async fn keys_created_and_revoked_from_the_command_line_while_the_server_runs() {
     let data = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let service = Service::start(data.path());
+    let service = Service::start(data.path(), ANY_PORT, LEASE);
     let jobs = format!("{}/v1/jobs", service.base);
     assert_eq!(client.get(&jobs).send().await.unwrap().status(), 200, "open without keys");
 

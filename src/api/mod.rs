@@ -14,6 +14,7 @@ mod jobs;
 mod keys;
 pub mod quota;
 mod session;
+mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -141,6 +142,10 @@ pub fn routes() -> Routes {
         .add(Method::GET, "/readyz", get(health::readyz))
         .add(Method::GET, "/metrics", get(health::prometheus))
         .add(Method::GET, "/openapi.yaml", get(health::openapi))
+        // The dashboard: static files, open like the contract; its data comes from /v1.
+        .add(Method::GET, "/", get(ui::root))
+        .add(Method::GET, "/ui", get(ui::index))
+        .add(Method::GET, "/ui/{file}", get(ui::asset))
 }
 
 pub fn router(state: AppState) -> Router {

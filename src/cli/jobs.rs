@@ -298,15 +298,7 @@ impl View {
             }
             "metrics" => {
                 if let Ok(m) = EpochMetrics::deserialize(payload) {
-                    self.say(&format!(
-                        "{:>9} epoch {:>3}/{}: train loss {:.4}, validation loss {:.4}, accuracy {:.2}%",
-                        m.phase.as_str(),
-                        m.epoch,
-                        m.epochs,
-                        m.train_loss,
-                        m.val_loss,
-                        m.val_accuracy * 100.0
-                    ));
+                    self.say(&super::epoch_line(&m));
                 }
             }
             "log" => self.say(payload["message"].as_str().unwrap_or_default()),

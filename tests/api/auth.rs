@@ -89,7 +89,7 @@ async fn every_v1_route_needs_a_valid_key_once_one_exists() {
         format!("{}{}", &keys.alice[..keys.alice.len() - 1], if keys.alice.ends_with('0') { '1' } else { '0' });
     let job = "0190b7b4-0000-7000-8000-000000000000";
     for (method, path) in distillery::api::routes().table {
-        let uri = path.replace("{id}", job).replace("{name}", "report.json");
+        let uri = path.replace("{id}", job).replace("{name}", "report.json").replace("{file}", "app.js");
         if path == "/v1/session" {
             continue; // The login itself, open by design: session.rs tests it.
         }

@@ -13,4 +13,5 @@ mod plots;
 mod quotas;
 mod session;
 mod sse;
+mod ui;
 mod validation;

@@ -1,0 +1,99 @@
+//! The web dashboard: static files compiled into the binary, so the page works on a box with no
+//! internet and needs no build step. It talks to the same `/v1` API as any other client.
+
+use std::sync::OnceLock;
+
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+
+/// Scripts and styles only from this origin, none inline; nothing may frame the page.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// (name under `/ui/`, content type, bytes).
+const FILES: &[(&str, &str, &str)] = &[
+    ("index.html", "text/html; charset=utf-8", include_str!("../../ui/index.html")),
+    ("app.css", "text/css; charset=utf-8", include_str!("../../ui/app.css")),
+    ("app.js", "text/javascript; charset=utf-8", include_str!("../../ui/app.js")),
+    ("api.js", "text/javascript; charset=utf-8", include_str!("../../ui/api.js")),
+    ("chart.js", "text/javascript; charset=utf-8", include_str!("../../ui/chart.js")),
+    ("dom.js", "text/javascript; charset=utf-8", include_str!("../../ui/dom.js")),
+    ("jobs.js", "text/javascript; charset=utf-8", include_str!("../../ui/jobs.js")),
+    ("job.js", "text/javascript; charset=utf-8", include_str!("../../ui/job.js")),
+    ("curves.js", "text/javascript; charset=utf-8", include_str!("../../ui/curves.js")),
+    ("report.js", "text/javascript; charset=utf-8", include_str!("../../ui/report.js")),
+    ("compare.js", "text/javascript; charset=utf-8", include_str!("../../ui/compare.js")),
+    ("submit.js", "text/javascript; charset=utf-8", include_str!("../../ui/submit.js")),
+    ("session.js", "text/javascript; charset=utf-8", include_str!("../../ui/session.js")),
+    ("favicon.svg", "image/svg+xml", include_str!("../../ui/favicon.svg")),
+];
+
+/// The specs in `examples/`, offered as starting points on the submit page.
+const EXAMPLES: &[(&str, &str)] = &[
+    ("digits.json", include_str!("../../examples/digits.json")),
+    ("digits-small-data.json", include_str!("../../examples/digits-small-data.json")),
+    ("digits-tiny-student.json", include_str!("../../examples/digits-tiny-student.json")),
+    ("digits-mse.json", include_str!("../../examples/digits-mse.json")),
+    ("fashion-mnist.json", include_str!("../../examples/fashion-mnist.json")),
+    ("fashion-mnist-logits.json", include_str!("../../examples/fashion-mnist-logits.json")),
+    ("fashion-mnist-ensemble.json", include_str!("../../examples/fashion-mnist-ensemble.json")),
+    ("fashion-mnist-shifts.json", include_str!("../../examples/fashion-mnist-shifts.json")),
+    ("election-minilm.json", include_str!("../../examples/election-minilm.json")),
+    ("election-minilm-embeddings.json", include_str!("../../examples/election-minilm-embeddings.json")),
+];
+
+/// `GET /`: the dashboard is the service's front page.
+pub async fn root() -> Redirect {
+    Redirect::to("/ui")
+}
+
+/// `GET /ui`: the page itself; the hash after it picks the view.
+pub async fn index(headers: HeaderMap) -> Response {
+    file(&headers, "index.html").expect("index.html is embedded")
+}
+
+/// `GET /ui/{file}`: the page's scripts, styles and the examples.
+pub async fn asset(headers: HeaderMap, Path(name): Path<String>) -> Result<Response, ApiError> {
+    file(&headers, &name).ok_or_else(|| ApiError::NotFound(format!("dashboard file `{name}`")))
+}
+
+/// The examples as `[{"name", "text"}]`, the text as written so the page shows it verbatim.
+fn examples_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        let list: Vec<_> =
+            EXAMPLES.iter().map(|(name, text)| serde_json::json!({"name": name, "text": text})).collect();
+        serde_json::to_string(&list).expect("examples serialise")
+    })
+}
+
+/// A file with its headers, or a `304` when the browser's copy is current. The files change
+/// only with the binary, so `no-cache` plus an `ETag` keeps a page from an upgraded server fresh
+/// for one small request each.
+fn file(headers: &HeaderMap, name: &str) -> Option<Response> {
+    let (content_type, body) = match name {
+        "examples.json" => ("application/json", examples_json()),
+        _ => FILES.iter().find(|(file, _, _)| *file == name).map(|(_, kind, body)| (*kind, *body))?,
+    };
+    let etag = format!("\"{}\"", &hex(&Sha256::digest(body.as_bytes()))[..16]);
+    let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let common = [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (header::ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header")),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
+        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    ];
+    if fresh {
+        return Some((StatusCode::NOT_MODIFIED, common).into_response());
+    }
+    Some((common, [(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
