@@ -4,7 +4,7 @@
 import { api } from './api.js';
 import { lineChart } from './chart.js';
 import { Curves } from './curves.js';
-import { h, pct, time } from './dom.js';
+import { h, orDash, pct, time } from './dom.js';
 
 function picker(jobs, chosen) {
   const boxes = jobs.map((j) => h('input', { type: 'checkbox', id: `pick-${j.id}`, value: j.id, checked: chosen.includes(j.id) }));
@@ -25,7 +25,9 @@ function picker(jobs, chosen) {
 const label = (job) => `${job.name} ·${job.id.slice(-4)}`;
 
 function overlays(entries) {
-  const student = (e) => e.curves.phases.get('student') || { steps: [], epochs: [] };
+  // A job of repeated seeds names its runs student_1 … student_k: show the exported one.
+  const phase = (e) => (e.report.repeats ? `student_${e.report.repeats.exported_run}` : 'student');
+  const student = (e) => e.curves.phases.get(phase(e)) || { steps: [], epochs: [] };
   const loss = entries.map((e) => ({ name: label(e.job), points: student(e).steps.map((p) => [p.step, p.loss]) }));
   const acc = entries.map((e) => ({ name: label(e.job), points: student(e).epochs.map((m) => [m.epoch, m.val_accuracy]) }));
   return h('div', { class: 'grid wide', id: 'compare-charts' },
@@ -33,16 +35,15 @@ function overlays(entries) {
     h('figure', { class: 'card' }, lineChart({ title: 'student: validation accuracy', series: acc, xLabel: 'epoch', format: (v) => pct(v, 0) })));
 }
 
-const value = (x, f) => (x === null || x === undefined ? '—' : f(x));
 const ROWS = [
   ['temperature T', (r) => JSON.stringify(r.distillation.temperature)],
   ['α', (r) => JSON.stringify(r.distillation.alpha)],
   ['soft loss', (r) => r.distillation.loss],
   ['teacher accuracy', (r) => pct(r.teacher.accuracy)],
   ['distilled accuracy', (r) => pct(r.student.accuracy)],
-  ['baseline accuracy', (r) => value(r.baseline, (b) => pct(b.accuracy))],
-  ['gain (points)', (r) => value(r.gain, (g) => (g * 100).toFixed(2))],
-  ['p (McNemar)', (r) => value(r.gain_test, (t) => t.p_value.toPrecision(2))],
+  ['baseline accuracy', (r) => orDash(r.baseline, (b) => pct(b.accuracy))],
+  ['gain (points)', (r) => orDash(r.gain, (g) => (g * 100).toFixed(2))],
+  ['p (McNemar)', (r) => orDash(r.gain_test, (t) => t.p_value.toPrecision(2))],
   ['retention', (r) => pct(r.retention, 1)],
   ['size ratio', (r) => pct(r.size_ratio, 1)],
   ['speed-up, batch 1', (r) => `${r.speedup.batch_1.toFixed(2)}×`],

@@ -16,6 +16,9 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** `f(x)`, or a dash where the value is missing. */
+export const orDash = (x, f) => (x === null || x === undefined ? '—' : f(x));
+
 /** Accuracy-like shares as the CLI prints them: 0.97550 → "97.55%". */
 export const pct = (x, digits = 2) => (x === null || x === undefined ? '—' : `${(x * 100).toFixed(digits)}%`);
 export const fixed = (x, digits = 4) => (x === null || x === undefined ? '—' : Number(x).toFixed(digits));

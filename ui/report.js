@@ -1,6 +1,6 @@
 // The report as a table (teacher / distilled / baseline), the summary line and the verdict.
 
-import { bytes, count, fixed, h, pct, seconds } from './dom.js';
+import { bytes, count, fixed, h, orDash, pct, seconds } from './dom.js';
 
 const MODELS = [['teacher', 'teacher'], ['student', 'student (distilled)'], ['baseline', 'student (baseline)']];
 
@@ -42,5 +42,22 @@ export function summaryLine(report) {
   parts.push(`wall time ${seconds(report.wall_time_s)}`);
   return h('p', { class: 'summary' }, parts.join('  ·  '));
 }
+
+/** A table with one row per seed of a job with repeats, the exported run marked; none for a single run. */
+export function runsTable(report) {
+  const repeats = report.repeats;
+  if (!repeats) return [];
+  const points = (x) => (x === null || x === undefined ? '—' : `${x >= 0 ? '+' : ''}${(x * 100).toFixed(2)}`);
+  return [h('table', { class: 'narrow', id: 'runs-table' },
+    h('thead', {}, h('tr', {}, ['run', 'seed', 'validation', 'distilled', 'baseline', 'gain (points)']
+      .map((label, i) => h('th', { class: i ? 'num' : '' }, label)))),
+    h('tbody', {}, repeats.runs.map((r) => h('tr', { 'data-run': r.run },
+      h('th', { scope: 'row' }, r.run === repeats.exported_run ? `${r.run} (exported)` : `${r.run}`),
+      [r.seed, pct(r.validation_accuracy), pct(r.student_accuracy), orDash(r.baseline_accuracy, pct), points(r.gain)]
+        .map((cell) => h('td', { class: 'num' }, `${cell}`))))))];
+}
+
+/** What the service warns of: a tiny student, T = 1, a teacher with little to teach. */
+export const warnings = (report) => (report.warnings || []).map((w) => h('p', { class: 'warning' }, `⚠ ${w}`));
 
 export const verdict = (report) => h('p', { class: 'verdict', id: 'verdict' }, report.verdict);
