@@ -20,7 +20,7 @@ pub async fn create(
     caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Job>)> {
+) -> ApiResult<(StatusCode, Json<Created>)> {
     require_json(&headers, "the job spec")?;
     let body = body?;
     if std::str::from_utf8(&body).is_err() {
@@ -69,7 +69,7 @@ pub async fn create(
         Inserted::Created(job) => {
             state.queue.notify_waiters();
             tracing::info!(id = %job.id, name = %job.name, owner = caller.name(), "job queued");
-            Ok((StatusCode::CREATED, Json(job)))
+            Ok((StatusCode::CREATED, Json(Created { job, warnings: admission.warnings })))
         }
         Inserted::Existing(job) => idempotent_replay(job, &spec),
     }
@@ -90,14 +90,24 @@ pub(super) fn require_json(headers: &HeaderMap, what: &str) -> ApiResult<()> {
     })
 }
 
-fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, Json<Job>)> {
+/// A submission's answer: the job, and on a 201 what the spec alone warns of (a tiny student,
+/// T = 1), so the submitter learns it before the job runs.
+#[derive(serde::Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    job: Job,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+fn idempotent_replay(job: Job, spec: &spec::JobSpec) -> ApiResult<(StatusCode, Json<Created>)> {
     if &job.spec != spec {
         return Err(ApiError::Conflict {
             code: "idempotency_key_reused",
             message: format!("this Idempotency-Key was used for job {} with a different spec", job.id),
         });
     }
-    Ok((StatusCode::OK, Json(job)))
+    Ok((StatusCode::OK, Json(Created { job, warnings: Vec::new() })))
 }
 
 /// `GET /v1/jobs?status=&limit=&after=&owner=`.

@@ -230,3 +230,22 @@ async fn a_text_job_hands_back_a_hugging_face_folder_as_a_tar() {
     assert!(tar.windows(28).any(|w| w == b"student-hf/model.safetensors"));
     assert!(tar.windows(25).any(|w| w == b"student-hf/tokenizer.json"));
 }
+
+#[tokio::test]
+async fn a_submission_is_warned_of_a_tiny_student_and_t_1_before_it_runs() {
+    let app = spawn_app().await;
+    let plain: Value =
+        app.client.post(app.url("/v1/jobs")).json(&small_spec(1)).send().await.unwrap().json().await.unwrap();
+    assert!(plain.get("warnings").is_none(), "a student of 25% at T = 4 is fine: {plain}");
+    let mut risky = small_spec(1);
+    risky["teacher"]["arch"]["hidden"] = json!([512]);
+    risky["student"]["arch"]["hidden"] = json!([4]);
+    risky["distill"]["temperature"] = json!(1.0);
+    let response = app.client.post(app.url("/v1/jobs")).json(&risky).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let job: Value = response.json().await.unwrap();
+    let warnings: Vec<&str> = job["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("of the teacher's parameters") && warnings[1].starts_with("T = 1"), "{warnings:?}");
+    assert!(job["id"].is_string() && job["status"] == "queued", "the job itself is still the answer: {job}");
+}

@@ -43,6 +43,8 @@ pub struct Admission {
     /// The job's estimated peak memory.
     pub memory: MemoryEstimate,
     pub size: JobSize,
+    /// What the spec alone tells of the ways users lose (see `guidance`), for the submitter.
+    pub warnings: Vec<String>,
 }
 
 /// The checks a spec must pass before it is accepted: ranges, then the dataset and the teacher
@@ -65,6 +67,7 @@ pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<Admission, Spec
     Ok(Admission {
         memory: resolve::estimate_memory(spec, &data, &resolved),
         size: resolve::job_size(spec, &data, &resolved, text.as_ref()),
+        warnings: spec_warnings(spec, &resolved),
     })
 }
 
@@ -101,8 +104,7 @@ fn train_and_report(
     let (data, text) = resolve::load_data(spec, data_root, &device)?;
     log_inputs(sink, &data, text.as_ref());
     let resolved = resolve::resolve(spec, &data, text.as_ref())?;
-    let teacher_parameters = resolved.teachers.iter().map(budget::parameters).sum();
-    let warnings = guidance::spec_warnings(spec, budget::parameters(&resolved.student), teacher_parameters);
+    let warnings = spec_warnings(spec, &resolved);
     for warning in &warnings {
         sink(EngineEvent::Log(format!("warning: {warning}")));
     }
@@ -135,6 +137,11 @@ fn train_and_report(
 }
 
 /// What the job found: the teacher folder (for text) and the dataset's shape.
+fn spec_warnings(spec: &JobSpec, resolved: &resolve::Resolved) -> Vec<String> {
+    let teacher_parameters = resolved.teachers.iter().map(budget::parameters).sum();
+    guidance::spec_warnings(spec, budget::parameters(&resolved.student), teacher_parameters)
+}
+
 fn log_inputs(sink: &mut dyn FnMut(EngineEvent), data: &Dataset, text: Option<&TextSetup>) {
     if let Some(setup) = text {
         let c = &setup.teacher.config;
