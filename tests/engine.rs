@@ -111,3 +111,44 @@ fn the_exported_student_rebuilds_from_its_config_and_a_teacher_loads_from_a_file
     assert!(second.teacher.training.is_none());
     assert_eq!(second.student.accuracy, report.student.accuracy);
 }
+
+#[test]
+fn transfer_samples_reach_the_student_through_the_teacher_alone_and_resume_exactly() {
+    let mut value = small(0.7);
+    value["dataset"]["labelled"] = json!(40);
+    value["training"]["batch_size"] = json!(8);
+    let s = spec(value);
+    let dir = tempfile::tempdir().unwrap();
+    let Ran { report, progress, .. } = run(&s, dir.path(), dir.path());
+    let (labelled, transfer) = (report.dataset.train_samples, report.dataset.transfer_samples);
+    assert_eq!((labelled, labelled + transfer), (40, 1797 - 359));
+    let seen = |m: &distillery::engine::job::report::ModelReport| {
+        let t = m.training.as_ref().unwrap();
+        (t.labelled_samples, t.transfer_samples)
+    };
+    assert_eq!(seen(&report.teacher), (40, 0));
+    assert_eq!(seen(report.baseline.as_ref().unwrap()), (40, 0), "the baseline has no teacher to learn from");
+    assert_eq!(seen(&report.student), (40, transfer));
+    let cache = report.distillation.teacher_cache.as_ref().unwrap();
+    assert_eq!(
+        (cache.used, cache.bytes),
+        (true, ((labelled + transfer) * 10 * 4) as u64),
+        "the cache covers the transfer set"
+    );
+
+    let steps = |phase: Phase| progress.iter().filter(|p| p.phase == phase).collect::<Vec<_>>();
+    for phase in [Phase::Teacher(0), Phase::Baseline] {
+        assert!(steps(phase).iter().all(|p| p.hard > 0.0 && p.total_steps == steps(phase).len() as u64), "{phase:?}");
+    }
+    let student = steps(Phase::Student);
+    assert_eq!(student.len(), 4 * (labelled + transfer).div_ceil(8));
+    let only_transfer = student.iter().filter(|p| p.hard == 0.0).collect::<Vec<_>>();
+    assert!(only_transfer.len() > student.len() / 2 && only_transfer.len() < student.len());
+    assert!(only_transfer
+        .iter()
+        .all(|p| p.soft.unwrap() > 0.0 && (p.loss - 0.7 * p.soft.unwrap()).abs() < 1e-6 * p.loss));
+
+    let resumed = tempfile::tempdir().unwrap();
+    interrupted_at(&s, resumed.path(), resumed.path(), Phase::Student, 250);
+    assert_eq!(results(&run_to_end(&s, resumed.path(), resumed.path()).report), results(&report));
+}

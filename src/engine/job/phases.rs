@@ -219,7 +219,7 @@ impl<'a> Trainer<'a> {
             self.log(format!("phase {name} was finished before the restart; its weights are reused"));
             return Ok(Model { net, training: Some(summary) });
         }
-        let steps = plan.steps_per_epoch(self.data.train.len());
+        let steps = plan.steps_per_epoch(plan.samples(teachers, self.data));
         self.log(format!("phase {name}: {} epochs of {steps} steps", plan.epochs));
         let (net, summary) = train_phase(&mut self.ctx, plan, init, self.data, teachers)?;
         let data = self.data;
