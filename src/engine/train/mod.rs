@@ -737,10 +737,13 @@ fn cached_targets(
     let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
     (ctx.sink)(EngineEvent::Log(match report.used {
         true => format!(
-            "teacher cache: logits of {} teacher(s) for {} training samples ({} of them transfer samples) computed once in {:.2} s and reused every epoch ({} KiB{})",
+            "teacher cache: logits of {} teacher(s) for {} training samples{} computed once in {:.2} s and reused every epoch ({} KiB{})",
             teachers.nets.len(),
             data.train.len(),
-            data.transfer(),
+            match data.transfer() {
+                0 => String::new(),
+                transfer => format!(" ({transfer} of them transfer samples)"),
+            },
             report.fill_s,
             report.bytes / 1024,
             report.top_k.map(|k| format!(", top {k} per sample")).unwrap_or_default()
