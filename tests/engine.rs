@@ -129,6 +129,10 @@ fn transfer_samples_reach_the_student_through_the_teacher_alone_and_resume_exact
     assert_eq!(seen(&report.teacher), (40, 0));
     assert_eq!(seen(report.baseline.as_ref().unwrap()), (40, 0), "the baseline has no teacher to learn from");
     assert_eq!(seen(&report.student), (40, transfer));
+    let line = format!(
+        "samples per epoch: teacher 40 labelled + 0 transfer, student 40 labelled + {transfer} transfer, baseline 40 labelled + 0 transfer"
+    );
+    assert!(distillery::cli::table(&report).contains(&line), "{}", distillery::cli::table(&report));
     let cache = report.distillation.teacher_cache.as_ref().unwrap();
     assert_eq!(
         (cache.used, cache.bytes),
