@@ -140,6 +140,11 @@ fn transfer_samples_reach_the_student_through_the_teacher_alone_and_resume_exact
         "the cache covers the transfer set"
     );
 
+    let admission = distillery::engine::preflight(&s, &DataRoot::new(dir.path())).unwrap();
+    assert_eq!(admission.size.epoch_samples, ("training.epochs".into(), 4 * (labelled + transfer) as u64));
+    let dataset_bytes = admission.memory.terms.iter().find(|t| t.field == "dataset").unwrap().bytes;
+    assert_eq!(dataset_bytes, 4 * 65 * 1797, "the memory estimate counts the transfer samples");
+
     let steps = |phase: Phase| progress.iter().filter(|p| p.phase == phase).collect::<Vec<_>>();
     for phase in [Phase::Teacher(0), Phase::Baseline] {
         assert!(steps(phase).iter().all(|p| p.hard > 0.0 && p.total_steps == steps(phase).len() as u64), "{phase:?}");
