@@ -151,6 +151,8 @@ fn transfer_samples_reach_the_student_through_the_teacher_alone_and_resume_exact
     }
     let student = steps(Phase::Student);
     assert_eq!(student.len(), 4 * (labelled + transfer).div_ceil(8));
+    assert_eq!(steps(Phase::Teacher(0)).len(), 3 * 5);
+    assert_eq!(steps(Phase::Baseline).len(), student.len(), "the baseline cycles its labels for the student's steps");
     let only_transfer = student.iter().filter(|p| p.hard == 0.0).collect::<Vec<_>>();
     assert!(only_transfer.len() > student.len() / 2 && only_transfer.len() < student.len());
     assert!(only_transfer
@@ -159,5 +161,6 @@ fn transfer_samples_reach_the_student_through_the_teacher_alone_and_resume_exact
 
     let resumed = tempfile::tempdir().unwrap();
     interrupted_at(&s, resumed.path(), resumed.path(), Phase::Student, 250);
+    interrupted_at(&s, resumed.path(), resumed.path(), Phase::Baseline, 300);
     assert_eq!(results(&run_to_end(&s, resumed.path(), resumed.path()).report), results(&report));
 }

@@ -41,6 +41,9 @@ pub struct PhasePlan {
     pub shift: Option<usize>,
     pub early_stopping: Option<EarlyStopping>,
     pub cache: CacheSpec,
+    /// Samples an epoch takes when more than the phase draws from, in passes over them, each in
+    /// its own seeded order: the baseline of a job with a transfer set takes the student's steps.
+    pub epoch_samples: Option<usize>,
 }
 
 /// One intermediate-layer term, resolved against both architectures.
@@ -95,6 +98,11 @@ impl PhasePlan {
             true => data.train.len(),
             false => data.labelled,
         }
+    }
+
+    /// Samples an epoch takes: every sample it draws from once, or `epoch_samples` when more.
+    pub fn epoch_length(&self, teachers: &Teachers, data: &Dataset) -> usize {
+        self.samples(teachers, data).max(self.epoch_samples.unwrap_or(0))
     }
 }
 
@@ -344,8 +352,10 @@ struct PhaseRun<'p> {
     cache_report: Option<CacheReport>,
     student_layers: Vec<&'p str>,
     teacher_layers: Vec<Vec<&'p str>>,
-    /// Training samples an epoch visits: indices `0..samples` of the training split.
+    /// Training samples an epoch draws from: indices `0..samples` of the training split.
     samples: usize,
+    /// Samples an epoch takes (more than `samples` only for a baseline that matches the student).
+    epoch_length: usize,
     steps_per_epoch: u64,
     total_steps: u64,
     started: Instant,
@@ -394,8 +404,8 @@ impl<'p> PhaseRun<'p> {
             true => cached_targets(ctx, plan, teachers, data)?,
             false => (None, None),
         };
-        let samples = plan.samples(teachers, data);
-        let steps_per_epoch = plan.steps_per_epoch(samples);
+        let (samples, epoch_length) = (plan.samples(teachers, data), plan.epoch_length(teachers, data));
+        let steps_per_epoch = plan.steps_per_epoch(epoch_length);
         let embedding_reference = match (data.classes, teachers.nets.first()) {
             (0, Some(teacher)) => Some(EmbeddingReference::new(teacher, data.monitored(), ctx.device)?),
             _ => None,
@@ -422,6 +432,7 @@ impl<'p> PhaseRun<'p> {
                 })
                 .collect(),
             samples,
+            epoch_length,
             steps_per_epoch,
             total_steps: steps_per_epoch * plan.epochs as u64,
             started,
@@ -435,8 +446,7 @@ impl<'p> PhaseRun<'p> {
 
     /// One epoch in the seeded order, from the batch a mid-epoch checkpoint stopped at.
     fn epoch(&mut self, ctx: &mut PhaseContext, epoch: u32) -> Result<(), EngineError> {
-        let mut order: Vec<usize> = (0..self.samples).collect();
-        Rng::stream(self.plan.seed, &[streams::SHUFFLE, epoch as u64]).shuffle(&mut order);
+        let order = self.epoch_order(epoch);
         let skip = std::mem::take(&mut self.position.batches_into_epoch);
         let mut epoch_loss = std::mem::take(&mut self.position.partial_loss_sum);
         for (batch_index, batch) in order.chunks(self.plan.batch_size).enumerate().skip(skip as usize) {
@@ -449,6 +459,23 @@ impl<'p> PhaseRun<'p> {
             epoch_loss += self.step(ctx, epoch, batch_index as u64, batch)?;
         }
         self.end_epoch(ctx, epoch, epoch_loss)
+    }
+
+    /// The epoch's seeded order: passes over the samples, each shuffled on its own (the first as
+    /// a single pass always was), cut to the epoch's length.
+    fn epoch_order(&self, epoch: u32) -> Vec<usize> {
+        let mut order = Vec::with_capacity(self.epoch_length);
+        for pass in 0..self.epoch_length.div_ceil(self.samples) as u64 {
+            let mut part: Vec<usize> = (0..self.samples).collect();
+            let stream: &[u64] = match pass {
+                0 => &[streams::SHUFFLE, epoch as u64],
+                _ => &[streams::SHUFFLE, epoch as u64, pass],
+            };
+            Rng::stream(self.plan.seed, stream).shuffle(&mut part);
+            order.extend(part);
+        }
+        order.truncate(self.epoch_length);
+        order
     }
 
     /// A checkpoint where the epoch stands: data order, shifts and dropout masks derive from
@@ -883,6 +910,7 @@ mod tests {
             shift: None,
             early_stopping: None,
             cache: CacheSpec::default(),
+            epoch_samples: None,
         }
     }
 
