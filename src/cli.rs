@@ -135,6 +135,24 @@ pub fn table_columns(report: &Report) -> ([String; 8], Vec<(String, [String; 8])
     (labels, columns.into_iter().map(|(name, m, column)| (name, cells(m, column))).collect())
 }
 
+/// Labelled and transfer samples each trained model saw per epoch, in one line.
+fn samples_seen(report: &Report) -> String {
+    let mut models: Vec<(String, &ModelReport)> = match &report.teachers {
+        Some(members) => {
+            members.iter().enumerate().map(|(i, m)| (engine::Phase::Teacher(i).as_str().into_owned(), m)).collect()
+        }
+        None => vec![("teacher".into(), &report.teacher)],
+    };
+    models.push(("student".into(), &report.student));
+    models.extend(report.baseline.iter().map(|b| ("baseline".to_string(), b)));
+    let seen: Vec<String> = models
+        .into_iter()
+        .filter_map(|(name, model)| model.training.as_ref().map(|t| (name, t)))
+        .map(|(name, t)| format!("{name} {} labelled + {} transfer", t.labelled_samples, t.transfer_samples))
+        .collect();
+    format!("samples per epoch: {}", seen.join(", "))
+}
+
 /// The report as the seed table of the field: teacher, distilled student, baseline.
 pub fn table(report: &Report) -> String {
     let (labels, columns) = table_columns(report);
@@ -173,6 +191,9 @@ pub fn table(report: &Report) -> String {
             ),
             false => format!("; teacher cache not used: {}", cache.reason),
         };
+    }
+    if report.dataset.transfer_samples > 0 {
+        out += &format!("\n{}", samples_seen(report));
     }
     if let Some(best) = report.student.training.as_ref().and_then(|t| t.best_epoch) {
         out += &format!("; early stopping kept the student's epoch {best}");

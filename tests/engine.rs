@@ -236,3 +236,60 @@ fn a_tiny_student_t_1_and_a_weak_teacher_are_warned_of_in_the_log_and_the_report
     assert!(weak[0].contains("on the held-out split"), "{}", weak[0]);
     assert!(logs.contains(&format!("warning: {}", weak[0])), "{logs:?}");
 }
+
+#[test]
+fn transfer_samples_reach_the_student_through_the_teacher_alone_and_resume_exactly() {
+    let mut value = small(0.7);
+    value["dataset"]["labelled"] = json!(40);
+    value["training"]["batch_size"] = json!(8);
+    let s = spec(value);
+    let dir = tempfile::tempdir().unwrap();
+    let Ran { report, progress, .. } = run(&s, dir.path(), dir.path());
+    let (labelled, transfer) = (report.dataset.train_samples, report.dataset.transfer_samples);
+    assert_eq!((labelled, labelled + transfer), (40, 1797 - 359));
+    let seen = |m: &distillery::engine::job::report::ModelReport| {
+        let t = m.training.as_ref().unwrap();
+        (t.labelled_samples, t.transfer_samples)
+    };
+    assert_eq!(seen(&report.teacher), (40, 0));
+    assert_eq!(seen(report.baseline.as_ref().unwrap()), (40, 0), "the baseline has no teacher to learn from");
+    assert_eq!(seen(&report.student), (40, transfer));
+    let line = format!(
+        "samples per epoch: teacher 40 labelled + 0 transfer, student 40 labelled + {transfer} transfer, baseline 40 labelled + 0 transfer"
+    );
+    assert!(distillery::cli::table(&report).contains(&line), "{}", distillery::cli::table(&report));
+    let cache = report.distillation.teacher_cache.as_ref().unwrap();
+    assert_eq!(
+        (cache.used, cache.bytes),
+        (true, ((labelled + transfer) * 10 * 4) as u64),
+        "the cache covers the transfer set"
+    );
+
+    let admission = distillery::engine::preflight(&s, &DataRoot::new(dir.path())).unwrap();
+    assert_eq!(admission.size.epoch_samples, ("training.epochs".into(), 4 * (labelled + transfer) as u64));
+    let dataset_bytes = admission.memory.terms.iter().find(|t| t.field == "dataset").unwrap().bytes;
+    assert_eq!(dataset_bytes, 4 * 65 * 1797, "the memory estimate counts the transfer samples");
+
+    let steps = |phase: Phase| progress.iter().filter(|p| p.phase == phase).collect::<Vec<_>>();
+    for phase in [Phase::Teacher(0), Phase::Baseline(0)] {
+        assert!(steps(phase).iter().all(|p| p.hard > 0.0 && p.total_steps == steps(phase).len() as u64), "{phase:?}");
+    }
+    let student = steps(Phase::Student(0));
+    assert_eq!(student.len(), 4 * (labelled + transfer).div_ceil(8));
+    assert_eq!(steps(Phase::Teacher(0)).len(), 3 * 5);
+    assert_eq!(
+        steps(Phase::Baseline(0)).len(),
+        student.len(),
+        "the baseline cycles its labels for the student's steps"
+    );
+    let only_transfer = student.iter().filter(|p| p.hard == 0.0).collect::<Vec<_>>();
+    assert!(only_transfer.len() > student.len() / 2 && only_transfer.len() < student.len());
+    assert!(only_transfer
+        .iter()
+        .all(|p| p.soft.unwrap() > 0.0 && (p.loss - 0.7 * p.soft.unwrap()).abs() < 1e-6 * p.loss));
+
+    let resumed = tempfile::tempdir().unwrap();
+    interrupted_at(&s, resumed.path(), resumed.path(), Phase::Student(0), 250);
+    interrupted_at(&s, resumed.path(), resumed.path(), Phase::Baseline(0), 300);
+    assert_eq!(results(&run_to_end(&s, resumed.path(), resumed.path()).report), results(&report));
+}

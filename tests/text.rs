@@ -281,6 +281,33 @@ mod jobs {
     }
 
     #[test]
+    fn texts_without_labels_reach_the_distilled_student_alone() {
+        let root = root();
+        reviews(&root.path().join("texts/more-labelled.csv"), 200, 3);
+        let labelled = std::fs::read_to_string(root.path().join("texts/more-labelled.csv")).unwrap();
+        let texts: String = labelled.lines().skip(1).map(|l| format!("{}\n", l.rsplit_once(',').unwrap().0)).collect();
+        std::fs::write(root.path().join("texts/more.csv"), format!("text\n{texts}")).unwrap();
+        let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0]}), json!([]))).unwrap();
+        value["dataset"]["labelled"] = json!(40);
+        value["dataset"]["transfer"] = json!({"path": "texts/more.csv"});
+        value["teacher"]["train"]["epochs"] = json!(2);
+        value["training"]["epochs"] = json!(1);
+        value["training"]["warmup_steps"] = json!(0);
+        let job = tempfile::tempdir().unwrap();
+        let report = run(&common::spec(value), root.path(), job.path()).report;
+        let transfer = 400 - 40 + 200;
+        assert_eq!((report.dataset.train_samples, report.dataset.transfer_samples), (40, transfer));
+        let seen = |m: &distillery::engine::job::report::ModelReport| {
+            let t = m.training.as_ref().unwrap();
+            (t.labelled_samples, t.transfer_samples)
+        };
+        assert_eq!(seen(&report.teacher), (40, 0));
+        assert_eq!(seen(&report.student), (40, transfer));
+        assert_eq!(seen(report.baseline.as_ref().unwrap()), (40, 0));
+        assert_eq!(report.distillation.teacher_cache.as_ref().unwrap().bytes, (40 + transfer as u64) * 2 * 4);
+    }
+
+    #[test]
     fn a_distilbert_teacher_distils_and_exports_in_its_own_layout() {
         let root = root();
         let job = tempfile::tempdir().unwrap();

@@ -99,6 +99,52 @@ pub struct DatasetSpec {
     /// Use only the first N training samples (after the split), e.g. for quick trials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Keep the labels of only the first N training samples (after the split and `limit`); the
+    /// other training samples join the transfer set, unlabelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labelled: Option<usize>,
+    /// Extra samples without labels, in the labelled data's format: the distilled student
+    /// learns from the teachers on them; the teachers and the baseline never see them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferSpec>,
+}
+
+/// `dataset.transfer`: one file of unlabelled samples, with the labelled samples' features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSpec {
+    /// CSV: the feature columns of the training file (a label column, if there, is ignored).
+    /// Text: the training file's text (and pair) column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// IDX: an images file of the training images' shape, without a labels file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<String>,
+}
+
+impl TransferSpec {
+    fn validate(&self, source: DatasetSource) -> Result<(), SpecError> {
+        let (wanted, unused) = match source {
+            DatasetSource::Idx => (("images", &self.images), ("path", &self.path)),
+            DatasetSource::Csv | DatasetSource::Text => (("path", &self.path), ("images", &self.images)),
+            DatasetSource::BuiltinDigits => {
+                return Err(SpecError::new(
+                    "dataset.transfer",
+                    "the built-in digits have no transfer file; use `dataset.labelled` to unlabel a part of them",
+                ))
+            }
+        };
+        if unused.1.is_some() {
+            return Err(SpecError::new(
+                format!("dataset.transfer.{}", unused.0),
+                format!("not used by source `{source}`; name the file in `dataset.transfer.{}`", wanted.0),
+            ));
+        }
+        let field = format!("dataset.transfer.{}", wanted.0);
+        let path =
+            wanted.1.as_deref().ok_or_else(|| SpecError::new(&field, format!("required for source `{source}`")))?;
+        validate_relative_path(path, &field)
+    }
 }
 
 impl DatasetSpec {
@@ -168,6 +214,12 @@ impl DatasetSpec {
         }
         if self.limit == Some(0) {
             return Err(SpecError::new("dataset.limit", "must be at least 1"));
+        }
+        if self.labelled == Some(0) {
+            return Err(SpecError::new("dataset.labelled", "must be at least 1"));
+        }
+        if let Some(transfer) = &self.transfer {
+            transfer.validate(self.source)?;
         }
         Ok(())
     }

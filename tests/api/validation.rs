@@ -144,6 +144,34 @@ async fn datasets_that_are_missing_unparseable_out_of_range_or_outside_the_root(
 }
 
 #[tokio::test]
+async fn transfer_sets_of_the_wrong_shape_missing_or_outside_the_root() {
+    let app = spawn_app().await;
+    let datasets = app.data_dir.path().join("datasets");
+    std::fs::write(datasets.join("train.csv"), "a,b,label\n1,2,0\n3,4,1\n5,6,1\n2,2,0\n").unwrap();
+    std::fs::write(datasets.join("wide.csv"), "a,b,c\n1,2,3\n").unwrap();
+    std::fs::write(app.data_dir.path().join("secret.csv"), "a,b\n1,2\n").unwrap();
+    let transfer =
+        |transfer: Value| with(&["dataset"], json!({"source": "csv", "path": "train.csv", "transfer": transfer}));
+    let field = "dataset.transfer.path";
+    refused(&app, &transfer(json!({"path": "wide.csv"})), 422, "invalid_spec", field).await;
+    refused(&app, &transfer(json!({"path": "nowhere.csv"})), 422, "invalid_spec", field).await;
+    refused(&app, &transfer(json!({"path": "../secret.csv"})), 422, "invalid_spec", field).await;
+    refused(&app, &transfer(json!({"images": "x.idx"})), 422, "invalid_spec", "dataset.transfer.images").await;
+    refused(
+        &app,
+        &transfer(json!({"path": "wide.csv", "labels": "y"})),
+        422,
+        "invalid_spec",
+        "dataset.transfer.labels",
+    )
+    .await;
+    let digits = with(&["dataset"], json!({"source": "builtin:digits", "transfer": {"path": "wide.csv"}}));
+    refused(&app, &digits, 422, "invalid_spec", "dataset.transfer").await;
+    refused(&app, &with(&["dataset", "labelled"], json!(0)), 422, "invalid_spec", "dataset.labelled").await;
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
 async fn a_teacher_whose_input_width_does_not_match_the_data() {
     let app = spawn_app().await;
     let datasets = app.data_dir.path().join("datasets");

@@ -63,7 +63,10 @@ pub struct Dataset {
     pub classes: usize,
     /// Original label names when labels were not integers.
     pub label_names: Option<Vec<String>>,
+    /// The training samples: the first `labelled` have labels; the rest are the transfer set,
+    /// whose label 0 is a placeholder no loss reads.
     pub train: Split,
+    pub labelled: usize,
     /// The held-out samples the report is measured on.
     pub validation: Split,
     /// Samples held out of training for early stopping or the choice among repeated runs, so `validation` stays unseen.
@@ -78,6 +81,11 @@ impl Dataset {
         self.monitor.as_ref().unwrap_or(&self.validation)
     }
 
+    /// Training samples without labels (the transfer set).
+    pub fn transfer(&self) -> usize {
+        self.train.len() - self.labelled
+    }
+
     /// The standardised value of a raw 0 pixel: what a shift uncovers.
     pub fn background(&self) -> f32 {
         (0.0 - self.normalization.mean[0]) / self.normalization.std[0]
@@ -90,6 +98,8 @@ pub(crate) struct Raw {
     features: usize,
     split: Split,
     label_names: Option<Vec<String>>,
+    /// Features of the transfer file's samples (`dataset.transfer`), row-major.
+    transfer: Vec<f32>,
 }
 
 /// Loads, splits and standardises the dataset a spec names; with `monitor`, also holds a
@@ -104,21 +114,27 @@ pub fn load(spec: &DatasetSpec, root: &DataRoot, seed: u64, monitor: bool) -> Re
         DatasetSource::Csv => {
             let path = spec.path.as_deref().unwrap_or_default();
             let label = spec.label_column.as_deref().unwrap_or("label");
-            let train = read_csv_file(root, path, label, "dataset.path")?;
+            let mut train = read_csv_file(root, path, label, "dataset.path")?;
             let test = match &spec.test_path {
                 Some(p) => Some(read_csv_file(root, p, label, "dataset.test_path")?),
                 None => None,
             };
+            if let Some(transfer) = spec.transfer.as_ref().and_then(|t| t.path.as_deref()) {
+                train.transfer = read_csv_transfer(root, transfer, label, train.features)?;
+            }
             (path.to_string(), train, test)
         }
         DatasetSource::Idx => {
             let images = spec.images.as_deref().unwrap_or_default();
             let labels = spec.labels.as_deref().unwrap_or_default();
-            let train = read_idx_pair(root, images, labels, "dataset.images", "dataset.labels")?;
+            let mut train = read_idx_pair(root, images, labels, "dataset.images", "dataset.labels")?;
             let test = match (&spec.test_images, &spec.test_labels) {
                 (Some(i), Some(l)) => Some(read_idx_pair(root, i, l, "dataset.test_images", "dataset.test_labels")?),
                 _ => None,
             };
+            if let Some(transfer) = spec.transfer.as_ref().and_then(|t| t.images.as_deref()) {
+                train.transfer = read_idx_transfer(root, transfer, &train)?;
+            }
             (images.to_string(), train, test)
         }
         DatasetSource::Text => {
@@ -182,13 +198,20 @@ fn assemble(
         train.y.truncate(limit);
         train.x.truncate(limit * features);
     }
+    // Statistics of the labelled samples only: the baseline must not learn from the transfer set.
+    let labelled = spec.labelled.map_or(train.len(), |n| n.min(train.len()));
+    let unlabelled = train.x.split_off(labelled * features);
+    train.y.truncate(labelled);
     let normalization = statistics(&train, features, raw.image.is_some());
+    train.x.extend(unlabelled.into_iter().chain(raw.transfer));
+    train.y.resize(train.x.len() / features, 0);
     let mut dataset = Dataset {
         name,
         features,
         classes,
         label_names: raw.label_names,
         train,
+        labelled,
         validation,
         monitor,
         normalization,
@@ -372,13 +395,7 @@ pub(crate) fn read_csv_rows(
             if j == label_at {
                 labels.push(cell.to_string());
             } else {
-                let value: f32 = cell.parse().ok().filter(|v: &f32| v.is_finite()).ok_or_else(|| {
-                    SpecError::new(
-                        field,
-                        format!("line {}, column {}: `{cell}` is not a finite number", number + 1, j + 1),
-                    )
-                })?;
-                x.push(value);
+                x.push(parse_number(cell, number, j, field)?);
             }
         }
     }
@@ -386,7 +403,54 @@ pub(crate) fn read_csv_rows(
         return Err(SpecError::new(field, "the CSV file has no data rows"));
     }
     let (y, label_names) = label_ids(&labels, field)?;
-    Ok(Raw { image: None, features: width - 1, split: Split { x, y }, label_names })
+    Ok(Raw { image: None, features: width - 1, split: Split { x, y }, label_names, transfer: Vec::new() })
+}
+
+fn parse_number(cell: &str, line: usize, column: usize, field: &str) -> Result<f32, SpecError> {
+    cell.parse().ok().filter(|v: &f32| v.is_finite()).ok_or_else(|| {
+        SpecError::new(field, format!("line {}, column {}: `{cell}` is not a finite number", line + 1, column + 1))
+    })
+}
+
+/// A transfer CSV: a header, then the training file's feature columns; its label column, if
+/// there, is ignored. Returns the features, row-major.
+fn read_csv_transfer(
+    root: &DataRoot,
+    relative: &str,
+    label_column: &str,
+    features: usize,
+) -> Result<Vec<f32>, SpecError> {
+    let field = "dataset.transfer.path";
+    let bytes = open_maybe_gz(root, relative, field)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| SpecError::new(field, "the CSV file is not UTF-8 text"))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let (_, header) = lines.next().ok_or_else(|| SpecError::new(field, "the CSV file is empty"))?;
+    let names: Vec<&str> = header.split(',').map(str::trim).collect();
+    let label = names.iter().position(|n| *n == label_column);
+    let width = names.len() - usize::from(label.is_some());
+    if width != features {
+        return Err(SpecError::new(
+            field,
+            format!("`{relative}` has {width} feature columns, the training data {features}"),
+        ));
+    }
+    let mut x = Vec::new();
+    for (number, line) in lines {
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cells.len() != names.len() {
+            return Err(SpecError::new(
+                field,
+                format!("line {}: {} columns, expected {}", number + 1, cells.len(), names.len()),
+            ));
+        }
+        for (j, cell) in cells.iter().enumerate().filter(|(j, _)| Some(*j) != label) {
+            x.push(parse_number(cell, number, j, field)?);
+        }
+    }
+    if x.is_empty() {
+        return Err(SpecError::new(field, "the CSV file has no data rows"));
+    }
+    Ok(x)
 }
 
 fn label_ids(labels: &[String], field: &str) -> Result<(Vec<u32>, Option<Vec<String>>), SpecError> {
@@ -418,13 +482,8 @@ fn read_idx_pair(
     images_field: &str,
     labels_field: &str,
 ) -> Result<Raw, SpecError> {
-    let (dims, pixels) = read_idx(&open_maybe_gz(root, images, images_field)?, images_field)?;
-    if dims.len() < 2 {
-        return Err(SpecError::new(
-            images_field,
-            format!("expected an images file (2 or more dimensions), got {} dimension(s)", dims.len()),
-        ));
-    }
+    let mut raw = read_idx_images(root, images, images_field)?;
+    let count = raw.split.x.len() / raw.features;
     let (label_dims, label_bytes) = read_idx(&open_maybe_gz(root, labels, labels_field)?, labels_field)?;
     if label_dims.len() != 1 {
         return Err(SpecError::new(
@@ -432,8 +491,21 @@ fn read_idx_pair(
             format!("expected a labels file (1 dimension), got {}", label_dims.len()),
         ));
     }
-    if label_dims[0] != dims[0] {
-        return Err(SpecError::new(labels_field, format!("{} labels for {} images", label_dims[0], dims[0])));
+    if label_dims[0] != count {
+        return Err(SpecError::new(labels_field, format!("{} labels for {count} images", label_dims[0])));
+    }
+    raw.split.y = label_bytes.into_iter().map(u32::from).collect();
+    Ok(raw)
+}
+
+/// An IDX images file, its pixels as C×H×W floats, without labels yet.
+fn read_idx_images(root: &DataRoot, images: &str, field: &str) -> Result<Raw, SpecError> {
+    let (dims, pixels) = read_idx(&open_maybe_gz(root, images, field)?, field)?;
+    if dims.len() < 2 {
+        return Err(SpecError::new(
+            field,
+            format!("expected an images file (2 or more dimensions), got {} dimension(s)", dims.len()),
+        ));
     }
     let features: usize = dims[1..].iter().product();
     let (image, x) = match dims[1..] {
@@ -452,12 +524,24 @@ fn read_idx_pair(
         }
         _ => (None, pixels.into_iter().map(f32::from).collect()),
     };
-    Ok(Raw {
-        image,
-        features,
-        split: Split { x, y: label_bytes.into_iter().map(u32::from).collect() },
-        label_names: None,
-    })
+    Ok(Raw { image, features, split: Split { x, y: Vec::new() }, label_names: None, transfer: Vec::new() })
+}
+
+/// A transfer IDX file: images of the training images' shape, without labels.
+fn read_idx_transfer(root: &DataRoot, images: &str, train: &Raw) -> Result<Vec<f32>, SpecError> {
+    let field = "dataset.transfer.images";
+    let transfer = read_idx_images(root, images, field)?;
+    let describe = |raw: &Raw| match raw.image {
+        Some(i) => format!("{}×{}×{} images", i.channels, i.height, i.width),
+        None => format!("samples of {} values", raw.features),
+    };
+    if transfer.image != train.image || transfer.features != train.features {
+        return Err(SpecError::new(
+            field,
+            format!("`{images}` holds {}, the training data {}", describe(&transfer), describe(train)),
+        ));
+    }
+    Ok(transfer.split.x)
 }
 
 /// IDX: two zero bytes, a type byte (0x08: unsigned bytes), the number of dimensions, then each
@@ -494,6 +578,7 @@ pub(crate) fn read_idx(bytes: &[u8], field: &str) -> Result<(Vec<usize>, Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::TransferSpec;
 
     fn spec(source: &str) -> DatasetSpec {
         serde_json::from_value(serde_json::json!({"source": source})).unwrap()
@@ -558,6 +643,64 @@ mod tests {
         std::fs::write(dir.path().join("short"), &images[..20]).unwrap();
         s.images = Some("short".into());
         assert_eq!(load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err().field, "dataset.images");
+    }
+
+    #[test]
+    fn labelled_keeps_the_first_labels_and_standardises_on_them_alone() {
+        let mut s = spec("builtin:digits");
+        let all = load(&s, &DataRoot::new("/nonexistent"), 42, false).unwrap();
+        s.labelled = Some(100);
+        let d = load(&s, &DataRoot::new("/nonexistent"), 42, false).unwrap();
+        assert_eq!((d.labelled, d.transfer(), d.train.len()), (100, all.train.len() - 100, all.train.len()));
+        assert_eq!(d.train.y[..100], all.train.y[..100]);
+        assert!(d.train.y[100..].iter().all(|&y| y == 0), "transfer samples carry the placeholder label");
+        assert_eq!(d.validation.y, all.validation.y);
+        let mean_of_feature_20: f32 = d.train.x[..100 * 64].iter().skip(20).step_by(64).sum::<f32>() / 100.0;
+        assert!(mean_of_feature_20.abs() < 1e-4, "{mean_of_feature_20}");
+    }
+
+    #[test]
+    fn transfer_files_join_the_training_samples_unlabelled_and_must_fit_their_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train.csv"), "a,b,label\n1,2,0\n3,4,1\n5,6,1\n").unwrap();
+        std::fs::write(dir.path().join("more.csv"), "label,a,b\n9,7,8\n9,9,10\n").unwrap();
+        std::fs::write(dir.path().join("wide.csv"), "a,b,c\n1,2,3\n").unwrap();
+        let mut s = spec("csv");
+        s.path = Some("train.csv".into());
+        s.test_path = Some("train.csv".into());
+        s.transfer = Some(TransferSpec { path: Some("more.csv".into()), images: None });
+        let d = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap();
+        assert_eq!((d.labelled, d.transfer(), d.train.y.clone()), (3, 2, vec![0, 1, 1, 0, 0]));
+        let raw_feature_a: Vec<f32> =
+            d.train.x.iter().step_by(2).map(|v| v * d.normalization.std[0] + d.normalization.mean[0]).collect();
+        assert!(
+            raw_feature_a.iter().zip([1.0, 3.0, 5.0, 7.0, 9.0]).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{raw_feature_a:?}"
+        );
+        s.transfer = Some(TransferSpec { path: Some("wide.csv".into()), images: None });
+        let error = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err();
+        assert_eq!(error.field, "dataset.transfer.path");
+        assert!(error.message.contains("3 feature columns, the training data 2"), "{}", error.message);
+
+        let idx = |n: u8, h: u8| {
+            [vec![0, 0, 8, 3, 0, 0, 0, n, 0, 0, 0, h, 0, 0, 0, 2], vec![7; (n * h * 2) as usize]].concat()
+        };
+        std::fs::write(dir.path().join("img"), idx(2, 2)).unwrap();
+        std::fs::write(dir.path().join("lab"), [0, 0, 8, 1, 0, 0, 0, 2, 0, 1]).unwrap();
+        std::fs::write(dir.path().join("unlabelled"), idx(3, 2)).unwrap();
+        std::fs::write(dir.path().join("taller"), idx(3, 3)).unwrap();
+        let mut s = spec("idx");
+        (s.images, s.labels, s.test_images, s.test_labels) =
+            (Some("img".into()), Some("lab".into()), Some("img".into()), Some("lab".into()));
+        s.transfer = Some(TransferSpec { path: None, images: Some("unlabelled".into()) });
+        let d = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap();
+        assert_eq!((d.labelled, d.transfer(), d.train.x.len()), (2, 3, 5 * 4));
+        s.transfer = Some(TransferSpec { path: None, images: Some("taller".into()) });
+        let error = load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err();
+        assert_eq!(error.field, "dataset.transfer.images");
+        assert!(error.message.contains("1×3×2 images, the training data 1×2×2 images"), "{}", error.message);
+        s.transfer = Some(TransferSpec { path: None, images: Some("missing".into()) });
+        assert_eq!(load(&s, &DataRoot::new(dir.path()), 1, false).unwrap_err().field, "dataset.transfer.images");
     }
 
     #[test]

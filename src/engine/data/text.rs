@@ -56,6 +56,8 @@ pub struct TextDataset {
     pub validation: TextSplit,
     /// Rows held out of training for early stopping or the choice among repeated runs, so `validation` stays unseen.
     pub monitor: Option<TextSplit>,
+    /// Training rows without labels (`dataset.labelled`, `dataset.transfer`); `labels` empty.
+    pub transfer: TextSplit,
     /// Texts (all splits) longer than `max_length` tokens, cut to fit.
     pub truncated: usize,
 }
@@ -133,6 +135,14 @@ pub fn load_text(
     if let Some(limit) = spec.limit {
         train.truncate(limit);
     }
+    let mut transfer = train.unlabel_from(spec.labelled.map_or(train.len(), |n| n.min(train.len())));
+    if let Some(path) = spec.transfer.as_ref().and_then(|t| t.path.as_deref()) {
+        // The transfer file needs the text columns only; its errors name it, not the columns.
+        let field = "dataset.transfer.path";
+        let file = read_file(root, path, field, &[columns[TEXT], columns[PAIR], None])
+            .map_err(|e| SpecError::new(field, e.message))?;
+        transfer.append(Rows::new(file, Vec::new()));
+    }
 
     let max_length = spec.max_length.unwrap_or(DEFAULT_MAX_LENGTH);
     let encoder = Encoder::new(tokenizer, max_length)?;
@@ -145,6 +155,7 @@ pub fn load_text(
     let train = encode(train)?;
     let validation = encode(validation)?;
     let monitor = monitor.map(&mut encode).transpose()?;
+    let transfer = encode(transfer)?;
     Ok(TextDataset {
         name: Path::new(path).file_name().map_or_else(|| path.to_string(), |n| n.to_string_lossy().into_owned()),
         max_length,
@@ -153,6 +164,7 @@ pub fn load_text(
         train,
         validation,
         monitor,
+        transfer,
         truncated,
     })
 }
@@ -391,6 +403,18 @@ impl Rows {
             pairs: pick(&self.pairs, indices),
             labels: pick(&self.labels, indices),
         }
+    }
+
+    /// Moves the rows from `n` on out, without their labels.
+    fn unlabel_from(&mut self, n: usize) -> Rows {
+        self.labels.truncate(n);
+        let pairs = if self.pairs.is_empty() { Vec::new() } else { self.pairs.split_off(n) };
+        Rows { texts: self.texts.split_off(n), pairs, labels: Vec::new() }
+    }
+
+    fn append(&mut self, other: Rows) {
+        self.texts.extend(other.texts);
+        self.pairs.extend(other.pairs);
     }
 
     fn truncate(&mut self, n: usize) {
@@ -701,6 +725,29 @@ mod tests {
         assert_eq!(d.train.input_ids.len(), d.train.len() * 128);
         s.num_classes = Some(3);
         assert_eq!(load(&files, &s, false).unwrap_err().field, "dataset.num_classes");
+    }
+
+    #[test]
+    fn transfer_texts_come_from_unlabelled_rows_and_a_file_without_labels() {
+        let files = [
+            ("l.csv", "text,label\nhello world,1\nplain words,0\ntwo lines,1\n"),
+            ("more.jsonl", "{\"text\": \"a cat sat\"}\n{\"text\": \"the dog ran\", \"label\": 5}\n"),
+            ("bad.jsonl", "{\"body\": \"a cat sat\"}\n"),
+        ];
+        let extra = serde_json::json!({"label_column": "label", "test_path": "l.csv", "labelled": 2, "transfer": {"path": "more.jsonl"}});
+        let mut s = spec("l.csv", extra);
+        let d = load(&files, &s, false).unwrap();
+        assert_eq!(
+            (d.train.texts.clone(), d.train.labels.clone()),
+            (vec!["hello world".into(), "plain words".into()], vec![1, 0])
+        );
+        assert_eq!(d.transfer.texts, ["two lines", "a cat sat", "the dog ran"]);
+        assert!(d.transfer.labels.is_empty());
+        assert_eq!(d.transfer.input_ids.len(), 3 * 128);
+        s.transfer = Some(crate::spec::TransferSpec { path: Some("bad.jsonl".into()), images: None });
+        let error = load(&files, &s, false).unwrap_err();
+        assert_eq!(error.field, "dataset.transfer.path");
+        assert!(error.message.contains("no key `text`"), "{}", error.message);
     }
 
     #[test]

@@ -163,10 +163,12 @@ fn log_inputs(sink: &mut dyn FnMut(EngineEvent), data: &Dataset, text: Option<&T
         format!(" ({} more held out of training as validation data: early stopping, the choice among runs)", m.len())
     });
     let image = data.image.map(|i| format!(" ({}×{}×{} images)", i.channels, i.height, i.width));
+    let transfer = (data.transfer() > 0).then(|| format!(" (and {} transfer samples without labels)", data.transfer()));
     sink(EngineEvent::Log(format!(
-        "dataset {}: {} training and {} held-out samples{}, {} features{}, {} classes",
+        "dataset {}: {} training{} and {} held-out samples{}, {} features{}, {} classes",
         data.name,
-        data.train.len(),
+        data.labelled,
+        transfer.unwrap_or_default(),
         data.validation.len(),
         monitor.unwrap_or_default(),
         data.features,

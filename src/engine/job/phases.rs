@@ -102,6 +102,7 @@ impl<'a> Trainer<'a> {
             shift: training.augment.map(|a| a.shift),
             early_stopping: training.early_stopping,
             cache: distill.cache,
+            epoch_samples: None,
         }
     }
 
@@ -238,7 +239,10 @@ impl<'a> Trainer<'a> {
         }
         // Same initialisation (before any copy from the teacher, except for transformers), data
         // order, shifts and dropout masks; only the teacher is gone.
-        let plan = self.label_plan(Phase::Baseline(number), seed);
+        let mut plan = self.label_plan(Phase::Baseline(number), seed);
+        // With a transfer set, the baseline passes over its labelled samples for as many steps
+        // as the student takes, so the gain never comes from training the baseline less.
+        plan.epoch_samples = self.student_plan(Phase::Student(number), seed).distils().then_some(self.data.train.len());
         self.phase(&plan, random_init, &Teachers { nets: Vec::new(), weights: Vec::new() }).map(Some)
     }
 
@@ -254,7 +258,7 @@ impl<'a> Trainer<'a> {
             self.log(format!("phase {name} was finished before the restart; its weights are reused"));
             return Ok(Model { net, training: Some(summary) });
         }
-        let steps = plan.steps_per_epoch(self.data.train.len());
+        let steps = plan.steps_per_epoch(plan.epoch_length(teachers, self.data));
         self.log(format!("phase {name}: {} epochs of {steps} steps", plan.epochs));
         let (net, summary) = train_phase(&mut self.ctx, plan, init, self.data, teachers)?;
         let data = self.data;

@@ -196,7 +196,11 @@ pub struct DatasetSummary {
     pub name: String,
     pub features: usize,
     pub classes: usize,
+    /// Training samples with labels.
     pub train_samples: usize,
+    /// Training samples without labels (`dataset.labelled`, `dataset.transfer`).
+    #[serde(default)]
+    pub transfer_samples: usize,
     pub validation_samples: usize,
     /// `split` (held out from the training data) or `test_file`.
     pub validation: String,

@@ -30,13 +30,15 @@ pub(super) struct Resolved {
 /// end: almost certainly a mistake.
 pub(super) fn check_warmup(spec: &JobSpec, data: &Dataset) -> Result<(), SpecError> {
     let training = &spec.training;
-    let steps = |epochs: u32, batch: usize| u64::from(epochs).saturating_mul(data.train.len().div_ceil(batch) as u64);
-    let mut phases = vec![("the student", steps(training.epochs, training.batch_size))];
+    // The teachers train on the labelled samples; the student on the transfer set too.
+    let steps =
+        |epochs: u32, samples: usize, batch: usize| u64::from(epochs).saturating_mul(samples.div_ceil(batch) as u64);
+    let mut phases = vec![("the student", steps(training.epochs, data.train.len(), training.batch_size))];
     for (i, teacher) in spec.teacher_specs().iter().enumerate() {
         if let Some(train) = &teacher.train {
             phases.push((
                 if i == 0 { "the teacher" } else { "a teacher" },
-                steps(train.epochs, train.batch_size.unwrap_or(training.batch_size)),
+                steps(train.epochs, data.labelled, train.batch_size.unwrap_or(training.batch_size)),
             ));
         }
     }
@@ -106,7 +108,7 @@ pub(super) fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolve
 pub(super) fn job_size(spec: &JobSpec, data: &Dataset, resolved: &Resolved, text: Option<&TextSetup>) -> JobSize {
     let training = &spec.training;
     let mut models = vec![("student.arch".to_string(), budget::parameters(&resolved.student))];
-    let samples = data.train.len() as u64;
+    let (samples, labelled) = (data.train.len() as u64, data.labelled as u64);
     // Repeated seeds train the student k times over: the student's phases count as one, k times as long.
     let runs = training.run_seeds().len() as u64;
     let student_field = if runs > 1 { "training.repeats" } else { "training.epochs" };
@@ -117,7 +119,7 @@ pub(super) fn job_size(spec: &JobSpec, data: &Dataset, resolved: &Resolved, text
         let field = spec.teacher_field(i);
         models.push((format!("{field}.arch"), budget::parameters(blueprint)));
         if let Some(train) = &teacher.train {
-            phases.push((format!("{field}.train.epochs"), u64::from(train.epochs).saturating_mul(samples)));
+            phases.push((format!("{field}.train.epochs"), u64::from(train.epochs).saturating_mul(labelled)));
             if let Some(batch) = train.batch_size {
                 batches.push((format!("{field}.train.batch_size"), batch as u64));
             }

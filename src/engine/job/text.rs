@@ -119,12 +119,17 @@ fn as_dataset(text: &TextDataset) -> Dataset {
     let labels = |s: &TextSplit| if text.labelled() { s.labels.clone() } else { vec![0; s.len()] };
     let split =
         |s: &TextSplit| Split { x: bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length), y: labels(s) };
+    let mut train = split(&text.train);
+    train.x.extend(split(&text.transfer).x);
+    // Transfer rows get the placeholder label 0, which no loss reads.
+    train.y.resize(text.train.len() + text.transfer.len(), 0);
     Dataset {
         name: text.name.clone(),
         features: 3 * length,
         classes: text.classes,
         label_names: text.label_names.clone(),
-        train: split(&text.train),
+        train,
+        labelled: text.train.len(),
         validation: split(&text.validation),
         monitor: text.monitor.as_ref().map(split),
         normalization: Normalization { mean: Vec::new(), std: Vec::new() },

@@ -36,6 +36,20 @@ pub fn hinton(
     Ok(KdLoss { total, soft: Some(soft), hard })
 }
 
+/// Cross-entropy averaged over the samples marked in `labelled` alone: the others (transfer
+/// samples) have placeholder labels that are never read. 0 when no sample is labelled.
+pub fn labelled_cross_entropy(logits: &Tensor, labels: &Tensor, labelled: &[bool]) -> Result<Tensor> {
+    if labelled.iter().all(|&l| l) {
+        return candle_nn::loss::cross_entropy(logits, labels);
+    }
+    let rows: Vec<u32> = (0..labelled.len() as u32).filter(|&i| labelled[i as usize]).collect();
+    if rows.is_empty() {
+        return Tensor::zeros((), logits.dtype(), logits.device());
+    }
+    let rows = Tensor::from_vec(rows, labelled.iter().filter(|&&l| l).count(), logits.device())?;
+    candle_nn::loss::cross_entropy(&logits.index_select(&rows, 0)?, &labels.index_select(&rows, 0)?)
+}
+
 /// KL(softmax(t/T) ‖ softmax(s/T)) summed over classes, averaged over the batch.
 pub fn kl_batchmean(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<Tensor> {
     let log_p_student = log_softmax(&(student / temperature)?, D::Minus1)?;
@@ -221,6 +235,36 @@ mod tests {
         }
         let grads = feature_loss(FeatureLoss::Cosine, s.as_tensor(), t.as_tensor()).unwrap().backward().unwrap();
         assert!(grads.get(s.as_tensor()).is_some() && grads.get(t.as_tensor()).is_none());
+    }
+
+    #[test]
+    fn the_hard_term_averages_over_labelled_samples_and_never_reads_a_transfer_label() {
+        let s =
+            Var::from_tensor(&logits(&[[1.0, -2.0, 0.5, 3.0], [0.0, 4.0, -1.0, 2.0], [2.0, 0.0, -3.0, 1.0]])).unwrap();
+        let labels = |placeholder: u32| Tensor::new(&[2u32, placeholder, 0], &Device::Cpu).unwrap();
+        let mask = [true, false, true];
+        let hard = labelled_cross_entropy(s.as_tensor(), &labels(0), &mask).unwrap();
+        let rows = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
+        let subset = candle_nn::loss::cross_entropy(
+            &s.as_tensor().index_select(&rows, 0).unwrap(),
+            &labels(0).index_select(&rows, 0).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(scalar(&hard), scalar(&subset));
+        let relabelled = labelled_cross_entropy(s.as_tensor(), &labels(3), &mask).unwrap();
+        assert_eq!(scalar(&hard), scalar(&relabelled));
+        let grad = |t: &Tensor| t.backward().unwrap().get(s.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let (g, g_relabelled) = (grad(&hard), grad(&relabelled));
+        assert_eq!(g, g_relabelled);
+        assert_eq!(g[1], [0.0; 4], "the transfer sample gets no gradient from the labels");
+
+        // A batch of transfer samples only: no hard term, while the soft term still teaches.
+        let none = labelled_cross_entropy(s.as_tensor(), &labels(1), &[false; 3]).unwrap();
+        assert_eq!(scalar(&none), 0.0);
+        let teacher = logits(&[[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]);
+        assert!(scalar(&logit_loss(LogitLoss::Kl, s.as_tensor(), &[(teacher, 1.0)], 2.0).unwrap()) > 0.0);
+        let all = labelled_cross_entropy(s.as_tensor(), &labels(1), &[true; 3]).unwrap();
+        assert_eq!(scalar(&all), scalar(&candle_nn::loss::cross_entropy(s.as_tensor(), &labels(1)).unwrap()));
     }
 
     #[test]

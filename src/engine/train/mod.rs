@@ -17,7 +17,7 @@ use crate::engine::data::{gather, Dataset, Split};
 use crate::engine::files::{read_safetensors, write_safetensors};
 use crate::engine::models::{predictions, Net, Output};
 use crate::engine::rng::{streams, Rng};
-use crate::engine::train::loss::{feature_loss, logit_loss, FeatureLoss, LogitLoss};
+use crate::engine::train::loss::{feature_loss, labelled_cross_entropy, logit_loss, FeatureLoss, LogitLoss};
 use crate::engine::train::optim::Optimizer;
 use crate::engine::{CheckpointInfo, Control, EngineError, EngineEvent, EpochMetrics, Phase, Progress, Stop};
 use crate::spec::{CacheSpec, EarlyStopping, OptimizerSpec, Schedule, Scheduled};
@@ -41,6 +41,9 @@ pub struct PhasePlan {
     pub shift: Option<usize>,
     pub early_stopping: Option<EarlyStopping>,
     pub cache: CacheSpec,
+    /// Samples an epoch takes when more than the phase draws from, in passes over them, each in
+    /// its own seeded order: the baseline of a job with a transfer set takes the student's steps.
+    pub epoch_samples: Option<usize>,
 }
 
 /// One intermediate-layer term, resolved against both architectures.
@@ -87,6 +90,20 @@ impl PhasePlan {
     pub fn distils(&self) -> bool {
         self.alpha != Scheduled::Constant(0.0) || !self.intermediate.is_empty()
     }
+
+    /// The training samples an epoch visits: the labelled ones, then the transfer set when the
+    /// phase learns from teachers (they have nothing to teach without one).
+    pub fn samples(&self, teachers: &Teachers, data: &Dataset) -> usize {
+        match self.distils() && !teachers.nets.is_empty() {
+            true => data.train.len(),
+            false => data.labelled,
+        }
+    }
+
+    /// Samples an epoch takes: every sample it draws from once, or `epoch_samples` when more.
+    pub fn epoch_length(&self, teachers: &Teachers, data: &Dataset) -> usize {
+        self.samples(teachers, data).max(self.epoch_samples.unwrap_or(0))
+    }
 }
 
 /// Why the teachers' logits were or were not computed once for the whole phase.
@@ -113,6 +130,11 @@ pub struct PhaseSummary {
     pub wall_s: f64,
     pub samples_per_s: f64,
     pub final_train_loss: f64,
+    /// Samples an epoch trained on: with labels, and from the transfer set (no labels).
+    #[serde(default)]
+    pub labelled_samples: usize,
+    #[serde(default)]
+    pub transfer_samples: usize,
     /// With early stopping: the epoch whose weights are the result, and whether it stopped early.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_epoch: Option<u32>,
@@ -330,6 +352,10 @@ struct PhaseRun<'p> {
     cache_report: Option<CacheReport>,
     student_layers: Vec<&'p str>,
     teacher_layers: Vec<Vec<&'p str>>,
+    /// Training samples an epoch draws from: indices `0..samples` of the training split.
+    samples: usize,
+    /// Samples an epoch takes (more than `samples` only for a baseline that matches the student).
+    epoch_length: usize,
     steps_per_epoch: u64,
     total_steps: u64,
     started: Instant,
@@ -378,7 +404,8 @@ impl<'p> PhaseRun<'p> {
             true => cached_targets(ctx, plan, teachers, data)?,
             false => (None, None),
         };
-        let steps_per_epoch = plan.steps_per_epoch(data.train.len());
+        let (samples, epoch_length) = (plan.samples(teachers, data), plan.epoch_length(teachers, data));
+        let steps_per_epoch = plan.steps_per_epoch(epoch_length);
         let embedding_reference = match (data.classes, teachers.nets.first()) {
             (0, Some(teacher)) => Some(EmbeddingReference::new(teacher, data.monitored(), ctx.device)?),
             _ => None,
@@ -404,6 +431,8 @@ impl<'p> PhaseRun<'p> {
                     plan.intermediate.iter().filter(|p| p.teacher == t).map(|p| p.teacher_layer.as_str()).collect()
                 })
                 .collect(),
+            samples,
+            epoch_length,
             steps_per_epoch,
             total_steps: steps_per_epoch * plan.epochs as u64,
             started,
@@ -417,8 +446,7 @@ impl<'p> PhaseRun<'p> {
 
     /// One epoch in the seeded order, from the batch a mid-epoch checkpoint stopped at.
     fn epoch(&mut self, ctx: &mut PhaseContext, epoch: u32) -> Result<(), EngineError> {
-        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
-        Rng::stream(self.plan.seed, &[streams::SHUFFLE, epoch as u64]).shuffle(&mut order);
+        let order = self.epoch_order(epoch);
         let skip = std::mem::take(&mut self.position.batches_into_epoch);
         let mut epoch_loss = std::mem::take(&mut self.position.partial_loss_sum);
         for (batch_index, batch) in order.chunks(self.plan.batch_size).enumerate().skip(skip as usize) {
@@ -431,6 +459,23 @@ impl<'p> PhaseRun<'p> {
             epoch_loss += self.step(ctx, epoch, batch_index as u64, batch)?;
         }
         self.end_epoch(ctx, epoch, epoch_loss)
+    }
+
+    /// The epoch's seeded order: passes over the samples, each shuffled on its own (the first as
+    /// a single pass always was), cut to the epoch's length.
+    fn epoch_order(&self, epoch: u32) -> Vec<usize> {
+        let mut order = Vec::with_capacity(self.epoch_length);
+        for pass in 0..self.epoch_length.div_ceil(self.samples) as u64 {
+            let mut part: Vec<usize> = (0..self.samples).collect();
+            let stream: &[u64] = match pass {
+                0 => &[streams::SHUFFLE, epoch as u64],
+                _ => &[streams::SHUFFLE, epoch as u64, pass],
+            };
+            Rng::stream(self.plan.seed, stream).shuffle(&mut part);
+            order.extend(part);
+        }
+        order.truncate(self.epoch_length);
+        order
     }
 
     /// A checkpoint where the epoch stands: data order, shifts and dropout masks derive from
@@ -512,7 +557,9 @@ impl<'p> PhaseRun<'p> {
         Ok(loss)
     }
 
-    /// The hard (labels), soft (teachers' logits) and feature (teachers' layers) terms, weighted.
+    /// The hard (labels), soft (teachers' logits) and feature (teachers' layers) terms, weighted:
+    /// α·soft + (1 − α)·hard + features. Soft and feature terms average over the whole batch; the
+    /// hard term over its labelled samples alone (0 in a batch of transfer samples only).
     fn losses(
         &self,
         device: &Device,
@@ -524,7 +571,10 @@ impl<'p> PhaseRun<'p> {
         // Unlabelled texts (embedding distillation) learn from the teacher's layers alone.
         let labelled = self.data.classes > 0;
         let hard = match labelled {
-            true => candle_nn::loss::cross_entropy(&out.logits, &inputs.y)?,
+            true => {
+                let with_label: Vec<bool> = inputs.indices.iter().map(|&i| i < self.data.labelled).collect();
+                labelled_cross_entropy(&out.logits, &inputs.y, &with_label)?
+            }
             false => Tensor::zeros((), candle_core::DType::F32, device)?,
         };
         let mut loss = StepLoss { total: hard.clone(), hard, soft: None, features: None };
@@ -656,6 +706,8 @@ impl<'p> PhaseRun<'p> {
             wall_s,
             samples_per_s: position.samples_seen as f64 / wall_s,
             final_train_loss: position.last_train_loss.unwrap_or_default(),
+            labelled_samples: self.samples.min(self.data.labelled),
+            transfer_samples: self.samples.saturating_sub(self.data.labelled),
             best_epoch: position.best.map(|b| b.epoch),
             stopped_early: position.stopped_early,
             teacher_cache: self.cache_report,
@@ -712,9 +764,13 @@ fn cached_targets(
     let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
     (ctx.sink)(EngineEvent::Log(match report.used {
         true => format!(
-            "teacher cache: logits of {} teacher(s) for {} training samples computed once in {:.2} s and reused every epoch ({} KiB{})",
+            "teacher cache: logits of {} teacher(s) for {} training samples{} computed once in {:.2} s and reused every epoch ({} KiB{})",
             teachers.nets.len(),
             data.train.len(),
+            match data.transfer() {
+                0 => String::new(),
+                transfer => format!(" ({transfer} of them transfer samples)"),
+            },
             report.fill_s,
             report.bytes / 1024,
             report.top_k.map(|k| format!(", top {k} per sample")).unwrap_or_default()
@@ -854,6 +910,7 @@ mod tests {
             shift: None,
             early_stopping: None,
             cache: CacheSpec::default(),
+            epoch_samples: None,
         }
     }
 
