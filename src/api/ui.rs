@@ -38,10 +38,12 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("digits-small-data.json", include_str!("../../examples/digits-small-data.json")),
     ("digits-tiny-student.json", include_str!("../../examples/digits-tiny-student.json")),
     ("digits-mse.json", include_str!("../../examples/digits-mse.json")),
+    ("digits-repeats.json", include_str!("../../examples/digits-repeats.json")),
     ("fashion-mnist.json", include_str!("../../examples/fashion-mnist.json")),
     ("fashion-mnist-logits.json", include_str!("../../examples/fashion-mnist-logits.json")),
     ("fashion-mnist-ensemble.json", include_str!("../../examples/fashion-mnist-ensemble.json")),
     ("fashion-mnist-shifts.json", include_str!("../../examples/fashion-mnist-shifts.json")),
+    ("fashion-mnist-transfer.json", include_str!("../../examples/fashion-mnist-transfer.json")),
     ("election-minilm.json", include_str!("../../examples/election-minilm.json")),
     ("election-minilm-embeddings.json", include_str!("../../examples/election-minilm-embeddings.json")),
 ];
