@@ -83,6 +83,7 @@ pub(super) async fn identify(parts: &Parts, state: &AppState) -> ApiResult<Calle
     }
     if let Some(token) = session::cookie(&parts.headers) {
         if let Some(key) = state.store.find_session(&keys::hash(token)).await? {
+            check_cookie_write(parts, state)?;
             return Ok(Caller::User { id: key.id, name: key.name, admin: key.admin });
         }
     }
@@ -93,6 +94,28 @@ pub(super) async fn identify(parts: &Parts, state: &AppState) -> ApiResult<Calle
             "this service needs an API key: send `Authorization: Bearer <key>` or log in on the dashboard; an administrator creates one with `distillery keys create`".into(),
         )),
     }
+}
+
+/// The browser attaches the cookie to any request for this host, whatever page sends it
+/// (`SameSite` ignores ports), so a write that the cookie authenticates must come from this
+/// service's own pages or an origin `--cors-origin` admits with cookies. Requests without an
+/// `Origin` are not a browser's cross-site writes: browsers send it on every such request.
+fn check_cookie_write(parts: &Parts, state: &AppState) -> ApiResult<()> {
+    let Some(origin) = parts.headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    if !matches!(parts.method, Method::POST | Method::DELETE) {
+        return Ok(());
+    }
+    let origin = origin.to_str().unwrap_or_default();
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    let authority = origin.split_once("://").map_or("", |(_, authority)| authority);
+    if (!host.is_empty() && authority.eq_ignore_ascii_case(host)) || state.cors.admits_with_cookies(origin) {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "a write signed in by the dashboard's cookie must come from its own pages, not from `{origin}`; other pages send `Authorization: Bearer <key>`, or are named with --cors-origin"
+    )))
 }
 
 async fn from_bearer(value: &HeaderValue, state: &AppState) -> ApiResult<Caller> {

@@ -1,6 +1,7 @@
 //! Cross-origin access for the origins `--cors-origin` names: an external dashboard may call the
-//! API, read its errors and follow its SSE streams. Named origins may send cookies too; `*`
-//! admits any origin without them, since a page from anywhere must not act with a user's login.
+//! API, read its errors and follow its SSE streams. Named origins may send cookies too (which
+//! the `SameSite=Strict` session cookie allows only within the service's site); `*` admits any
+//! origin without them, since a page from anywhere must not act with a user's login.
 //! Requests from other origins pass unchanged: without these headers their browser withholds
 //! the answer.
 
@@ -30,6 +31,11 @@ impl Cors {
     pub fn new(origins: &[String]) -> Self {
         let any = origins.iter().any(|o| o == "*");
         Cors { origins: origins.iter().filter(|o| *o != "*").cloned().collect(), any }
+    }
+
+    /// Whether a page from `origin` may act with a user's session cookie.
+    pub fn admits_with_cookies(&self, origin: &str) -> bool {
+        self.admits(origin) == Some(true)
     }
 
     /// Whether a page from `origin` may call the API, and whether with cookies.

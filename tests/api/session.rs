@@ -154,3 +154,34 @@ fn origins_are_checked_when_the_server_starts() {
         assert!(parse_origin(bad).is_err(), "{bad} was taken as an origin");
     }
 }
+
+#[tokio::test]
+async fn a_write_with_the_cookie_from_another_page_is_refused() {
+    let dashboard = "http://127.0.0.1:3000";
+    let app = spawn_app_with(|c| c.cors_origins = vec![dashboard.into()]).await;
+    let keys = set_up_keys(&app).await;
+    let job = submit(&app, &keys.alice).await;
+    let (_, headers, _) = log_in(&app, &keys.alice).await;
+    let cookie = session_cookie(&headers);
+    let cancel = async |origin: Option<&str>| {
+        let mut request =
+            app.client.post(app.url(&format!("/v1/jobs/{job}/cancel"))).header(header::COOKIE, &cookie);
+        if let Some(origin) = origin {
+            request = request.header(header::ORIGIN, origin);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    // Another port of this host is the same site, so the browser would send the cookie.
+    let (status, body) = cancel(Some("http://127.0.0.1:9")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let (_, job_now) = call(&app, Some(&keys.alice), Method::GET, &format!("/v1/jobs/{job}"), None).await;
+    assert_ne!(job_now["status"], "cancelled", "the refused write changed the job");
+    let (status, _) = with_cookie(&app, &cookie, Method::GET, "/v1/jobs").await;
+    assert_eq!(status, 200, "reads with the cookie stay allowed from anywhere: CORS guards what a page sees");
+    let own = app.base.clone();
+    for origin in [Some(own.as_str()), Some(dashboard), None] {
+        let (status, body) = cancel(origin).await;
+        assert!([200, 202, 409].contains(&status), "{origin:?}: {status} {body}");
+    }
+}
