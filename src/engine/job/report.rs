@@ -148,7 +148,7 @@ pub struct GainAcrossSeeds {
     pub ci95_high: f64,
     /// Absent when every seed gained exactly as much (no spread, so no t).
     pub t: Option<f64>,
-    /// Two-sided p-value of the paired t-test on the per-seed gains.
+    /// Two-sided p-value of the paired t-test on the per-seed gains; 1 without spread (no test).
     pub p_value: f64,
 }
 
@@ -159,13 +159,10 @@ impl GainAcrossSeeds {
         let df = (gains.len() - 1) as f64;
         let standard_error = sd / (gains.len() as f64).sqrt();
         let half_width = stats::t_quantile(0.95, df) * standard_error;
-        // Identical gains on every seed: no spread, so any non-zero mean is certain.
+        // Identical gains on every seed (accuracies move in whole held-out samples, so a few
+        // seeds may well agree): with no spread the t-test cannot judge, and p = 1 says so.
         let t = (standard_error > 0.0).then(|| mean / standard_error);
-        let p_value = match t {
-            Some(t) => stats::t_two_sided_p(t, df),
-            None if mean == 0.0 => 1.0,
-            None => 0.0,
-        };
+        let p_value = t.map_or(1.0, |t| stats::t_two_sided_p(t, df));
         Self { mean, sd, ci95_low: mean - half_width, ci95_high: mean + half_width, t, p_value }
     }
 }
@@ -325,6 +322,12 @@ pub fn repeats_verdict(retention: f64, repeats: &Repeats) -> String {
             s.sd * 100.0
         );
     };
+    if g.t.is_none() {
+        return format!(
+            "distillation made no clear difference: every one of the {k} seeds gained exactly {:+.1} points, and with no spread across seeds the paired t-test cannot judge it; {kept}; try more seeds",
+            g.mean * 100.0
+        );
+    }
     let evidence = format!(
         "(95% CI {:+.1} to {:+.1}) over {k} seeds, paired t-test p = {:.3}",
         g.ci95_low * 100.0,
@@ -456,7 +459,9 @@ mod tests {
         let repeats = Repeats::new(runs(&[-0.02, -0.03, -0.025]), 0);
         assert!(repeats_verdict(0.9, &repeats).starts_with("distillation hurt"));
         let same = GainAcrossSeeds::new(&[0.01, 0.01]);
-        assert_eq!((same.t, same.p_value, same.ci95_low, same.ci95_high), (None, 0.0, 0.01, 0.01));
+        assert_eq!((same.t, same.p_value, same.ci95_low, same.ci95_high), (None, 1.0, 0.01, 0.01));
+        let agreeing = Repeats::new(runs(&[0.01, 0.01, 0.01]), 0);
+        assert!(repeats_verdict(0.97, &agreeing).contains("no spread across seeds"), "three equal gains are not proof");
         assert_eq!((GainAcrossSeeds::new(&[0.0, 0.0]).p_value), 1.0);
     }
 }
