@@ -1,7 +1,7 @@
 //! Warnings for the three ways users lose: a student too small to follow its teacher, soft
 //! targets at T = 1, and a teacher with little to teach.
 
-use crate::spec::{JobSpec, Scheduled};
+use crate::spec::{JobSpec, LogitLossKind, Scheduled};
 
 /// Below this share of the teacher's parameters a student rarely follows it.
 const SMALLEST_STUDENT_SHARE: f64 = 0.10;
@@ -20,8 +20,9 @@ pub fn spec_warnings(spec: &JobSpec, student_parameters: u64, teacher_parameters
             SMALLEST_STUDENT_SHARE * 100.0
         ));
     }
-    let soft_term = spec.distill.alpha != Scheduled::Constant(0.0);
-    if soft_term && spec.distill.temperature == Scheduled::Constant(1.0) {
+    // MSE between raw logits has no temperature to soften with.
+    let softened = spec.distill.alpha != Scheduled::Constant(0.0) && spec.distill.loss != LogitLossKind::Mse;
+    if softened && spec.distill.temperature == Scheduled::Constant(1.0) {
         warnings.push(
             "T = 1: the soft targets are the teacher's plain probabilities, which say little beyond its top class where it is confident; T from 2 to 8 usually passes on more".into(),
         );
@@ -72,6 +73,11 @@ mod tests {
         assert!(spec_warnings(&labels_only, 50, 100).is_empty());
         let annealed = spec(|v| v["distill"]["temperature"] = serde_json::json!({"start": 1.0, "end": 4.0}));
         assert!(spec_warnings(&annealed, 50, 100).is_empty());
+        let mse = spec(|v| {
+            v["distill"]["temperature"] = 1.0.into();
+            v["distill"]["loss"] = "mse".into();
+        });
+        assert!(spec_warnings(&mse, 50, 100).is_empty(), "MSE on raw logits has no temperature");
     }
 
     #[test]
