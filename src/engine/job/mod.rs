@@ -136,12 +136,13 @@ fn train_and_report(
     Ok(RunOutput { report, artifacts })
 }
 
-/// What the job found: the teacher folder (for text) and the dataset's shape.
+/// What the spec alone warns of, counting the parameters of the resolved models.
 fn spec_warnings(spec: &JobSpec, resolved: &resolve::Resolved) -> Vec<String> {
     let teacher_parameters = resolved.teachers.iter().map(budget::parameters).sum();
     guidance::spec_warnings(spec, budget::parameters(&resolved.student), teacher_parameters)
 }
 
+/// What the job found: the teacher folder (for text) and the dataset's shape.
 fn log_inputs(sink: &mut dyn FnMut(EngineEvent), data: &Dataset, text: Option<&TextSetup>) {
     if let Some(setup) = text {
         let c = &setup.teacher.config;
