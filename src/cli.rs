@@ -192,11 +192,11 @@ pub fn table(report: &Report) -> String {
             false => format!("; teacher cache not used: {}", cache.reason),
         };
     }
-    if report.dataset.transfer_samples > 0 {
-        out += &format!("\n{}", samples_seen(report));
-    }
     if let Some(best) = report.student.training.as_ref().and_then(|t| t.best_epoch) {
         out += &format!("; early stopping kept the student's epoch {best}");
+    }
+    if report.dataset.transfer_samples > 0 {
+        out += &format!("\n{}", samples_seen(report));
     }
     if let Some(repeats) = &report.repeats {
         out += &runs_table(repeats);
