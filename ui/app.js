@@ -11,10 +11,14 @@ const main = document.getElementById('main');
 let cleanup = () => {};
 let session = { keys_required: false, user: null };
 
-/** '#/jobs/<id>' → ['jobs', '<id>']. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** '#/jobs/<id>' → jobs and '<id>'; '#/compare/<id>,<id>' → compare and the ids. Anything that
+ * is not a job id is dropped: ids go into API paths, where `../keys` would be another route. */
 function route() {
   const [view = 'jobs', param = ''] = location.hash.replace(/^#\/?/, '').split('/');
-  return { view: view || 'jobs', param: decodeURIComponent(param) };
+  const ids = decodeURIComponent(param).split(',').filter((id) => UUID.test(id));
+  return { view: view || 'jobs', param: ids.join(',') };
 }
 
 function show(mount) {
