@@ -94,7 +94,15 @@ async fn submit_watch_report_download_and_delete() {
     let data = tempfile::tempdir().unwrap();
     let service = Service::start(data.path(), ANY_PORT, &[]);
     let spec = digits_spec(data.path(), "digits.json", |_| {});
-    let watched = ok(&service, &["jobs", "submit", &spec, "--watch"]);
+    let submitted = cli(&service, &["jobs", "submit", &spec, "--watch"]);
+    assert!(submitted.ok, "{}\n{}", submitted.stdout, submitted.stderr);
+    // The digits student has 4.1% of its teacher's parameters: the 201 says so, on stderr.
+    assert!(
+        submitted.stderr.contains("warning: the student has 4.1% of the teacher's parameters"),
+        "{}",
+        submitted.stderr
+    );
+    let watched = submitted.stdout;
     let id = watched.lines().next().unwrap().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "the first line is the id: {watched}");
     for line in ["student epoch   3/3", "baseline epoch   3/3", "accuracy", "agreement with teacher", "retention"] {

@@ -130,11 +130,23 @@ struct Job {
     result: Option<Value>,
 }
 
+/// The answer to a submission: the job's id and what its spec warns of.
+#[derive(Deserialize)]
+struct Created {
+    id: Uuid,
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
+/// Submits a spec; its warnings go to stderr, so stdout stays the id alone.
 async fn submit(client: &Client, spec: &Path) -> anyhow::Result<Uuid> {
     let body = std::fs::read(spec).with_context(|| format!("cannot read {}", spec.display()))?;
     let request = client.request(Method::POST, &["v1", "jobs"]).header(CONTENT_TYPE, "application/json").body(body);
-    let job: Job = client.json(request).await?;
-    Ok(job.id)
+    let created: Created = client.json(request).await?;
+    for warning in &created.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(created.id)
 }
 
 async fn report(client: &Client, id: Uuid) -> anyhow::Result<Report> {
