@@ -164,8 +164,7 @@ async fn a_write_with_the_cookie_from_another_page_is_refused() {
     let (_, headers, _) = log_in(&app, &keys.alice).await;
     let cookie = session_cookie(&headers);
     let cancel = async |origin: Option<&str>| {
-        let mut request =
-            app.client.post(app.url(&format!("/v1/jobs/{job}/cancel"))).header(header::COOKIE, &cookie);
+        let mut request = app.client.post(app.url(&format!("/v1/jobs/{job}/cancel"))).header(header::COOKIE, &cookie);
         if let Some(origin) = origin {
             request = request.header(header::ORIGIN, origin);
         }
