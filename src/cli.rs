@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::job::report::{ModelReport, Repeats, Report, Spread, Task};
+use crate::engine::job::report::{ModelReport, Repeats, Report, Spread};
 use crate::engine::{self, Control, DataRoot, EngineEvent, EpochMetrics};
 use crate::layout::{CURVES_FILE, REPORT_PLOT_FILE};
 use crate::spec;
@@ -81,60 +81,6 @@ pub fn epoch_line(m: &EpochMetrics) -> String {
     )
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Column {
-    Teacher,
-    Ensemble,
-    Student,
-    Baseline,
-}
-
-fn cells(m: &ModelReport, column: Column) -> [String; 8] {
-    [
-        m.parameters.to_string(),
-        format!("{:.1} KiB", m.size_bytes as f64 / 1024.0),
-        format!("{:.2}%", m.accuracy * 100.0),
-        format!("{:.4}", m.loss),
-        format!("{:.2}%", m.agreement * 100.0),
-        format!("{:.4} ms", m.latency.batch_1_ms),
-        format!("{:.4} ms", m.latency.batch_n_ms),
-        match (&m.training, column) {
-            (Some(t), _) => format!("{:.1} s", t.wall_s),
-            (None, Column::Ensemble) => "members".into(),
-            (None, Column::Baseline) => "untrained".into(),
-            (None, _) => "loaded".into(),
-        },
-    ]
-}
-
-/// The seed table's contents: the row labels, and each model's column (its name and cells).
-pub fn table_columns(report: &Report) -> ([String; 8], Vec<(String, [String; 8])>) {
-    let mut columns: Vec<(String, &ModelReport, Column)> = Vec::new();
-    for (i, member) in report.teachers.iter().flatten().enumerate() {
-        columns.push((engine::Phase::Teacher(i).as_str().into_owned(), member, Column::Teacher));
-    }
-    match report.teachers.is_some() {
-        true => columns.push(("ensemble".into(), &report.teacher, Column::Ensemble)),
-        false => columns.push(("teacher".into(), &report.teacher, Column::Teacher)),
-    }
-    columns.push(("student (distilled)".into(), &report.student, Column::Student));
-    if let Some(b) = &report.baseline {
-        columns.push(("student (baseline)".into(), b, Column::Baseline));
-    }
-    let embedding = report.task == Task::Embedding;
-    let labels = [
-        "parameters".to_string(),
-        "size on disk".into(),
-        if embedding { "neighbour agreement" } else { "accuracy" }.into(),
-        if embedding { "1 − mean cosine" } else { "loss" }.into(),
-        "agreement with teacher".into(),
-        "latency, batch 1".into(),
-        format!("latency, batch {}", report.teacher.latency.batch_n),
-        "training time".into(),
-    ];
-    (labels, columns.into_iter().map(|(name, m, column)| (name, cells(m, column))).collect())
-}
-
 /// Labelled and transfer samples each trained model saw per epoch, in one line.
 fn samples_seen(report: &Report) -> String {
     let mut models: Vec<(String, &ModelReport)> = match &report.teachers {
@@ -155,7 +101,7 @@ fn samples_seen(report: &Report) -> String {
 
 /// The report as the seed table of the field: teacher, distilled student, baseline.
 pub fn table(report: &Report) -> String {
-    let (labels, columns) = table_columns(report);
+    let (labels, columns) = engine::job::table::table_columns(report);
     let mut out = format!("{:<24}", "");
     for (name, _) in &columns {
         out += &format!("{name:>22}");

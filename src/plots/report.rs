@@ -2,8 +2,8 @@
 //! and latency for the teacher, the distilled student and the baseline, and the verdict.
 
 use super::svg::{self, Panel, Range, Svg};
-use crate::cli::table_columns;
 use crate::engine::job::report::{ModelReport, Report};
+use crate::engine::job::table::table_columns;
 
 const WIDTH: f64 = 960.0;
 const LEFT: f64 = 24.0;

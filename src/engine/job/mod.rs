@@ -11,6 +11,7 @@ mod phases;
 pub mod report;
 mod resolve;
 mod stats;
+pub mod table;
 pub mod text;
 
 use std::path::Path;
