@@ -187,21 +187,26 @@ fn assemble(
         Some(test) => (raw.split, test.split),
         None => hold_out(raw.split, features, spec.validation_split, seed, streams::SPLIT)?,
     };
-    let (mut train, monitor) = match monitor {
-        true => {
-            let (train, monitor) = hold_out(train, features, spec.validation_split, seed, streams::MONITOR_SPLIT)?;
-            (train, Some(monitor))
-        }
+    let wants_monitor = monitor;
+    let hold_monitor = |train| hold_out(train, features, spec.validation_split, seed, streams::MONITOR_SPLIT);
+    // With `labelled: N` the job has N labels in all, so its monitor split comes out of those.
+    let (mut train, mut monitor) = match wants_monitor && spec.labelled.is_none() {
+        true => hold_monitor(train).map(|(train, monitor)| (train, Some(monitor)))?,
         false => (train, None),
     };
     if let Some(limit) = spec.limit {
         train.y.truncate(limit);
         train.x.truncate(limit * features);
     }
+    let kept = spec.labelled.map_or(train.len(), |n| n.min(train.len()));
+    let unlabelled = train.x.split_off(kept * features);
+    train.y.truncate(kept);
+    if wants_monitor && spec.labelled.is_some() {
+        let (labelled, held) = hold_monitor(train)?;
+        (train, monitor) = (labelled, Some(held));
+    }
     // Statistics of the labelled samples only: the baseline must not learn from the transfer set.
-    let labelled = spec.labelled.map_or(train.len(), |n| n.min(train.len()));
-    let unlabelled = train.x.split_off(labelled * features);
-    train.y.truncate(labelled);
+    let labelled = train.len();
     let normalization = statistics(&train, features, raw.image.is_some());
     train.x.extend(unlabelled.into_iter().chain(raw.transfer));
     train.y.resize(train.x.len() / features, 0);
@@ -657,6 +662,12 @@ mod tests {
         assert_eq!(d.validation.y, all.validation.y);
         let mean_of_feature_20: f32 = d.train.x[..100 * 64].iter().skip(20).step_by(64).sum::<f32>() / 100.0;
         assert!(mean_of_feature_20.abs() < 1e-4, "{mean_of_feature_20}");
+
+        // A monitor split (early stopping, repeats) comes out of the 100 labels, not the rest.
+        let monitored = load(&s, &DataRoot::new("/nonexistent"), 42, true).unwrap();
+        let held = monitored.monitor.as_ref().map_or(0, Split::len);
+        assert!(held > 0 && held + monitored.labelled == 100, "{held} + {}", monitored.labelled);
+        assert_eq!(monitored.train.len(), all.train.len() - held);
     }
 
     #[test]
