@@ -134,23 +134,36 @@ pub(super) fn report(
 }
 
 /// The teacher against the student trained alone (over every seed's run), on the validation
-/// split held out of training when there is one; for labelled data with a baseline.
-fn teacher_margin_warning(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Option<String>, EngineError> {
+/// split held out of training when there is one, for labelled data with a baseline. Without
+/// that split the held-out split decides, whose evaluations `held_out` already has: the
+/// teacher's accuracy and each run's baseline's.
+fn teacher_margin_warning(
+    spec: &JobSpec,
+    judge: &Judge,
+    trained: &Trained,
+    held_out: (f64, &[f64]),
+) -> Result<Option<String>, EngineError> {
     let (data, device) = (judge.data, judge.device);
-    let baselines: Vec<&Model> = trained.runs.iter().filter_map(|r| r.baseline.as_ref()).collect();
-    if data.classes == 0 || baselines.is_empty() {
+    if data.classes == 0 || held_out.1.is_empty() {
         return Ok(None);
     }
-    let split = data.monitored();
-    let teacher = match trained.teachers {
-        [one] => evaluate(&one.net, split, device)?.accuracy,
-        many => ensemble(many, &teacher_weights(spec), split, device)?.accuracy,
+    let mean = |accuracies: &[f64]| accuracies.iter().sum::<f64>() / accuracies.len() as f64;
+    let (teacher, baseline, on) = match &data.monitor {
+        Some(split) => {
+            let teacher = match trained.teachers {
+                [one] => evaluate(&one.net, split, device)?.accuracy,
+                many => ensemble(many, &teacher_weights(spec), split, device)?.accuracy,
+            };
+            let baselines = trained.runs.iter().filter_map(|r| r.baseline.as_ref());
+            let accuracies = baselines.map(|b| Ok(evaluate(&b.net, split, device)?.accuracy));
+            (
+                teacher,
+                mean(&accuracies.collect::<Result<Vec<_>, EngineError>>()?),
+                "the validation split held out of training",
+            )
+        }
+        None => (held_out.0, mean(held_out.1), "the held-out split"),
     };
-    let mut baseline = 0.0;
-    for model in &baselines {
-        baseline += evaluate(&model.net, split, device)?.accuracy / baselines.len() as f64;
-    }
-    let on = if data.monitor.is_some() { "the validation split held out of training" } else { "the held-out split" };
     Ok(guidance::teacher_margin_warning(teacher, baseline, on))
 }
 
@@ -170,6 +183,9 @@ fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, Engine
     let best = |(i, r): (usize, &JudgedRun)| (r.validation_accuracy, std::cmp::Reverse(i));
     let exported = judged.iter().enumerate().max_by(|a, b| best(*a).partial_cmp(&best(*b)).unwrap()).unwrap().0;
     let repeats = (trained.runs.len() > 1).then(|| repeats(trained.runs, &judged, exported));
+    let held_out_baselines: Vec<f64> = judged.iter().filter_map(|j| Some(j.baseline.as_ref()?.accuracy)).collect();
+    let held_out_teacher = ensemble_evaluation.as_ref().unwrap_or(&teacher_evaluations[0]).accuracy;
+    let teacher_margin_warning = teacher_margin_warning(spec, judge, trained, (held_out_teacher, &held_out_baselines))?;
     let (run, JudgedRun { student: student_evaluation, baseline: baseline_evaluation, .. }) =
         (&trained.runs[exported], judged.into_iter().nth(exported).expect("the exported run was judged"));
     let mut members = Vec::new();
@@ -193,7 +209,6 @@ fn rows(spec: &JobSpec, judge: &Judge, trained: &Trained) -> Result<Rows, Engine
         }
         _ => (None, None),
     };
-    let teacher_margin_warning = teacher_margin_warning(spec, judge, trained)?;
     Ok(Rows { teacher, members, student, baseline, gain_test, repeats, exported, teacher_margin_warning })
 }
 
