@@ -64,28 +64,43 @@ pub async fn asset(headers: HeaderMap, Path(name): Path<String>) -> Result<Respo
 }
 
 /// The examples as `[{"name", "text"}]`, the text as written so the page shows it verbatim.
-fn examples_json() -> &'static str {
-    static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| {
-        let list: Vec<_> =
-            EXAMPLES.iter().map(|(name, text)| serde_json::json!({"name": name, "text": text})).collect();
-        serde_json::to_string(&list).expect("examples serialise")
+fn examples_json() -> String {
+    let list: Vec<_> = EXAMPLES.iter().map(|(name, text)| serde_json::json!({"name": name, "text": text})).collect();
+    serde_json::to_string(&list).expect("examples serialise")
+}
+
+/// A file the dashboard serves, with its `ETag`: its content's hash.
+struct Served {
+    name: &'static str,
+    content_type: &'static str,
+    body: String,
+    etag: HeaderValue,
+}
+
+/// Every file, built and hashed once: they change only with the binary.
+fn served() -> &'static [Served] {
+    static SERVED: OnceLock<Vec<Served>> = OnceLock::new();
+    SERVED.get_or_init(|| {
+        let examples = ("examples.json", "application/json", examples_json());
+        let files = FILES.iter().map(|&(name, kind, body)| (name, kind, body.to_string()));
+        files
+            .chain(std::iter::once(examples))
+            .map(|(name, content_type, body)| {
+                let etag = format!("\"{:.16}\"", format!("{:x}", Sha256::digest(body.as_bytes())));
+                Served { name, content_type, body, etag: HeaderValue::from_str(&etag).expect("hex is a valid header") }
+            })
+            .collect()
     })
 }
 
-/// A file with its headers, or a `304` when the browser's copy is current. The files change
-/// only with the binary, so `no-cache` plus an `ETag` keeps a page from an upgraded server fresh
-/// for one small request each.
+/// A file with its headers, or a `304` when the browser's copy is current. `no-cache` plus an
+/// `ETag` keeps a page from an upgraded server fresh for one small request each.
 fn file(headers: &HeaderMap, name: &str) -> Option<Response> {
-    let (content_type, body) = match name {
-        "examples.json" => ("application/json", examples_json()),
-        _ => FILES.iter().find(|(file, _, _)| *file == name).map(|(_, kind, body)| (*kind, *body))?,
-    };
-    let etag = format!("\"{}\"", &hex(&Sha256::digest(body.as_bytes()))[..16]);
-    let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let file = served().iter().find(|file| file.name == name)?;
+    let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == file.etag);
     let common = [
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (header::ETAG, HeaderValue::from_str(&etag).expect("hex is a valid header")),
+        (header::ETAG, file.etag.clone()),
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
@@ -93,9 +108,5 @@ fn file(headers: &HeaderMap, name: &str) -> Option<Response> {
     if fresh {
         return Some((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    Some((common, [(header::CONTENT_TYPE, content_type)], body).into_response())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Some((common, [(header::CONTENT_TYPE, file.content_type)], file.body.as_str()).into_response())
 }
