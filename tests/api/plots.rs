@@ -1,49 +1,21 @@
 //! The pictures a finished job leaves, read back as a program would: the curves in
 //! `curves.svg` are those `/metrics` serves, and the bars of `report.svg` those of `/report`.
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{small_spec, spawn_app, TestApp};
 
-/// The attributes of every `<tag …>` in `svg` (values as written, still escaped).
-fn elements(svg: &str, tag: &str) -> Vec<HashMap<String, String>> {
-    svg.split(&format!("<{tag} "))
-        .skip(1)
-        .map(|rest| {
-            let body = &rest[..rest.find('>').unwrap()];
-            let parts: Vec<&str> = body.split('"').collect();
-            parts.chunks_exact(2).map(|p| (p[0].trim().trim_end_matches('=').to_string(), p[1].to_string())).collect()
-        })
-        .collect()
-}
+/// The library's own reader of its pictures, which its unit tests use too.
+#[path = "../../src/plots/scan.rs"]
+mod scan;
 
-/// A panel's mapping from pixels to data: (data-x0, x1, y0, y1, left, top, width, height).
-fn mapping(svg: &str, panel: &str) -> [f64; 8] {
-    let g = elements(svg, "g").into_iter().find(|g| g.get("data-panel").is_some_and(|p| p == panel)).unwrap();
-    ["data-x0", "data-x1", "data-y0", "data-y1", "data-left", "data-top", "data-width", "data-height"]
-        .map(|key| g[key].parse().unwrap())
-}
-
-/// The series' points in data units, and half a pixel in data units along x and y.
-fn series(svg: &str, panel: &str, name: &str) -> (Vec<(f64, f64)>, (f64, f64)) {
-    let [x0, x1, y0, y1, left, top, width, height] = mapping(svg, panel);
-    let line = elements(svg, "polyline").into_iter().find(|l| l["data-series"] == name);
-    let points = line.unwrap_or_else(|| panic!("no series {name}"))["points"]
-        .split(' ')
-        .map(|p| {
-            let (px, py) = p.split_once(',').unwrap();
-            let (px, py): (f64, f64) = (px.parse().unwrap(), py.parse().unwrap());
-            (x0 + (px - left) / width * (x1 - x0), y0 + (top + height - py) / height * (y1 - y0))
-        })
-        .collect();
-    (points, ((x1 - x0) / width / 2.0, (y1 - y0) / height / 2.0))
-}
+use scan::{elements, series, Mapping};
 
 fn assert_drawn(svg: &str, panel: &str, name: &str, expected: &[(f64, f64)]) {
-    let (drawn, (dx, dy)) = series(svg, panel, name);
+    let drawn = series(svg, panel, name);
+    let (dx, dy) = Mapping::of(svg, panel).resolution();
+    let (dx, dy) = (dx / 2.0, dy / 2.0);
     assert!(!expected.is_empty(), "{name}: nothing to compare");
     assert_eq!(drawn.len(), expected.len(), "{name}");
     for (d, e) in drawn.iter().zip(expected) {
