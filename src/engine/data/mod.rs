@@ -183,16 +183,9 @@ fn assemble(
     if classes < 2 {
         return Err(SpecError::new("dataset", "the labels name fewer than 2 classes"));
     }
-    let (train, validation) = match test {
+    let (mut train, validation) = match test {
         Some(test) => (raw.split, test.split),
         None => hold_out(raw.split, features, spec.validation_split, seed, streams::SPLIT)?,
-    };
-    let wants_monitor = monitor;
-    let hold_monitor = |train| hold_out(train, features, spec.validation_split, seed, streams::MONITOR_SPLIT);
-    // With `labelled: N` the job has N labels in all, so its monitor split comes out of those.
-    let (mut train, mut monitor) = match wants_monitor && spec.labelled.is_none() {
-        true => hold_monitor(train).map(|(train, monitor)| (train, Some(monitor)))?,
-        false => (train, None),
     };
     if let Some(limit) = spec.limit {
         train.y.truncate(limit);
@@ -201,10 +194,13 @@ fn assemble(
     let kept = spec.labelled.map_or(train.len(), |n| n.min(train.len()));
     let unlabelled = train.x.split_off(kept * features);
     train.y.truncate(kept);
-    if wants_monitor && spec.labelled.is_some() {
-        let (labelled, held) = hold_monitor(train)?;
-        (train, monitor) = (labelled, Some(held));
-    }
+    // The job's labels are the `limit` and `labelled` it asked for: its monitor split (early
+    // stopping, repeats) comes out of those, never from samples it was told not to use.
+    let (mut train, monitor) = match monitor {
+        true => hold_out(train, features, spec.validation_split, seed, streams::MONITOR_SPLIT)
+            .map(|(train, held)| (train, Some(held)))?,
+        false => (train, None),
+    };
     // Statistics of the labelled samples only: the baseline must not learn from the transfer set.
     let labelled = train.len();
     let normalization = statistics(&train, features, raw.image.is_some());
@@ -668,6 +664,13 @@ mod tests {
         let held = monitored.monitor.as_ref().map_or(0, Split::len);
         assert!(held > 0 && held + monitored.labelled == 100, "{held} + {}", monitored.labelled);
         assert_eq!(monitored.train.len(), all.train.len() - held);
+
+        // So does `limit: N`'s: the job uses N training samples in all.
+        s.labelled = None;
+        s.limit = Some(300);
+        let limited = load(&s, &DataRoot::new("/nonexistent"), 42, true).unwrap();
+        let held = limited.monitor.as_ref().map_or(0, Split::len);
+        assert!(held > 0 && held + limited.train.len() == 300, "{held} + {}", limited.train.len());
     }
 
     #[test]
