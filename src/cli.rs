@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::job::report::{ModelReport, Repeats, Report, Spread};
+use crate::engine::job::report::{ModelReport, Repeats, Report, Spread, SweepReport};
 use crate::engine::{self, Control, DataRoot, EngineEvent, EpochMetrics};
-use crate::layout::{CURVES_FILE, REPORT_PLOT_FILE};
-use crate::spec;
+use crate::layout::{CURVES_FILE, REPORT_PLOT_FILE, SWEEP_PLOT_FILE};
+use crate::spec::{self, Scheduled};
 
 /// Runs the job `spec_path` describes, reading its files from `data_dir`'s data root, and lets
 /// it use at most `max_job_memory` bytes (as estimated from the spec).
@@ -64,7 +64,12 @@ pub fn run(
     bar.finish_and_clear();
     println!("{}", table(&output.report));
     println!("artifacts in {}: {}", out.display(), output.artifacts.join(", "));
-    println!("plots: {}, {}", out.join(CURVES_FILE).display(), out.join(REPORT_PLOT_FILE).display());
+    let plots: Vec<String> = [CURVES_FILE, REPORT_PLOT_FILE, SWEEP_PLOT_FILE]
+        .into_iter()
+        .filter(|name| output.artifacts.iter().any(|a| a == name))
+        .map(|name| out.join(name).display().to_string())
+        .collect();
+    println!("plots: {}", plots.join(", "));
     Ok(output.report)
 }
 
@@ -147,11 +152,42 @@ pub fn table(report: &Report) -> String {
     if let Some(repeats) = &report.repeats {
         out += &runs_table(repeats);
     }
+    if let Some(sweep) = &report.sweep {
+        out += &trials_table(sweep);
+    }
     // The verdict stays the last line, where scripts look for it.
     for warning in &report.warnings {
         out += &format!("\nwarning: {warning}");
     }
     out += &format!("\n{}", report.verdict);
+    out
+}
+
+/// Each trial of a sweep: what it tried and its validation score, the best one marked.
+fn trials_table(sweep: &SweepReport) -> String {
+    let scheduled = |s: &Scheduled| match s {
+        Scheduled::Constant(v) => format!("{v}"),
+        Scheduled::Linear { start, end } => format!("{start}→{end}"),
+    };
+    let mut out = format!(
+        "\n\nsweep: the columns above are trial {}'s setting, trained again; trials judged on {} validation samples\n{:>6} {:>8} {:>8} {:>10} {:>24} {:>10} {:>9} {:>12} {:>8}",
+        sweep.best_trial, sweep.validation_samples, "trial", "T", "alpha", "lr", "student", "params", "epochs", "validation", "time"
+    );
+    for t in &sweep.trials {
+        let mark = if t.trial == sweep.best_trial { "*" } else { " " };
+        out += &format!(
+            "\n{:>5}{mark} {:>8} {:>8} {:>10.2e} {:>24} {:>10} {:>9} {:>12} {:>7.1}s",
+            t.trial,
+            scheduled(&t.temperature),
+            scheduled(&t.alpha),
+            t.lr,
+            t.student,
+            t.student_parameters,
+            format!("{}{}", t.epochs, if t.stopped_early { " (cut)" } else { "" }),
+            format!("{:.2}%", t.validation_accuracy * 100.0),
+            t.wall_s
+        );
+    }
     out
 }
 

@@ -67,6 +67,8 @@ pub const REPORT_FILE: &str = "report.json";
 pub const CURVES_FILE: &str = "curves.svg";
 /// In a job folder: the report's table, bars and verdict, drawn.
 pub const REPORT_PLOT_FILE: &str = "report.svg";
+/// In a job folder: a sweep's trials against their settings, drawn.
+pub const SWEEP_PLOT_FILE: &str = "sweep.svg";
 /// In a job folder: the phases an earlier run finished, so a restart skips them.
 pub const STATE_FILE: &str = "state.json";
 /// In a text job's folder: the student as a Hugging Face folder, and its tar.

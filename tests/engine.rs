@@ -293,3 +293,148 @@ fn transfer_samples_reach_the_student_through_the_teacher_alone_and_resume_exact
     interrupted_at(&s, resumed.path(), resumed.path(), Phase::Baseline(0), 300);
     assert_eq!(results(&run_to_end(&s, resumed.path(), resumed.path()).report), results(&report));
 }
+
+/// The small digits job, sweeping `sweep`.
+fn swept(sweep: Value) -> JobSpec {
+    let mut value = small(0.7);
+    value["sweep"] = sweep;
+    spec(value)
+}
+
+/// What a sweep's trials scored, without their times.
+fn trial_scores(report: &Report) -> Vec<(usize, u32, f64, f64)> {
+    let sweep = report.sweep.as_ref().expect("a swept job reports its trials");
+    sweep.trials.iter().map(|t| (t.trial, t.epochs, t.validation_accuracy, t.validation_loss)).collect()
+}
+
+#[test]
+fn a_sweep_on_digits_finds_the_grids_known_best_setting_and_trains_it() {
+    // A learning rate of 1e-5 leaves SGD where it started: the known best has lr 0.05.
+    let s = swept(json!({"temperature": [2.0, 4.0], "lr": [0.00001, 0.05]}));
+    let dir = tempfile::tempdir().unwrap();
+    let Ran { report, progress, logs, .. } = run(&s, dir.path(), dir.path());
+    let mut phases: Vec<String> = progress.iter().map(|p| p.phase.as_str().into_owned()).collect();
+    phases.dedup();
+    assert_eq!(phases, ["teacher", "trial_1", "trial_2", "trial_3", "trial_4", "student", "baseline"]);
+
+    let sweep = report.sweep.as_ref().unwrap();
+    let settings: Vec<(f64, f64)> = sweep.trials.iter().map(|t| (t.temperature.at(0.0), t.lr)).collect();
+    assert_eq!(settings, [(2.0, 0.00001), (2.0, 0.05), (4.0, 0.00001), (4.0, 0.05)], "the grid's order");
+    let best = &sweep.trials[sweep.best_trial - 1];
+    assert_eq!(best.lr, 0.05, "{:?}", trial_scores(&report));
+    let slow = sweep.trials.iter().filter(|t| t.lr < 0.001).map(|t| t.validation_accuracy);
+    assert!(slow.fold(0.0, f64::max) + 0.3 < best.validation_accuracy, "{:?}", trial_scores(&report));
+    let data = data::load(&s.dataset, &DataRoot::new(dir.path()), s.training.seed, true).unwrap();
+    let held_out_of_training = data.monitor.as_ref().unwrap().len();
+    assert_eq!(sweep.validation_samples, held_out_of_training, "trials are judged on the split held out of training");
+    assert_ne!(held_out_of_training, report.dataset.validation_samples);
+    assert_eq!(report.distillation.temperature, best.temperature, "the job's student trains the best setting");
+    assert!(logs.iter().any(|m| m.starts_with(&format!("sweep: trial {} is best", best.trial))), "{logs:?}");
+    assert!(logs.iter().any(|m| m == "trial 3 of 4 (rung 1 of 1, to epoch 4): T = 4, lr = 1.000e-5"), "{logs:?}");
+    let caches: Vec<&String> = logs.iter().filter(|m| m.starts_with("teacher cache:")).collect();
+    assert!(
+        caches[0].contains("computed once") && caches[1..].iter().all(|m| m.contains("taken from an earlier phase"))
+    );
+    assert_eq!(caches.len(), 5, "four trials and the student share one pass of the teacher");
+
+    let table = distillery::cli::table(&report);
+    assert!(table.contains(&format!("sweep: the columns above are trial {}'s setting", best.trial)), "{table}");
+    let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
+    for panel in ["data-panel=\"temperature\"", "data-panel=\"lr\""] {
+        assert!(svg.contains(panel), "{svg}");
+    }
+    assert!(!svg.contains("data-panel=\"alpha\""), "α was not swept");
+    assert_eq!(svg.matches("<circle data-trial=").count(), 8, "each trial in each panel");
+    assert!(dir.path().join("checkpoint-student.safetensors").exists());
+    assert!(!dir.path().join("checkpoint-trial_1.safetensors").exists(), "trial checkpoints are discarded");
+}
+
+/// Three classes of noisy points in six features, in `dir`: a training file and a
+/// held-out file whose labels are all wrong when `wrong_test_labels`.
+fn blobs(dir: &Path, wrong_test_labels: bool) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    };
+    for (name, rows, wrong) in [("train.csv", 600, false), ("test.csv", 300, wrong_test_labels)] {
+        let mut text = String::from("a,b,c,d,e,f,label\n");
+        for i in 0..rows {
+            let class = i % 3;
+            let features: Vec<String> =
+                (0..6).map(|f| format!("{:.4}", (f % 3 == class) as u8 as f64 + 1.5 * noise())).collect();
+            let label = if wrong { (class + 1) % 3 } else { class };
+            text += &format!("{},{label}\n", features.join(","));
+        }
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+#[test]
+fn a_sweep_never_reads_the_held_out_samples_before_its_end() {
+    let value = json!({
+        "dataset": {"source": "csv", "path": "train.csv", "test_path": "test.csv"},
+        "teacher": {"arch": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 3}},
+        "student": {"arch": {"kind": "mlp", "hidden": [4]}},
+        "distill": {"temperature": 4.0, "alpha": 0.7},
+        "training": {"epochs": 3, "batch_size": 32, "optimizer": {"kind": "sgd", "lr": 0.05}, "seed": 5},
+        "sweep": {"temperature": [2.0, 4.0], "alpha": [0.5, 0.9]}
+    });
+    let s = spec(value);
+    let (right, wrong) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    blobs(right.path(), false);
+    blobs(wrong.path(), true);
+    let honest = run(&s, right.path(), right.path()).report;
+    let misled = run(&s, wrong.path(), wrong.path()).report;
+    assert!(honest.teacher.accuracy > 0.8 && misled.teacher.accuracy < 0.2, "the held-out labels count at the end");
+    assert_eq!(trial_scores(&honest), trial_scores(&misled), "no trial is judged on the held-out samples");
+    let best = |r: &Report| r.sweep.as_ref().unwrap().best_trial;
+    assert_eq!(best(&honest), best(&misled));
+    assert_eq!(file_bytes(right.path(), Phase::Student(0)), file_bytes(wrong.path(), Phase::Student(0)));
+}
+
+#[test]
+fn a_halving_sweep_resumes_after_a_kill_with_its_finished_rungs_kept() {
+    let grid = json!({"temperature": [2.0, 4.0], "alpha": [0.3, 0.9]});
+    let mut halving = grid.clone();
+    halving["halving"] = json!({"eta": 2, "min_epochs": 2});
+    let s = swept(halving);
+    let straight = tempfile::tempdir().unwrap();
+    let expected = run(&s, straight.path(), straight.path()).report;
+    let scores = trial_scores(&expected);
+    let rungs = &expected.sweep.as_ref().unwrap().rungs;
+    assert_eq!(rungs.iter().map(|r| (r.epochs, r.trials)).collect::<Vec<_>>(), [(2, 4), (4, 2)]);
+    assert_eq!(scores.iter().filter(|s| s.1 == 4).count(), 2, "two trials go on to epoch 4: {scores:?}");
+    assert!(expected.sweep.as_ref().unwrap().trials.iter().all(|t| t.stopped_early == (t.epochs == 2)));
+
+    // A trial carried on from its rung's checkpoint ends as one trained straight through.
+    let full = run(&swept(grid), tempfile::tempdir().unwrap().path(), tempfile::tempdir().unwrap().path()).report;
+    let survivors: Vec<_> = scores.iter().filter(|s| s.1 == 4).collect();
+    for survivor in &survivors {
+        assert_eq!(&&trial_scores(&full)[survivor.0 - 1], survivor);
+    }
+
+    // Killed in the second rung, then restarted.
+    let dir = tempfile::tempdir().unwrap();
+    let control = distillery::engine::Control::default();
+    let mut sink = |event: distillery::engine::EngineEvent| {
+        if let distillery::engine::EngineEvent::Progress(p) = event {
+            if matches!(p.phase, Phase::Trial(_)) && p.epoch == 3 {
+                control.interrupt();
+            }
+        }
+    };
+    let outcome = common::run_with(&s, dir.path(), dir.path(), &control, &mut sink);
+    assert!(matches!(outcome, Err(distillery::engine::EngineError::Interrupted)));
+    let Ran { report, logs, .. } = run_to_end(&s, dir.path(), dir.path());
+    for trial in 1..=4 {
+        let reused = format!("trial_{trial}@2 was judged before the restart; its score is reused");
+        assert!(logs.contains(&reused), "{logs:?}");
+    }
+    let resumed = format!("resumed from checkpoint: phase trial_{}, epoch 2", survivors[0].0);
+    assert!(logs.iter().any(|m| m.starts_with(&resumed)), "{logs:?}");
+    assert_eq!(trial_scores(&report), scores);
+    assert_eq!(results(&report), results(&expected));
+}

@@ -39,6 +39,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("digits-tiny-student.json", include_str!("../../examples/digits-tiny-student.json")),
     ("digits-mse.json", include_str!("../../examples/digits-mse.json")),
     ("digits-repeats.json", include_str!("../../examples/digits-repeats.json")),
+    ("digits-sweep.json", include_str!("../../examples/digits-sweep.json")),
     ("fashion-mnist.json", include_str!("../../examples/fashion-mnist.json")),
     ("fashion-mnist-logits.json", include_str!("../../examples/fashion-mnist-logits.json")),
     ("fashion-mnist-ensemble.json", include_str!("../../examples/fashion-mnist-ensemble.json")),

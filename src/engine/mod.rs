@@ -26,12 +26,14 @@ use serde::{Deserialize, Serialize};
 pub use data::root::DataRoot;
 pub use job::{preflight, run, RunOutput};
 
-/// The trainings a job may run, in this order: each teacher to train, then the distilled
-/// student and the baseline (once, or once per seed of `training.repeats`).
+/// The trainings a job may run, in this order: each teacher to train, the trials of a sweep,
+/// then the distilled student and the baseline (once, or once per seed of `training.repeats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Phase {
     /// Teacher `i` of the spec; the first is `teacher`, the others `teacher_1`, `teacher_2`, …
     Teacher(usize),
+    /// Trial 1, 2, … of `sweep`: `trial_1`, `trial_2`, …
+    Trial(usize),
     /// Run 0 is a job's only run, `student`; repeated runs are 1, 2, …: `student_1`, `student_2`, …
     Student(usize),
     /// Numbered as the student's runs: `baseline`, or `baseline_1`, `baseline_2`, …
@@ -43,6 +45,7 @@ impl Phase {
         match self {
             Phase::Teacher(0) => "teacher".into(),
             Phase::Teacher(i) => format!("teacher_{i}").into(),
+            Phase::Trial(t) => format!("trial_{t}").into(),
             Phase::Student(0) => "student".into(),
             Phase::Student(r) => format!("student_{r}").into(),
             Phase::Baseline(0) => "baseline".into(),
@@ -62,6 +65,7 @@ impl std::str::FromStr for Phase {
             "baseline" => Ok(Phase::Baseline(0)),
             _ => numbered("teacher_")
                 .map(Phase::Teacher)
+                .or_else(|| numbered("trial_").map(Phase::Trial))
                 .or_else(|| numbered("student_").map(Phase::Student))
                 .or_else(|| numbered("baseline_").map(Phase::Baseline))
                 .ok_or_else(|| format!("unknown phase `{s}`")),
@@ -251,14 +255,21 @@ mod tests {
 
     #[test]
     fn phase_names_number_the_repeated_runs_and_read_back() {
-        let phases = [Phase::Teacher(0), Phase::Teacher(2), Phase::Student(0), Phase::Student(3), Phase::Baseline(12)];
+        let phases = [
+            Phase::Teacher(0),
+            Phase::Teacher(2),
+            Phase::Trial(4),
+            Phase::Student(0),
+            Phase::Student(3),
+            Phase::Baseline(12),
+        ];
         let names: Vec<String> = phases.iter().map(|p| p.as_str().into_owned()).collect();
-        assert_eq!(names, ["teacher", "teacher_2", "student", "student_3", "baseline_12"]);
+        assert_eq!(names, ["teacher", "teacher_2", "trial_4", "student", "student_3", "baseline_12"]);
         for (phase, name) in phases.iter().zip(&names) {
             assert_eq!(name.parse::<Phase>().as_ref(), Ok(phase));
         }
         // Run 0 has one name only.
-        for bad in ["student_0", "baseline_", "student_x", "teacher_0"] {
+        for bad in ["student_0", "baseline_", "student_x", "teacher_0", "trial", "trial_0"] {
             assert!(bad.parse::<Phase>().is_err(), "{bad}");
         }
     }

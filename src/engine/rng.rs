@@ -96,6 +96,7 @@ pub mod streams {
     pub const MONITOR_SPLIT: u64 = 6;
     pub const AUGMENT: u64 = 7;
     pub const PROJECTION_INIT: u64 = 8;
+    pub const SWEEP: u64 = 9;
 }
 
 /// `n` dropout multipliers: 0 with probability `p`, else 1/(1 − p).

@@ -46,8 +46,9 @@ pub struct History {
 fn order(phase: Phase) -> (u8, usize) {
     match phase {
         Phase::Teacher(i) => (0, i),
-        Phase::Student(r) => (1, r),
-        Phase::Baseline(r) => (2, r),
+        Phase::Trial(t) => (1, t),
+        Phase::Student(r) => (2, r),
+        Phase::Baseline(r) => (3, r),
     }
 }
 
@@ -72,8 +73,12 @@ impl History {
         }
     }
 
-    /// A resumed attempt repeats the steps after its checkpoint: its samples replace the earlier ones.
+    /// A resumed attempt repeats the steps after its checkpoint: its samples replace the earlier
+    /// ones. A sweep's trials are left to `sweep.svg`: dozens of them would bury the job's curves.
     pub fn progress(&mut self, p: &Progress) {
+        if matches!(p.phase, Phase::Trial(_)) {
+            return;
+        }
         let steps = &mut self.phase(p.phase).steps;
         while steps.last().is_some_and(|s| s.step >= p.step) {
             steps.pop();
@@ -82,6 +87,9 @@ impl History {
     }
 
     pub fn epoch(&mut self, m: &EpochMetrics) {
+        if matches!(m.phase, Phase::Trial(_)) {
+            return;
+        }
         let epochs = &mut self.phase(m.phase).epochs;
         while epochs.last().is_some_and(|(epoch, _)| *epoch >= m.epoch) {
             epochs.pop();

@@ -9,6 +9,7 @@ mod dataset;
 mod device;
 mod distill;
 mod models;
+mod sweep;
 #[cfg(test)]
 pub(crate) mod tests;
 mod training;
@@ -20,6 +21,7 @@ pub use dataset::*;
 pub use device::*;
 pub use distill::*;
 pub use models::*;
+pub use sweep::*;
 pub use training::*;
 
 /// A refusal of a spec, naming the offending field by its JSON path.
@@ -56,6 +58,10 @@ pub struct JobSpec {
     /// `cpu` or `cuda:N`; by default the device the service (or `distillery run`) was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Settings to try first, each judged on validation data; the best is then trained as the
+    /// job's student (with its repeats) and judged once on the held-out split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSpec>,
 }
 
 pub(super) fn default_true() -> bool {
@@ -148,6 +154,9 @@ impl JobSpec {
         validate_optimizer(&self.training.optimizer, "training.optimizer")?;
         if let Some(device) = &self.device {
             parse_device(device).map_err(|m| SpecError::new("device", m))?;
+        }
+        if let Some(sweep) = &self.sweep {
+            sweep.validate(self)?;
         }
         Ok(())
     }

@@ -136,3 +136,82 @@ fn repeats_and_seeds_are_checked_and_named() {
     v["training"]["seeds"] = serde_json::json!([5, 1]);
     assert_eq!(check(v).unwrap().training.run_seeds(), vec![5, 1]);
 }
+
+#[test]
+fn a_sweep_is_checked_and_each_refusal_names_its_field() {
+    let cases: &[(serde_json::Value, &str)] = &[
+        (serde_json::json!({}), "sweep"),
+        (serde_json::json!({"temperature": [2.0]}), "sweep"),
+        (serde_json::json!({"temperature": [2.0, 0.0]}), "sweep.temperature[1]"),
+        (serde_json::json!({"alpha": [0.5, 0.5]}), "sweep.alpha[1]"),
+        (serde_json::json!({"alpha": [0.5, 1.5]}), "sweep.alpha[1]"),
+        (serde_json::json!({"lr": {"min": 0.001, "max": 0.1}}), "sweep.lr"),
+        (serde_json::json!({"strategy": "random", "lr": [0.1, 0.01]}), "sweep.trials"),
+        (serde_json::json!({"strategy": "random", "trials": 65, "lr": [0.1, 0.01]}), "sweep.trials"),
+        (serde_json::json!({"strategy": "random", "trials": 4, "lr": {"min": 0.1, "max": 0.01}}), "sweep.lr"),
+        (
+            serde_json::json!({"strategy": "random", "trials": 4, "lr": {"min": 0.0, "max": 0.1, "log": true}}),
+            "sweep.lr.min",
+        ),
+        (serde_json::json!({"strategy": "random", "trials": 4, "alpha": {"min": 0.2, "max": 1.2}}), "sweep.alpha.max"),
+        (serde_json::json!({"trials": 4, "lr": [0.1, 0.01]}), "sweep.trials"),
+        (
+            serde_json::json!({"temperature": [1, 2, 3, 4, 5], "alpha": [0.1, 0.2, 0.3, 0.4], "lr": [0.1, 0.2, 0.3, 0.4]}),
+            "sweep",
+        ),
+        (
+            serde_json::json!({"students": [{"kind": "mlp", "hidden": [8]}, {"kind": "mlp", "hidden": [0]}]}),
+            "sweep.students[1].hidden[0]",
+        ),
+        (serde_json::json!({"alpha": [0.5, 0.9], "halving": {"min_epochs": 2}}), "sweep.halving.min_epochs"),
+        (serde_json::json!({"alpha": [0.5, 0.9], "halving": {"eta": 1}}), "sweep.halving.eta"),
+        (serde_json::json!({"alpha": [0.5, 0.9], "beta": [0.5]}), "sweep.beta"),
+    ];
+    for (sweep, field) in cases {
+        let mut v = example();
+        v["sweep"] = sweep.clone();
+        assert_eq!(check(v).unwrap_err().field, *field, "{sweep}");
+    }
+    let mut v = example();
+    v["distill"]["loss"] = "mse".into();
+    v["sweep"] = serde_json::json!({"temperature": [2.0, 4.0]});
+    assert_eq!(check(v).unwrap_err().field, "sweep.temperature");
+}
+
+#[test]
+fn a_grid_counts_its_trials_and_halving_its_rungs() {
+    let mut v = example();
+    v["training"]["epochs"] = 8.into();
+    v["sweep"] = serde_json::json!({"temperature": [2, 4], "alpha": [0.5, 0.7, 0.9], "students": [{"kind": "mlp", "hidden": [8]}]});
+    let spec = check(v.clone()).unwrap();
+    let sweep = spec.sweep.as_ref().unwrap();
+    assert_eq!(sweep.trial_count(), 6);
+    assert_eq!(sweep.rungs(8), [Rung { epochs: 8, trials: 6 }]);
+    assert_eq!(sweep.trial_epochs(8), 48);
+
+    v["sweep"] = serde_json::json!({"temperature": [1, 2, 3, 4, 5, 6, 7, 8], "halving": {"eta": 2, "min_epochs": 1}});
+    let sweep = check(v).unwrap().sweep.unwrap();
+    let rungs: Vec<(u32, usize)> = sweep.rungs(8).iter().map(|r| (r.epochs, r.trials)).collect();
+    assert_eq!(rungs, [(1, 8), (2, 4), (4, 2), (8, 1)]);
+    // Each rung carries its trials on: 8 × 1 + 4 × 1 + 2 × 2 + 1 × 4 epochs.
+    assert_eq!(sweep.trial_epochs(8), 20);
+    // One survivor early: it trains to the end at once.
+    let three = SweepSpec { halving: Some(Halving { eta: 3, min_epochs: 1 }), ..sweep.clone() };
+    let rungs: Vec<(u32, usize)> = three.rungs(20).iter().map(|r| (r.epochs, r.trials)).collect();
+    assert_eq!(rungs, [(1, 8), (3, 3), (20, 1)]);
+}
+
+#[test]
+fn a_trial_spec_takes_the_setting_and_drops_the_sweep() {
+    let mut v = example();
+    v["sweep"] = serde_json::json!({"lr": [0.01, 0.1], "students": [{"kind": "mlp", "hidden": [8]}, {"kind": "mlp", "hidden": [4, 4]}]});
+    let spec = check(v).unwrap();
+    let setting = Setting { temperature: Some(3.0), alpha: Some(0.25), lr: Some(0.1), student: Some(1) };
+    let trial = spec.with_setting(&setting);
+    assert_eq!(trial.distill.temperature, Scheduled::Constant(3.0));
+    assert_eq!(trial.distill.alpha, Scheduled::Constant(0.25));
+    assert_eq!(trial.training.optimizer.lr(), 0.1);
+    assert_eq!(trial.student.arch, ArchSpec::Mlp { hidden: vec![4, 4], dropout: 0.0 });
+    assert!(trial.sweep.is_none());
+    assert_eq!(spec.with_setting(&Setting::default()), JobSpec { sweep: None, ..spec.clone() });
+}

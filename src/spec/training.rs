@@ -118,6 +118,14 @@ impl OptimizerSpec {
             OptimizerSpec::Adamw { lr, .. } | OptimizerSpec::Sgd { lr, .. } => lr,
         }
     }
+
+    /// The same optimiser with another learning rate.
+    pub fn with_lr(mut self, value: f64) -> Self {
+        match &mut self {
+            OptimizerSpec::Adamw { lr, .. } | OptimizerSpec::Sgd { lr, .. } => *lr = value,
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -102,6 +102,30 @@ async fn out_of_range_hyper_parameters() {
 }
 
 #[tokio::test]
+async fn sweeps_with_bad_values_or_students_that_do_not_fit() {
+    let app = spawn_app().await;
+    refused(&app, &with(&["sweep"], json!({"temperature": [4.0, 0.0]})), 422, "invalid_spec", "sweep.temperature[1]")
+        .await;
+    let range = json!({"lr": {"min": 0.001, "max": 0.1}});
+    refused(&app, &with(&["sweep"], range), 422, "invalid_spec", "sweep.lr").await;
+    refused(
+        &app,
+        &with(&["sweep"], json!({"alpha": [0.5, 0.9], "halving": {"min_epochs": 1}})),
+        422,
+        "invalid_spec",
+        "sweep.halving.min_epochs",
+    )
+    .await;
+    // The second student has no `layers.1` for the layer pair to read.
+    let mut pairs =
+        with(&["distill", "intermediate"], json!([{"teacher_layer": "layers.0", "student_layer": "layers.1"}]));
+    pairs["student"]["arch"]["hidden"] = json!([16, 16]);
+    pairs["sweep"] = json!({"students": [{"kind": "mlp", "hidden": [32, 16]}, {"kind": "mlp", "hidden": [16]}]});
+    refused(&app, &pairs, 422, "invalid_spec", "sweep.students[1]").await;
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
 async fn repeats_out_of_range_both_given_or_seeds_twice() {
     let app = spawn_app().await;
     refused(&app, &with(&["training", "repeats"], json!(0)), 422, "invalid_spec", "training.repeats").await;

@@ -95,7 +95,7 @@ impl JobSize {
             (
                 Some(&self.epoch_samples),
                 limits.epoch_samples,
-                "samples trained on in this phase (epochs × training samples; × runs for repeated seeds)",
+                "samples trained on in this phase (epochs × training samples; × runs for repeated seeds; a sweep's trials together)",
                 "--max-epoch-samples",
             ),
             (Some(&self.batch_size), limits.batch_size, "samples in a batch", "--max-batch-size"),

@@ -312,6 +312,8 @@ fn assemble(
         },
         gain_test,
         repeats,
+        // Filled in by the job when it swept.
+        sweep: None,
         // Filled in by `report`, which knows the spec's.
         warnings: Vec::new(),
         size_ratio: student_row.parameters as f64 / teacher.parameters as f64,

@@ -11,9 +11,11 @@ mod phases;
 pub mod report;
 mod resolve;
 mod stats;
+mod sweep;
 pub mod table;
 pub mod text;
 
+use std::cell::OnceCell;
 use std::path::Path;
 
 use candle_core::Device;
@@ -29,7 +31,7 @@ use crate::plots::{self, History};
 use crate::spec::{JobSpec, SpecError};
 use evaluate::Trained;
 pub use phases::file_of;
-use phases::Trainer;
+use phases::{Target, Trainer};
 use text::TextSetup;
 
 pub struct RunOutput {
@@ -65,11 +67,32 @@ pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<Admission, Spec
             }
         }
     }
-    Ok(Admission {
+    let mut admission = Admission {
         memory: resolve::estimate_memory(spec, &data, &resolved),
         size: resolve::job_size(spec, &data, &resolved, text.as_ref()),
         warnings: spec_warnings(spec, &resolved),
-    })
+    };
+    for (field, trial) in sweep::student_specs(spec) {
+        let resolved = resolve::resolve(&trial, &data, text.as_ref()).map_err(|e| sweep::about_student(e, &field))?;
+        admission.hold_student(&field, resolve::estimate_memory(&trial, &data, &resolved), &resolved);
+    }
+    Ok(admission)
+}
+
+impl Admission {
+    /// A swept student trains alone: the job needs as much memory as its largest student needs.
+    fn hold_student(&mut self, field: &str, mut memory: MemoryEstimate, resolved: &resolve::Resolved) {
+        if memory.total() > self.memory.total() {
+            for term in memory.terms.iter_mut().filter(|t| t.field == "student.arch") {
+                term.field = field.to_string();
+            }
+            self.memory = memory;
+        }
+        let parameters = budget::parameters(&resolved.student);
+        if parameters > self.size.parameters.1 {
+            self.size.parameters = (field.to_string(), parameters);
+        }
+    }
 }
 
 /// Runs the job on `spec.device`, or on `default_device` when the spec names none, and draws
@@ -110,14 +133,30 @@ fn train_and_report(
         sink(EngineEvent::Log(format!("warning: {warning}")));
     }
     let logged = warnings.len();
-    let ctx = PhaseContext { device: &device, job_dir, control, sink };
-    let mut trainer = Trainer::new(spec, &data, text.as_ref(), &resolved, ctx)?;
+    let teacher_logits = OnceCell::new();
+    let ctx = PhaseContext { device: &device, job_dir, control, sink: &mut *sink };
+    let mut trainer = Trainer::new(Target { spec, resolved: &resolved }, &data, text.as_ref(), &teacher_logits, ctx)?;
     let teachers = trainer.teachers(data_root)?;
+    let tuned = spec.sweep.as_ref().map(|s| sweep::run(&mut trainer, s, &teachers)).transpose()?;
+    let artifacts = std::mem::take(&mut trainer.artifacts);
+    drop(trainer);
+    // After a sweep the job trains its best setting: that trial's spec, resolved anew.
+    let (tuned_spec, sweep_report) = tuned.map(|t| (t.spec, t.report)).unzip();
+    let tuned_resolved = tuned_spec.as_ref().map(|s| resolve::resolve(s, &data, text.as_ref())).transpose()?;
+    let spec = tuned_spec.as_ref().unwrap_or(spec);
+    let resolved = tuned_resolved.as_ref().unwrap_or(&resolved);
+    let ctx = PhaseContext { device: &device, job_dir, control, sink: &mut *sink };
+    let mut trainer = Trainer::new(Target { spec, resolved }, &data, text.as_ref(), &teacher_logits, ctx)?;
+    trainer.artifacts = artifacts;
     let runs = trainer.runs(&teachers)?;
 
     trainer.log("evaluating on the held-out split and measuring latency".into());
     let trained = Trained { teachers: &teachers, runs: &runs };
-    let report = evaluate::report(spec, &data, &resolved, &trained, (device_name, &device), job_dir, warnings)?;
+    let mut report = evaluate::report(spec, &data, resolved, &trained, (device_name, &device), job_dir, warnings)?;
+    if let Some(sweep) = &sweep_report {
+        report.wall_time_s += sweep.trials.iter().map(|t| t.wall_s).sum::<f64>();
+    }
+    report.sweep = sweep_report;
     for warning in &report.warnings[logged..] {
         trainer.log(format!("warning: {warning}"));
     }

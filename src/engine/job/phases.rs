@@ -2,6 +2,7 @@
 //! distilled student, the baseline. A finished phase is saved with its summary in `state.json`,
 //! so a restarted job reloads it instead of training it again.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -16,7 +17,7 @@ use crate::engine::job::text::{self, TextSetup};
 use crate::engine::models::Net;
 use crate::engine::rng::{streams, Rng};
 use crate::engine::train::loss::LogitLoss;
-use crate::engine::train::{train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
+use crate::engine::train::{evaluate, train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use crate::engine::{EngineError, EngineEvent, Phase};
 use crate::layout::STATE_FILE;
 use crate::spec::{JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, SpecError, TeacherSpec};
@@ -41,6 +42,26 @@ pub(super) struct Run {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct JobState {
     finished: BTreeMap<String, PhaseSummary>,
+    /// A sweep's trials by rung, `trial_3@2` (trial 3 trained to epoch 2).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    trials: BTreeMap<String, TrialScore>,
+}
+
+/// A trial judged on the validation split held out of training, at the end of a rung.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct TrialScore {
+    pub epochs: u32,
+    pub validation_accuracy: f64,
+    pub validation_loss: f64,
+    /// Training time up to this rung, earlier rungs included.
+    pub wall_s: f64,
+}
+
+/// The spec one set of phases trains, checked against the data: the job's own, or a trial's.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'t> {
+    pub spec: &'t JobSpec,
+    pub resolved: &'t Resolved,
 }
 
 /// The job's trainings, with what they share: the data, the resolved spec, where files go and
@@ -51,6 +72,8 @@ pub(super) struct Trainer<'a> {
     pub text: Option<&'a TextSetup>,
     pub resolved: &'a Resolved,
     pub ctx: PhaseContext<'a>,
+    /// The teachers' logits over the training samples, shared by the phases that cache them.
+    teacher_logits: &'a OnceCell<Vec<Vec<f32>>>,
     state: JobState,
     state_path: PathBuf,
     /// Files of the job folder that are results, in the order they were written.
@@ -59,51 +82,35 @@ pub(super) struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     pub fn new(
-        spec: &'a JobSpec,
+        target: Target<'a>,
         data: &'a Dataset,
         text: Option<&'a TextSetup>,
-        resolved: &'a Resolved,
+        teacher_logits: &'a OnceCell<Vec<Vec<f32>>>,
         ctx: PhaseContext<'a>,
     ) -> Result<Self, EngineError> {
+        let Target { spec, resolved } = target;
         let state_path = ctx.job_dir.join(STATE_FILE);
         let state = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| EngineError::Corrupt(format!("state.json is unreadable: {e}")))?,
             Err(_) => JobState::default(),
         };
-        Ok(Self { spec, data, text, resolved, ctx, state, state_path, artifacts: Vec::new() })
+        Ok(Self { spec, data, text, resolved, ctx, teacher_logits, state, state_path, artifacts: Vec::new() })
     }
 
     pub fn log(&mut self, message: String) {
         (self.ctx.sink)(EngineEvent::Log(message));
     }
 
+    /// The job's own spec and its resolution.
+    pub fn target(&self) -> Target<'a> {
+        Target { spec: self.spec, resolved: self.resolved }
+    }
+
     /// The distilled student's plan: the spec's training, α, T, loss and layer pairs, with the
     /// run's seed (its data order, shifts, dropout and projections).
     fn student_plan(&self, phase: Phase, seed: u64) -> PhasePlan {
-        let (training, distill) = (&self.spec.training, &self.spec.distill);
-        PhasePlan {
-            phase,
-            epochs: training.epochs,
-            batch_size: training.batch_size,
-            optimizer: training.optimizer,
-            schedule: training.schedule,
-            warmup_steps: training.warmup_steps,
-            seed,
-            temperature: distill.temperature,
-            alpha: distill.alpha,
-            loss: match distill.loss {
-                LogitLossKind::Kl => LogitLoss::Kl,
-                LogitLossKind::ReverseKl => LogitLoss::ReverseKl,
-                LogitLossKind::Js => LogitLoss::Js { beta: distill.beta.unwrap_or(0.5) },
-                LogitLossKind::Mse => LogitLoss::Mse,
-            },
-            intermediate: self.resolved.pairs.clone(),
-            shift: training.augment.map(|a| a.shift),
-            early_stopping: training.early_stopping,
-            cache: distill.cache,
-            epoch_samples: None,
-        }
+        student_plan(self.target(), phase, seed)
     }
 
     /// Teachers and the baseline learn from labels alone.
@@ -148,7 +155,7 @@ impl<'a> Trainer<'a> {
             return Ok(Model { net: init, training: None });
         };
         let plan = self.teacher_plan(i, train);
-        self.phase(&plan, &init, &Teachers { nets: Vec::new(), weights: Vec::new() })
+        self.phase(&plan, &init, &Teachers::none())
     }
 
     /// The distilled student and the baseline, once per seed of the spec; run 0 alone without
@@ -162,7 +169,7 @@ impl<'a> Trainer<'a> {
             if k > 1 {
                 self.log(format!("run {number} of {k}: student and baseline with seed {seed}"));
             }
-            let (random_init, student_init) = self.student_inits(&teachers[0].net, seed)?;
+            let (random_init, student_init) = self.student_inits(self.target(), &teachers[0].net, seed)?;
             let student = self.student(teachers, &student_init, number, seed)?;
             let baseline = self.baseline(&random_init, &student_init, number, seed)?;
             runs.push(Run { number, seed, student, baseline });
@@ -172,13 +179,13 @@ impl<'a> Trainer<'a> {
 
     /// The student's two starting points for a seed: the random initialisation (the
     /// baseline's), and the distilled student's, which may copy teacher layers into it.
-    fn student_inits(&mut self, teacher: &Net, seed: u64) -> Result<(Net, Net), EngineError> {
-        let spec = self.spec;
+    fn student_inits(&mut self, target: Target, teacher: &Net, seed: u64) -> Result<(Net, Net), EngineError> {
+        let spec = target.spec;
         let mut rng = Rng::stream(seed, &[streams::STUDENT_INIT]);
-        let input = self.resolved.input;
-        let Some((config, layers)) = &self.resolved.transformer else {
+        let input = target.resolved.input;
+        let Some((config, layers)) = &target.resolved.transformer else {
             let random_init = Net::init(&spec.student.arch, input, self.data.classes, &mut rng, self.ctx.device)?;
-            let student_init = self.student_from_teacher(&random_init, teacher)?;
+            let student_init = self.student_from_teacher(target, &random_init, teacher)?;
             return Ok((random_init, student_init));
         };
         let (init, copied) =
@@ -196,15 +203,15 @@ impl<'a> Trainer<'a> {
     }
 
     /// `student.init_from_teacher`: the listed layers copied into the random initialisation.
-    fn student_from_teacher(&mut self, random_init: &Net, teacher: &Net) -> Result<Net, EngineError> {
-        let copies = &self.spec.student.init_from_teacher;
+    fn student_from_teacher(&mut self, target: Target, random_init: &Net, teacher: &Net) -> Result<Net, EngineError> {
+        let copies = &target.spec.student.init_from_teacher;
         if copies.is_empty() {
             return Ok(random_init.clone());
         }
         let source: HashMap<String, Tensor> = teacher.named().into_iter().collect();
         let mut copied = HashMap::new();
         for copy in copies {
-            for (name, _) in self.resolved.student.layer_params(&copy.student_layer) {
+            for (name, _) in target.resolved.student.layer_params(&copy.student_layer) {
                 let from = format!("{}{}", copy.teacher_layer, &name[copy.student_layer.len()..]);
                 copied.insert(name.clone(), source[&from].copy()?);
             }
@@ -215,9 +222,57 @@ impl<'a> Trainer<'a> {
 
     /// The distilled student, learning from the teachers weighted as the spec says.
     fn student(&mut self, teachers: &[Model], init: &Net, number: usize, seed: u64) -> Result<Model, EngineError> {
-        let frozen = Teachers { nets: teachers.iter().map(|t| &t.net).collect(), weights: teacher_weights(self.spec) };
         let plan = self.student_plan(Phase::Student(number), seed);
+        let frozen = self.frozen(teachers);
         self.phase(&plan, init, &frozen)
+    }
+
+    /// The teachers as a distilling phase sees them, sharing the job's cached logits.
+    fn frozen<'t>(&self, teachers: &'t [Model]) -> Teachers<'t>
+    where
+        'a: 't,
+    {
+        Teachers {
+            nets: teachers.iter().map(|t| &t.net).collect(),
+            weights: teacher_weights(self.spec),
+            logits: Some(self.teacher_logits),
+        }
+    }
+
+    /// A sweep's trial trained to `epochs` (carrying on from its last rung's checkpoint) and
+    /// judged on the validation split held out of training, or its score from before a restart.
+    pub fn trial(
+        &mut self,
+        target: Target,
+        number: usize,
+        epochs: u32,
+        teachers: &[Model],
+    ) -> Result<TrialScore, EngineError> {
+        let phase = Phase::Trial(number);
+        let key = format!("{}@{epochs}", phase.as_str());
+        if let Some(score) = self.state.trials.get(&key).cloned() {
+            self.log(format!("{key} was judged before the restart; its score is reused"));
+            return Ok(score);
+        }
+        let seed = target.spec.training.seed;
+        let (_, init) = self.student_inits(target, &teachers[0].net, seed)?;
+        let mut plan = student_plan(target, phase, seed);
+        plan.stop_after = Some(epochs);
+        let frozen = self.frozen(teachers);
+        let (net, summary) = train_phase(&mut self.ctx, &plan, &init, self.data, &frozen)?;
+        let judged = match self.data.monitor.as_ref() {
+            Some(validation) => evaluate(&net, validation, self.ctx.device)?,
+            None => return Err(EngineError::Internal("a sweep holds validation data out of training".into())),
+        };
+        let score = TrialScore {
+            epochs: summary.epochs,
+            validation_accuracy: judged.accuracy,
+            validation_loss: judged.loss,
+            wall_s: summary.wall_s,
+        };
+        self.state.trials.insert(key, score.clone());
+        write_json(&self.state_path, &self.state)?;
+        Ok(score)
     }
 
     /// The same student without the teachers, when the spec asks for it.
@@ -243,7 +298,7 @@ impl<'a> Trainer<'a> {
         // With a transfer set, the baseline passes over its labelled samples for as many steps
         // as the student takes, so the gain never comes from training the baseline less.
         plan.epoch_samples = self.student_plan(Phase::Student(number), seed).distils().then_some(self.data.train.len());
-        self.phase(&plan, random_init, &Teachers { nets: Vec::new(), weights: Vec::new() }).map(Some)
+        self.phase(&plan, random_init, &Teachers::none()).map(Some)
     }
 
     /// Runs a phase, or loads its result if an earlier run of this job finished it.
@@ -267,6 +322,35 @@ impl<'a> Trainer<'a> {
         self.state.finished.insert(name, summary.clone());
         write_json(&self.state_path, &self.state)?;
         Ok(Model { net, training: Some(summary) })
+    }
+}
+
+/// The distilled student's plan for a spec: its training, α, T, loss and layer pairs, with the
+/// run's seed (its data order, shifts, dropout and projections).
+pub(super) fn student_plan(target: Target, phase: Phase, seed: u64) -> PhasePlan {
+    let (training, distill) = (&target.spec.training, &target.spec.distill);
+    PhasePlan {
+        phase,
+        epochs: training.epochs,
+        batch_size: training.batch_size,
+        optimizer: training.optimizer,
+        schedule: training.schedule,
+        warmup_steps: training.warmup_steps,
+        seed,
+        temperature: distill.temperature,
+        alpha: distill.alpha,
+        loss: match distill.loss {
+            LogitLossKind::Kl => LogitLoss::Kl,
+            LogitLossKind::ReverseKl => LogitLoss::ReverseKl,
+            LogitLossKind::Js => LogitLoss::Js { beta: distill.beta.unwrap_or(0.5) },
+            LogitLossKind::Mse => LogitLoss::Mse,
+        },
+        intermediate: target.resolved.pairs.clone(),
+        shift: training.augment.map(|a| a.shift),
+        early_stopping: training.early_stopping,
+        cache: distill.cache,
+        epoch_samples: None,
+        stop_after: None,
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::stats;
 use crate::engine::models::Net;
 use crate::engine::train::{CacheReport, PhaseSummary};
-use crate::spec::{IntermediateSpec, LayerCopy, LogitLossKind, Scheduled};
+use crate::spec::{IntermediateSpec, LayerCopy, LogitLossKind, Rung, Scheduled, Setting, SweepStrategy};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -42,11 +42,16 @@ pub struct Report {
     /// `student` and `baseline` above are then the exported run's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<Repeats>,
+    /// With `sweep`: every trial and its score on validation data. The rest of the report is the
+    /// best trial's setting, trained again as the job's student and judged once on the held-out
+    /// split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepReport>,
     /// Student parameters ÷ teacher parameters.
     pub size_ratio: f64,
     /// Teacher latency ÷ student latency, at batch 1 and batch N.
     pub speedup: Speedup,
-    /// Training wall time of all phases, resumes included.
+    /// Training wall time of all phases, resumes and a sweep's trials included.
     pub wall_time_s: f64,
     /// Training throughput of the distillation phase.
     pub train_samples_per_s: f64,
@@ -186,6 +191,39 @@ impl Repeats {
             runs,
         }
     }
+}
+
+/// The trials of a sweep, judged on the validation split held out of training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepReport {
+    pub strategy: SweepStrategy,
+    /// Samples of the validation split every trial was judged on.
+    pub validation_samples: usize,
+    /// Successive halving's rungs (one rung of every trial without it).
+    pub rungs: Vec<Rung>,
+    /// The trial whose setting the job's student trained with.
+    pub best_trial: usize,
+    pub trials: Vec<TrialReport>,
+}
+
+/// One trial: what it tried, and how it scored on the last rung it reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialReport {
+    pub trial: usize,
+    /// The swept values alone (`student` indexes `sweep.students`).
+    pub setting: Setting,
+    /// The values it trained with, swept or the spec's own.
+    pub temperature: Scheduled,
+    pub alpha: Scheduled,
+    pub lr: f64,
+    pub student: String,
+    pub student_parameters: u64,
+    /// Epochs trained; fewer than the last rung's when halving stopped it.
+    pub epochs: u32,
+    pub stopped_early: bool,
+    pub validation_accuracy: f64,
+    pub validation_loss: f64,
+    pub wall_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

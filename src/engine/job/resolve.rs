@@ -114,6 +114,10 @@ pub(super) fn job_size(spec: &JobSpec, data: &Dataset, resolved: &Resolved, text
     let student_field = if runs > 1 { "training.repeats" } else { "training.epochs" };
     let student_samples = u64::from(training.epochs).saturating_mul(samples).saturating_mul(runs);
     let mut phases = vec![(student_field.to_string(), student_samples)];
+    // A sweep's trials, all rungs together, count as one more phase.
+    if let Some(sweep) = &spec.sweep {
+        phases.push(("sweep".to_string(), sweep.trial_epochs(training.epochs).saturating_mul(samples)));
+    }
     let mut batches = vec![("training.batch_size".to_string(), training.batch_size as u64)];
     for (i, (teacher, blueprint)) in spec.teacher_specs().iter().zip(&resolved.teachers).enumerate() {
         let field = spec.teacher_field(i);
@@ -143,7 +147,8 @@ pub(super) fn load_data(
 ) -> Result<(Dataset, Option<TextSetup>), SpecError> {
     // Repeated seeds pick the exported run on validation data held out of training, so the
     // reported held-out samples stay unseen.
-    let monitor = spec.training.early_stopping.is_some() || spec.training.repeated();
+    // So do a sweep's trials, judged on it.
+    let monitor = spec.training.early_stopping.is_some() || spec.training.repeated() || spec.sweep.is_some();
     if spec.dataset.source == DatasetSource::Text {
         let (data, setup) = text::load(spec, data_root, monitor, device)?;
         return Ok((data, Some(setup)));

@@ -6,6 +6,7 @@
 pub mod loss;
 pub mod optim;
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,6 +45,9 @@ pub struct PhasePlan {
     /// Samples an epoch takes when more than the phase draws from, in passes over them, each in
     /// its own seeded order: the baseline of a job with a transfer set takes the student's steps.
     pub epoch_samples: Option<usize>,
+    /// Stop after this many epochs, keeping the checkpoint, so a later call with a larger value
+    /// carries on (a sweep's rungs); the schedules still span `epochs`.
+    pub stop_after: Option<u32>,
 }
 
 /// One intermediate-layer term, resolved against both architectures.
@@ -63,6 +67,16 @@ pub struct LayerPair {
 pub struct Teachers<'a> {
     pub nets: Vec<&'a Net>,
     pub weights: Vec<f64>,
+    /// The teachers' logits over the training samples, filled by the first phase that caches
+    /// them and reused by the job's later ones (a sweep's trials, repeated runs).
+    pub logits: Option<&'a OnceCell<Vec<Vec<f32>>>>,
+}
+
+impl Teachers<'_> {
+    /// No teachers: a phase that learns from labels alone.
+    pub fn none() -> Self {
+        Teachers { nets: Vec::new(), weights: Vec::new(), logits: None }
+    }
 }
 
 impl PhasePlan {
@@ -118,6 +132,9 @@ pub struct CacheReport {
     pub bytes: u64,
     /// Time spent filling it (teacher forward passes over the training set).
     pub fill_s: f64,
+    /// The logits came from an earlier phase of the job, not from teacher passes of this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
 }
 
 /// What a finished phase hands on.
@@ -256,8 +273,9 @@ fn teacher_targets(
     data: &Dataset,
     device: &Device,
 ) -> Result<(Option<TeacherCache>, CacheReport), EngineError> {
-    let off =
-        |reason: &str| (None, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0 });
+    let off = |reason: &str| {
+        (None, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0, reused: false })
+    };
     if !plan.cache.enabled {
         return Ok(off("disabled by the spec (distill.cache.enabled = false)"));
     }
@@ -269,11 +287,20 @@ fn teacher_targets(
     }
     let started = Instant::now();
     let classes = data.classes;
-    let logits: Vec<Vec<f32>> = teachers
-        .nets
-        .iter()
-        .map(|t| t.logits(&data.train.x, device)?.flatten_all()?.to_vec1::<f32>())
-        .collect::<candle_core::Result<_>>()?;
+    let compute = || -> candle_core::Result<Vec<Vec<f32>>> {
+        teachers.nets.iter().map(|t| t.logits(&data.train.x, device)?.flatten_all()?.to_vec1::<f32>()).collect()
+    };
+    let (logits, reused) = match teachers.logits {
+        None => (compute()?, false),
+        Some(shared) => {
+            let reused = shared.get().is_some();
+            if !reused {
+                // Unset just above, so the value is ours to store.
+                let _ = shared.set(compute()?);
+            }
+            (shared.get().expect("filled above").clone(), reused)
+        }
+    };
     let targets = match plan.cache.top_k.filter(|&k| k < classes) {
         None => TeacherCache::Full(logits),
         Some(k) => {
@@ -309,6 +336,7 @@ fn teacher_targets(
         top_k,
         bytes: targets.bytes(),
         fill_s: started.elapsed().as_secs_f64(),
+        reused,
     };
     Ok((Some(targets), report))
 }
@@ -322,7 +350,7 @@ pub fn train_phase(
     teachers: &Teachers,
 ) -> Result<(Net, PhaseSummary), EngineError> {
     let mut run = PhaseRun::start(ctx, plan, init, data, teachers)?;
-    for epoch in run.position.epochs_done..plan.epochs {
+    for epoch in run.position.epochs_done..plan.stop_after.unwrap_or(plan.epochs).min(plan.epochs) {
         if run.position.stopped_early {
             break;
         }
@@ -764,13 +792,14 @@ fn cached_targets(
     let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
     (ctx.sink)(EngineEvent::Log(match report.used {
         true => format!(
-            "teacher cache: logits of {} teacher(s) for {} training samples{} computed once in {:.2} s and reused every epoch ({} KiB{})",
+            "teacher cache: logits of {} teacher(s) for {} training samples{} {} in {:.2} s and reused every epoch ({} KiB{})",
             teachers.nets.len(),
             data.train.len(),
             match data.transfer() {
                 0 => String::new(),
                 transfer => format!(" ({transfer} of them transfer samples)"),
             },
+            if report.reused { "taken from an earlier phase of this job" } else { "computed once" },
             report.fill_s,
             report.bytes / 1024,
             report.top_k.map(|k| format!(", top {k} per sample")).unwrap_or_default()
@@ -911,6 +940,7 @@ mod tests {
             early_stopping: None,
             cache: CacheSpec::default(),
             epoch_samples: None,
+            stop_after: None,
         }
     }
 
