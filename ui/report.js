@@ -57,6 +57,22 @@ export function runsTable(report) {
         .map((cell) => h('td', { class: 'num' }, `${cell}`))))))];
 }
 
+/** A sweep's trials, one row each, judged on validation data; the best one marked. None without a sweep. */
+export function trialsTable(report) {
+  const sweep = report.sweep;
+  if (!sweep) return [];
+  const value = (v) => (typeof v === 'number' ? `${v}` : `${v.start}→${v.end}`);
+  return [h('h3', {}, `Sweep: ${sweep.trials.length} trials on ${sweep.validation_samples} validation samples`),
+    h('table', { class: 'narrow', id: 'trials-table' },
+      h('thead', {}, h('tr', {}, ['trial', 'T', 'α', 'lr', 'student', 'parameters', 'epochs', 'validation', 'time']
+        .map((label, i) => h('th', { class: i ? 'num' : '' }, label)))),
+      h('tbody', {}, sweep.trials.map((t) => h('tr', { 'data-trial': t.trial },
+        h('th', { scope: 'row' }, t.trial === sweep.best_trial ? `${t.trial} (best)` : `${t.trial}`),
+        [value(t.temperature), value(t.alpha), t.lr.toExponential(2), t.student, count(t.student_parameters),
+          t.stopped_early ? `${t.epochs} (cut)` : `${t.epochs}`, pct(t.validation_accuracy), seconds(t.wall_s)]
+          .map((cell) => h('td', { class: 'num' }, `${cell}`))))))];
+}
+
 /** What the service warns of: a tiny student, T = 1, a teacher with little to teach. */
 export const warnings = (report) => (report.warnings || []).map((w) => h('p', { class: 'warning' }, `⚠ ${w}`));
 

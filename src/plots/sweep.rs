@@ -2,14 +2,14 @@
 //! the learning rate on a log axis, the student's parameters), one panel a setting. A trial is
 //! a `<circle data-trial>` (hollow when successive halving stopped it), the best one red.
 
-use super::svg::{num, Panel, Range, Svg};
+use super::svg::{num, tick_label, Panel, Range, Svg};
 use crate::engine::job::report::{SweepReport, TrialReport};
 
 const WIDTH: f64 = 960.0;
-const PANEL_WIDTH: f64 = 400.0;
+const PANEL_WIDTH: f64 = 380.0;
 const PANEL_HEIGHT: f64 = 240.0;
 const LEFT: f64 = 70.0;
-const GAP: f64 = 80.0;
+const GAP: f64 = 90.0;
 const TOP: f64 = 70.0;
 
 /// A swept setting as a panel: its key (`data-panel`), axis label and each trial's x.
@@ -42,9 +42,9 @@ pub fn render(title: &str, sweep: &SweepReport) -> String {
         ),
     );
     let accuracy = Range::of(sweep.trials.iter().map(|t| t.validation_accuracy * 100.0), Range { lo: 0.0, hi: 100.0 });
-    let (y, y_ticks) = accuracy.nice(5);
+    let (y, y_ticks) = padded(accuracy).nice(5);
     for (i, (key, label, x_of)) in axes.into_iter().enumerate() {
-        let (x, x_ticks) = Range::of(sweep.trials.iter().map(x_of), Range { lo: 0.0, hi: 1.0 }).nice(5);
+        let (x, x_ticks) = padded(Range::of(sweep.trials.iter().map(x_of), Range { lo: 0.0, hi: 1.0 })).nice(5);
         let panel = Panel {
             left: LEFT + (i % 2) as f64 * (PANEL_WIDTH + GAP),
             top: TOP + (i / 2) as f64 * (PANEL_HEIGHT + GAP),
@@ -54,7 +54,7 @@ pub fn render(title: &str, sweep: &SweepReport) -> String {
             y,
         };
         panel.open(&mut svg, key);
-        panel.axes(&mut svg, &x_ticks, &y_ticks, &|v| format!("{v:.0}%"));
+        panel.axes(&mut svg, &x_ticks, &y_ticks, &|v| format!("{}%", tick_label(v, &y_ticks)));
         let middle = [("text-anchor", "middle".to_string())];
         svg.text(panel.left + PANEL_WIDTH / 2.0, panel.top + PANEL_HEIGHT + 36.0, &middle, label);
         for trial in &sweep.trials {
@@ -78,6 +78,12 @@ fn trial_point(svg: &mut Svg, panel: &Panel, trial: &TrialReport, (x, y): (f64, 
             ("fill", if trial.stopped_early { "none" } else { colour }.into()),
         ],
     );
+}
+
+/// A range widened by a tenth of its span on each side, so no point sits on the frame.
+fn padded(range: Range) -> Range {
+    let margin = (range.hi - range.lo) / 10.0;
+    Range { lo: range.lo - margin, hi: range.hi + margin }
 }
 
 /// How many different values the trials take on an axis.

@@ -219,3 +219,37 @@ fn the_report_shows_the_table_and_the_whole_verdict_escaped() {
         assert!(svg.contains(&format!(">{cell}</text>")), "{cell} missing from the table");
     }
 }
+
+fn swept() -> crate::engine::job::report::SweepReport {
+    let trial = |trial: usize, temperature: f64, alpha: f64, epochs: u32, accuracy: f64| {
+        json!({"trial": trial, "setting": {"temperature": temperature, "alpha": alpha}, "temperature": temperature,
+               "alpha": alpha, "lr": 0.003, "student": "mlp [32]", "student_parameters": 2410, "epochs": epochs,
+               "stopped_early": epochs < 8, "validation_accuracy": accuracy, "validation_loss": 0.3, "wall_s": 0.5})
+    };
+    serde_json::from_value(json!({
+        "strategy": "grid", "validation_samples": 288, "best_trial": 3,
+        "rungs": [{"epochs": 4, "trials": 4}, {"epochs": 8, "trials": 2}],
+        "trials": [trial(1, 2.0, 0.5, 4, 0.91), trial(2, 2.0, 0.9, 8, 0.93), trial(3, 4.0, 0.5, 8, 0.955), trial(4, 4.0, 0.9, 4, 0.9)]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn the_sweep_picture_places_each_trial_at_its_setting_and_score() {
+    let sweep = swept();
+    let svg = sweep::render("digits", &sweep);
+    for (panel, x_of) in [("temperature", 0), ("alpha", 1)] {
+        let mapping = Mapping::of(&svg, panel);
+        let circles: Vec<_> = elements(&svg, "circle").into_iter().skip(4 * x_of).take(4).collect();
+        for (circle, trial) in circles.iter().zip(&sweep.trials) {
+            assert_eq!(circle["data-trial"], trial.trial.to_string());
+            let (x, y) = mapping.data(circle["cx"].parse().unwrap(), circle["cy"].parse().unwrap());
+            let expected = if x_of == 0 { trial.temperature.at(0.0) } else { trial.alpha.at(0.0) };
+            let (dx, dy) = mapping.resolution();
+            assert!((x - expected).abs() <= dx && (y - trial.validation_accuracy * 100.0).abs() <= dy, "{panel} {x} {y}");
+            assert_eq!(circle["fill"] == "none", trial.stopped_early, "halving's cut trials are hollow");
+        }
+        assert_eq!(circles[2]["stroke"], "#d62728", "the best trial is red");
+    }
+    assert!(!svg.contains("data-panel=\"lr\""), "one learning rate: no panel");
+}

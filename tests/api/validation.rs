@@ -116,9 +116,9 @@ async fn sweeps_with_bad_values_or_students_that_do_not_fit() {
         "sweep.halving.min_epochs",
     )
     .await;
-    // The second student has no `layers.1` for the layer pair to read.
+    // The second student has no `layers.2` (its logits are `layers.1`) for the layer pair to read.
     let mut pairs =
-        with(&["distill", "intermediate"], json!([{"teacher_layer": "layers.0", "student_layer": "layers.1"}]));
+        with(&["distill", "intermediate"], json!([{"teacher_layer": "layers.0", "student_layer": "layers.2"}]));
     pairs["student"]["arch"]["hidden"] = json!([16, 16]);
     pairs["sweep"] = json!({"students": [{"kind": "mlp", "hidden": [32, 16]}, {"kind": "mlp", "hidden": [16]}]});
     refused(&app, &pairs, 422, "invalid_spec", "sweep.students[1]").await;
