@@ -438,3 +438,32 @@ fn a_halving_sweep_resumes_after_a_kill_with_its_finished_rungs_kept() {
     assert_eq!(trial_scores(&report), scores);
     assert_eq!(results(&report), results(&expected));
 }
+
+#[test]
+fn a_sweep_over_student_widths_exports_the_best_student_and_stops_when_cancelled() {
+    let s = swept(json!({"students": [{"kind": "mlp", "hidden": [2]}, {"kind": "mlp", "hidden": [48]}]}));
+    let dir = tempfile::tempdir().unwrap();
+    let Ran { report, .. } = run(&s, dir.path(), dir.path());
+    let sweep = report.sweep.as_ref().unwrap();
+    let students: Vec<(&str, u64)> = sweep.trials.iter().map(|t| (t.student.as_str(), t.student_parameters)).collect();
+    assert_eq!(students, [("mlp [2]", 64 * 2 + 2 + 2 * 10 + 10), ("mlp [48]", 64 * 48 + 48 + 48 * 10 + 10)]);
+    assert_eq!(sweep.best_trial, 2, "two hidden units cannot hold ten digits: {:?}", trial_scores(&report));
+    assert_eq!(report.student.parameters as u64, students[1].1, "the job's student is the best trial's");
+    let config: Value = serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["arch"]["hidden"], json!([48]), "{config}");
+
+    let cancelled = tempfile::tempdir().unwrap();
+    let control = distillery::engine::Control::default();
+    let mut phases = Vec::new();
+    let mut sink = |event: distillery::engine::EngineEvent| {
+        if let distillery::engine::EngineEvent::Progress(p) = event {
+            if p.phase == Phase::Trial(1) && p.step == 3 {
+                control.cancel();
+            }
+            phases.push(p.phase);
+        }
+    };
+    let outcome = common::run_with(&s, cancelled.path(), cancelled.path(), &control, &mut sink);
+    assert!(matches!(outcome, Err(distillery::engine::EngineError::Cancelled)));
+    assert_eq!(phases.last(), Some(&Phase::Trial(1)), "nothing trains after the cancel");
+}

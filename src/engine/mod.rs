@@ -54,6 +54,14 @@ impl Phase {
     }
 }
 
+impl Phase {
+    /// Whether the phase's files outlast the training: a sweep's trials leave only their scores,
+    /// so their checkpoints are never artifacts.
+    pub fn keeps_files(self) -> bool {
+        !matches!(self, Phase::Trial(_))
+    }
+}
+
 impl std::str::FromStr for Phase {
     type Err = String;
 

@@ -246,7 +246,10 @@ fn the_sweep_picture_places_each_trial_at_its_setting_and_score() {
             let (x, y) = mapping.data(circle["cx"].parse().unwrap(), circle["cy"].parse().unwrap());
             let expected = if x_of == 0 { trial.temperature.at(0.0) } else { trial.alpha.at(0.0) };
             let (dx, dy) = mapping.resolution();
-            assert!((x - expected).abs() <= dx && (y - trial.validation_accuracy * 100.0).abs() <= dy, "{panel} {x} {y}");
+            assert!(
+                (x - expected).abs() <= dx && (y - trial.validation_accuracy * 100.0).abs() <= dy,
+                "{panel} {x} {y}"
+            );
             assert_eq!(circle["fill"] == "none", trial.stopped_early, "halving's cut trials are hollow");
         }
         assert_eq!(circles[2]["stroke"], "#d62728", "the best trial is red");

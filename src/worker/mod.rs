@@ -281,7 +281,9 @@ impl Worker {
                 self.persist(id, EventKind::Metrics, serde_json::to_value(&m).expect("metrics serialise")).await
             }
             EngineEvent::Checkpoint(c) => {
-                self.record_file(id, &c.file).await;
+                if c.phase.keeps_files() {
+                    self.record_file(id, &c.file).await;
+                }
                 self.persist(id, EventKind::Checkpoint, serde_json::to_value(&c).expect("checkpoint serialises")).await;
             }
             EngineEvent::Progress(p) => {

@@ -83,3 +83,42 @@ async fn curves_and_report_pictures_show_what_the_api_serves() {
     let text: Vec<&str> = lines.iter().map(|l| &l[l.find('>').unwrap() + 1..l.rfind('<').unwrap()]).collect();
     assert_eq!(text.join(" "), verdict);
 }
+
+#[tokio::test]
+async fn a_swept_job_serves_its_trials_in_the_report_the_metrics_and_sweep_svg() {
+    let app = spawn_app().await;
+    let mut spec = small_spec(2);
+    spec["sweep"] = serde_json::json!({"temperature": [2.0, 4.0], "alpha": [0.5, 0.9]});
+    let id = app.submit(&spec).await;
+    let job = app.wait_for_status(&id, &["succeeded", "failed"]).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let report = app.get_json(&format!("/v1/jobs/{id}/report")).await;
+    let trials = report["sweep"]["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4);
+    let best = &trials[report["sweep"]["best_trial"].as_u64().unwrap() as usize - 1];
+    assert_eq!(report["distillation"]["temperature"], best["temperature"]);
+    assert_eq!(report["distillation"]["alpha"], best["alpha"]);
+
+    let metrics = app.get_json(&format!("/v1/jobs/{id}/metrics")).await;
+    for trial in 1..=4 {
+        let phase = format!("trial_{trial}");
+        let epochs: Vec<&Value> =
+            metrics["epochs"].as_array().unwrap().iter().filter(|e| e["phase"] == *phase).collect();
+        assert_eq!(epochs.len(), 2, "{phase}");
+        let served = trials[trial - 1]["validation_accuracy"].as_f64().unwrap();
+        assert_eq!(epochs[1]["val_accuracy"].as_f64().unwrap(), served, "the last epoch is the trial's score");
+    }
+
+    let listed = app.get_json(&format!("/v1/jobs/{id}/artifacts")).await["data"].as_array().unwrap().clone();
+    let svg = download(&app, &listed, "sweep.svg").await;
+    let mapping = Mapping::of(&svg, "temperature");
+    let (_, dy) = mapping.resolution();
+    for (circle, trial) in elements(&svg, "circle").iter().take(4).zip(trials) {
+        let (x, y) = mapping.data(circle["cx"].parse().unwrap(), circle["cy"].parse().unwrap());
+        assert!((x - trial["temperature"].as_f64().unwrap()).abs() < 0.05, "{x}");
+        assert!((y - 100.0 * trial["validation_accuracy"].as_f64().unwrap()).abs() <= dy, "{y}");
+    }
+    let curves = download(&app, &listed, "curves.svg").await;
+    assert!(!curves.contains("trial_"), "the trials are drawn in sweep.svg, not in the curves");
+    assert!(!listed.iter().any(|a| a["name"].as_str().unwrap().contains("trial")), "no trial files stay");
+}
