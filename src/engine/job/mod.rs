@@ -139,8 +139,8 @@ fn train_and_report(
     let teachers = trainer.teachers(data_root)?;
     let tuned = spec.sweep.as_ref().map(|s| sweep::run(&mut trainer, s, &teachers)).transpose()?;
     let artifacts = std::mem::take(&mut trainer.artifacts);
-    drop(trainer);
-    // After a sweep the job trains its best setting: that trial's spec, resolved anew.
+    // After a sweep the job trains its best setting: that trial's spec, resolved anew, by a
+    // trainer of its own (the state file and the teachers' logits carry over).
     let (tuned_spec, sweep_report) = tuned.map(|t| (t.spec, t.report)).unzip();
     let tuned_resolved = tuned_spec.as_ref().map(|s| resolve::resolve(s, &data, text.as_ref())).transpose()?;
     let spec = tuned_spec.as_ref().unwrap_or(spec);

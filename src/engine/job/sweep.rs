@@ -4,9 +4,10 @@
 //! trains as usual. Trials share the teachers and their cached logits, train from the same
 //! initialisation and data order (paired), and keep their scores across restarts.
 
+use super::budget;
 use super::phases::{Model, Target, Trainer, TrialScore};
 use super::report::{SweepReport, TrialReport};
-use super::{budget, resolve};
+use super::resolve::{self, Resolved};
 use crate::engine::rng::{streams, Rng};
 use crate::engine::{EngineError, Phase};
 use crate::layout;
@@ -18,11 +19,11 @@ pub(super) struct Tuned {
     pub report: SweepReport,
 }
 
-/// One trial: its setting, the spec it trains, and its latest score.
+/// One trial: its setting, the spec it trains (checked against the data), and its latest score.
 struct Trial {
     setting: Setting,
     spec: JobSpec,
-    parameters: u64,
+    resolved: Resolved,
     score: Option<TrialScore>,
 }
 
@@ -140,9 +141,8 @@ pub(super) fn run(trainer: &mut Trainer, sweep: &SweepSpec, teachers: &[Model]) 
                 rung.epochs,
                 describe(&trial.setting, &trial.spec)
             ));
-            let resolved = resolve::resolve(&trial.spec, trainer.data, trainer.text)?;
-            let score =
-                trainer.trial(Target { spec: &trial.spec, resolved: &resolved }, t + 1, rung.epochs, teachers)?;
+            let target = Target { spec: &trial.spec, resolved: &trial.resolved };
+            let score = trainer.trial(target, t + 1, rung.epochs, teachers)?;
             trials[t].score = Some(score);
         }
     }
@@ -181,7 +181,7 @@ fn prepare(trainer: &Trainer, sweep: &SweepSpec) -> Result<Vec<Trial>, EngineErr
         .map(|setting| {
             let trial = spec.with_setting(&setting);
             let resolved = resolve::resolve(&trial, trainer.data, trainer.text)?;
-            Ok(Trial { setting, spec: trial, parameters: budget::parameters(&resolved.student), score: None })
+            Ok(Trial { setting, spec: trial, resolved, score: None })
         })
         .collect()
 }
@@ -216,7 +216,7 @@ fn sweep_report(sweep: &SweepSpec, trials: &[Trial], rungs: &[Rung], best: usize
                     alpha: trial.spec.distill.alpha,
                     lr: trial.spec.training.optimizer.lr(),
                     student: arch_label(&trial.spec.student.arch),
-                    student_parameters: trial.parameters,
+                    student_parameters: budget::parameters(&trial.resolved.student),
                     stopped_early: score.epochs < last,
                     epochs: score.epochs,
                     validation_accuracy: score.validation_accuracy,
