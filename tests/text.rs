@@ -380,15 +380,67 @@ mod jobs {
             json!({"kind": "transformer", "num_layers": 2, "hidden_size": 16, "num_heads": 4, "intermediate_size": 32}),
             json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse", "weight": 1.0}]),
         );
-        let Ran { report, epochs, .. } = run(&s, root.path(), job.path());
-        // At half the width no teacher tensor fits, so the student starts from scratch and eight
-        // epochs are too few for it to beat chance; it must be learning, though.
+        let Ran { report, epochs, logs, .. } = run(&s, root.path(), job.path());
+        // At half the width no layer tensor fits: the embeddings (words, positions, token types)
+        // start from the teacher's, projected onto their top principal directions, and the
+        // classifier's bias is copied as it is. The student must be learning.
+        assert!(logs.iter().any(|l| l.contains("4 tensors copied from the teacher")), "{logs:?}");
         let student: Vec<f64> = epochs.iter().filter(|m| m.phase == Phase::Student(0)).map(|m| m.train_loss).collect();
         assert!(student[student.len() - 1] < 0.9 * student[0], "{student:?}");
         assert_eq!(report.distillation.projection_parameters, 16 * 32 + 32);
         let config: Value =
             serde_json::from_slice(&std::fs::read(job.path().join("student-hf/config.json")).unwrap()).unwrap();
         assert_eq!((config["hidden_size"].as_u64(), config["num_attention_heads"].as_u64()), (Some(16), Some(4)));
+    }
+
+    #[test]
+    fn a_trimmed_vocabulary_exports_a_tokenizer_that_tokenises_the_texts_as_the_student_saw_them() {
+        let root = root();
+        let job = tempfile::tempdir().unwrap();
+        let mut value =
+            serde_json::to_value(spec(json!({"kind": "transformer", "layers": [0, 2]}), json!([]))).unwrap();
+        value["student"]["vocabulary"] = json!("trim");
+        let s = common::spec(value);
+        let Ran { report, .. } = run(&s, root.path(), job.path());
+        assert!(report.student.accuracy > 0.8, "student {}", report.student.accuracy);
+
+        let folder = job.path().join("student-hf");
+        let config: Value = serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+        let read = |dir: &Path| {
+            let json = std::fs::read(dir.join("tokenizer.json")).unwrap();
+            distillery::engine::data::text::load_tokenizer(&json, "tokenizer").unwrap()
+        };
+        let (full, cut) = (read(&root.path().join("models/tiny-bert")), read(&folder));
+        let kept = cut.get_vocab_size(true);
+        assert!(kept < full.get_vocab_size(true) / 2, "{kept} of {} tokens kept", full.get_vocab_size(true));
+        assert_eq!(config["vocab_size"].as_u64(), Some(kept as u64));
+        let hidden = config["hidden_size"].as_u64().unwrap() as usize;
+        let untrimmed = report.student.parameters + (full.get_vocab_size(true) - kept) * hidden;
+        assert!(
+            (report.size_ratio - report.student.parameters as f64 / report.teacher.parameters as f64).abs() < 1e-12
+        );
+        assert!(untrimmed > report.student.parameters, "the student's parameters count the kept rows alone");
+
+        // The exported folder, read as a user would: its tokenizer on the held-out texts, its
+        // weights through the candle loader, gives the accuracy the report measured.
+        let texts = distillery::engine::data::text::load_text(
+            &s.dataset,
+            &distillery::engine::DataRoot::new(root.path()),
+            &cut,
+            s.training.seed,
+            false,
+        )
+        .unwrap();
+        let (reloaded_config, tensors) = bert::load_folder(&folder, &Device::Cpu).unwrap();
+        let input = Input { features: 48, image: None };
+        let arch = ArchSpec::Transformer(TransformerArch::default());
+        let exported = Net::transformer(&arch, reloaded_config, input, tensors, &Device::Cpu).unwrap();
+        let v = &texts.validation;
+        let x = bert::pack(&v.input_ids, &v.type_ids, &v.attention_mask, 16);
+        let split = distillery::engine::data::Split { x, y: v.labels.clone() };
+        let accuracy = distillery::engine::train::evaluate(&exported, &split, &Device::Cpu).unwrap().accuracy;
+        assert_eq!(accuracy, report.student.accuracy);
+        assert!(v.input_ids.iter().all(|&id| (id as usize) < kept));
     }
 
     #[test]

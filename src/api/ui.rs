@@ -46,6 +46,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("fashion-mnist-shifts.json", include_str!("../../examples/fashion-mnist-shifts.json")),
     ("fashion-mnist-transfer.json", include_str!("../../examples/fashion-mnist-transfer.json")),
     ("election-minilm.json", include_str!("../../examples/election-minilm.json")),
+    ("election-minilm-trimmed.json", include_str!("../../examples/election-minilm-trimmed.json")),
     ("election-minilm-embeddings.json", include_str!("../../examples/election-minilm-embeddings.json")),
 ];
 

@@ -175,6 +175,12 @@ impl JobSpec {
                 return Err(SpecError::new(format!("{}.arch.kind", self.teacher_field(i)), format!("must be {need}")));
             }
         }
+        if student.is_none() && self.student.vocabulary == Vocabulary::Trim {
+            return Err(SpecError::new(
+                "student.vocabulary",
+                "`trim` cuts a transformer's word embeddings; this student has none",
+            ));
+        }
         if student.is_some() != text {
             let need = if text {
                 "a `transformer`, derived from the teacher"

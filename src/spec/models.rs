@@ -40,6 +40,26 @@ pub struct StudentSpec {
     /// training, as DistilBERT did; shapes must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub init_from_teacher: Vec<LayerCopy>,
+    /// A transformer student's word embeddings: the teacher's whole vocabulary, or only the
+    /// tokens the training (and transfer) texts use.
+    #[serde(default, skip_serializing_if = "Vocabulary::is_full")]
+    pub vocabulary: Vocabulary,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vocabulary {
+    #[default]
+    Full,
+    /// Keep the tokens the training texts use (and the special ones); the exported tokenizer is
+    /// cut to match, so it tokenises those texts exactly as the teacher's does.
+    Trim,
+}
+
+impl Vocabulary {
+    pub fn is_full(&self) -> bool {
+        *self == Vocabulary::Full
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -215,3 +215,12 @@ fn a_trial_spec_takes_the_setting_and_drops_the_sweep() {
     assert!(trial.sweep.is_none());
     assert_eq!(spec.with_setting(&Setting::default()), JobSpec { sweep: None, ..spec.clone() });
 }
+
+#[test]
+fn only_a_transformer_student_trims_its_vocabulary() {
+    let mut v = example();
+    v["student"]["vocabulary"] = "trim".into();
+    assert_eq!(check(v.clone()).unwrap_err().field, "student.vocabulary");
+    v["student"]["vocabulary"] = "half".into();
+    assert_eq!(check(v).unwrap_err().field, "student.vocabulary");
+}

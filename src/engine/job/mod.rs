@@ -10,6 +10,7 @@ mod guidance;
 mod phases;
 pub mod report;
 mod resolve;
+mod small_student;
 mod stats;
 mod sweep;
 pub mod table;

@@ -174,7 +174,7 @@ pub(super) fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) 
     let (teachers, student, transformer) = match (text, spec.student.arch.transformer()) {
         (Some(setup), Some(arch)) => {
             let teacher = text::teacher_config(setup, data.classes);
-            let (config, layers) = text::student_config(&teacher, arch)?;
+            let (config, layers) = text::student_config(&teacher, arch, setup.trimmed.as_ref())?;
             if data.classes == 0 && config.hidden_size != teacher.hidden_size {
                 return Err(SpecError::new("student.arch.hidden_size", format!("an embedding student keeps the teacher's width ({}), so its embeddings compare with the teacher's", teacher.hidden_size)));
             }

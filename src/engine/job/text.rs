@@ -9,10 +9,11 @@ use candle_core::{Device, Tensor};
 use crate::engine::data::root::DataRoot;
 use crate::engine::data::text::{self as text_data, TextDataset, TextSplit};
 use crate::engine::data::{Dataset, Normalization, Split};
-use crate::engine::models::bert::{self, BertConfig};
+use crate::engine::job::small_student;
+use crate::engine::models::bert::{self, BertConfig, Trimmed};
 use crate::engine::models::{Input, ModelError, Net};
 use crate::engine::rng::Rng;
-use crate::spec::{ArchSpec, JobSpec, SpecError, TransformerArch, TransformerInit};
+use crate::spec::{ArchSpec, JobSpec, SpecError, TransformerArch, TransformerInit, Vocabulary};
 
 /// Files of a Hugging Face folder that travel with an exported student: the tokenizer, and
 /// sentence-transformers' pooling settings, so an embedding student loads there too.
@@ -49,6 +50,8 @@ pub struct TextSetup {
     pub teacher: TeacherFolder,
     pub max_length: usize,
     pub truncated: usize,
+    /// `student.vocabulary: trim`: the tokens the student keeps.
+    pub trimmed: Option<Trimmed>,
 }
 
 fn folder_field(spec: &JobSpec) -> String {
@@ -108,8 +111,12 @@ pub fn load(
             ),
         ));
     }
+    let trimmed = match spec.student.vocabulary {
+        Vocabulary::Trim => Some(small_student::trimmed(teacher.tokenizer_json(), &text, teacher.config.vocab_size)?),
+        Vocabulary::Full => None,
+    };
     let dataset = as_dataset(&text);
-    let setup = TextSetup { teacher, max_length: text.max_length, truncated: text.truncated };
+    let setup = TextSetup { teacher, max_length: text.max_length, truncated: text.truncated, trimmed };
     Ok((dataset, setup))
 }
 
@@ -184,8 +191,13 @@ pub fn teacher_net(
         .map_err(|m| SpecError::new(&field, m.to_string()))
 }
 
-/// The student's config and, for each of its layers, the teacher layer it maps to.
-pub fn student_config(teacher: &BertConfig, arch: &TransformerArch) -> Result<(BertConfig, Vec<usize>), SpecError> {
+/// The student's config (its vocabulary `trimmed`, or the teacher's) and, for each of its
+/// layers, the teacher layer it maps to.
+pub fn student_config(
+    teacher: &BertConfig,
+    arch: &TransformerArch,
+    trimmed: Option<&Trimmed>,
+) -> Result<(BertConfig, Vec<usize>), SpecError> {
     let layers = match &arch.layers {
         Some(layers) => {
             if let Some(&bad) = layers.iter().find(|&&l| l >= teacher.num_layers) {
@@ -221,6 +233,9 @@ pub fn student_config(teacher: &BertConfig, arch: &TransformerArch) -> Result<(B
         hidden_size: arch.hidden_size.unwrap_or(teacher.hidden_size),
         num_heads: arch.num_heads.unwrap_or(teacher.num_heads),
         intermediate_size: arch.intermediate_size.unwrap_or(teacher.intermediate_size),
+        vocab_size: trimmed.map_or(teacher.vocab_size, |t| t.kept.len()),
+        pad_token_id: trimmed.map_or(teacher.pad_token_id, |t| t.map[teacher.pad_token_id as usize]),
+        trimmed: trimmed.cloned(),
         ..teacher.clone()
     };
     config.check().map_err(|m| SpecError::new("student.arch", m.to_string()))?;
@@ -228,7 +243,8 @@ pub fn student_config(teacher: &BertConfig, arch: &TransformerArch) -> Result<(B
 }
 
 /// The student's first weights: fresh, then with `init: teacher`, every teacher tensor whose
-/// shape fits (student layer `i` from teacher layer `layers[i]`). Returns the count copied.
+/// shape fits (student layer `i` from teacher layer `layers[i]`), and the embeddings fitted
+/// to a trimmed vocabulary or a narrower width. Returns the count copied.
 pub fn student_init(
     config: &BertConfig,
     layers: &[usize],
@@ -259,6 +275,7 @@ pub fn student_init(
                 copied += 1;
             }
         }
+        copied += small_student::fit_embeddings(config, teacher_config, &source, &mut named)?;
     }
     Ok((Net::transformer(arch, config.clone(), input, named, device)?, copied))
 }
@@ -281,6 +298,12 @@ pub fn export(student: &Net, label_names: &[String], teacher: &TeacherFolder, jo
     for (name, bytes) in &teacher.companions {
         let to = dir.join(name);
         std::fs::create_dir_all(to.parent().expect("inside the folder"))?;
+        // A trimmed student's tokenizer numbers the tokens as its rows.
+        let bytes = match (&config.trimmed, *name) {
+            (Some(trimmed), TOKENIZER) => small_student::cut_tokenizer(bytes, trimmed)?,
+            (Some(trimmed), "vocab.txt") => small_student::cut_vocab_txt(bytes, trimmed),
+            _ => bytes.clone(),
+        };
         std::fs::write(&to, bytes)?;
         files.push(to);
     }

@@ -96,6 +96,33 @@ pub struct BertConfig {
     pub num_labels: usize,
     /// The config.json it was read from; exports keep its other keys.
     pub raw: Value,
+    /// A student's trimmed vocabulary: inputs carry the teacher's token ids, which it maps to
+    /// its own rows.
+    pub trimmed: Option<Trimmed>,
+}
+
+/// A vocabulary cut to the tokens a job's training texts use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trimmed {
+    /// The teacher's ids of the kept tokens, in increasing order: row `i` is `kept[i]`.
+    pub kept: Arc<[u32]>,
+    /// Each teacher id's row; a dropped token maps to the unknown token's.
+    pub map: Arc<[u32]>,
+}
+
+impl Trimmed {
+    /// Keeps `used` (any order, repeats allowed) and `unknown`, out of `vocabulary` ids.
+    pub fn new(used: impl IntoIterator<Item = u32>, unknown: u32, vocabulary: usize) -> Self {
+        let mut keep = vec![false; vocabulary];
+        for id in used.into_iter().chain([unknown]) {
+            keep[id as usize] = true;
+        }
+        let kept: Vec<u32> = (0..vocabulary as u32).filter(|&id| keep[id as usize]).collect();
+        let row = |id: u32| kept.binary_search(&id).ok().map(|r| r as u32);
+        let unknown_row = row(unknown).expect("the unknown token is kept");
+        let map = (0..vocabulary as u32).map(|id| row(id).unwrap_or(unknown_row)).collect();
+        Self { kept: kept.into(), map }
+    }
 }
 
 fn field<'a>(raw: &'a Value, names: &[&str]) -> Option<&'a Value> {
@@ -170,6 +197,7 @@ impl BertConfig {
             initializer_range: f32_or(&["initializer_range"], 0.02),
             num_labels,
             raw: raw.clone(),
+            trimmed: None,
         };
         config.check_sizes()?;
         Ok(config)
@@ -344,6 +372,10 @@ impl BertConfig {
         for (key, value) in keys.iter().zip(values) {
             object.insert(key.to_string(), json!(value));
         }
+        if self.trimmed.is_some() {
+            object.insert("vocab_size".into(), json!(self.vocab_size));
+            object.insert("pad_token_id".into(), json!(self.pad_token_id));
+        }
         object.remove("id2label");
         object.remove("label2id");
         object.remove("num_labels");
@@ -462,7 +494,10 @@ fn unpack(config: &BertConfig, x: &Tensor) -> Result<Unpacked> {
     let rows: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let (mut ids, mut types, mut mask, mut positions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows.chunks(packed) {
-        ids.extend(row[..length].iter().map(|&v| v as u32));
+        match &config.trimmed {
+            Some(trimmed) => ids.extend(row[..length].iter().map(|&v| trimmed.map[v as usize])),
+            None => ids.extend(row[..length].iter().map(|&v| v as u32)),
+        }
         types.extend(row[length..2 * length].iter().map(|&v| v as u32));
         mask.extend_from_slice(&row[2 * length..]);
         match config.family {
