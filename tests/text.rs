@@ -421,26 +421,161 @@ mod jobs {
         );
         assert!(untrimmed > report.student.parameters, "the student's parameters count the kept rows alone");
 
-        // The exported folder, read as a user would: its tokenizer on the held-out texts, its
-        // weights through the candle loader, gives the accuracy the report measured.
-        let texts = distillery::engine::data::text::load_text(
-            &s.dataset,
-            &distillery::engine::DataRoot::new(root.path()),
-            &cut,
-            s.training.seed,
-            false,
-        )
-        .unwrap();
-        let (reloaded_config, tensors) = bert::load_folder(&folder, &Device::Cpu).unwrap();
-        let input = Input { features: 48, image: None };
+        let (accuracy, ids) = exported_accuracy(&s, root.path(), &folder);
+        assert_eq!(accuracy, report.student.accuracy);
+        assert!(ids.iter().all(|&id| (id as usize) < kept));
+    }
+
+    /// The exported folder read as a user would: its own tokenizer on the held-out texts, its
+    /// weights through the candle loader. Returns the accuracy and the token ids it read.
+    fn exported_accuracy(s: &JobSpec, root: &Path, folder: &Path) -> (f64, Vec<u32>) {
+        let json = std::fs::read(folder.join("tokenizer.json")).unwrap();
+        let tokenizer = distillery::engine::data::text::load_tokenizer(&json, "tokenizer").unwrap();
+        let data_root = distillery::engine::DataRoot::new(root);
+        let texts =
+            distillery::engine::data::text::load_text(&s.dataset, &data_root, &tokenizer, s.training.seed, false)
+                .unwrap();
+        let (config, tensors) = bert::load_folder(folder, &Device::Cpu).unwrap();
+        let length = texts.max_length;
+        let input = Input { features: 3 * length, image: None };
         let arch = ArchSpec::Transformer(TransformerArch::default());
-        let exported = Net::transformer(&arch, reloaded_config, input, tensors, &Device::Cpu).unwrap();
+        let exported = Net::transformer(&arch, config, input, tensors, &Device::Cpu).unwrap();
         let v = &texts.validation;
-        let x = bert::pack(&v.input_ids, &v.type_ids, &v.attention_mask, 16);
+        let x = bert::pack(&v.input_ids, &v.type_ids, &v.attention_mask, length);
         let split = distillery::engine::data::Split { x, y: v.labels.clone() };
         let accuracy = distillery::engine::train::evaluate(&exported, &split, &Device::Cpu).unwrap().accuracy;
+        (accuracy, v.input_ids.clone())
+    }
+
+    /// `tests/fixtures/tiny-distilbert` as `models/tiny-distilbert` with the tiny BERT's
+    /// tokenizer, its ordinary tokens renumbered (`[PAD]` … `[MASK]`, 0–4, stay): another
+    /// tokenizer, which gives every text other ids.
+    fn distilbert_with_its_own_tokenizer(root: &Path) {
+        let folder = root.join("models/tiny-distilbert");
+        std::fs::create_dir_all(&folder).unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(Path::new("tests/fixtures/tiny-distilbert").join(file), folder.join(file)).unwrap();
+        }
+        let mut tokenizer: Value =
+            serde_json::from_slice(&std::fs::read("tests/fixtures/tiny-bert/tokenizer.json").unwrap()).unwrap();
+        for id in tokenizer["model"]["vocab"].as_object_mut().unwrap().values_mut() {
+            let old = id.as_u64().unwrap();
+            if old >= 5 {
+                *id = json!(154 - old);
+            }
+        }
+        std::fs::write(folder.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_pretrained_student_with_its_own_tokenizer_learns_from_the_logits_and_keeps_its_tokenizer() {
+        let root = root();
+        distilbert_with_its_own_tokenizer(root.path());
+        let job = tempfile::tempdir().unwrap();
+        let pooled = json!([{"teacher_layer": "pooled", "student_layer": "pooled", "loss": "cosine", "weight": 0.5}]);
+        let s = spec(json!({"kind": "transformer", "path": "models/tiny-distilbert"}), pooled);
+        let Ran { report, logs, .. } = run(&s, root.path(), job.path());
+        assert!(report.teacher.accuracy > 0.85, "teacher {}", report.teacher.accuracy);
+        assert!(report.student.accuracy > 0.7, "student {}", report.student.accuracy);
+        assert!(
+            logs.iter().any(|l| l.starts_with("student: pre-trained, from models/tiny-distilbert")
+                && l.ends_with("its own tokenizer")),
+            "{logs:?}"
+        );
+        let folder = job.path().join("student-hf");
+        let config: Value = serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["architectures"], json!(["DistilBertForSequenceClassification"]));
+        let exported_tokenizer = std::fs::read(folder.join("tokenizer.json")).unwrap();
+        assert_eq!(
+            exported_tokenizer,
+            std::fs::read(root.path().join("models/tiny-distilbert/tokenizer.json")).unwrap()
+        );
+        // Read back with its own tokenizer, the export scores what the report measured: the
+        // student saw its own tokens in training and evaluation.
+        let (accuracy, _) = exported_accuracy(&s, root.path(), &folder);
         assert_eq!(accuracy, report.student.accuracy);
-        assert!(v.input_ids.iter().all(|&id| (id as usize) < kept));
+
+        let refused = |student: Value, intermediate: Value| {
+            let s = spec(student, intermediate);
+            engine::preflight(&s, &engine::DataRoot::new(root.path())).unwrap_err().field
+        };
+        let path = json!({"kind": "transformer", "path": "models/tiny-distilbert"});
+        let per_token = json!([{"teacher_layer": "layers.2", "student_layer": "layers.1", "loss": "mse"}]);
+        assert_eq!(refused(path.clone(), per_token), "distill.intermediate[0]", "tokens do not line up");
+        let mut both = serde_json::to_value(spec(path, json!([]))).unwrap();
+        both["student"]["arch"]["layers"] = json!([0]);
+        let refused = spec::parse(both.to_string().as_bytes()).unwrap().validate().unwrap_err();
+        assert_eq!(refused.field, "student.arch.path", "a pretrained student takes no layers");
+    }
+
+    /// A byte-level BPE tokenizer of single characters, as RoBERTa's is laid out: `<s>` 0,
+    /// `<pad>` 1, `</s>` 2, `<unk>` 3, then the letters, `Ġ` (a space) and the comma.
+    fn character_bpe() -> Value {
+        let specials = ["<s>", "<pad>", "</s>", "<unk>"];
+        let mut vocab = serde_json::Map::new();
+        let characters =
+            specials.iter().map(|s| s.to_string()).chain(('a'..='z').map(String::from)).chain(["Ġ".into(), ",".into()]);
+        for (id, token) in characters.enumerate() {
+            vocab.insert(token, json!(id));
+        }
+        let added: Vec<Value> = specials
+            .iter()
+            .enumerate()
+            .map(|(id, t)| json!({"id": id, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+            .collect();
+        json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "post_processor": {"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0], "trim_offsets": true, "add_prefix_space": false},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                      "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+        })
+    }
+
+    #[test]
+    fn a_roberta_teacher_with_a_bpe_tokenizer_runs_a_whole_text_job() {
+        let root = root();
+        let folder = root.path().join("models/tiny-roberta");
+        std::fs::create_dir_all(&folder).unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(Path::new("tests/fixtures/tiny-roberta").join(file), folder.join(file)).unwrap();
+        }
+        std::fs::write(folder.join("tokenizer.json"), character_bpe().to_string()).unwrap();
+        let job = tempfile::tempdir().unwrap();
+        let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [1]}), json!([]))).unwrap();
+        value["teacher"]["arch"]["path"] = json!("models/tiny-roberta");
+        // One character a token: 64 (the tiny RoBERTa's 66 positions, less its padding offset).
+        value["dataset"]["max_length"] = json!(64);
+        // Four times the tokens of the other jobs: fewer epochs keep the test short.
+        value["teacher"]["train"]["epochs"] = json!(4);
+        value["training"]["epochs"] = json!(3);
+        let s = common::spec(value);
+        let Ran { report, epochs, .. } = run(&s, root.path(), job.path());
+        let losses =
+            |phase: Phase| epochs.iter().filter(|m| m.phase == phase).map(|m| m.train_loss).collect::<Vec<_>>();
+        for phase in [Phase::Teacher(0), Phase::Student(0)] {
+            let loss = losses(phase);
+            assert!(loss[loss.len() - 1] < loss[0], "{phase:?} learns: {loss:?}");
+        }
+        let exported = job.path().join("student-hf");
+        let config: Value = serde_json::from_slice(&std::fs::read(exported.join("config.json")).unwrap()).unwrap();
+        assert_eq!((config["model_type"].as_str(), config["num_hidden_layers"].as_u64()), (Some("roberta"), Some(1)));
+        assert_eq!(config["architectures"], json!(["RobertaForSequenceClassification"]));
+        let tokenizer: Value =
+            serde_json::from_slice(&std::fs::read(exported.join("tokenizer.json")).unwrap()).unwrap();
+        assert_eq!(tokenizer["model"]["type"], "BPE");
+        let (accuracy, ids) = exported_accuracy(&s, root.path(), &exported);
+        assert_eq!(accuracy, report.student.accuracy);
+        assert_eq!(ids[0], 0, "rows start with <s>");
+        assert!(ids.contains(&1) && ids.contains(&2), "padding and </s>");
+        let trimmed = json!({"kind": "transformer", "layers": [1]});
+        let mut value = serde_json::to_value(spec(trimmed, json!([]))).unwrap();
+        value["teacher"]["arch"]["path"] = json!("models/tiny-roberta");
+        value["dataset"]["max_length"] = json!(64);
+        value["student"]["vocabulary"] = json!("trim");
+        let refused = engine::preflight(&common::spec(value), &engine::DataRoot::new(root.path())).unwrap_err();
+        assert_eq!(refused.field, "student.vocabulary", "BPE is not trimmed: {}", refused.message);
     }
 
     #[test]

@@ -21,15 +21,16 @@ pub enum ArchSpec {
         dropout: f32,
     },
     /// A BERT-family encoder. A teacher names a Hugging Face folder (`path`); a student derives
-    /// from its teacher: the teacher layers it keeps (`layers`), or a smaller config.
+    /// from its teacher (the teacher layers it keeps, `layers`, or a smaller config), or is a
+    /// separately pre-trained folder of its own (`path`), with its own tokenizer.
     Transformer(TransformerArch),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformerArch {
-    /// Teacher: a folder under the data root with `config.json`, `model.safetensors` and
-    /// `tokenizer.json`.
+    /// A folder under the data root with `config.json`, `model.safetensors` and
+    /// `tokenizer.json`: the teacher's, or a pre-trained student's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Student: the teacher layers it keeps, in order (DistilBERT's every other layer: [0, 2, 4]).

@@ -191,10 +191,19 @@ impl JobSpec {
         }
         if let Some(student) = student {
             if student.path.is_some() {
-                return Err(SpecError::new(
-                    "student.arch.path",
-                    "a student is derived from its teacher; give `layers` or sizes instead",
-                ));
+                let sized = [student.num_layers, student.hidden_size, student.num_heads, student.intermediate_size];
+                if student.layers.is_some() || sized.iter().any(Option::is_some) {
+                    return Err(SpecError::new(
+                        "student.arch.path",
+                        "a pretrained student is used as its folder has it; leave out `layers` and sizes (or leave out `path` to derive the student from the teacher)",
+                    ));
+                }
+                if self.student.vocabulary == Vocabulary::Trim {
+                    return Err(SpecError::new(
+                        "student.vocabulary",
+                        "`trim` cuts a student derived from the teacher; a pretrained student keeps its folder's vocabulary",
+                    ));
+                }
             }
             if teachers.len() > 1 {
                 return Err(SpecError::new(

@@ -38,7 +38,7 @@ pub(super) fn hugging_face(
     let names: Vec<String> =
         data.label_names.clone().unwrap_or_else(|| (0..data.classes).map(|c| c.to_string()).collect());
     // An I/O error keeps its kind, so a full disk is recognised as one.
-    text::export(student, &names, &setup.teacher, job_dir)?;
+    text::export(student, &names, setup.student_folder(), job_dir)?;
     sink(EngineEvent::Log(format!(
         "student exported as a Hugging Face folder: {} (and {})",
         text::HF_FOLDER,

@@ -188,6 +188,22 @@ impl<'a> Trainer<'a> {
             let student_init = self.student_from_teacher(target, &random_init, teacher)?;
             return Ok((random_init, student_init));
         };
+        if let Some((setup, folder)) = self.text.and_then(|setup| Some((setup, setup.student.as_ref()?))) {
+            let init = text::pretrained_student(setup, config, &spec.student.arch, input, &mut rng, self.ctx.device)?;
+            self.log(format!(
+                "student: pre-trained, from {}: {} layers, hidden {}, {} heads, {} parameters; {}",
+                folder.path,
+                config.num_layers,
+                config.hidden_size,
+                config.num_heads,
+                init.parameter_count(),
+                match setup.own_tokenizer {
+                    true => "its own tokenizer",
+                    false => "the teacher's tokenizer",
+                }
+            ));
+            return Ok((init.clone(), init));
+        }
         let (init, copied) =
             text::student_init(config, layers, &spec.student.arch, teacher, input, &mut rng, self.ctx.device)?;
         self.log(format!(

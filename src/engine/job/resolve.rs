@@ -174,9 +174,14 @@ pub(super) fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) 
     let (teachers, student, transformer) = match (text, spec.student.arch.transformer()) {
         (Some(setup), Some(arch)) => {
             let teacher = text::teacher_config(setup, data.classes);
-            let (config, layers) = text::student_config(&teacher, arch, setup.trimmed.as_ref())?;
+            let (config, layers) = match text::pretrained_config(setup, data.classes) {
+                Some(config) => (config, Vec::new()),
+                None => text::student_config(&teacher, arch, setup.trimmed.as_ref())?,
+            };
+            check_tokens_line_up(spec, setup)?;
             if data.classes == 0 && config.hidden_size != teacher.hidden_size {
-                return Err(SpecError::new("student.arch.hidden_size", format!("an embedding student keeps the teacher's width ({}), so its embeddings compare with the teacher's", teacher.hidden_size)));
+                let field = if arch.path.is_some() { "student.arch.path" } else { "student.arch.hidden_size" };
+                return Err(SpecError::new(field, format!("an embedding student keeps the teacher's width ({}), so its embeddings compare with the teacher's", teacher.hidden_size)));
             }
             let length = setup.max_length;
             (
@@ -198,6 +203,23 @@ pub(super) fn resolve(spec: &JobSpec, data: &Dataset, text: Option<&TextSetup>) 
     let pairs = layer_pairs(spec, &teachers, &student)?;
     check_layer_copies(spec, &teachers[0], &student)?;
     Ok(Resolved { input, teachers, student, pairs, transformer })
+}
+
+/// A student with its own tokenizer cuts the texts into other tokens: only the pooled embedding
+/// pairs with the teacher's, not per-token states or attention maps.
+fn check_tokens_line_up(spec: &JobSpec, setup: &TextSetup) -> Result<(), SpecError> {
+    if !setup.own_tokenizer {
+        return Ok(());
+    }
+    let per_token =
+        spec.distill.intermediate.iter().position(|p| p.teacher_layer != "pooled" || p.student_layer != "pooled");
+    match per_token {
+        Some(i) => Err(SpecError::new(
+            format!("distill.intermediate[{i}]"),
+            "the student tokenises with its own tokenizer, so its tokens do not line up with the teacher's: pair `pooled` with `pooled`, or distil through the logits alone",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `distill.intermediate`: each pair's layers exist, fit each other, and take a fitting loss.

@@ -31,8 +31,8 @@ const COMPANION_FILES: [&str; 9] = [
 const TOKENIZER: &str = "tokenizer.json";
 pub use crate::layout::{HF_ARCHIVE, HF_FOLDER};
 
-/// The teacher folder as found on disk.
-pub struct TeacherFolder {
+/// A Hugging Face folder as found on disk: the teacher's, or a pre-trained student's.
+pub struct ModelFolder {
     /// The folder as the spec names it, relative to the data root.
     pub path: String,
     pub config: BertConfig,
@@ -47,24 +47,50 @@ pub struct TeacherFolder {
 
 /// What a text job knows beyond its `Dataset`.
 pub struct TextSetup {
-    pub teacher: TeacherFolder,
+    pub teacher: ModelFolder,
     pub max_length: usize,
     pub truncated: usize,
     /// `student.vocabulary: trim`: the tokens the student keeps.
     pub trimmed: Option<Trimmed>,
+    /// A pre-trained student's own folder (`student.arch.path`).
+    pub student: Option<ModelFolder>,
+    /// Whether that student's tokenizer differs from the teacher's: each row then packs the
+    /// text twice, as each tokenises it.
+    pub own_tokenizer: bool,
+}
+
+impl TextSetup {
+    /// The folder whose tokenizer the student reads with: its own, or the teacher's.
+    pub fn student_folder(&self) -> &ModelFolder {
+        self.student.as_ref().unwrap_or(&self.teacher)
+    }
+
+    /// Which packed input of a row the teacher (`false`) or the student (`true`) reads.
+    fn slot(&self, student: bool) -> (usize, usize) {
+        match self.own_tokenizer {
+            true => (usize::from(student), 2),
+            false => (0, 1),
+        }
+    }
 }
 
 fn folder_field(spec: &JobSpec) -> String {
     format!("{}.arch.path", spec.teacher_field(0))
 }
 
-/// Reads the teacher's folder: config.json, model.safetensors (names normalised), and whether a
-/// classification head is there.
-pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<TeacherFolder, SpecError> {
+/// Reads the teacher's folder.
+pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<ModelFolder, SpecError> {
     let field = folder_field(spec);
     let teacher = spec.teacher_specs()[0];
     let relative =
         teacher.arch.transformer().and_then(|t| t.path.as_deref()).ok_or_else(|| SpecError::new(&field, "required"))?;
+    read_folder(relative, &field, root, device)
+}
+
+/// Reads a Hugging Face folder: config.json, model.safetensors (names normalised), the
+/// tokenizer, and whether a classification head is there.
+fn read_folder(relative: &str, field: &str, root: &DataRoot, device: &Device) -> Result<ModelFolder, SpecError> {
+    let field = field.to_string();
     let file = |name: &str| format!("{relative}/{name}");
     let config_json = root.read(&file("config.json"), &field)?;
     let weights = root
@@ -78,10 +104,10 @@ pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<
     let (config, tensors) =
         bert::from_files(&config_json, &weights, device).map_err(|m| SpecError::new(&field, m.to_string()))?;
     let has_head = config.num_labels > 0;
-    Ok(TeacherFolder { path: relative.to_string(), config, tensors, has_head, companions })
+    Ok(ModelFolder { path: relative.to_string(), config, tensors, has_head, companions })
 }
 
-impl TeacherFolder {
+impl ModelFolder {
     fn tokenizer_json(&self) -> &[u8] {
         let (_, bytes) =
             self.companions.iter().find(|(name, _)| *name == TOKENIZER).expect("read_teacher requires the tokenizer");
@@ -97,48 +123,88 @@ pub fn load(
     device: &Device,
 ) -> Result<(Dataset, TextSetup), SpecError> {
     let teacher = read_teacher(spec, root, device)?;
-    let field = folder_field(spec);
-    let tokenizer = text_data::load_tokenizer(teacher.tokenizer_json(), &field)?;
-    let text = text_data::load_text(&spec.dataset, root, &tokenizer, spec.training.seed, monitor)?;
-    let needed = teacher.config.positions_needed(text.max_length);
-    if needed > teacher.config.max_positions {
-        return Err(SpecError::new(
-            "dataset.max_length",
-            format!(
-                "the teacher has {} positions; at most {} tokens fit",
-                teacher.config.max_positions,
-                text.max_length + teacher.config.max_positions - needed
-            ),
-        ));
-    }
+    let text = tokenised(spec, root, &teacher, &folder_field(spec), monitor)?;
+    let student = match spec.student.arch.transformer().and_then(|t| t.path.as_deref()) {
+        Some(path) => Some(read_folder(path, STUDENT_FIELD, root, device)?),
+        None => None,
+    };
+    let own_tokenizer = student.as_ref().is_some_and(|s| s.tokenizer_json() != teacher.tokenizer_json());
+    let student_text = match (&student, own_tokenizer) {
+        (Some(folder), true) => Some(tokenised(spec, root, folder, STUDENT_FIELD, monitor)?),
+        _ => None,
+    };
     let trimmed = match spec.student.vocabulary {
         Vocabulary::Trim => Some(small_student::trimmed(teacher.tokenizer_json(), &text, teacher.config.vocab_size)?),
         Vocabulary::Full => None,
     };
-    let dataset = as_dataset(&text);
-    let setup = TextSetup { teacher, max_length: text.max_length, truncated: text.truncated, trimmed };
+    let dataset = as_dataset(&text, student_text.as_ref());
+    let setup =
+        TextSetup { teacher, max_length: text.max_length, truncated: text.truncated, trimmed, student, own_tokenizer };
     Ok((dataset, setup))
 }
 
-fn as_dataset(text: &TextDataset) -> Dataset {
+const STUDENT_FIELD: &str = "student.arch.path";
+
+/// The dataset as `folder`'s tokenizer reads it; its model must have positions for it.
+fn tokenised(
+    spec: &JobSpec,
+    root: &DataRoot,
+    folder: &ModelFolder,
+    field: &str,
+    monitor: bool,
+) -> Result<TextDataset, SpecError> {
+    let tokenizer = text_data::load_tokenizer(folder.tokenizer_json(), field)?;
+    let text = text_data::load_text(&spec.dataset, root, &tokenizer, spec.training.seed, monitor)?;
+    let needed = folder.config.positions_needed(text.max_length);
+    if needed > folder.config.max_positions {
+        let whose = if field == STUDENT_FIELD { "student" } else { "teacher" };
+        return Err(SpecError::new(
+            "dataset.max_length",
+            format!(
+                "the {whose} has {} positions; at most {} tokens fit",
+                folder.config.max_positions,
+                text.max_length + folder.config.max_positions - needed
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// The texts as network input: each row the teacher's tokens packed, then the student's when it
+/// tokenises with its own tokenizer (`student`, the same rows).
+fn as_dataset(text: &TextDataset, student: Option<&TextDataset>) -> Dataset {
     let length = text.max_length;
     // Unlabelled texts get class 0 throughout; `classes` = 0 tells every phase to ignore it.
     let labels = |s: &TextSplit| if text.labelled() { s.labels.clone() } else { vec![0; s.len()] };
-    let split =
-        |s: &TextSplit| Split { x: bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length), y: labels(s) };
-    let mut train = split(&text.train);
-    train.x.extend(split(&text.transfer).x);
+    let pack = |s: &TextSplit| bert::pack(&s.input_ids, &s.type_ids, &s.attention_mask, length);
+    let both = |teacher: &TextSplit, student: Option<&TextSplit>| match student {
+        None => pack(teacher),
+        Some(theirs) => {
+            let (ours, theirs) = (pack(teacher), pack(theirs));
+            ours.chunks(3 * length)
+                .zip(theirs.chunks(3 * length))
+                .flat_map(|(a, b)| a.iter().chain(b))
+                .copied()
+                .collect()
+        }
+    };
+    let split = |pick: fn(&TextDataset) -> &TextSplit| {
+        let teacher = pick(text);
+        Split { x: both(teacher, student.map(pick)), y: labels(teacher) }
+    };
+    let mut train = split(|t| &t.train);
+    train.x.extend(split(|t| &t.transfer).x);
     // Transfer rows get the placeholder label 0, which no loss reads.
     train.y.resize(text.train.len() + text.transfer.len(), 0);
     Dataset {
         name: text.name.clone(),
-        features: 3 * length,
+        features: 3 * length * if student.is_some() { 2 } else { 1 },
         classes: text.classes,
         label_names: text.label_names.clone(),
         train,
         labelled: text.train.len(),
-        validation: split(&text.validation),
-        monitor: text.monitor.as_ref().map(split),
+        validation: split(|t| &t.validation),
+        monitor: text.monitor.as_ref().map(|_| split(|t| t.monitor.as_ref().expect("both hold the same splits"))),
         normalization: Normalization { mean: Vec::new(), std: Vec::new() },
         image: None,
     }
@@ -146,7 +212,14 @@ fn as_dataset(text: &TextDataset) -> Dataset {
 
 /// The teacher's config for this job: its head sized for the dataset's classes.
 pub fn teacher_config(setup: &TextSetup, classes: usize) -> BertConfig {
-    BertConfig { num_labels: classes, ..setup.teacher.config.clone() }
+    BertConfig { num_labels: classes, input_slot: setup.slot(false), ..setup.teacher.config.clone() }
+}
+
+/// A pre-trained student's config for this job: its own folder's, its head sized for the
+/// dataset's classes.
+pub fn pretrained_config(setup: &TextSetup, classes: usize) -> Option<BertConfig> {
+    let folder = setup.student.as_ref()?;
+    Some(BertConfig { num_labels: classes, input_slot: setup.slot(true), ..folder.config.clone() })
 }
 
 /// The teacher as the job starts it: the folder's weights, with a fresh head where the folder
@@ -175,20 +248,50 @@ pub fn teacher_net(
             format!("the teacher needs fine-tuning: {what}; add `train` (e.g. {{\"epochs\": 3}})"),
         ));
     }
-    let fresh = config.init(rng, device).map_err(|e| SpecError::new(&field, e.to_string()))?;
-    let mut named = HashMap::new();
-    for (name, _) in config.tensor_shapes() {
-        let tensor = match setup.teacher.tensors.get(&name) {
-            Some(t) if fits || !bert::is_classifier(&name) => t.clone(),
-            // A head the folder lacks (BERT's pooler included) starts fresh.
-            _ if config.is_head(&name) => fresh[&name].clone(),
-            _ => return Err(SpecError::new(&field, format!("model.safetensors lacks `{}`", config.hf_name(&name)))),
-        };
-        named.insert(name, tensor);
-    }
+    let named = folder_weights(&setup.teacher, &config, fits, rng, device).map_err(|m| SpecError::new(&field, m))?;
     let input = Input { features: data.features, image: None };
     Net::transformer(&spec.teacher_specs()[0].arch, config, input, named, device)
         .map_err(|m| SpecError::new(&field, m.to_string()))
+}
+
+/// A folder's tensors for `config`; a head it lacks, or one for other classes (unless `fits`),
+/// starts fresh from `rng`.
+fn folder_weights(
+    folder: &ModelFolder,
+    config: &BertConfig,
+    fits: bool,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>, String> {
+    let fresh = config.init(rng, device).map_err(|e| e.to_string())?;
+    let mut named = HashMap::new();
+    for (name, _) in config.tensor_shapes() {
+        let tensor = match folder.tensors.get(&name) {
+            Some(t) if fits || !bert::is_classifier(&name) => t.clone(),
+            // A head the folder lacks (BERT's pooler included) starts fresh.
+            _ if config.is_head(&name) => fresh[&name].clone(),
+            _ => return Err(format!("model.safetensors lacks `{}`", config.hf_name(&name))),
+        };
+        named.insert(name, tensor);
+    }
+    Ok(named)
+}
+
+/// A pre-trained student as the job starts it: its folder's weights, with a fresh head where
+/// the folder has none for the dataset's classes.
+pub fn pretrained_student(
+    setup: &TextSetup,
+    config: &BertConfig,
+    arch: &ArchSpec,
+    input: Input,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Net, SpecError> {
+    let folder = setup.student.as_ref().expect("a pretrained student has a folder");
+    let fits = folder.has_head && folder.config.num_labels == config.num_labels;
+    let named = folder_weights(folder, config, fits, rng, device).map_err(|m| SpecError::new(STUDENT_FIELD, m))?;
+    Net::transformer(arch, config.clone(), input, named, device)
+        .map_err(|m| SpecError::new(STUDENT_FIELD, m.to_string()))
 }
 
 /// The student's config (its vocabulary `trimmed`, or the teacher's) and, for each of its
@@ -282,7 +385,7 @@ pub fn student_init(
 
 /// Writes the student as a Hugging Face folder (config.json with sizes and labels,
 /// model.safetensors with Hugging Face names, the teacher's tokenizer files) and a tar of it.
-pub fn export(student: &Net, label_names: &[String], teacher: &TeacherFolder, job_dir: &Path) -> std::io::Result<()> {
+pub fn export(student: &Net, label_names: &[String], teacher: &ModelFolder, job_dir: &Path) -> std::io::Result<()> {
     let config =
         student.transformer_config().ok_or_else(|| std::io::Error::other("the student is not a transformer"))?;
     let dir = job_dir.join(HF_FOLDER);

@@ -99,6 +99,9 @@ pub struct BertConfig {
     /// A student's trimmed vocabulary: inputs carry the teacher's token ids, which it maps to
     /// its own rows.
     pub trimmed: Option<Trimmed>,
+    /// Which of the packed inputs in a row this model reads, of how many: a job whose teacher
+    /// and student tokenise with their own tokenizers packs both, `(0, 2)` and `(1, 2)`.
+    pub input_slot: (usize, usize),
 }
 
 /// A vocabulary cut to the tokens a job's training texts use.
@@ -198,6 +201,7 @@ impl BertConfig {
             num_labels,
             raw: raw.clone(),
             trimmed: None,
+            input_slot: (0, 1),
         };
         config.check_sizes()?;
         Ok(config)
@@ -490,10 +494,12 @@ struct Unpacked {
 
 fn unpack(config: &BertConfig, x: &Tensor) -> Result<Unpacked> {
     let (_, packed) = x.dims2()?;
-    let length = packed / 3;
+    let (slot, slots) = config.input_slot;
+    let length = packed / (3 * slots);
     let rows: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let (mut ids, mut types, mut mask, mut positions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows.chunks(packed) {
+        let row = &row[slot * 3 * length..(slot + 1) * 3 * length];
         match &config.trimmed {
             Some(trimmed) => ids.extend(row[..length].iter().map(|&v| trimmed.map[v as usize])),
             None => ids.extend(row[..length].iter().map(|&v| v as u32)),
@@ -531,7 +537,7 @@ pub fn forward(
     fused: bool,
 ) -> Result<(Tensor, HashMap<String, Tensor>)> {
     let (batch, packed) = x.dims2()?;
-    let length = packed / 3;
+    let length = packed / (3 * config.input_slot.1);
     let device = x.device();
     let Unpacked { ids, types, mask, positions } = unpack(config, x)?;
     let (h, heads) = (config.hidden_size, config.num_heads);

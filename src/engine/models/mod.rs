@@ -262,8 +262,8 @@ impl Net {
         Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, family })
     }
 
-    /// A transformer over packed text rows (`input.features` = 3 × length) from named tensors,
-    /// checking every name and shape.
+    /// A transformer over packed text rows (`input.features` = 3 × length per input of the
+    /// config's `input_slot`) from named tensors, checking every name and shape.
     pub fn transformer(
         arch: &ArchSpec,
         config: BertConfig,
@@ -271,7 +271,7 @@ impl Net {
         named: HashMap<String, Tensor>,
         device: &Device,
     ) -> std::result::Result<Self, ModelError> {
-        let blueprint = Blueprint::transformer(&config, input.features / 3);
+        let blueprint = Blueprint::transformer(&config, input.features / (3 * config.input_slot.1));
         let net = Self {
             arch: arch.clone(),
             input,
