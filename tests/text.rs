@@ -642,6 +642,8 @@ mod jobs {
         assert_eq!(refused(&|v| v["student"]["arch"]["layers"] = json!([0, 3])), "student.arch.layers");
         assert_eq!(refused(&|v| v["student"]["arch"] = json!({"kind": "mlp", "hidden": [8]})), "student.arch.kind");
         assert_eq!(refused(&|v| v["teacher"]["arch"]["path"] = json!("models/missing")), "teacher.arch.path");
+        let missing_student = json!({"kind": "transformer", "path": "models/missing"});
+        assert_eq!(refused(&|v| v["student"]["arch"] = missing_student.clone()), "student.arch.path");
         assert_eq!(refused(&|v| v["dataset"]["text_column"] = json!("review")), "dataset.text_column");
         assert_eq!(refused(&|v| v["dataset"]["max_length"] = json!(100)), "dataset.max_length");
         assert_eq!(

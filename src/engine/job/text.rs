@@ -131,7 +131,11 @@ pub fn load(
     let own_tokenizer = student.as_ref().is_some_and(|s| s.tokenizer_json() != teacher.tokenizer_json());
     let student_text = match (&student, own_tokenizer) {
         (Some(folder), true) => Some(tokenised(spec, root, folder, STUDENT_FIELD, monitor)?),
-        _ => None,
+        (Some(folder), false) => {
+            fits_positions(folder, text.max_length, STUDENT_FIELD)?;
+            None
+        }
+        (None, _) => None,
     };
     let trimmed = match spec.student.vocabulary {
         Vocabulary::Trim => Some(small_student::trimmed(teacher.tokenizer_json(), &text, teacher.config.vocab_size)?),
@@ -155,19 +159,25 @@ fn tokenised(
 ) -> Result<TextDataset, SpecError> {
     let tokenizer = text_data::load_tokenizer(folder.tokenizer_json(), field)?;
     let text = text_data::load_text(&spec.dataset, root, &tokenizer, spec.training.seed, monitor)?;
-    let needed = folder.config.positions_needed(text.max_length);
-    if needed > folder.config.max_positions {
-        let whose = if field == STUDENT_FIELD { "student" } else { "teacher" };
-        return Err(SpecError::new(
-            "dataset.max_length",
-            format!(
-                "the {whose} has {} positions; at most {} tokens fit",
-                folder.config.max_positions,
-                text.max_length + folder.config.max_positions - needed
-            ),
-        ));
-    }
+    fits_positions(folder, text.max_length, field)?;
     Ok(text)
+}
+
+/// Whether `folder`'s model has positions for texts of `length` tokens.
+fn fits_positions(folder: &ModelFolder, length: usize, field: &str) -> Result<(), SpecError> {
+    let needed = folder.config.positions_needed(length);
+    if needed <= folder.config.max_positions {
+        return Ok(());
+    }
+    let whose = if field == STUDENT_FIELD { "student" } else { "teacher" };
+    Err(SpecError::new(
+        "dataset.max_length",
+        format!(
+            "the {whose} has {} positions; at most {} tokens fit",
+            folder.config.max_positions,
+            length + folder.config.max_positions - needed
+        ),
+    ))
 }
 
 /// The texts as network input: each row the teacher's tokens packed, then the student's when it
