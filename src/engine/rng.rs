@@ -48,6 +48,11 @@ impl Rng {
         to_unit(self.next_u64())
     }
 
+    /// Uniform in [0, 1), with all 53 bits of an f64's mantissa.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// Fills `out` with the next `out.len()` numbers of `next_f32`, in parallel: SplitMix64's
     /// i-th number depends only on the state and i, so the chunks need not wait for each other
     /// (dropout draws millions a transformer step).

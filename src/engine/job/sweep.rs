@@ -68,8 +68,7 @@ fn draw(sweep: &SweepSpec, rng: &mut Rng) -> Setting {
         Some(match values.as_ref()? {
             SweepValues::List(list) => list[rng.below(list.len())],
             SweepValues::Range(range) => {
-                // 53 random bits: a uniform draw in [0, 1).
-                let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let unit = rng.next_f64();
                 match range.log {
                     true => (range.min.ln() + unit * (range.max.ln() - range.min.ln())).exp(),
                     false => range.min + unit * (range.max - range.min),
@@ -246,5 +245,43 @@ pub(super) fn about_student(error: SpecError, field: &str) -> SpecError {
     match error.field.starts_with("student.arch") {
         true => SpecError::new(format!("{field}{}", &error.field["student.arch".len()..]), error.message),
         false => SpecError::new(field, format!("{}: {}", error.field, error.message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sweep(value: serde_json::Value) -> SweepSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn random_draws_stay_in_their_ranges_and_repeat_with_the_seed() {
+        let random = sweep(serde_json::json!({
+            "strategy": "random", "trials": 40, "lr": {"min": 0.0001, "max": 0.1, "log": true},
+            "alpha": {"min": 0.2, "max": 0.9}, "temperature": [2.0, 4.0], "students": [{"kind": "mlp", "hidden": [8]}, {"kind": "mlp", "hidden": [16]}]
+        }));
+        let drawn = settings(&random, 7);
+        assert_eq!(drawn.len(), 40);
+        for s in &drawn {
+            assert!((0.0001..0.1).contains(&s.lr.unwrap()) && (0.2..0.9).contains(&s.alpha.unwrap()), "{s:?}");
+            assert!([Some(2.0), Some(4.0)].contains(&s.temperature) && s.student.unwrap() < 2, "{s:?}");
+        }
+        // Log-uniform: about as many draws below 0.00316 (the log midpoint) as above.
+        let low = drawn.iter().filter(|s| s.lr.unwrap() < 0.00316).count();
+        assert!((10..=30).contains(&low), "{low} of 40 below the log midpoint");
+        assert_eq!(drawn, settings(&random, 7));
+        assert_ne!(drawn, settings(&random, 8));
+    }
+
+    #[test]
+    fn a_grid_orders_temperature_outermost_and_students_innermost() {
+        let grid = sweep(
+            serde_json::json!({"temperature": [2.0, 4.0], "students": [{"kind": "mlp", "hidden": [8]}, {"kind": "mlp", "hidden": [16]}]}),
+        );
+        let order: Vec<(Option<f64>, Option<usize>)> =
+            settings(&grid, 0).iter().map(|s| (s.temperature, s.student)).collect();
+        assert_eq!(order, [(Some(2.0), Some(0)), (Some(2.0), Some(1)), (Some(4.0), Some(0)), (Some(4.0), Some(1))]);
     }
 }
