@@ -199,6 +199,17 @@ mod jobs {
         std::fs::write(path, csv).unwrap();
     }
 
+    /// The fixture model `name`'s config and weights as `models/<name>` under `root`, without a
+    /// tokenizer: each test gives it the one it needs.
+    fn fixture_model(root: &Path, name: &str) -> std::path::PathBuf {
+        let folder = root.join("models").join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(Path::new("tests/fixtures").join(name).join(file), folder.join(file)).unwrap();
+        }
+        folder
+    }
+
     /// A data root with the tiny BERT as `models/tiny-bert` and reviews under `texts/`.
     fn root() -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
@@ -311,11 +322,7 @@ mod jobs {
     fn a_distilbert_teacher_distils_and_exports_in_its_own_layout() {
         let root = root();
         let job = tempfile::tempdir().unwrap();
-        let folder = root.path().join("models/tiny-distilbert");
-        std::fs::create_dir_all(&folder).unwrap();
-        for file in ["config.json", "model.safetensors"] {
-            std::fs::copy(Path::new("tests/fixtures/tiny-distilbert").join(file), folder.join(file)).unwrap();
-        }
+        let folder = fixture_model(root.path(), "tiny-distilbert");
         // The tiny models share the 150-token vocabulary; DistilBERT pads with id 0 as BERT does.
         std::fs::copy("tests/fixtures/tiny-bert/tokenizer.json", folder.join("tokenizer.json")).unwrap();
         let mut value = serde_json::to_value(spec(
@@ -451,11 +458,7 @@ mod jobs {
     /// tokenizer, its ordinary tokens renumbered (`[PAD]` … `[MASK]`, 0–4, stay): another
     /// tokenizer, which gives every text other ids.
     fn distilbert_with_its_own_tokenizer(root: &Path) {
-        let folder = root.join("models/tiny-distilbert");
-        std::fs::create_dir_all(&folder).unwrap();
-        for file in ["config.json", "model.safetensors"] {
-            std::fs::copy(Path::new("tests/fixtures/tiny-distilbert").join(file), folder.join(file)).unwrap();
-        }
+        let folder = fixture_model(root, "tiny-distilbert");
         let mut tokenizer: Value =
             serde_json::from_slice(&std::fs::read("tests/fixtures/tiny-bert/tokenizer.json").unwrap()).unwrap();
         for id in tokenizer["model"]["vocab"].as_object_mut().unwrap().values_mut() {
@@ -536,11 +539,7 @@ mod jobs {
     #[test]
     fn a_roberta_teacher_with_a_bpe_tokenizer_runs_a_whole_text_job() {
         let root = root();
-        let folder = root.path().join("models/tiny-roberta");
-        std::fs::create_dir_all(&folder).unwrap();
-        for file in ["config.json", "model.safetensors"] {
-            std::fs::copy(Path::new("tests/fixtures/tiny-roberta").join(file), folder.join(file)).unwrap();
-        }
+        let folder = fixture_model(root.path(), "tiny-roberta");
         std::fs::write(folder.join("tokenizer.json"), character_bpe().to_string()).unwrap();
         let job = tempfile::tempdir().unwrap();
         let mut value = serde_json::to_value(spec(json!({"kind": "transformer", "layers": [1]}), json!([]))).unwrap();
