@@ -96,7 +96,8 @@ pub(super) fn estimate_memory(spec: &JobSpec, data: &Dataset, resolved: &Resolve
     largest_phase = largest_phase.max(student_phase);
     estimate.add("training.batch_size", "activations", largest_phase);
     if spec.distill.cache.enabled {
-        let kept = spec.distill.cache.top_k.map_or(data.classes.max(1), |k| 2 * k) as u64;
+        // Every logit, kept for the whole job and shared by its phases, and a phase's top k.
+        let kept = (data.classes.max(1) + spec.distill.cache.top_k.map_or(0, |k| 2 * k)) as u64;
         let cache = (data.train.len() as u64).saturating_mul(kept).saturating_mul(resolved.teachers.len() as u64);
         estimate.add("distill.cache", "the teacher cache", budget::f32_bytes(cache));
     }

@@ -6,6 +6,7 @@
 pub mod loss;
 pub mod optim;
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -224,15 +225,16 @@ fn best_file(phase: Phase) -> String {
 
 /// The teachers' logits over the training set, computed once when nothing makes them change
 /// between epochs (no augmentation, no layer pairs): the phase reads its batches from here.
-enum TeacherCache {
-    /// Per teacher: every training sample's logits, row-major.
-    Full(Vec<Vec<f32>>),
+enum TeacherCache<'t> {
+    /// Per teacher: every training sample's logits, row-major; borrowed from the job's shared
+    /// copy when there is one.
+    Full(Cow<'t, [Vec<f32>]>),
     /// Per teacher: the k largest logits and their classes per sample, and one filler logit
     /// per sample for all other classes, chosen so their total probability at T is exact.
     TopK { k: usize, values: Vec<Vec<f32>>, classes: Vec<Vec<u32>>, filler: Vec<Vec<f32>> },
 }
 
-impl TeacherCache {
+impl TeacherCache<'_> {
     fn batch(&self, teacher: usize, batch: &[usize], classes: usize, device: &Device) -> candle_core::Result<Tensor> {
         let mut out = Vec::with_capacity(batch.len() * classes);
         match self {
@@ -267,12 +269,12 @@ impl TeacherCache {
 }
 
 /// Fills the cache when it applies; says why when it does not.
-fn teacher_targets(
+fn teacher_targets<'t>(
     plan: &PhasePlan,
-    teachers: &Teachers,
+    teachers: &Teachers<'t>,
     data: &Dataset,
     device: &Device,
-) -> Result<(Option<TeacherCache>, CacheReport), EngineError> {
+) -> Result<(Option<TeacherCache<'t>>, CacheReport), EngineError> {
     let off = |reason: &str| {
         (None, CacheReport { used: false, reason: reason.into(), top_k: None, bytes: 0, fill_s: 0.0, reused: false })
     };
@@ -291,14 +293,14 @@ fn teacher_targets(
         teachers.nets.iter().map(|t| t.logits(&data.train.x, device)?.flatten_all()?.to_vec1::<f32>()).collect()
     };
     let (logits, reused) = match teachers.logits {
-        None => (compute()?, false),
+        None => (Cow::Owned(compute()?), false),
         Some(shared) => {
             let reused = shared.get().is_some();
             if !reused {
                 // Unset just above, so the value is ours to store.
                 let _ = shared.set(compute()?);
             }
-            (shared.get().expect("filled above").clone(), reused)
+            (Cow::Borrowed(shared.get().expect("filled above").as_slice()), reused)
         }
     };
     let targets = match plan.cache.top_k.filter(|&k| k < classes) {
@@ -306,7 +308,7 @@ fn teacher_targets(
         Some(k) => {
             let temperature = plan.temperature.at(0.0);
             let (mut values, mut ids, mut filler) = (Vec::new(), Vec::new(), Vec::new());
-            for all in &logits {
+            for all in logits.iter() {
                 let (mut v, mut c, mut f) = (Vec::new(), Vec::new(), Vec::new());
                 for row in all.chunks_exact(classes) {
                     let mut order: Vec<usize> = (0..classes).collect();
@@ -376,7 +378,7 @@ struct PhaseRun<'p> {
     /// Whether the loss has teacher terms.
     distils: bool,
     /// The teachers' logits computed once; without it they run on every batch.
-    cache: Option<TeacherCache>,
+    cache: Option<TeacherCache<'p>>,
     cache_report: Option<CacheReport>,
     student_layers: Vec<&'p str>,
     teacher_layers: Vec<Vec<&'p str>>,
@@ -783,12 +785,12 @@ fn resume(
 }
 
 /// The teachers' cache for the phase when it applies, saying in the log whether it does.
-fn cached_targets(
+fn cached_targets<'t>(
     ctx: &mut PhaseContext,
     plan: &PhasePlan,
-    teachers: &Teachers,
+    teachers: &Teachers<'t>,
     data: &Dataset,
-) -> Result<(Option<TeacherCache>, Option<CacheReport>), EngineError> {
+) -> Result<(Option<TeacherCache<'t>>, Option<CacheReport>), EngineError> {
     let (targets, report) = teacher_targets(plan, teachers, data, ctx.device)?;
     (ctx.sink)(EngineEvent::Log(match report.used {
         true => format!(
