@@ -131,9 +131,14 @@ async fn cancel_from_the_page(browser: &mut Browser, service: &Service) -> Strin
 /// A finished job deleted from its page, through the confirm step, is gone from the API.
 async fn delete_from_the_page(browser: &mut Browser, service: &Service, id: &str) {
     browser.eval(&format!("location.hash = '#/jobs/{id}'"));
-    browser.wait_for("the delete button", "document.querySelector('#delete-job')", WAIT);
-    browser.eval("document.querySelector('#delete-job').click()");
-    browser.eval("document.querySelector('.confirm-yes').click()");
+    // The page of this job, not the one before it still on screen.
+    let ready = format!("document.querySelector('#delete-job') && document.body.textContent.includes('{id}')");
+    browser.wait_for("the delete button", &ready, WAIT);
+    // A refresh of the page can redraw its actions between the two clicks and close the
+    // confirmation: ask again until it is there, and answer it in the same turn.
+    let delete = "(() => { const yes = document.querySelector('.confirm-yes'); if (yes) { yes.click(); return true; } \
+        const button = document.querySelector('#delete-job'); if (button) button.click(); return false; })()";
+    browser.wait_for("the confirmed delete", delete, WAIT);
     browser.wait_for("the job list", "location.hash === '#/jobs'", WAIT);
     let status = reqwest::get(format!("{}/v1/jobs/{id}", service.base)).await.unwrap().status();
     assert_eq!(status, 404);
