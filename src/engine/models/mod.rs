@@ -9,6 +9,8 @@
 
 pub mod bert;
 mod conv;
+pub mod gguf;
+pub mod llama;
 mod mlp;
 
 use std::collections::HashMap;

@@ -85,20 +85,9 @@ impl PhasePlan {
         samples.div_ceil(self.batch_size) as u64
     }
 
-    /// Learning rate at a 0-based step: linear warm-up, then constant or cosine decay to 0.
+    /// Learning rate at a 0-based step of `total`.
     pub fn lr_at(&self, step: u64, total: u64) -> f64 {
-        let base = self.optimizer.lr();
-        if step < self.warmup_steps {
-            return base * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        match self.schedule {
-            Schedule::Constant => base,
-            Schedule::Cosine => {
-                let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
-                let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-                base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-            }
-        }
+        learning_rate(self.optimizer.lr(), self.schedule, self.warmup_steps, step, total)
     }
 
     /// Whether this phase learns from teachers at all.
@@ -119,6 +108,37 @@ impl PhasePlan {
     pub fn epoch_length(&self, teachers: &Teachers, data: &Dataset) -> usize {
         self.samples(teachers, data).max(self.epoch_samples.unwrap_or(0))
     }
+}
+
+/// Learning rate at a 0-based step: linear warm-up from `base`, then constant or cosine decay to 0.
+pub fn learning_rate(base: f64, schedule: Schedule, warmup_steps: u64, step: u64, total: u64) -> f64 {
+    if step < warmup_steps {
+        return base * (step + 1) as f64 / warmup_steps as f64;
+    }
+    match schedule {
+        Schedule::Constant => base,
+        Schedule::Cosine => {
+            let span = total.saturating_sub(warmup_steps).max(1) as f64;
+            let progress = ((step - warmup_steps) as f64 / span).min(1.0);
+            base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
+    }
+}
+
+/// The `k` largest logits of `row` (appended to `values` and `ids`, largest first) and the one
+/// filler logit that gives every other class the same share of their total probability at
+/// `temperature`: T·(logsumexp(rest/T) − ln|rest|). `k` < `row.len()`.
+pub fn top_k_row(row: &[f32], k: usize, temperature: f64, values: &mut Vec<f32>, ids: &mut Vec<u32>) -> f32 {
+    let mut order: Vec<u32> = (0..row.len() as u32).collect();
+    let larger = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]);
+    order.select_nth_unstable_by(k, larger);
+    let (top, rest) = order.split_at_mut(k);
+    top.sort_unstable_by(larger);
+    values.extend(top.iter().map(|&j| row[j as usize]));
+    ids.extend_from_slice(top);
+    let max = rest.iter().map(|&j| row[j as usize] as f64 / temperature).fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + rest.iter().map(|&j| (row[j as usize] as f64 / temperature - max).exp()).sum::<f64>().ln();
+    (temperature * (lse - (rest.len() as f64).ln())) as f32
 }
 
 /// Why the teachers' logits were or were not computed once for the whole phase.
@@ -311,15 +331,7 @@ fn teacher_targets<'t>(
             for all in logits.iter() {
                 let (mut v, mut c, mut f) = (Vec::new(), Vec::new(), Vec::new());
                 for row in all.chunks_exact(classes) {
-                    let mut order: Vec<usize> = (0..classes).collect();
-                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                    let (top, rest) = order.split_at(k);
-                    v.extend(top.iter().map(|&j| row[j]));
-                    c.extend(top.iter().map(|&j| j as u32));
-                    // filler = T·(logsumexp(rest/T) − ln|rest|): the rest's mass, spread evenly.
-                    let max = rest.iter().map(|&j| row[j] as f64 / temperature).fold(f64::NEG_INFINITY, f64::max);
-                    let lse = max + rest.iter().map(|&j| (row[j] as f64 / temperature - max).exp()).sum::<f64>().ln();
-                    f.push((temperature * (lse - (rest.len() as f64).ln())) as f32);
+                    f.push(top_k_row(row, k, temperature, &mut v, &mut c));
                 }
                 values.push(v);
                 ids.push(c);

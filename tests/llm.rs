@@ -1,0 +1,184 @@
+//! Llama-family causal LMs against `transformers`, through the fixtures written by
+//! `scripts/make_llm_fixtures.py`: logits, hidden states and gradients of the tiny random
+//! Llama; its GGUF copy read back to the same tensors and tokenizer; the token-level KD losses
+//! and their top-k cached versions; and, when the real SmolLM2-135M GGUF is there
+//! (`scripts/fetch-smollm2.sh`), its perplexity on a fixture text.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor, Var};
+use distillery::engine::models::gguf;
+use distillery::engine::models::llama::{self, Llama};
+use distillery::engine::train::loss::{logit_loss, LogitLoss};
+use distillery::engine::train::top_k_row;
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn reference() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join("llama.json")).unwrap()).unwrap()
+}
+
+fn data(t: &Value) -> Vec<f64> {
+    t["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+}
+
+fn folder_model() -> Llama {
+    let dir = fixtures().join("tiny-llama");
+    let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    llama::from_files(&read("config.json"), &read("model.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// Element-wise, relative to the largest magnitude in the reference.
+fn assert_close(what: &str, got: &Tensor, want: &Value, tolerance: f64) {
+    let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+    let want = data(want);
+    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-12);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let err = (*g as f64 - w).abs() / scale;
+        assert!(err <= tolerance, "{what}[{i}]: got {g}, transformers {w}, error {err:e} of the largest element");
+    }
+}
+
+fn input_ids(reference: &Value) -> Tensor {
+    let rows: Vec<Vec<u32>> = serde_json::from_value(reference["input_ids"].clone()).unwrap();
+    let (b, t) = (rows.len(), rows[0].len());
+    Tensor::from_vec(rows.concat(), (b, t), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn logits_and_hidden_states_match_transformers_in_both_passes() {
+    let reference = reference();
+    let model = folder_model();
+    let ids = input_ids(&reference);
+    for train in [false, true] {
+        let out = model.forward(&ids, train, true).unwrap();
+        assert_close(&format!("logits (train {train})"), &out.logits, &reference["logits"], 1e-4);
+        let hidden = Tensor::stack(&out.hidden[..out.hidden.len() - 1], 0).unwrap();
+        assert_close(&format!("hidden states (train {train})"), &hidden, &reference["hidden_states"], 1e-4);
+    }
+}
+
+#[test]
+fn the_next_token_loss_and_its_gradients_match_transformers() {
+    let reference = reference();
+    let model = folder_model();
+    let named = model.named();
+    let vars: Vec<Var> = named.iter().map(|(_, t)| Var::from_tensor(t).unwrap()).collect();
+    let tensors: HashMap<String, Tensor> =
+        named.iter().zip(&vars).map(|((n, _), v)| (n.clone(), v.as_tensor().clone())).collect();
+    let model = Llama::new(model.config.clone(), tensors).unwrap();
+    let ids = input_ids(&reference);
+    let (b, t) = ids.dims2().unwrap();
+    let logits = model.forward(&ids, true, false).unwrap().logits;
+    let predicted = logits.narrow(1, 0, t - 1).unwrap().reshape((b * (t - 1), ())).unwrap();
+    let next = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
+    let loss = candle_nn::loss::cross_entropy(&predicted, &next).unwrap();
+    let got = loss.to_scalar::<f32>().unwrap() as f64;
+    let want = reference["loss"].as_f64().unwrap();
+    assert!((got - want).abs() / want < 1e-5, "loss {got}, transformers {want}");
+    let grads = loss.backward().unwrap();
+    for (name, expected) in reference["grads"].as_object().unwrap() {
+        let var = &vars[named.iter().position(|(n, _)| n == name).unwrap()];
+        assert_close(&format!("d loss / d {name}"), grads.get(var.as_tensor()).unwrap(), expected, 1e-4);
+    }
+}
+
+#[test]
+fn the_gguf_copy_reads_back_to_the_same_tensors_and_tokenizer() {
+    let (from_gguf, tokenizer) = gguf::load(&fixtures().join("tiny-llama.gguf"), &Device::Cpu).unwrap();
+    let folder = folder_model();
+    assert_eq!(from_gguf.config, folder.config);
+    for (name, tensor) in folder.named() {
+        let other = &from_gguf.tensors[&name];
+        let difference = (other - &tensor).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(difference, 0.0, "{name} differs between the GGUF file and the folder");
+    }
+    let original = Tokenizer::from_file(fixtures().join("tiny-llama/tokenizer.json")).unwrap();
+    for case in reference()["tokenizer"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(original.encode(text, false).unwrap().get_ids(), want.as_slice(), "tokenizer.json on {text:?}");
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids, want, "the tokenizer rebuilt from GGUF metadata on {text:?}");
+        assert_eq!(tokenizer.decode(&ids, false).unwrap(), text, "decoding {text:?}");
+    }
+}
+
+/// The rows of `t` (`batch × positions × vocab`) where `mask` is 1.
+fn masked_rows(t: &Value, mask: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).unwrap();
+    let values: Vec<f32> = data(t).into_iter().map(|v| v as f32).collect();
+    let rows: Vec<&[f32]> = values.chunks(shape[2]).collect();
+    mask.concat().iter().zip(rows).filter(|(m, _)| **m == 1).map(|(_, r)| r.to_vec()).collect()
+}
+
+fn rows_tensor(rows: &[Vec<f32>]) -> Tensor {
+    Tensor::from_vec(rows.concat(), (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn token_level_losses_and_their_top_k_versions_match_pytorch() {
+    let kd = &reference()["kd"];
+    let mask: Vec<Vec<u32>> = serde_json::from_value(kd["mask"].clone()).unwrap();
+    let student = rows_tensor(&masked_rows(&kd["student"], &mask));
+    let teacher_rows = masked_rows(&kd["teacher"], &mask);
+    let (t, beta, k) =
+        (kd["temperature"].as_f64().unwrap(), kd["beta"].as_f64().unwrap(), kd["top_k"].as_u64().unwrap());
+    // The top-k cache's dense rows, as the engine rebuilds them.
+    let cached: Vec<Vec<f32>> = teacher_rows
+        .iter()
+        .map(|row| {
+            let (mut values, mut ids) = (Vec::new(), Vec::new());
+            let filler = top_k_row(row, k as usize, t, &mut values, &mut ids);
+            let mut dense = vec![filler; row.len()];
+            ids.iter().zip(&values).for_each(|(&i, &v)| dense[i as usize] = v);
+            dense
+        })
+        .collect();
+    let kinds = [("forward_kl", LogitLoss::Kl), ("reverse_kl", LogitLoss::ReverseKl), ("jsd", LogitLoss::Js { beta })];
+    for (teacher, prefix) in [(rows_tensor(&teacher_rows), ""), (rows_tensor(&cached), "top_k_")] {
+        for (name, kind) in kinds {
+            let got =
+                logit_loss(kind, &student, &[(teacher.clone(), 1.0)], t).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let want = kd[format!("{prefix}{name}")].as_f64().unwrap();
+            assert!((got - want).abs() / want.abs() < 1e-5, "{prefix}{name}: {got}, PyTorch {want}");
+        }
+    }
+}
+
+/// The real SmolLM2-135M-Instruct (Q4_1 GGUF), dequantised at load: the fixture text's ids
+/// and its perplexity as `transformers` computed them from the same file.
+#[test]
+fn smollm2_scores_the_fixture_text_as_transformers_does() {
+    let Some(path) = std::env::var_os("SMOLLM2_GGUF").map(PathBuf::from) else {
+        eprintln!("SMOLLM2_GGUF is not set (scripts/test.sh sets it); skipping the real-model check");
+        return;
+    };
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2.json")).unwrap()).unwrap();
+    let (model, tokenizer) = gguf::load(&path, &Device::Cpu).unwrap();
+    assert_eq!((model.config.num_layers, model.config.hidden_size, model.config.vocab_size), (30, 576, 49_152));
+    let text = reference["text"].as_str().unwrap();
+    let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+    let want: Vec<u32> = serde_json::from_value(reference["ids"].clone()).unwrap();
+    assert_eq!(ids, want, "SmolLM2's tokenizer rebuilt from the GGUF metadata");
+    let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = model.forward(&input, false, false).unwrap().logits.squeeze(0).unwrap();
+    let n = ids.len();
+    let next = Tensor::new(&ids[1..], &Device::Cpu).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, n - 1).unwrap(), &next).unwrap();
+    let perplexity = (loss.to_scalar::<f32>().unwrap() as f64).exp();
+    let expected = reference["perplexity"].as_f64().unwrap();
+    assert!((perplexity - expected).abs() / expected < 2e-3, "perplexity {perplexity}, transformers {expected}");
+    let last: Vec<f32> = logits.get(n - 1).unwrap().to_vec1().unwrap();
+    let top: Vec<u32> = serde_json::from_value(reference["last_top5_ids"].clone()).unwrap();
+    let mut order: Vec<u32> = (0..last.len() as u32).collect();
+    order.sort_by(|a, b| last[*b as usize].total_cmp(&last[*a as usize]));
+    assert_eq!(order[0], top[0], "the likeliest next token");
+}
