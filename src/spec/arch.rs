@@ -24,6 +24,10 @@ pub enum ArchSpec {
     /// from its teacher (the teacher layers it keeps, `layers`, or a smaller config), or is a
     /// separately pre-trained folder of its own (`path`), with its own tokenizer.
     Transformer(TransformerArch),
+    /// A Llama-family causal language model (Llama, SmolLM, TinyLlama) over `corpus` data. A
+    /// teacher names a Hugging Face folder or a `.gguf` file (`path`); a student derives from
+    /// its teacher as a transformer student does, `num_kv_heads` among its sizes.
+    Llama(TransformerArch),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -45,6 +49,9 @@ pub struct TransformerArch {
     pub num_heads: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intermediate_size: Option<usize>,
+    /// Llama student: key/value heads (grouped-query attention); they must divide `num_heads`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_kv_heads: Option<usize>,
     /// Student: `teacher` copies every teacher tensor whose shape fits (layer `i` from the
     /// teacher layer it maps to); `random` starts from scratch.
     #[serde(default)]
@@ -63,7 +70,7 @@ impl ArchSpec {
     pub fn hidden(&self) -> &[usize] {
         match self {
             ArchSpec::Mlp { hidden, .. } | ArchSpec::Conv { hidden, .. } => hidden,
-            ArchSpec::Transformer(_) => &[],
+            ArchSpec::Transformer(_) | ArchSpec::Llama(_) => &[],
         }
     }
 
@@ -77,13 +84,20 @@ impl ArchSpec {
     pub fn dropout(&self) -> f32 {
         match self {
             ArchSpec::Mlp { dropout, .. } | ArchSpec::Conv { dropout, .. } => *dropout,
-            ArchSpec::Transformer(_) => 0.0,
+            ArchSpec::Transformer(_) | ArchSpec::Llama(_) => 0.0,
         }
     }
 
     pub fn transformer(&self) -> Option<&TransformerArch> {
         match self {
             ArchSpec::Transformer(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn llama(&self) -> Option<&TransformerArch> {
+        match self {
+            ArchSpec::Llama(t) => Some(t),
             _ => None,
         }
     }
@@ -168,7 +182,13 @@ pub(super) fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecErro
             }
             validate_dropout(*dropout, field)?;
         }
-        ArchSpec::Transformer(t) => {
+        ArchSpec::Transformer(t) | ArchSpec::Llama(t) => {
+            if t.num_kv_heads.is_some() && matches!(arch, ArchSpec::Transformer(_)) {
+                return Err(SpecError::new(
+                    format!("{field}.num_kv_heads"),
+                    "applies to `llama` models (grouped-query attention) only",
+                ));
+            }
             if let Some(path) = &t.path {
                 validate_relative_path(path, &format!("{field}.path"))?;
             }
@@ -188,6 +208,7 @@ pub(super) fn validate_arch(arch: &ArchSpec, field: &str) -> Result<(), SpecErro
                 ("hidden_size", t.hidden_size),
                 ("num_heads", t.num_heads),
                 ("intermediate_size", t.intermediate_size),
+                ("num_kv_heads", t.num_kv_heads),
             ];
             for (name, value) in sizes {
                 if value.is_some_and(|v| v == 0 || v > MAX_LAYER_WIDTH) {

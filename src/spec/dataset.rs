@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
-/// Where a dataset's samples come from; on the wire, the strings `builtin:digits`, `csv`, `idx`
-/// and `text`.
+/// Where a dataset's samples come from; on the wire, the strings `builtin:digits`, `csv`, `idx`,
+/// `text` and `corpus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DatasetSource {
@@ -17,11 +17,19 @@ pub enum DatasetSource {
     Idx,
     /// CSV, TSV or JSON Lines texts, tokenised by the teacher's tokenizer.
     Text,
+    /// A causal language model's corpus: plain text (documents between blank lines or `%`
+    /// lines) or JSON Lines (`text`, or `prompt` and `response`).
+    Corpus,
 }
 
 impl DatasetSource {
-    const ALL: [DatasetSource; 4] =
-        [DatasetSource::BuiltinDigits, DatasetSource::Csv, DatasetSource::Idx, DatasetSource::Text];
+    const ALL: [DatasetSource; 5] = [
+        DatasetSource::BuiltinDigits,
+        DatasetSource::Csv,
+        DatasetSource::Idx,
+        DatasetSource::Text,
+        DatasetSource::Corpus,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,6 +37,7 @@ impl DatasetSource {
             DatasetSource::Csv => "csv",
             DatasetSource::Idx => "idx",
             DatasetSource::Text => "text",
+            DatasetSource::Corpus => "corpus",
         }
     }
 }
@@ -43,10 +52,9 @@ impl TryFrom<String> for DatasetSource {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, String> {
-        DatasetSource::ALL
-            .into_iter()
-            .find(|source| source.as_str() == text)
-            .ok_or_else(|| format!("unknown source `{text}`; expected `builtin:digits`, `csv`, `idx` or `text`"))
+        DatasetSource::ALL.into_iter().find(|source| source.as_str() == text).ok_or_else(|| {
+            format!("unknown source `{text}`; expected `builtin:digits`, `csv`, `idx`, `text` or `corpus`")
+        })
     }
 }
 
@@ -133,6 +141,12 @@ impl TransferSpec {
                     "the built-in digits have no transfer file; use `dataset.labelled` to unlabel a part of them",
                 ))
             }
+            DatasetSource::Corpus => {
+                return Err(SpecError::new(
+                    "dataset.transfer",
+                    "a corpus has no labels to leave out: every document trains the student already",
+                ))
+            }
         };
         if unused.1.is_some() {
             return Err(SpecError::new(
@@ -156,6 +170,7 @@ impl DatasetSpec {
             DatasetSource::Text => {
                 &["path", "test_path", "label_column", "text_column", "text_pair_column", "max_length"]
             }
+            DatasetSource::Corpus => &["path", "test_path", "text_column", "max_length"],
         };
         let given = [
             ("path", &self.path),
@@ -182,7 +197,7 @@ impl DatasetSpec {
             }
         }
         let required: &[(&str, &Option<String>)] = match self.source {
-            DatasetSource::Csv | DatasetSource::Text => &[("path", &self.path)],
+            DatasetSource::Csv | DatasetSource::Text | DatasetSource::Corpus => &[("path", &self.path)],
             DatasetSource::Idx => &[("images", &self.images), ("labels", &self.labels)],
             DatasetSource::BuiltinDigits => &[],
         };

@@ -20,6 +20,114 @@ pub struct DistillSpec {
     pub intermediate: Vec<IntermediateSpec>,
     #[serde(default)]
     pub cache: CacheSpec,
+    /// Causal language models: `token` (the teacher's distribution at every position) or
+    /// `sequence` (the student learns the teacher's own continuations of the prompts).
+    #[serde(default, skip_serializing_if = "DistillMode::is_token")]
+    pub mode: DistillMode,
+    /// Causal language models: how continuations are generated, for sequence-level
+    /// distillation and for the report's side-by-side continuations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationSpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistillMode {
+    #[default]
+    Token,
+    /// Kim & Rush (2016): the teacher continues each prompt and the student trains on its
+    /// continuations with cross-entropy.
+    Sequence,
+}
+
+impl DistillMode {
+    pub fn is_token(&self) -> bool {
+        *self == DistillMode::Token
+    }
+}
+
+pub const MAX_NEW_TOKENS: usize = 256;
+pub const MAX_PROMPTS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationSpec {
+    /// Tokens each continuation adds (it stops earlier at the end-of-sequence token).
+    #[serde(default = "default_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Plain text documents become prompts of their first `prompt_tokens` tokens (JSON Lines
+    /// `prompt` fields are used whole, cut to the block length).
+    #[serde(default = "default_prompt_tokens")]
+    pub prompt_tokens: usize,
+    /// Sample from softmax(logits / `temperature`) instead of taking the likeliest token.
+    #[serde(default)]
+    pub sample: bool,
+    #[serde(default = "default_one_f64")]
+    pub temperature: f64,
+    #[serde(default)]
+    pub seed: u64,
+    /// Sequence mode: continue at most this many training prompts (all by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prompts: Option<usize>,
+    /// Prompts of the held-out documents each model continues for the report (ROUGE-L).
+    #[serde(default = "default_report_prompts")]
+    pub report_prompts: usize,
+}
+
+impl Default for GenerationSpec {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: default_new_tokens(),
+            prompt_tokens: default_prompt_tokens(),
+            sample: false,
+            temperature: 1.0,
+            seed: 0,
+            max_prompts: None,
+            report_prompts: default_report_prompts(),
+        }
+    }
+}
+
+fn default_new_tokens() -> usize {
+    32
+}
+fn default_prompt_tokens() -> usize {
+    16
+}
+fn default_one_f64() -> f64 {
+    1.0
+}
+fn default_report_prompts() -> usize {
+    16
+}
+
+impl GenerationSpec {
+    pub(super) fn validate(&self, max_length: usize) -> Result<(), SpecError> {
+        if !(1..=MAX_NEW_TOKENS).contains(&self.max_new_tokens) {
+            return Err(SpecError::new(
+                "distill.generation.max_new_tokens",
+                format!("must be within [1, {MAX_NEW_TOKENS}]"),
+            ));
+        }
+        if self.prompt_tokens == 0 || self.prompt_tokens + self.max_new_tokens > max_length {
+            return Err(SpecError::new(
+                "distill.generation.prompt_tokens",
+                format!(
+                    "prompt_tokens ≥ 1 and prompt_tokens + max_new_tokens ≤ dataset.max_length ({max_length}): a prompt and its continuation fit one block"
+                ),
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0 && self.temperature <= 10.0) {
+            return Err(SpecError::new("distill.generation.temperature", "must be > 0 and ≤ 10"));
+        }
+        if self.max_prompts.is_some_and(|n| n == 0 || n > MAX_PROMPTS) {
+            return Err(SpecError::new("distill.generation.max_prompts", format!("must be within [1, {MAX_PROMPTS}]")));
+        }
+        if self.report_prompts > 1000 {
+            return Err(SpecError::new("distill.generation.report_prompts", "must be at most 1000"));
+        }
+        Ok(())
+    }
 }
 
 /// A number, or a value that moves linearly from `start` (first step) to `end` (last step).

@@ -8,6 +8,7 @@ mod arch;
 mod dataset;
 mod device;
 mod distill;
+mod language;
 mod models;
 mod sweep;
 #[cfg(test)]
@@ -20,6 +21,7 @@ pub use arch::*;
 pub use dataset::*;
 pub use device::*;
 pub use distill::*;
+pub use language::*;
 pub use models::*;
 pub use sweep::*;
 pub use training::*;
@@ -129,7 +131,10 @@ impl JobSpec {
             teacher.validate(&field)?;
         }
         validate_arch(&self.student.arch, "student.arch")?;
-        self.validate_text(&teachers)?;
+        self.validate_language_model()?;
+        if !self.is_language_model() {
+            self.validate_text(&teachers)?;
+        }
         for (i, copy) in self.student.init_from_teacher.iter().enumerate() {
             validate_layer_name(&copy.student_layer, &format!("student.init_from_teacher[{i}].student_layer"))?;
             validate_layer_name(&copy.teacher_layer, &format!("student.init_from_teacher[{i}].teacher_layer"))?;

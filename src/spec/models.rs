@@ -75,12 +75,13 @@ impl TeacherSpec {
         if !(self.weight.is_finite() && self.weight > 0.0) {
             return Err(SpecError::new(format!("{field}.weight"), "must be > 0"));
         }
-        if let Some(t) = self.arch.transformer() {
+        if let Some(t) = self.arch.transformer().or(self.arch.llama()) {
             if t.path.is_none() {
-                return Err(SpecError::new(
-                    format!("{field}.arch.path"),
-                    "a transformer teacher is a Hugging Face folder under the data root",
-                ));
+                let what = match self.arch.llama() {
+                    Some(_) => "a llama teacher is a Hugging Face folder or a .gguf file under the data root",
+                    None => "a transformer teacher is a Hugging Face folder under the data root",
+                };
+                return Err(SpecError::new(format!("{field}.arch.path"), what));
             }
             let student_only = [
                 ("layers", t.layers.is_some()),
@@ -88,17 +89,18 @@ impl TeacherSpec {
                 ("hidden_size", t.hidden_size.is_some()),
                 ("num_heads", t.num_heads.is_some()),
                 ("intermediate_size", t.intermediate_size.is_some()),
+                ("num_kv_heads", t.num_kv_heads.is_some()),
             ];
             if let Some((name, _)) = student_only.iter().find(|(_, given)| *given) {
                 return Err(SpecError::new(
                     format!("{field}.arch.{name}"),
-                    "a teacher's sizes come from its config.json",
+                    "a teacher's sizes come from its config.json (or GGUF metadata)",
                 ));
             }
             if self.weights.is_some() {
                 return Err(SpecError::new(
                     format!("{field}.weights"),
-                    "a transformer teacher's weights are its folder's model.safetensors",
+                    "a transformer teacher's weights are its folder's model.safetensors (or its GGUF file)",
                 ));
             }
             return match &self.train {

@@ -137,7 +137,7 @@ pub fn load(spec: &DatasetSpec, root: &DataRoot, seed: u64, monitor: bool) -> Re
             }
             (images.to_string(), train, test)
         }
-        DatasetSource::Text => {
+        DatasetSource::Text | DatasetSource::Corpus => {
             return Err(SpecError::new("dataset.source", "texts load through the teacher's tokenizer"))
         }
     };

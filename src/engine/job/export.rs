@@ -65,7 +65,7 @@ fn export_config(arch: &ArchSpec, data: &Dataset, blueprint: &Blueprint) -> serd
     let tensors: Vec<&str> = blueprint.params.iter().chain(&blueprint.buffers).map(|(n, _)| n.as_str()).collect();
     let (format, layout) = match arch {
         ArchSpec::Mlp { .. } => ("distillery.mlp", "layers.{i}.weight is out×in, y = x·Wᵀ + b, ReLU between layers, no activation after the last"),
-        ArchSpec::Transformer(_) => (
+        ArchSpec::Transformer(_) | ArchSpec::Llama(_) => (
             "distillery.transformer",
             "a Hugging Face BERT-family model; student-hf.tar holds it as a folder (config.json, model.safetensors with Hugging Face names, the tokenizer) that transformers and candle load; input rows here are token ids, segment ids and attention mask, each max_length long",
         ),

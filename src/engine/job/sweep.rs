@@ -86,11 +86,14 @@ pub fn arch_label(arch: &ArchSpec) -> String {
     match arch {
         ArchSpec::Mlp { hidden, .. } => format!("mlp {hidden:?}"),
         ArchSpec::Conv { blocks, hidden, .. } => format!("conv {} blocks, hidden {hidden:?}", blocks.len()),
-        ArchSpec::Transformer(t) => match (&t.layers, t.num_layers, t.hidden_size) {
-            (Some(layers), _, hidden) => format!("transformer layers {layers:?}{}", width(hidden)),
-            (None, Some(n), hidden) => format!("transformer {n} layers{}", width(hidden)),
-            (None, None, hidden) => format!("transformer{}", width(hidden)),
-        },
+        ArchSpec::Transformer(t) | ArchSpec::Llama(t) => {
+            let kind = if matches!(arch, ArchSpec::Llama(_)) { "llama" } else { "transformer" };
+            match (&t.layers, t.num_layers, t.hidden_size) {
+                (Some(layers), _, hidden) => format!("{kind} layers {layers:?}{}", width(hidden)),
+                (None, Some(n), hidden) => format!("{kind} {n} layers{}", width(hidden)),
+                (None, None, hidden) => format!("{kind}{}", width(hidden)),
+            }
+        }
     }
 }
 
