@@ -5,6 +5,7 @@
 //! - `data`: datasets (tabular, images, text), splits, and the data root specs read from;
 //! - `train`: the training of one phase (plan, step, teacher targets, checkpoints, losses,
 //!   optimisers);
+//! - `lm`: causal language-model jobs (corpus, teacher cache, generation, their phases and report);
 //! - `job`: one job from spec to report (resolve, teachers, student, baseline, evaluation,
 //!   report, export), and the memory estimate that admits it;
 //! - `files` and `rng`: atomic file writes and the seeded generator everything draws from.
@@ -15,6 +16,7 @@ pub mod files;
 mod fuzz;
 pub mod job;
 pub mod kernels;
+pub mod lm;
 pub mod models;
 pub mod rng;
 pub mod train;

@@ -314,6 +314,7 @@ fn assemble(
         repeats,
         // Filled in by the job when it swept.
         sweep: None,
+        language_model: None,
         // Filled in by `report`, which knows the spec's.
         warnings: Vec::new(),
         size_ratio: student_row.parameters as f64 / teacher.parameters as f64,

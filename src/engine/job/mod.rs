@@ -56,6 +56,9 @@ pub struct Admission {
 /// peak memory and its size. A job that passes can still fail later if its files change.
 pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<Admission, SpecError> {
     spec.validate()?;
+    if spec.is_language_model() {
+        return crate::engine::lm::preflight(spec, data_root);
+    }
     let (data, text) = resolve::load_data(spec, data_root, &Device::Cpu)?;
     let resolved = resolve::resolve(spec, &data, text.as_ref())?;
     resolve::check_warmup(spec, &data)?;
@@ -126,6 +129,10 @@ fn train_and_report(
     let device_name = spec.device.as_deref().unwrap_or(default_device);
     let device = crate::engine::device(device_name)?;
     std::fs::create_dir_all(job_dir)?;
+    if spec.is_language_model() {
+        let ctx = PhaseContext { device: &device, job_dir, control, sink };
+        return crate::engine::lm::run(spec, (device_name, &device), data_root, ctx);
+    }
     let (data, text) = resolve::load_data(spec, data_root, &device)?;
     log_inputs(sink, &data, text.as_ref());
     let resolved = resolve::resolve(spec, &data, text.as_ref())?;

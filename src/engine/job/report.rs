@@ -47,6 +47,9 @@ pub struct Report {
     /// split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<SweepReport>,
+    /// Causal language models: perplexities, agreement, continuations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_model: Option<LanguageModelReport>,
     /// Student parameters ÷ teacher parameters.
     pub size_ratio: f64,
     /// Teacher latency ÷ student latency, at batch 1 and batch N.
@@ -72,6 +75,62 @@ pub enum Task {
     #[default]
     Classification,
     Embedding,
+    /// A causal LM: a model's `accuracy` is its next-token accuracy on the held-out blocks, its
+    /// `loss` the next-token cross-entropy there (nats per token), `agreement` the share of
+    /// positions where its top token is the teacher's; latency is per generated token at batch 1
+    /// and per forward pass over N blocks.
+    LanguageModel,
+}
+
+/// What a causal LM kept of its teacher, on the held-out documents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageModelReport {
+    pub mode: crate::spec::DistillMode,
+    pub block_length: usize,
+    pub vocabulary: usize,
+    /// Tokens the loss covered per epoch, and on the held-out blocks.
+    pub train_tokens: usize,
+    pub held_out_tokens: usize,
+    pub teacher: LanguageModelScores,
+    pub student: LanguageModelScores,
+    pub baseline: Option<LanguageModelScores>,
+    /// Tokens per second through the distillation phase's training steps.
+    pub train_tokens_per_s: f64,
+    /// Sequence-level distillation: the teacher's continuations the student trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generations: Option<GenerationsReport>,
+    /// A few held-out prompts and each model's greedy continuation, side by side.
+    pub samples: Vec<SampleContinuation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LanguageModelScores {
+    /// exp(mean next-token cross-entropy) on the held-out blocks.
+    pub perplexity: f64,
+    /// Mean KL(teacher ‖ model) per token at T = 1 (0 for the teacher).
+    pub kl_to_teacher: f64,
+    /// Mean ROUGE-L F1 of its greedy continuations of the held-out prompts against the
+    /// teacher's (1 for the teacher).
+    pub rouge_l: f64,
+    /// Tokens per second generating at batch 1.
+    pub generation_tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationsReport {
+    pub prompts: usize,
+    pub tokens: usize,
+    pub wall_s: f64,
+    /// The artifact that holds them, one JSON object per line.
+    pub file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleContinuation {
+    pub prompt: String,
+    pub teacher: String,
+    pub student: String,
+    pub baseline: Option<String>,
 }
 
 /// McNemar's exact test on the held-out samples where exactly one of the two students is right:

@@ -425,7 +425,7 @@ pub fn export(student: &Net, label_names: &[String], teacher: &ModelFolder, job_
 
 /// A ustar archive of `files`, named relative to `base`, written atomically; every entry gets
 /// mode 0644 and time 0, so the same folder always gives the same bytes.
-fn write_tar(path: &Path, files: &[PathBuf], base: &Path) -> std::io::Result<()> {
+pub(crate) fn write_tar(path: &Path, files: &[PathBuf], base: &Path) -> std::io::Result<()> {
     let temporary = path.with_extension("tar.partial");
     let mut builder = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&temporary)?));
     for file in files {
