@@ -2,17 +2,25 @@
 //! `scripts/make_llm_fixtures.py`: logits, hidden states and gradients of the tiny random
 //! Llama; its GGUF copy read back to the same tensors and tokenizer; the token-level KD losses
 //! and their top-k cached versions; and, when the real SmolLM2-135M GGUF is there
-//! (`scripts/fetch-smollm2.sh`), its perplexity on a fixture text.
+//! (`scripts/fetch-smollm2.sh`), its perplexity on a fixture text. Then whole jobs: token- and
+//! sequence-level distillation of the tiny Llama, a resume after an interruption, the export
+//! reloaded to the same logits, and refusals of bad specs.
+
+mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
+use common::{interrupted_at, run, run_to_end, spec};
+use distillery::engine::files::read_safetensors;
+use distillery::engine::job::report::Task;
 use distillery::engine::models::gguf;
 use distillery::engine::models::llama::{self, Llama};
 use distillery::engine::train::loss::{logit_loss, LogitLoss};
 use distillery::engine::train::top_k_row;
-use serde_json::Value;
+use distillery::engine::{DataRoot, Phase};
+use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
 fn fixtures() -> PathBuf {
@@ -181,4 +189,174 @@ fn smollm2_scores_the_fixture_text_as_transformers_does() {
     let mut order: Vec<u32> = (0..last.len() as u32).collect();
     order.sort_by(|a, b| last[*b as usize].total_cmp(&last[*a as usize]));
     assert_eq!(order[0], top[0], "the likeliest next token");
+}
+
+/// Sayings to learn, a few hundred tokens of them, in the `fortune` format.
+fn corpus() -> String {
+    let subjects = ["A fool", "The early bird", "A rolling stone", "The second mouse", "A computer", "Every cloud"];
+    let verbs = ["catches", "gathers", "gets", "forgives", "parts with", "takes"];
+    let objects = ["the worm", "no moss", "the cheese", "his money", "the day after tomorrow", "a silver lining"];
+    let mut out = String::new();
+    for i in 0..48 {
+        let (s, v, o) = (subjects[i % 6], verbs[(i / 6) % 6], objects[(i * 5 + i / 6) % 6]);
+        out.push_str(&format!(
+            "{s} {v} {o}, and {} {} {}.\n%\n",
+            subjects[(i + 1) % 6].to_lowercase(),
+            verbs[i % 6],
+            objects[i % 6]
+        ));
+    }
+    out
+}
+
+/// A data root with the tiny Llama (folder and GGUF) and the corpus.
+fn data_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("models/tiny-llama");
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixtures().join("tiny-llama").join(name), folder.join(name)).unwrap();
+    }
+    std::fs::copy(fixtures().join("tiny-llama.gguf"), root.path().join("models/tiny-llama.gguf")).unwrap();
+    std::fs::write(root.path().join("sayings.txt"), corpus()).unwrap();
+    root
+}
+
+fn token_spec(teacher: &str) -> Value {
+    json!({
+        "name": "tiny-llama-token-kd",
+        "dataset": {"source": "corpus", "path": "sayings.txt", "max_length": 16, "validation_split": 0.25},
+        "teacher": {"arch": {"kind": "llama", "path": teacher}},
+        "student": {"arch": {"kind": "llama", "layers": [1]}},
+        "distill": {"temperature": 2.0, "alpha": 0.8, "loss": "kl", "cache": {"top_k": 16},
+                    "generation": {"max_new_tokens": 6, "prompt_tokens": 4, "report_prompts": 4}},
+        "training": {"epochs": 2, "batch_size": 4, "optimizer": {"kind": "adamw", "lr": 0.003}, "seed": 5}
+    })
+}
+
+#[test]
+fn a_token_level_job_reports_perplexities_and_exports_a_hugging_face_llama() {
+    let root = data_root();
+    let job = tempfile::tempdir().unwrap();
+    let ran = run(&spec(token_spec("models/tiny-llama")), root.path(), job.path());
+    let r = &ran.report;
+    assert_eq!(r.task, Task::LanguageModel);
+    let lm = r.language_model.as_ref().unwrap();
+    let baseline = lm.baseline.as_ref().unwrap();
+    for scores in [&lm.teacher, &lm.student, baseline] {
+        assert!(scores.perplexity.is_finite() && scores.perplexity > 1.0, "{scores:?}");
+        assert!((0.0..=1.0).contains(&scores.rouge_l));
+    }
+    assert_eq!((lm.teacher.kl_to_teacher, lm.teacher.rouge_l), (0.0, 1.0));
+    assert!(lm.student.kl_to_teacher > 0.0);
+    assert_eq!(lm.samples.len(), 3);
+    assert!(r.size_ratio < 1.0 && r.verdict.contains("perplexity"), "{}", r.verdict);
+    let cache = r.distillation.teacher_cache.as_ref().unwrap();
+    assert!(cache.used && cache.top_k == Some(16));
+    assert_eq!(ran.epochs.iter().filter(|e| e.phase == Phase::Student(0)).count(), 2);
+    assert!(ran.progress.iter().any(|p| p.phase == Phase::Student(0) && p.soft.is_some()));
+    assert!(ran.progress.iter().all(|p| p.phase != Phase::Baseline(0) || p.soft.is_none()));
+    // The exported folder holds the trained student: its logits are the job's own.
+    let trained = {
+        let (tensors, _) = read_safetensors(&job.path().join("student.safetensors"), &Device::Cpu).unwrap();
+        let config = folder_model().config;
+        Llama::new(llama::LlamaConfig { num_layers: 1, ..config }, tensors).unwrap()
+    };
+    let hf = job.path().join("student-hf");
+    let read = |n: &str| std::fs::read(hf.join(n)).unwrap();
+    let exported = llama::from_files(&read("config.json"), &read("model.safetensors"), &Device::Cpu).unwrap();
+    let ids = input_ids(&reference());
+    let difference = (exported.forward(&ids, false, false).unwrap().logits
+        - trained.forward(&ids, false, false).unwrap().logits)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(difference, 0.0);
+    let config: Value = serde_json::from_slice(&read("config.json")).unwrap();
+    assert_eq!(config["architectures"][0], "LlamaForCausalLM");
+    assert!(hf.join("tokenizer.json").exists() && job.path().join("student-hf.tar").exists());
+}
+
+#[test]
+fn an_interrupted_token_job_resumes_from_its_checkpoint_and_finishes() {
+    let root = data_root();
+    let job = tempfile::tempdir().unwrap();
+    let s = spec(token_spec("models/tiny-llama.gguf"));
+    interrupted_at(&s, root.path(), job.path(), Phase::Student(0), 3);
+    assert!(job.path().join("checkpoint-student.safetensors").exists());
+    let ran = run_to_end(&s, root.path(), job.path());
+    assert!(ran.logs.iter().any(|l| l.starts_with("resuming student")), "{:?}", ran.logs);
+    assert!(ran.report.distillation.teacher_cache.as_ref().unwrap().reused, "the cache file outlived the interruption");
+    // The GGUF teacher's rebuilt tokenizer travels with the export.
+    assert!(job.path().join("student-hf/tokenizer_config.json").exists());
+    let straight = tempfile::tempdir().unwrap();
+    let uninterrupted = run_to_end(&s, root.path(), straight.path()).report;
+    let perplexity = |r: &distillery::engine::job::report::Report| {
+        let lm = r.language_model.as_ref().unwrap();
+        (lm.student.perplexity, lm.baseline.as_ref().unwrap().perplexity)
+    };
+    assert_eq!(perplexity(&ran.report), perplexity(&uninterrupted), "the resume changed the result");
+}
+
+#[test]
+fn a_sequence_level_job_trains_on_the_teachers_continuations() {
+    let root = data_root();
+    let job = tempfile::tempdir().unwrap();
+    let mut value = token_spec("models/tiny-llama");
+    value["distill"] = json!({"temperature": 1.0, "alpha": 0.0, "mode": "sequence", "cache": {"enabled": true},
+                              "generation": {"max_new_tokens": 8, "prompt_tokens": 4, "max_prompts": 12, "report_prompts": 3}});
+    value["baseline"] = json!(false);
+    let ran = run(&spec(value), root.path(), job.path());
+    let lm = ran.report.language_model.as_ref().unwrap();
+    let generated = lm.generations.as_ref().unwrap();
+    assert_eq!(generated.prompts, 12);
+    let lines = std::fs::read_to_string(job.path().join("teacher-generations.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 12);
+    let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert!(first["prompt"].is_string() && first["response_ids"].is_array());
+    assert!(ran.report.verdict.contains("no baseline"), "{}", ran.report.verdict);
+    assert!(ran.report.distillation.teacher_cache.is_none());
+}
+
+#[test]
+fn language_model_specs_that_cannot_run_are_refused_naming_the_field() {
+    let root = data_root();
+    let refusal = |value: Value| -> String {
+        let parsed = distillery::spec::parse(value.to_string().as_bytes()).unwrap();
+        let err = match parsed.validate() {
+            Err(e) => e,
+            Ok(()) => distillery::engine::preflight(&parsed, &DataRoot::new(root.path())).unwrap_err(),
+        };
+        err.field
+    };
+    let mut v = token_spec("models/tiny-llama");
+    v["student"]["arch"]["layers"] = json!([0, 7]);
+    assert_eq!(refusal(v), "student.arch.layers[1]");
+    let mut v = token_spec("models/tiny-llama");
+    v["student"]["arch"]["num_kv_heads"] = json!(3);
+    assert_eq!(refusal(v), "student.arch");
+    let mut v = token_spec("models/tiny-llama");
+    v["distill"]["loss"] = json!("mse");
+    assert_eq!(refusal(v), "distill.loss");
+    let mut v = token_spec("models/tiny-llama");
+    v["distill"]["generation"]["max_new_tokens"] = json!(15);
+    assert_eq!(refusal(v), "distill.generation.prompt_tokens");
+    let mut v = token_spec("models/tiny-llama");
+    v["dataset"]["source"] = json!("text");
+    assert_eq!(refusal(v), "student.arch.kind");
+    let mut v = token_spec("../outside.gguf");
+    v["student"]["arch"] = json!({"kind": "llama"});
+    assert_eq!(refusal(v), "teacher.arch.path");
+    let v = token_spec("sayings.txt.gguf");
+    assert_eq!(refusal(v), "teacher.arch.path");
+    std::fs::write(root.path().join("bad.gguf"), b"GGUF but not really").unwrap();
+    assert_eq!(refusal(token_spec("bad.gguf")), "teacher.arch.path");
+    std::fs::write(root.path().join("bad.jsonl"), "{\"prompt\": \"hi\"}\n").unwrap();
+    let mut v = token_spec("models/tiny-llama");
+    v["dataset"]["path"] = json!("bad.jsonl");
+    assert_eq!(refusal(v), "dataset.path");
 }
