@@ -16,8 +16,8 @@ Outputs (committed; CI only reads them):
                                     "tokenizer": [{"text", "ids"}] from tokenizer.json,
                                     "kd": {"student", "teacher": T [2, 6, V], "mask": [2][6], "temperature",
                                            "beta", "top_k", "forward_kl", "reverse_kl", "jsd" (full vocabulary),
-                                           "top_k_forward_kl", "top_k_reverse_kl", "top_k_jsd" (the teacher kept
-                                           as its top k logits and one filler logit carrying the rest's mass)}}
+                                           "top_k_forward_kl", "top_k_reverse_kl", "top_k_jsd" (both models over
+                                           k + 1 outcomes: the teacher's top k tokens and one bucket for the rest)}}
   tests/fixtures/smollm2.json      with --smollm2: the real SmolLM2-135M-Instruct GGUF loaded by transformers
                                    (its own dequantisation and tokenizer): a text's ids, its perplexity and the
                                    last position's top-5 logits
@@ -146,28 +146,27 @@ def kd_losses(rng_seed, vocab):
     teacher = torch.randn(2, 6, vocab, generator=g, dtype=torch.float64) * 3
     mask = torch.tensor([[1, 1, 1, 0, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
     t, beta, k = 2.0, 0.3, 8
-    s, te = student[mask] / t, teacher[mask] / t
 
-    def divergences(teacher_log_p):
-        log_s = F.log_softmax(s, -1)
+    def divergences(log_t, log_s):
         n = log_s.shape[0]
-        forward = (teacher_log_p.exp() * (teacher_log_p - log_s)).sum() / n * t * t
-        reverse = (log_s.exp() * (log_s - teacher_log_p)).sum() / n * t * t
-        log_m = torch.logsumexp(torch.stack([teacher_log_p + np.log(beta), log_s + np.log(1 - beta)]), 0)
-        jsd = (beta * (teacher_log_p.exp() * (teacher_log_p - log_m)).sum()
+        forward = (log_t.exp() * (log_t - log_s)).sum() / n * t * t
+        reverse = (log_s.exp() * (log_s - log_t)).sum() / n * t * t
+        log_m = torch.logsumexp(torch.stack([log_t + np.log(beta), log_s + np.log(1 - beta)]), 0)
+        jsd = (beta * (log_t.exp() * (log_t - log_m)).sum()
                + (1 - beta) * (log_s.exp() * (log_s - log_m)).sum()) / n * t * t
         return forward, reverse, jsd
 
-    full = divergences(F.log_softmax(te, -1))
-    # Top k: the k largest teacher logits kept, every other class gets one filler logit so that
-    # the rest's total probability at T is exact: filler = T·(logsumexp(rest/T) − ln|rest|).
-    raw = teacher[mask]
-    top = raw.topk(k, -1)
-    rest = raw.clone()
-    rest.scatter_(-1, top.indices, float("-inf"))
-    filler = t * (torch.logsumexp(rest / t, -1) - np.log(vocab - k))
-    kept = filler[:, None].expand_as(raw).clone().scatter(-1, top.indices, top.values)
-    cached = divergences(F.log_softmax(kept / t, -1))
+    s, te = student[mask] / t, teacher[mask] / t
+    full = divergences(F.log_softmax(te, -1), F.log_softmax(s, -1))
+    # Top k: both distributions over k + 1 outcomes, the teacher's k likeliest tokens and one
+    # bucket for all the others (its probability exact: the rest's logsumexp at T).
+    top = teacher[mask].topk(k, -1).indices
+
+    def coarse(scaled):
+        rest = scaled.scatter(-1, top, float("-inf")).logsumexp(-1, keepdim=True)
+        return F.log_softmax(torch.cat([scaled.gather(-1, top), rest], -1), -1)
+
+    cached = divergences(coarse(te), coarse(s))
     return {
         "student": tensor(student), "teacher": tensor(teacher), "mask": mask.int().tolist(), "temperature": t,
         "beta": beta, "top_k": k, "forward_kl": float(full[0]), "reverse_kl": float(full[1]), "jsd": float(full[2]),

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
-use common::{interrupted_at, run, run_to_end, spec};
+use common::{interrupted_at, run, run_to_end, smollm2_gguf, spec};
 use distillery::engine::files::read_safetensors;
 use distillery::engine::job::report::Task;
+use distillery::engine::lm::targets::{token_loss, TeacherRows};
 use distillery::engine::models::gguf;
 use distillery::engine::models::llama::{self, Llama};
-use distillery::engine::train::loss::{logit_loss, LogitLoss};
+use distillery::engine::train::loss::LogitLoss;
 use distillery::engine::train::top_k_row;
 use distillery::engine::{DataRoot, Phase};
 use serde_json::{json, Value};
@@ -138,22 +139,20 @@ fn token_level_losses_and_their_top_k_versions_match_pytorch() {
     let teacher_rows = masked_rows(&kd["teacher"], &mask);
     let (t, beta, k) =
         (kd["temperature"].as_f64().unwrap(), kd["beta"].as_f64().unwrap(), kd["top_k"].as_u64().unwrap());
-    // The top-k cache's dense rows, as the engine rebuilds them.
-    let cached: Vec<Vec<f32>> = teacher_rows
-        .iter()
-        .map(|row| {
-            let (mut values, mut ids) = (Vec::new(), Vec::new());
-            let filler = top_k_row(row, k as usize, t, &mut values, &mut ids);
-            let mut dense = vec![filler; row.len()];
-            ids.iter().zip(&values).for_each(|(&i, &v)| dense[i as usize] = v);
-            dense
-        })
-        .collect();
     let kinds = [("forward_kl", LogitLoss::Kl), ("reverse_kl", LogitLoss::ReverseKl), ("jsd", LogitLoss::Js { beta })];
-    for (teacher, prefix) in [(rows_tensor(&teacher_rows), ""), (rows_tensor(&cached), "top_k_")] {
+    let full = TeacherRows::Full(rows_tensor(&teacher_rows));
+    // The top-k cache's records, as the engine writes and reads them.
+    let (mut values, mut ids, mut filler) = (Vec::new(), Vec::new(), Vec::new());
+    for row in &teacher_rows {
+        filler.push(top_k_row(row, k as usize, t, &mut values, &mut ids));
+    }
+    let vocab = teacher_rows[0].len();
+    let cached = TeacherRows::top_k(&values, &ids, &filler, (vocab, t), &Device::Cpu).unwrap();
+    let next = Tensor::zeros(student.dim(0).unwrap(), candle_core::DType::U32, &Device::Cpu).unwrap();
+    for (teacher, prefix) in [(&full, ""), (&cached, "top_k_")] {
         for (name, kind) in kinds {
-            let got =
-                logit_loss(kind, &student, &[(teacher.clone(), 1.0)], t).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let loss = token_loss(&student, Some(teacher), &next, (kind, t, 1.0)).unwrap();
+            let got = loss.soft.unwrap().to_scalar::<f32>().unwrap() as f64;
             let want = kd[format!("{prefix}{name}")].as_f64().unwrap();
             assert!((got - want).abs() / want.abs() < 1e-5, "{prefix}{name}: {got}, PyTorch {want}");
         }
@@ -161,13 +160,12 @@ fn token_level_losses_and_their_top_k_versions_match_pytorch() {
 }
 
 /// The real SmolLM2-135M-Instruct (Q4_1 GGUF), dequantised at load: the fixture text's ids
-/// and its perplexity as `transformers` computed them from the same file.
+/// and its perplexity as `transformers` computed them from the same file. `scripts/test.sh`
+/// fetches it (`scripts/fetch-smollm2.sh`) into `distillery-data/datasets/models/`, or set
+/// `SMOLLM2_GGUF`.
 #[test]
 fn smollm2_scores_the_fixture_text_as_transformers_does() {
-    let Some(path) = std::env::var_os("SMOLLM2_GGUF").map(PathBuf::from) else {
-        eprintln!("SMOLLM2_GGUF is not set (scripts/test.sh sets it); skipping the real-model check");
-        return;
-    };
+    let path = smollm2_gguf();
     let reference: Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("smollm2.json")).unwrap()).unwrap();
     let (model, tokenizer) = gguf::load(&path, &Device::Cpu).unwrap();

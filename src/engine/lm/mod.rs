@@ -12,7 +12,7 @@ mod export;
 mod generate;
 mod report;
 pub mod setup;
-mod targets;
+pub mod targets;
 mod train;
 
 use std::time::Instant;

@@ -4,7 +4,10 @@
 //! over the training blocks are computed once and kept as the top k per position with one
 //! filler logit that carries the rest's probability exactly (as the classifiers' top-k cache
 //! does), in a file of the job folder: memory stays flat whatever the corpus, and a resumed job
-//! reads the file instead of running the teacher again.
+//! reads the file instead of running the teacher again. Unlike the classifiers' few classes,
+//! the rest is tens of thousands of tokens: spread evenly over them it would teach the student
+//! a flat tail (each held-out token outside the teacher's top k then costs ln(vocabulary)), so
+//! the loss compares the two models over k + 1 outcomes, the top k and the rest as one.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -61,26 +64,80 @@ impl TopKCache {
         Ok((Self { file: File::open(path)?, k, vocab, path: path.to_path_buf() }, reused))
     }
 
-    /// The teacher's logits at `positions` (indices into the training blocks' positions), as
-    /// dense rows: the filler everywhere, the top k in their places.
-    pub fn rows(&self, positions: &[usize], device: &Device) -> Result<Tensor, EngineError> {
+    /// The teacher's distributions at `positions` (indices into the training blocks' positions),
+    /// at `temperature`.
+    pub fn rows(&self, positions: &[usize], temperature: f64, device: &Device) -> Result<TeacherRows, EngineError> {
         let record = Self::record_bytes(self.k);
         let mut bytes = vec![0u8; record];
-        let mut out = Vec::with_capacity(positions.len() * self.vocab);
+        let (mut values, mut ids, mut filler) = (Vec::new(), Vec::new(), Vec::new());
         for &position in positions {
             self.file.read_exact_at(&mut bytes, (position * record) as u64)?;
             let word = |i: usize| [bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]];
-            let start = out.len();
-            out.resize(start + self.vocab, f32::from_le_bytes(word(2 * self.k)));
+            values.extend((0..self.k).map(|j| f32::from_le_bytes(word(j))));
             for j in 0..self.k {
-                let id = u32::from_le_bytes(word(self.k + j)) as usize;
-                if id >= self.vocab {
+                let id = u32::from_le_bytes(word(self.k + j));
+                if id as usize >= self.vocab {
                     return Err(EngineError::Corrupt(format!("{} holds token id {id}", self.path.display())));
                 }
-                out[start + id] = f32::from_le_bytes(word(j));
+                ids.push(id);
+            }
+            filler.push(f32::from_le_bytes(word(2 * self.k)));
+        }
+        Ok(TeacherRows::top_k(&values, &ids, &filler, (self.vocab, temperature), device)?)
+    }
+}
+
+/// The teacher's distribution at the target positions, as the loss reads it.
+pub enum TeacherRows {
+    /// Every logit (the teacher run at every step).
+    Full(Tensor),
+    /// The top k tokens' ids (`tokens × k`); the teacher's logits at T over k + 1 outcomes,
+    /// those k tokens and one bucket for all the others (`tokens × (k + 1)`), which holds the
+    /// rest's probability exactly; and a mask (`tokens × vocabulary`), −∞ at the top k.
+    TopK { ids: Tensor, coarse: Tensor, mask: Tensor },
+}
+
+impl TeacherRows {
+    /// From the cache's records: per token, k logits, their ids and the filler logit
+    /// ([`top_k_row`]: the rest's mass at T is |rest|·exp(filler/T)).
+    pub fn top_k(
+        values: &[f32],
+        ids: &[u32],
+        filler: &[f32],
+        (vocab, temperature): (usize, f64),
+        device: &Device,
+    ) -> candle_core::Result<Self> {
+        let (n, k) = (filler.len(), values.len() / filler.len().max(1));
+        let rest = ((vocab - k) as f64).ln();
+        let mut coarse = Vec::with_capacity(n * (k + 1));
+        let mut mask = vec![0f32; n * vocab];
+        for token in 0..n {
+            coarse.extend(values[token * k..(token + 1) * k].iter().map(|v| (*v as f64 / temperature) as f32));
+            coarse.push((filler[token] as f64 / temperature + rest) as f32);
+            for &id in &ids[token * k..(token + 1) * k] {
+                mask[token * vocab + id as usize] = f32::NEG_INFINITY;
             }
         }
-        Ok(Tensor::from_vec(out, (positions.len(), self.vocab), device)?)
+        Ok(TeacherRows::TopK {
+            ids: Tensor::from_slice(ids, (n, k), device)?,
+            coarse: Tensor::from_vec(coarse, (n, k + 1), device)?,
+            mask: Tensor::from_vec(mask, (n, vocab), device)?,
+        })
+    }
+
+    /// The divergence `kind` between teacher and student (`tokens × vocabulary` logits) at T,
+    /// × T², averaged over the tokens. With the top k: between the two distributions over the
+    /// k + 1 outcomes, so the student's tail is shaped by the data, not pulled flat.
+    fn divergence(&self, kind: LogitLoss, student: &Tensor, temperature: f64) -> candle_core::Result<Tensor> {
+        match self {
+            TeacherRows::Full(teacher) => logit_loss(kind, student, &[(teacher.clone(), 1.0)], temperature),
+            TeacherRows::TopK { ids, coarse, mask } => {
+                let scaled = (student / temperature)?;
+                let rest = (&scaled + mask)?.log_sum_exp(1)?.unsqueeze(1)?;
+                let student_coarse = Tensor::cat(&[&scaled.gather(ids, 1)?, &rest], 1)?;
+                logit_loss(kind, &student_coarse, &[(coarse.clone(), 1.0)], 1.0)? * (temperature * temperature)
+            }
+        }
     }
 }
 
@@ -170,10 +227,10 @@ pub struct TokenLoss {
 }
 
 /// α·D(teacher, student)·T² + (1 − α)·CE(student, data), averaged over the target tokens;
-/// `student` and `teacher` are their rows (`tokens × vocab`).
+/// `student` holds its logits at them (`tokens × vocab`).
 pub fn token_loss(
     student: &Tensor,
-    teacher: Option<&Tensor>,
+    teacher: Option<&TeacherRows>,
     next: &Tensor,
     (kind, temperature, alpha): (LogitLoss, f64, f64),
 ) -> candle_core::Result<TokenLoss> {
@@ -181,7 +238,7 @@ pub fn token_loss(
     let Some(teacher) = teacher.filter(|_| alpha > 0.0) else {
         return Ok(TokenLoss { total: hard.clone(), soft: None, hard });
     };
-    let soft = logit_loss(kind, student, &[(teacher.clone(), 1.0)], temperature)?;
+    let soft = teacher.divergence(kind, student, temperature)?;
     let total = ((&soft * alpha)? + (&hard * (1.0 - alpha))?)?;
     Ok(TokenLoss { total, soft: Some(soft), hard })
 }

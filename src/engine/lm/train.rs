@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::corpus::Blocks;
 use super::evaluate::score;
-use super::targets::{ids_tensor, token_loss, Targets, TopKCache};
+use super::targets::{ids_tensor, token_loss, Targets, TeacherRows, TopKCache};
 use crate::engine::files::{read_safetensors, write_safetensors};
 use crate::engine::models::llama::Llama;
 use crate::engine::rng::Rng;
@@ -146,15 +146,17 @@ impl Run<'_, '_> {
         let Some(targets) = Targets::of(self.blocks, batch, device)? else { return Ok(0.0) };
         let ids = ids_tensor(self.blocks, batch, device)?;
         let student = targets.select(&self.model.forward(&ids, true, false)?.logits)?;
-        let teacher = match &self.soft {
-            Some(Soft::Cached(cache)) => Some(cache.rows(&targets.positions, device)?),
-            Some(Soft::Live(teacher)) => Some(targets.select(&teacher.forward(&ids, false, false)?.logits)?),
-            None => None,
-        };
         let progress = self.position.step as f64 / self.total_steps.max(1) as f64;
         let (kind, temperature, alpha) = match self.plan.soft {
             Some((kind, temperature, alpha)) => (kind, temperature, alpha.at(progress)),
             None => (LogitLoss::Kl, 1.0, 0.0),
+        };
+        let teacher = match &self.soft {
+            Some(Soft::Cached(cache)) => Some(cache.rows(&targets.positions, temperature, device)?),
+            Some(Soft::Live(teacher)) => {
+                Some(TeacherRows::Full(targets.select(&teacher.forward(&ids, false, false)?.logits)?))
+            }
+            None => None,
         };
         let losses = token_loss(&student, teacher.as_ref(), &targets.next, (kind, temperature, alpha))?;
         let loss = losses.total.to_scalar::<f32>()? as f64;
