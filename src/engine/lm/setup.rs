@@ -109,6 +109,12 @@ pub fn student_plan(spec: &JobSpec, teacher: &LlamaConfig) -> Result<StudentPlan
                     format!("the teacher has layers 0 to {}", teacher.num_layers - 1),
                 ));
             }
+            if let Some(i) = layers.windows(2).position(|pair| pair[0] >= pair[1]) {
+                return Err(SpecError::new(
+                    format!("student.arch.layers[{}]", i + 1),
+                    "the layers kept must be in increasing order, each once",
+                ));
+            }
             layers.clone()
         }
         None => {

@@ -97,13 +97,13 @@ impl LlamaConfig {
         if self.vocab_size == 0 || self.vocab_size > MAX_VOCABULARY {
             return refuse(format!("vocabulary of {}; at most {MAX_VOCABULARY} tokens", self.vocab_size));
         }
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return refuse(format!("{} heads do not divide hidden size {}", self.num_heads, self.hidden_size));
         }
-        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return refuse(format!("{} key/value heads do not divide {} heads", self.num_kv_heads, self.num_heads));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return refuse(format!("head size {} is odd; rotary positions need an even one", self.head_dim()));
         }
         if !(self.rms_norm_eps > 0.0 && self.rope_theta > 0.0) {
