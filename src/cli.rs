@@ -73,6 +73,21 @@ pub fn run(
     Ok(output.report)
 }
 
+/// A causal LM's held-out prompts and each model's continuation.
+fn continuations(lm: &crate::engine::job::report::LanguageModelReport) -> String {
+    let one_line = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut out = String::new();
+    for sample in &lm.samples {
+        out += &format!("\n\nprompt: {}", one_line(&sample.prompt));
+        out += &format!("\n  teacher:  {}", one_line(&sample.teacher));
+        out += &format!("\n  student:  {}", one_line(&sample.student));
+        if let Some(baseline) = &sample.baseline {
+            out += &format!("\n  baseline: {}", one_line(baseline));
+        }
+    }
+    out
+}
+
 /// One epoch's line, as `run` and `jobs watch` print it.
 pub fn epoch_line(m: &EpochMetrics) -> String {
     format!(
@@ -154,6 +169,9 @@ pub fn table(report: &Report) -> String {
     }
     if let Some(sweep) = &report.sweep {
         out += &trials_table(sweep);
+    }
+    if let Some(lm) = &report.language_model {
+        out += &continuations(lm);
     }
     // The verdict stays the last line, where scripts look for it.
     for warning in &report.warnings {

@@ -99,6 +99,8 @@ pub struct LanguageModelReport {
     /// Sequence-level distillation: the teacher's continuations the student trained on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generations: Option<GenerationsReport>,
+    /// Tokens each continuation adds, unless it ends at the end-of-sequence token first.
+    pub max_new_tokens: usize,
     /// A few held-out prompts and each model's greedy continuation, side by side.
     pub samples: Vec<SampleContinuation>,
 }

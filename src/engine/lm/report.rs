@@ -139,6 +139,7 @@ pub(super) fn build(
             wall_s: g.wall_s,
             file: GENERATIONS_FILE.into(),
         }),
+        max_new_tokens: settings.max_new_tokens,
         samples,
     };
     let teacher_row = model_report(job.teacher, &teacher, None);
