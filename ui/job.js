@@ -5,7 +5,7 @@
 import { api, eventsAfter } from './api.js';
 import { accuracyChart, Curves, lossCharts } from './curves.js';
 import { bytes, chip, confirmStep, h, pct, progressBar, TERMINAL, time } from './dom.js';
-import { reportTable, runsTable, summaryLine, trialsTable, verdict, warnings } from './report.js';
+import { languageModelSection, reportTable, runsTable, summaryLine, trialsTable, verdict, warnings } from './report.js';
 
 const TYPES = ['status', 'progress', 'metrics', 'checkpoint', 'log', 'report'];
 const CHART_DELAY_MS = 250;
@@ -202,7 +202,7 @@ class JobView {
       const report = await api(`/v1/jobs/${this.id}/report`);
       this.el.verdict.replaceChildren(verdict(report));
       this.el.report.replaceChildren(h('h2', {}, 'Report'), reportTable(report), summaryLine(report), ...runsTable(report),
-        ...trialsTable(report), ...warnings(report));
+        ...trialsTable(report), ...languageModelSection(report), ...warnings(report));
     }
     const artifacts = await api(`/v1/jobs/${this.id}/artifacts`);
     this.el.artifacts.replaceChildren(h('h2', {}, 'Artifacts'), artifactTable(artifacts.data));

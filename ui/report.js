@@ -18,13 +18,19 @@ const ROWS = [
   ['training', 'training time', (m) => seconds(m.training && m.training.wall_s)],
 ];
 
+/** Row labels that mean something else for a causal LM (`task: language_model`). */
+const LANGUAGE_MODEL_LABELS = {
+  accuracy: 'next-token accuracy', loss: 'loss (nats/token)', latency_1: 'ms per generated token',
+};
+
 export function reportTable(report) {
   const models = MODELS.filter(([key]) => report[key]);
   const n = report.teacher && report.teacher.latency ? report.teacher.latency.batch_n : 'N';
+  const language = report.task === 'language_model';
   return h('table', { class: 'narrow report-table', id: 'report-table' },
     h('thead', {}, h('tr', {}, h('th', {}, ''), models.map(([, label]) => h('th', { class: 'num' }, label)))),
     h('tbody', {}, ROWS.map(([key, label, value]) => h('tr', {},
-      h('th', { scope: 'row' }, key === 'latency_n' ? `latency, batch ${n}` : label),
+      h('th', { scope: 'row' }, key === 'latency_n' ? `latency, batch ${n}` : (language && LANGUAGE_MODEL_LABELS[key]) || label),
       models.map(([model]) => h('td', { class: 'num', 'data-model': model, 'data-row': key }, value(report[model])))))));
 }
 
@@ -71,6 +77,34 @@ export function trialsTable(report) {
         [value(t.temperature), value(t.alpha), t.lr.toExponential(2), t.student, count(t.student_parameters),
           t.stopped_early ? `${t.epochs} (cut)` : `${t.epochs}`, pct(t.validation_accuracy), seconds(t.wall_s)]
           .map((cell) => h('td', { class: 'num' }, `${cell}`))))))];
+}
+
+/** A causal LM's perplexities, KL, ROUGE-L and generation speed, and its continuations side by side. None for other tasks. */
+export function languageModelSection(report) {
+  const lm = report.language_model;
+  if (!lm) return [];
+  const models = MODELS.filter(([key]) => lm[key]);
+  const rows = [
+    ['perplexity', 'perplexity', (m) => m.perplexity.toFixed(2)],
+    ['kl', 'KL to teacher (nats/token)', (m) => m.kl_to_teacher.toFixed(4)],
+    ['rouge', 'ROUGE-L vs teacher', (m) => m.rouge_l.toFixed(3)],
+    ['speed', 'generated tokens/s (batch 1)', (m) => m.generation_tokens_per_s.toFixed(1)],
+  ];
+  const scores = h('table', { class: 'narrow report-table', id: 'language-model-table' },
+    h('thead', {}, h('tr', {}, h('th', {}, ''), models.map(([, label]) => h('th', { class: 'num' }, label)))),
+    h('tbody', {}, rows.map(([key, label, value]) => h('tr', {},
+      h('th', { scope: 'row' }, label),
+      models.map(([model]) => h('td', { class: 'num', 'data-model': model, 'data-row': key }, value(lm[model])))))));
+  const generated = lm.generations
+    ? [h('p', {}, `trained on the teacher's continuations of ${count(lm.generations.prompts)} prompts (${count(lm.generations.tokens)} tokens, ${lm.generations.file})`)]
+    : [];
+  const samples = lm.samples.map((s) => h('div', { class: 'sample' },
+    h('p', {}, h('strong', {}, 'prompt: '), s.prompt),
+    h('p', {}, h('strong', {}, 'teacher: '), s.teacher),
+    h('p', {}, h('strong', {}, 'student: '), s.student),
+    s.baseline === null || s.baseline === undefined ? [] : h('p', {}, h('strong', {}, 'baseline: '), s.baseline)));
+  return [h('h3', {}, `Language model: ${lm.mode}-level distillation, ${count(lm.held_out_tokens)} held-out tokens`),
+    scores, ...generated, h('h3', {}, 'Continuations of held-out prompts'), ...samples];
 }
 
 /** What the service warns of: a tiny student, T = 1, a teacher with little to teach. */
