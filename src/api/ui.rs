@@ -48,6 +48,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("election-minilm.json", include_str!("../../examples/election-minilm.json")),
     ("election-minilm-trimmed.json", include_str!("../../examples/election-minilm-trimmed.json")),
     ("election-minilm-embeddings.json", include_str!("../../examples/election-minilm-embeddings.json")),
+    ("smollm2-token-kd.json", include_str!("../../examples/smollm2-token-kd.json")),
+    ("smollm2-sequence-kd.json", include_str!("../../examples/smollm2-sequence-kd.json")),
 ];
 
 /// `GET /`: the dashboard is the service's front page.
