@@ -5,6 +5,7 @@
 //!     cargo run --release --bin bench -- --no-torch   # candle only
 //!     cargo run --release --bin bench -- --model conv # the conv nets
 //!     cargo run --release --bin bench -- --model bert # the transformers
+//!     cargo run --release --bin bench -- --model llama # causal LMs (see llama.rs)
 //!
 //! Step: frozen teacher forward, student forward, Hinton loss (T = 4, α = 0.7), backward, AdamW;
 //! batch 128 (32 for bert). `--model mlp` (default): teacher MLP 784-1200-1200-10, student MLP
@@ -16,6 +17,9 @@
 //! same with 3 layers as the student, on 64 random token ids per sample with a full attention
 //! mask; dropout `--dropout` (0.1, as in training) in the student. Prints samples/s, GFLOP/s, the
 //! share of the sgemm peak, per-phase times, inference latency and the candle ÷ PyTorch ratios.
+
+#[path = "bench/llama.rs"]
+mod llama;
 
 use std::path::Path;
 use std::process::Command;
@@ -90,11 +94,13 @@ impl Args {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum Model {
     Mlp,
     Conv,
     Bert,
+    /// SmolLM2-135M's sizes into 6 layers; its own step and table (`llama.rs`).
+    Llama,
 }
 
 const FEATURES: usize = 784;
@@ -126,6 +132,7 @@ impl Model {
             Model::Mlp => "mlp",
             Model::Conv => "conv",
             Model::Bert => "bert",
+            Model::Llama => "llama",
         }
     }
 
@@ -156,6 +163,7 @@ impl Model {
                 description: "1×28×28 images, teacher conv 32-64 3×3 + 3136-256-10 (frozen), student LeNet-5".into(),
                 engine_variant: "+ fused conv+fc (the engine)",
             },
+            Model::Llama => unreachable!("--model llama takes its own path, llama::run"),
             Model::Bert => {
                 // all-MiniLM-L6-v2's config.json sizes, with a 2-label classification head.
                 let config = |layers: usize| {
@@ -413,6 +421,10 @@ fn main() -> anyhow::Result<()> {
     distillery::engine::pin_thread_count();
     distillery::engine::tune_allocator();
     let args = Args::parse();
+    if args.model == Model::Llama {
+        let python = if args.no_torch { None } else { Some(python(&args).map_err(anyhow::Error::msg)?) };
+        return llama::run(args.rounds, args.steps.unwrap_or(5), python.as_deref());
+    }
     let device = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
     let (steps, batch) = (args.steps(), args.batch());
