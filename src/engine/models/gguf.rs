@@ -196,7 +196,14 @@ fn tokenizer(metadata: &Metadata) -> Result<Tokenizer, ModelError> {
     let pre_tokenizer: PreTokenizerWrapper = match pre.as_str() {
         // SmolLM's tokenizer.json splits digits one by one before the byte-level split.
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        _ => byte_level.into(),
+        "" | "default" | "gpt2" => byte_level.into(),
+        // Llama 3's, Qwen's and others' split with regexes of their own; rebuilt as GPT-2's they
+        // would tokenise some texts differently, silently.
+        other => {
+            return Err(ModelError::Architecture(format!(
+                "the GGUF tokenizer's pre-tokenizer `{other}` is not one Distillery rebuilds (`smollm`, `gpt2`); give the model as a Hugging Face folder with its tokenizer.json"
+            )))
+        }
     };
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(byte_level));
