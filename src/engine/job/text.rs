@@ -338,7 +338,7 @@ pub fn student_config(
                     ),
                 ));
             }
-            (0..count).map(|i| i * teacher.num_layers / count.max(1)).collect()
+            evenly_spaced(count, teacher.num_layers)
         }
     };
     let config = BertConfig {
@@ -439,4 +439,10 @@ pub(crate) fn write_tar(path: &Path, files: &[PathBuf], base: &Path) -> std::io:
     }
     builder.into_inner()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&temporary, path)
+}
+
+/// `count` student layers spread evenly over a teacher's `layers`: student layer i maps to
+/// teacher layer ⌊i·layers/count⌋.
+pub fn evenly_spaced(count: usize, layers: usize) -> Vec<usize> {
+    (0..count).map(|i| i * layers / count.max(1)).collect()
 }

@@ -119,7 +119,7 @@ pub fn student_plan(spec: &JobSpec, teacher: &LlamaConfig) -> Result<StudentPlan
         }
         None => {
             let count = arch.num_layers.unwrap_or(teacher.num_layers.div_ceil(2));
-            (0..count).map(|i| i * teacher.num_layers / count.max(1)).collect()
+            crate::engine::job::text::evenly_spaced(count, teacher.num_layers)
         }
     };
     let config = LlamaConfig {
