@@ -214,6 +214,16 @@ mod tests {
     }
 
     #[test]
+    fn json_lines_hold_texts_or_prompt_response_pairs() {
+        let text = "{\"text\": \"plain\"}\n\n{\"prompt\": \"Q?\", \"response\": \"A.\"}\n";
+        let parsed = json_lines(text, "text", "dataset.path").unwrap();
+        assert_eq!(parsed, [(None, "plain".to_string()), (Some("Q?".to_string()), "A.".to_string())]);
+        let missing = json_lines("{\"body\": \"x\"}\n", "text", "dataset.path").unwrap_err();
+        assert!(missing.message.starts_with("line 1:"), "{}", missing.message);
+        assert!(json_lines("not json\n", "text", "dataset.path").is_err());
+    }
+
+    #[test]
     fn prompts_come_from_the_prompt_or_the_body() {
         let plain = Document { prompt: vec![], body: vec![1, 2, 3, 4] };
         assert_eq!(prompt_of(&plain, 2, 8), Some(vec![1, 2]));

@@ -128,3 +128,20 @@ pub(super) fn append_generation(
     file.sync_data()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generations_file_cut_short_keeps_its_whole_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(GENERATIONS_FILE);
+        let whole = "{\"prompt_ids\": [1, 2], \"response_ids\": [3]}\n";
+        std::fs::write(&path, format!("{whole}{{\"prompt_ids\": [4")).unwrap();
+        let documents = read_generations(&path).unwrap();
+        assert_eq!(documents, [Document { prompt: vec![1, 2], body: vec![3] }]);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole, "the torn line is dropped");
+        assert!(read_generations(&dir.path().join("absent.jsonl")).unwrap().is_empty());
+    }
+}
