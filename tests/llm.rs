@@ -277,6 +277,8 @@ fn a_token_level_job_reports_perplexities_and_exports_a_hugging_face_llama() {
     let config: Value = serde_json::from_slice(&read("config.json")).unwrap();
     assert_eq!(config["architectures"][0], "LlamaForCausalLM");
     assert!(hf.join("tokenizer.json").exists() && job.path().join("student-hf.tar").exists());
+    // The checkpoints the job announced stay, as every job's do.
+    assert!(job.path().join("checkpoint-student.safetensors").exists());
 }
 
 #[test]

@@ -276,7 +276,6 @@ impl Job<'_, '_> {
         let (model, summary) = train::train(&plan, initial, (blocks, held_out), soft, &mut self.ctx)?;
         let meta = serde_json::to_value(&summary).map_err(|e| EngineError::Internal(e.to_string()))?;
         write_safetensors(&self.ctx.job_dir.join(weights_file(&phase.as_str())), &model.named(), Some(&meta))?;
-        let _ = std::fs::remove_file(self.ctx.job_dir.join(crate::layout::checkpoint_file(&phase.as_str())));
         Ok((model, summary))
     }
 
