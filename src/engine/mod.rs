@@ -11,6 +11,7 @@
 //! - `files` and `rng`: atomic file writes and the seeded generator everything draws from.
 
 pub mod data;
+mod dispatch;
 pub mod files;
 #[cfg(test)]
 mod fuzz;
@@ -26,7 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 pub use data::root::DataRoot;
-pub use job::{preflight, run, RunOutput};
+pub use dispatch::{preflight, run};
+pub use job::{Admission, RunOutput};
 
 /// The trainings a job may run, in this order: each teacher to train, the trials of a sweep,
 /// then the distilled student and the baseline (once, or once per seed of `training.repeats`).

@@ -17,7 +17,6 @@ pub mod table;
 pub mod text;
 
 use std::cell::OnceCell;
-use std::path::Path;
 
 use candle_core::Device;
 
@@ -27,8 +26,7 @@ use crate::engine::job::budget::{JobSize, MemoryEstimate};
 use crate::engine::job::report::Report;
 use crate::engine::rng::Rng;
 use crate::engine::train::PhaseContext;
-use crate::engine::{Control, EngineError, EngineEvent};
-use crate::plots::{self, History};
+use crate::engine::{EngineError, EngineEvent};
 use crate::spec::{JobSpec, SpecError};
 use evaluate::Trained;
 pub use phases::file_of;
@@ -56,9 +54,6 @@ pub struct Admission {
 /// peak memory and its size. A job that passes can still fail later if its files change.
 pub fn preflight(spec: &JobSpec, data_root: &DataRoot) -> Result<Admission, SpecError> {
     spec.validate()?;
-    if spec.is_language_model() {
-        return crate::engine::lm::preflight(spec, data_root);
-    }
     let (data, text) = resolve::load_data(spec, data_root, &Device::Cpu)?;
     let resolved = resolve::resolve(spec, &data, text.as_ref())?;
     resolve::check_warmup(spec, &data)?;
@@ -99,41 +94,16 @@ impl Admission {
     }
 }
 
-/// Runs the job on `spec.device`, or on `default_device` when the spec names none, and draws
-/// its curves (as this run saw them: phases a restart skipped are missing) and its report.
+/// Trains a classifier or encoder job on `device` (named `device_name` in the report) and writes
+/// its report and exports.
 pub fn run(
     spec: &JobSpec,
-    default_device: &str,
+    (device_name, device): (&str, &Device),
     data_root: &DataRoot,
-    job_dir: &Path,
-    control: &Control,
-    sink: &mut dyn FnMut(EngineEvent),
+    ctx: PhaseContext,
 ) -> Result<RunOutput, EngineError> {
-    let mut history = History::default();
-    let mut output = train_and_report(spec, default_device, data_root, job_dir, control, &mut |event| {
-        history.observe(&event);
-        sink(event)
-    })?;
-    output.artifacts.extend(plots::write(job_dir, &spec.display_name(), &history, &output.report)?);
-    Ok(output)
-}
-
-fn train_and_report(
-    spec: &JobSpec,
-    default_device: &str,
-    data_root: &DataRoot,
-    job_dir: &Path,
-    control: &Control,
-    sink: &mut dyn FnMut(EngineEvent),
-) -> Result<RunOutput, EngineError> {
-    let device_name = spec.device.as_deref().unwrap_or(default_device);
-    let device = crate::engine::device(device_name)?;
-    std::fs::create_dir_all(job_dir)?;
-    if spec.is_language_model() {
-        let ctx = PhaseContext { device: &device, job_dir, control, sink };
-        return crate::engine::lm::run(spec, (device_name, &device), data_root, ctx);
-    }
-    let (data, text) = resolve::load_data(spec, data_root, &device)?;
+    let PhaseContext { job_dir, control, sink, .. } = ctx;
+    let (data, text) = resolve::load_data(spec, data_root, device)?;
     log_inputs(sink, &data, text.as_ref());
     let resolved = resolve::resolve(spec, &data, text.as_ref())?;
     let warnings = spec_warnings(spec, &resolved);
@@ -142,7 +112,7 @@ fn train_and_report(
     }
     let logged = warnings.len();
     let teacher_logits = OnceCell::new();
-    let ctx = PhaseContext { device: &device, job_dir, control, sink: &mut *sink };
+    let ctx = PhaseContext { device, job_dir, control, sink: &mut *sink };
     let mut trainer = Trainer::new(Target { spec, resolved: &resolved }, &data, text.as_ref(), &teacher_logits, ctx)?;
     let teachers = trainer.teachers(data_root)?;
     let tuned = spec.sweep.as_ref().map(|s| sweep::run(&mut trainer, s, &teachers)).transpose()?;
@@ -153,14 +123,14 @@ fn train_and_report(
     let tuned_resolved = tuned_spec.as_ref().map(|s| resolve::resolve(s, &data, text.as_ref())).transpose()?;
     let spec = tuned_spec.as_ref().unwrap_or(spec);
     let resolved = tuned_resolved.as_ref().unwrap_or(&resolved);
-    let ctx = PhaseContext { device: &device, job_dir, control, sink: &mut *sink };
+    let ctx = PhaseContext { device, job_dir, control, sink: &mut *sink };
     let mut trainer = Trainer::new(Target { spec, resolved }, &data, text.as_ref(), &teacher_logits, ctx)?;
     trainer.artifacts = artifacts;
     let runs = trainer.runs(&teachers)?;
 
     trainer.log("evaluating on the held-out split and measuring latency".into());
     let trained = Trained { teachers: &teachers, runs: &runs };
-    let mut report = evaluate::report(spec, &data, resolved, &trained, (device_name, &device), job_dir, warnings)?;
+    let mut report = evaluate::report(spec, &data, resolved, &trained, (device_name, device), job_dir, warnings)?;
     if let Some(sweep) = &sweep_report {
         report.wall_time_s += sweep.trials.iter().map(|t| t.wall_s).sum::<f64>();
     }
