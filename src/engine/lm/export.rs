@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
 use super::corpus::Document;
-use super::{Job, GENERATIONS_FILE};
+use super::setup::{Job, GENERATIONS_FILE};
 use crate::engine::files::{write_json, write_safetensors};
 use crate::engine::job::report::Report;
 use crate::engine::job::text::write_tar;

@@ -32,12 +32,10 @@ use crate::engine::{EngineError, EngineEvent, Phase};
 use crate::layout::{weights_file, HF_ARCHIVE, HF_FOLDER};
 use crate::spec::{DistillMode, JobSpec, LogitLossKind, SpecError};
 use corpus::{Blocks, Corpus, Document};
-use setup::{StudentPlan, TeacherHeader};
+use setup::{Job, GENERATIONS_FILE};
 use targets::TopKCache;
 use train::{LmPlan, Soft};
 
-/// The teacher's continuations of the training prompts (sequence mode), one JSON object a line.
-pub const GENERATIONS_FILE: &str = "teacher-generations.jsonl";
 const CACHE_FILE: &str = "teacher-top-k.bin";
 
 /// The end-of-sequence token: the config's, or the tokenizer's `<|endoftext|>` or `</s>`.
@@ -66,7 +64,7 @@ pub fn preflight(spec: &JobSpec, root: &DataRoot) -> Result<Admission, SpecError
     Ok(Admission {
         memory: estimate_memory(spec, &header.config, &student.config, blocks.count()),
         size: job_size(spec, &header.config, &student.config, blocks.count()),
-        warnings: warnings(spec, &header.config, &student.config),
+        warnings: setup::warnings(spec, &header.config, &student.config),
     })
 }
 
@@ -107,34 +105,6 @@ fn job_size(spec: &JobSpec, teacher: &LlamaConfig, student: &LlamaConfig, blocks
         batch_size: ("training.batch_size".into(), spec.training.batch_size as u64),
         sequence_length: Some(("dataset.max_length".into(), spec.block_length() as u64)),
     }
-}
-
-/// What the spec alone warns of: a student far smaller than its teacher, T = 1 with a top-k
-/// cache at the default temperature is fine; T far from 1 for LMs is unusual.
-fn warnings(spec: &JobSpec, teacher: &LlamaConfig, student: &LlamaConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    let share = student.parameter_count() as f64 / teacher.parameter_count() as f64;
-    if share < 0.1 {
-        out.push(format!(
-            "the student has {:.1}% of the teacher's parameters; below 10% what a student keeps of its teacher falls off fast",
-            share * 100.0
-        ));
-    }
-    if spec.distill.mode == DistillMode::Token && spec.distill.alpha.at(0.0) == 0.0 && spec.distill.alpha.at(1.0) == 0.0
-    {
-        out.push("distill.alpha is 0: the student learns from the corpus alone, like the baseline".into());
-    }
-    out
-}
-
-/// What every phase of a job shares.
-struct Job<'a, 'c> {
-    spec: &'a JobSpec,
-    teacher: &'a Llama,
-    header: &'a TeacherHeader,
-    plan: &'a StudentPlan,
-    ctx: PhaseContext<'c>,
-    eos: u32,
 }
 
 /// Runs a language-model job on `device` (named `device_name` in the report).

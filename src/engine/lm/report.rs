@@ -6,7 +6,7 @@ use candle_core::Device;
 use super::corpus::{self, Blocks, Corpus};
 use super::evaluate::{score, scoring_ms, Scores};
 use super::generate::{continue_prompt, rouge_l};
-use super::{Job, GENERATIONS_FILE};
+use super::setup::{Job, GENERATIONS_FILE};
 use crate::engine::job::report::{
     DatasetSummary, DistillationSummary, GenerationsReport, LanguageModelReport, LanguageModelScores, Latency,
     ModelReport, PairedTest, Report, SampleContinuation, Speedup, Task,
@@ -195,7 +195,7 @@ pub(super) fn build(
         student: student_row,
         baseline: baseline_row,
         language_model: Some(language_model),
-        warnings: super::warnings(spec, &job.teacher.config, &job.plan.config),
+        warnings: super::setup::warnings(spec, &job.teacher.config, &job.plan.config),
     })
 }
 

@@ -10,9 +10,24 @@ use crate::engine::data::root::DataRoot;
 use crate::engine::models::llama::{self, Llama, LlamaConfig};
 use crate::engine::models::{gguf, ModelError};
 use crate::engine::rng::Rng;
-use crate::spec::{JobSpec, LayerCopy, SpecError, TransformerInit};
+use crate::engine::train::PhaseContext;
+use crate::spec::{DistillMode, JobSpec, LayerCopy, SpecError, TransformerInit};
 
 const FIELD: &str = "teacher.arch.path";
+
+/// The teacher's continuations of the training prompts (sequence mode), one JSON object a line.
+pub const GENERATIONS_FILE: &str = "teacher-generations.jsonl";
+
+/// What every phase of a job, its report and its export share: the spec, the teacher as read,
+/// the student derived from it, where files and events go, and the end-of-sequence token.
+pub struct Job<'a, 'c> {
+    pub spec: &'a JobSpec,
+    pub teacher: &'a Llama,
+    pub header: &'a TeacherHeader,
+    pub plan: &'a StudentPlan,
+    pub ctx: PhaseContext<'c>,
+    pub eos: u32,
+}
 
 /// A Hugging Face folder's files that travel with an exported student when present.
 pub const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"];
@@ -167,4 +182,22 @@ impl StudentPlan {
         }
         Llama::new(self.config.clone(), tensors)
     }
+}
+
+/// What the spec alone warns of: a student far below 10% of its teacher, or α = 0 (the student
+/// then learns as the baseline does).
+pub fn warnings(spec: &JobSpec, teacher: &LlamaConfig, student: &LlamaConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let share = student.parameter_count() as f64 / teacher.parameter_count() as f64;
+    if share < 0.1 {
+        out.push(format!(
+            "the student has {:.1}% of the teacher's parameters; below 10% what a student keeps of its teacher falls off fast",
+            share * 100.0
+        ));
+    }
+    if spec.distill.mode == DistillMode::Token && spec.distill.alpha.at(0.0) == 0.0 && spec.distill.alpha.at(1.0) == 0.0
+    {
+        out.push("distill.alpha is 0: the student learns from the corpus alone, like the baseline".into());
+    }
+    out
 }
