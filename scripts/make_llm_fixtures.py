@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes a tiny random Llama, its GGUF copy and the references the Rust tests compare against.
 
-    python3 -m venv .venv && .venv/bin/pip install torch transformers tokenizers safetensors gguf
+    python3 -m venv .venv && .venv/bin/pip install torch transformers tokenizers safetensors gguf accelerate
     .venv/bin/python scripts/make_llm_fixtures.py [--smollm2 PATH.gguf]
 
 Outputs (committed; CI only reads them):
