@@ -303,6 +303,22 @@ fn an_interrupted_token_job_resumes_from_its_checkpoint_and_finishes() {
 }
 
 #[test]
+fn a_cancelled_language_model_job_stops_with_cancelled() {
+    let root = data_root();
+    let job = tempfile::tempdir().unwrap();
+    let control = distillery::engine::Control::default();
+    let mut sink = |event: distillery::engine::EngineEvent| {
+        if matches!(event, distillery::engine::EngineEvent::Progress(ref p) if p.step == 2) {
+            control.cancel();
+        }
+    };
+    let outcome =
+        common::run_with(&spec(token_spec("models/tiny-llama")), root.path(), job.path(), &control, &mut sink);
+    assert!(matches!(outcome, Err(distillery::engine::EngineError::Cancelled)), "{:?}", outcome.err());
+    assert!(!job.path().join("student.safetensors").exists(), "a cancelled phase finishes nothing");
+}
+
+#[test]
 fn a_sequence_level_job_trains_on_the_teachers_continuations() {
     let root = data_root();
     let job = tempfile::tempdir().unwrap();

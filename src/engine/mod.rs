@@ -185,6 +185,15 @@ enum Stop {
     Interrupted,
 }
 
+impl From<Stop> for EngineError {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            Stop::Cancelled => EngineError::Cancelled,
+            Stop::Interrupted => EngineError::Interrupted,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cancelled")]

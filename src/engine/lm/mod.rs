@@ -213,10 +213,7 @@ impl Job<'_, '_> {
         let control = self.ctx.control;
         let mut progress = |done: usize, all: usize| -> Result<(), EngineError> {
             sink(EngineEvent::Log(format!("teacher cache: {done} of {all} blocks scored")));
-            match control.check() {
-                Some(_) => Err(EngineError::Interrupted),
-                None => Ok(()),
-            }
+            control.check().map_or(Ok(()), |stop| Err(stop.into()))
         };
         let (cache, reused) = TopKCache::open_or_fill(&path, teacher, blocks, (k, temperature), device, &mut progress)?;
         let report = CacheReport {
@@ -286,8 +283,8 @@ impl Job<'_, '_> {
         let started = Instant::now();
         let mut rng = Rng::stream(settings.seed, &[done.len() as u64]);
         for (i, prompt) in prompts.iter().enumerate().skip(done.len()) {
-            if self.ctx.control.check().is_some() {
-                return Err(EngineError::Interrupted);
+            if let Some(stop) = self.ctx.control.check() {
+                return Err(stop.into());
             }
             let mut tokens =
                 generate::continue_prompt(self.teacher, prompt, &settings, Some(self.eos), &mut rng, self.ctx.device)?

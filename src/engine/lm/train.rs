@@ -18,7 +18,7 @@ use crate::engine::rng::Rng;
 use crate::engine::train::loss::LogitLoss;
 use crate::engine::train::optim::Optimizer;
 use crate::engine::train::{learning_rate, PhaseContext, PhaseSummary};
-use crate::engine::{CheckpointInfo, EngineError, EngineEvent, EpochMetrics, Phase, Progress, Stop};
+use crate::engine::{CheckpointInfo, EngineError, EngineEvent, EpochMetrics, Phase, Progress};
 use crate::spec::{OptimizerSpec, Schedule, Scheduled};
 
 /// How one phase trains.
@@ -127,10 +127,7 @@ impl Run<'_, '_> {
         for batch in &batches[self.position.batches_into_epoch..] {
             if let Some(stop) = self.ctx.control.check() {
                 self.save()?;
-                return Err(match stop {
-                    Stop::Cancelled => EngineError::Cancelled,
-                    Stop::Interrupted => EngineError::Interrupted,
-                });
+                return Err(stop.into());
             }
             let started = Instant::now();
             let loss = self.step(batch, epoch)?;
