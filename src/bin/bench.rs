@@ -454,6 +454,7 @@ fn main() -> anyhow::Result<()> {
     };
 
     let gflops = |rate: f64| rate / batch as f64 * flops / 1e9;
+    println!("cpu: {}", distillery::engine::kernels::fastmath::cpu_and_dispatch());
     println!("distillation step: {}, Hinton T=4 α=0.7, AdamW, batch {batch}", setup.description);
     println!(
         "{:.2} GFLOP a step; {} rounds × {steps} steps, medians; candle threads {threads}",

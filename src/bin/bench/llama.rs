@@ -143,6 +143,7 @@ pub fn run(rounds: usize, steps: usize, python: Option<&str>) -> anyhow::Result<
             torch.push(torch_step(python, steps, warmup).map_err(anyhow::Error::msg)?);
         }
     }
+    println!("cpu: {}", distillery::engine::kernels::fastmath::cpu_and_dispatch());
     println!(
         "token-level KD step: SmolLM2-135M-shaped teacher (30 layers, frozen) → 6-layer student, {TOKENS} tokens, \
          0.9·KL (T = 1, full vocabulary 49,152) + 0.1·CE, AdamW; {rounds} rounds × {steps} steps, medians"

@@ -54,6 +54,36 @@ pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// What this CPU runs, for benchmark headers: its model name (from `/proc/cpuinfo`) and the
+/// instruction set each kernel family dispatches to at run time: gemm (candle's matmul and the
+/// fused linear; AVX-512 needs its `x86-v4` feature, which Cargo.toml turns on) and the loops
+/// [`vectorised`] compiles for AVX2.
+pub fn cpu_and_dispatch() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    #[cfg(target_arch = "x86_64")]
+    let (gemm, loops) = {
+        let avx512 = std::is_x86_feature_detected!("avx512f");
+        let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        let gemm = match (avx512, avx2) {
+            (true, _) => "AVX-512 (x86-v4)",
+            (false, true) => "AVX2 + FMA (x86-v3)",
+            (false, false) => "SSE2 baseline",
+        };
+        (gemm, if std::is_x86_feature_detected!("avx2") { "AVX2" } else { "SSE2" })
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let (gemm, loops) = ("as built", "as built");
+    format!(
+        "{model}, {} threads; gemm dispatches {gemm}, the engine's kernel loops {loops}",
+        candle_core::utils::get_num_threads()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
