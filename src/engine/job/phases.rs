@@ -20,7 +20,7 @@ use crate::engine::train::loss::LogitLoss;
 use crate::engine::train::{evaluate, train_phase, PhaseContext, PhasePlan, PhaseSummary, Teachers};
 use crate::engine::{EngineError, EngineEvent, Phase};
 use crate::layout::STATE_FILE;
-use crate::spec::{JobSpec, LogitLossKind, PhaseTrainSpec, Scheduled, SpecError, TeacherSpec};
+use crate::spec::{JobSpec, PhaseTrainSpec, Scheduled, SpecError, TeacherSpec};
 
 /// A model of the job and how it was trained here (`None`: loaded, used as found, or an
 /// untrained reference).
@@ -355,12 +355,7 @@ pub(super) fn student_plan(target: Target, phase: Phase, seed: u64) -> PhasePlan
         seed,
         temperature: distill.temperature,
         alpha: distill.alpha,
-        loss: match distill.loss {
-            LogitLossKind::Kl => LogitLoss::Kl,
-            LogitLossKind::ReverseKl => LogitLoss::ReverseKl,
-            LogitLossKind::Js => LogitLoss::Js { beta: distill.beta.unwrap_or(0.5) },
-            LogitLossKind::Mse => LogitLoss::Mse,
-        },
+        loss: LogitLoss::of(distill),
         intermediate: target.resolved.pairs.clone(),
         shift: training.augment.map(|a| a.shift),
         early_stopping: training.early_stopping,

@@ -30,7 +30,7 @@ use crate::engine::train::loss::LogitLoss;
 use crate::engine::train::{CacheReport, PhaseContext, PhaseSummary};
 use crate::engine::{EngineError, EngineEvent, Phase};
 use crate::layout::{weights_file, HF_ARCHIVE, HF_FOLDER};
-use crate::spec::{DistillMode, JobSpec, LogitLossKind, SpecError};
+use crate::spec::{DistillMode, JobSpec, SpecError};
 use corpus::{Blocks, Corpus, Document};
 use setup::{Job, GENERATIONS_FILE};
 use targets::TopKCache;
@@ -164,11 +164,6 @@ impl Job<'_, '_> {
     fn train_plan(&self, phase: Phase, soft: bool) -> LmPlan {
         let t = &self.spec.training;
         let d = &self.spec.distill;
-        let kind = match d.loss {
-            LogitLossKind::ReverseKl => LogitLoss::ReverseKl,
-            LogitLossKind::Js => LogitLoss::Js { beta: d.beta.unwrap_or(0.5) },
-            LogitLossKind::Kl | LogitLossKind::Mse => LogitLoss::Kl,
-        };
         LmPlan {
             phase,
             epochs: t.epochs,
@@ -177,7 +172,8 @@ impl Job<'_, '_> {
             schedule: t.schedule,
             warmup_steps: t.warmup_steps,
             seed: t.seed,
-            soft: soft.then(|| (kind, d.temperature.at(0.0), d.alpha)),
+            // `mse` is refused for causal LMs at submission.
+            soft: soft.then(|| (LogitLoss::of(d), d.temperature.at(0.0), d.alpha)),
         }
     }
 

@@ -65,6 +65,19 @@ pub enum LogitLoss {
     Mse,
 }
 
+impl LogitLoss {
+    /// The spec's `distill.loss` (with its `beta`, 0.5 by default).
+    pub fn of(distill: &crate::spec::DistillSpec) -> Self {
+        use crate::spec::LogitLossKind;
+        match distill.loss {
+            LogitLossKind::Kl => LogitLoss::Kl,
+            LogitLossKind::ReverseKl => LogitLoss::ReverseKl,
+            LogitLossKind::Js => LogitLoss::Js { beta: distill.beta.unwrap_or(0.5) },
+            LogitLossKind::Mse => LogitLoss::Mse,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FeatureLoss {
     Mse,
