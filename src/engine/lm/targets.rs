@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 
 use super::corpus::Blocks;
 use crate::engine::models::llama::Llama;
-use crate::engine::train::loss::{logit_loss, LogitLoss};
+use crate::engine::train::loss::{logit_loss, KdLoss, LogitLoss};
 use crate::engine::train::top_k_row;
 use crate::engine::EngineError;
 
@@ -217,15 +217,6 @@ impl Targets {
     }
 }
 
-/// The parts of one step's loss.
-pub struct TokenLoss {
-    pub total: Tensor,
-    /// The divergence to the teacher (× T²), before weighting by α.
-    pub soft: Option<Tensor>,
-    /// Next-token cross-entropy on the data, before weighting by 1 − α.
-    pub hard: Tensor,
-}
-
 /// α·D(teacher, student)·T² + (1 − α)·CE(student, data), averaged over the target tokens;
 /// `student` holds its logits at them (`tokens × vocab`).
 pub fn token_loss(
@@ -233,12 +224,12 @@ pub fn token_loss(
     teacher: Option<&TeacherRows>,
     next: &Tensor,
     (kind, temperature, alpha): (LogitLoss, f64, f64),
-) -> candle_core::Result<TokenLoss> {
+) -> candle_core::Result<KdLoss> {
     let hard = candle_nn::loss::cross_entropy(student, next)?;
     let Some(teacher) = teacher.filter(|_| alpha > 0.0) else {
-        return Ok(TokenLoss { total: hard.clone(), soft: None, hard });
+        return Ok(KdLoss { total: hard.clone(), soft: None, hard });
     };
     let soft = teacher.divergence(kind, student, temperature)?;
     let total = ((&soft * alpha)? + (&hard * (1.0 - alpha))?)?;
-    Ok(TokenLoss { total, soft: Some(soft), hard })
+    Ok(KdLoss { total, soft: Some(soft), hard })
 }
