@@ -244,6 +244,9 @@ impl DatasetSpec {
     }
 }
 
+/// Tokens a text (or a corpus's block) holds without `max_length`.
+pub const DEFAULT_MAX_LENGTH: usize = 128;
+
 pub(super) fn default_validation_split() -> f64 {
     0.2
 }

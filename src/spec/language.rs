@@ -4,8 +4,6 @@
 
 use super::*;
 
-/// Block length of a corpus without `dataset.max_length`.
-pub const DEFAULT_BLOCK_LENGTH: usize = 128;
 /// Teacher logits kept per token without `distill.cache.top_k`.
 pub const DEFAULT_TOP_K: usize = 32;
 
@@ -15,9 +13,9 @@ impl JobSpec {
         self.dataset.source == DatasetSource::Corpus
     }
 
-    /// The corpus's block length.
+    /// The corpus's block length (`dataset.max_length`).
     pub fn block_length(&self) -> usize {
-        self.dataset.max_length.unwrap_or(DEFAULT_BLOCK_LENGTH)
+        self.dataset.max_length.unwrap_or(DEFAULT_MAX_LENGTH)
     }
 
     /// Teacher logits kept per token (`None`: every logit, the teacher run at every step).

@@ -14,9 +14,7 @@ use tokenizers::{
 
 use crate::engine::data::root::DataRoot;
 use crate::engine::rng::{streams, Rng};
-use crate::spec::{DatasetSpec, SpecError};
-
-const DEFAULT_MAX_LENGTH: usize = 128;
+use crate::spec::{DatasetSpec, SpecError, DEFAULT_MAX_LENGTH};
 
 /// Tokenised rows, each `max_length` long, row-major.
 #[derive(Debug, Clone, Default)]
