@@ -391,6 +391,10 @@ fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
 struct Rope {
     cos: Tensor,
     sin: Tensor,
+    /// `t × d`: each angle twice, the layout the composed (training) rotation multiplies by;
+    /// built once for all layers.
+    cos_both: Tensor,
+    sin_both: Tensor,
 }
 
 impl Rope {
@@ -401,7 +405,10 @@ impl Rope {
         let angles: Vec<f32> =
             (offset..offset + t).flat_map(|p| inverse.iter().map(move |f| (p as f64 * f) as f32)).collect();
         let angles = Tensor::from_vec(angles, (t, half), device)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()? })
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let cos_both = Tensor::cat(&[&cos, &cos], D::Minus1)?;
+        let sin_both = Tensor::cat(&[&sin, &sin], D::Minus1)?;
+        Ok(Self { cos, sin, cos_both, sin_both })
     }
 
     /// `x`: `batch × heads × t × d`, contiguous.
@@ -410,12 +417,10 @@ impl Rope {
             return candle_nn::rotary_emb::rope(x, &self.cos, &self.sin);
         }
         let half = x.dim(D::Minus1)? / 2;
-        let cos = Tensor::cat(&[&self.cos, &self.cos], D::Minus1)?;
-        let sin = Tensor::cat(&[&self.sin, &self.sin], D::Minus1)?;
         let first = x.narrow(D::Minus1, 0, half)?;
         let second = x.narrow(D::Minus1, half, half)?;
         let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
-        x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        x.broadcast_mul(&self.cos_both)? + rotated.broadcast_mul(&self.sin_both)?
     }
 }
 
