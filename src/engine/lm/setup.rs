@@ -99,8 +99,7 @@ pub fn read_teacher(spec: &JobSpec, root: &DataRoot, device: &Device) -> Result<
     }
     let header = read_header(spec, root)?;
     let weights = root.read(&format!("{path}/model.safetensors"), FIELD)?;
-    let config_json = root.read(&format!("{path}/config.json"), FIELD)?;
-    let model = llama::from_files(&config_json, &weights, device).map_err(refuse)?;
+    let model = llama::with_weights(header.config.clone(), &weights, device).map_err(refuse)?;
     Ok((model, header))
 }
 

@@ -429,7 +429,11 @@ impl Rope {
 pub fn from_files(config_json: &[u8], weights: &[u8], device: &Device) -> std::result::Result<Llama, ModelError> {
     let raw: Value = serde_json::from_slice(config_json)
         .map_err(|e| ModelError::Format(format!("config.json is unreadable: {e}")))?;
-    let config = LlamaConfig::from_hf(&raw)?;
+    with_weights(LlamaConfig::from_hf(&raw)?, weights, device)
+}
+
+/// The model of `config` with the tensors of a `model.safetensors`.
+pub fn with_weights(config: LlamaConfig, weights: &[u8], device: &Device) -> std::result::Result<Llama, ModelError> {
     let (tensors, _) = parse_safetensors(weights, device).map_err(ModelError::Format)?;
     let mut tensors: HashMap<String, Tensor> =
         tensors.into_iter().map(|(name, t)| Ok((name, t.to_dtype(DType::F32)?))).collect::<Result<_>>()?;
