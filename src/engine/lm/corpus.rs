@@ -8,7 +8,7 @@ use tokenizers::Tokenizer;
 
 use crate::engine::data::root::DataRoot;
 use crate::engine::rng::Rng;
-use crate::spec::{JobSpec, SpecError};
+use crate::spec::{GenerationSpec, JobSpec, SpecError};
 
 /// The most documents and tokens a corpus may hold.
 pub const MAX_DOCUMENTS: usize = 1_000_000;
@@ -177,6 +177,13 @@ pub fn pack(documents: &[Document], length: usize, eos: u32, limit: Option<usize
     // Position i predicts token i + 1 of the same block; a block's last position predicts nothing.
     let trained = (0..padded).map(|i| (i + 1) % length != 0 && is_target[i + 1]).collect();
     Blocks { length, ids, trained }
+}
+
+/// Up to `count` prompts from `documents`, each cut so that it and `max_new_tokens` more fit a
+/// block of `block_length` (see [`prompt_of`]).
+pub fn prompts(documents: &[Document], settings: &GenerationSpec, block_length: usize, count: usize) -> Vec<Vec<u32>> {
+    let room = block_length - settings.max_new_tokens;
+    documents.iter().filter_map(|d| prompt_of(d, settings.prompt_tokens, room)).take(count).collect()
 }
 
 /// A document's prompt for generation: its own prompt, or the first `prompt_tokens` tokens of

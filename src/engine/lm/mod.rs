@@ -260,13 +260,8 @@ impl Job<'_, '_> {
     /// [`GENERATIONS_FILE`] as it goes (a restarted job carries on after the last whole line).
     fn teacher_generations(&mut self, corpus: &Corpus) -> Result<(Vec<Document>, report::Generated), EngineError> {
         let settings = self.spec.generation();
-        let room = self.spec.block_length() - settings.max_new_tokens;
-        let prompts: Vec<Vec<u32>> = corpus
-            .train
-            .iter()
-            .filter_map(|d| corpus::prompt_of(d, settings.prompt_tokens, room))
-            .take(settings.max_prompts.unwrap_or(usize::MAX))
-            .collect();
+        let count = settings.max_prompts.unwrap_or(usize::MAX);
+        let prompts = corpus::prompts(&corpus.train, &settings, self.spec.block_length(), count);
         if prompts.is_empty() {
             return Err(SpecError::new(
                 "distill.generation.prompt_tokens",

@@ -102,13 +102,7 @@ pub(super) fn build(
     let spec = job.spec;
     let device = job.ctx.device;
     let settings = spec.generation();
-    let room = spec.block_length() - settings.max_new_tokens;
-    let prompts: Vec<Vec<u32>> = corpus
-        .held_out
-        .iter()
-        .filter_map(|d| corpus::prompt_of(d, settings.prompt_tokens, room))
-        .take(settings.report_prompts)
-        .collect();
+    let prompts = corpus::prompts(&corpus.held_out, &settings, spec.block_length(), settings.report_prompts);
     let how = (&settings, job.eos, spec.training.batch_size);
     let teacher = judge(job.teacher, None, held_out, &prompts, how, device)?;
     let student = judge(&trained.student.0, Some(job.teacher), held_out, &prompts, how, device)?;
