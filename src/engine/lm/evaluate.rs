@@ -30,46 +30,81 @@ impl Scores {
     }
 }
 
-/// Scores `model` on `blocks`, beside `teacher` when given (its own scores would compare it
-/// with itself: agreement 1, KL 0).
-pub fn score(
-    model: &Llama,
+/// Running sums of one model's scores.
+#[derive(Default)]
+struct Tally {
+    scores: Scores,
+    loss_sum: f64,
+    kl_sum: f64,
+    agreed: usize,
+}
+
+impl Tally {
+    /// One batch: the model's log-probabilities at the target positions, and the teacher's
+    /// with its top tokens (`None` for the teacher itself).
+    fn add(
+        &mut self,
+        log_p: &Tensor,
+        targets: &Targets,
+        teacher: Option<(&Tensor, &[u32])>,
+    ) -> candle_core::Result<()> {
+        let picked = log_p.gather(&targets.next.unsqueeze(1)?, 1)?.squeeze(1)?;
+        self.loss_sum -= picked.sum_all()?.to_scalar::<f32>()? as f64;
+        let predictions = log_p.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        if let Some((teacher_log_p, teacher_top)) = teacher {
+            let kl = (teacher_log_p.exp()? * (teacher_log_p - log_p)?)?.sum_all()?;
+            self.kl_sum += kl.to_scalar::<f32>()? as f64;
+            self.agreed += predictions.iter().zip(teacher_top).filter(|(a, b)| a == b).count();
+        } else {
+            self.agreed += predictions.len();
+        }
+        self.scores.predictions.extend(predictions);
+        self.scores.next.extend(targets.next.to_vec1::<u32>()?);
+        Ok(())
+    }
+
+    fn finish(self) -> Scores {
+        let mut scores = self.scores;
+        let n = scores.next.len().max(1) as f64;
+        scores.loss = self.loss_sum / n;
+        scores.accuracy = scores.predictions.iter().zip(&scores.next).filter(|(p, y)| p == y).count() as f64 / n;
+        scores.agreement = self.agreed as f64 / n;
+        scores.kl_to_teacher = self.kl_sum / n;
+        scores
+    }
+}
+
+/// Scores `teacher` on `blocks`, and each of `models` beside it, running the teacher once a
+/// batch (the teacher's own agreement is 1 and its KL 0).
+pub fn score_beside(
+    teacher: &Llama,
+    models: &[&Llama],
     blocks: &Blocks,
-    teacher: Option<&Llama>,
     batch_size: usize,
     device: &Device,
-) -> Result<Scores, EngineError> {
-    let mut scores = Scores::default();
-    let (mut loss_sum, mut kl_sum, mut agreed) = (0.0, 0.0, 0usize);
+) -> Result<(Scores, Vec<Scores>), EngineError> {
+    let mut teacher_tally = Tally::default();
+    let mut tallies: Vec<Tally> = models.iter().map(|_| Tally::default()).collect();
     let all: Vec<usize> = (0..blocks.count()).collect();
+    let log_p = |model: &Llama, ids: &Tensor, targets: &Targets| -> candle_core::Result<Tensor> {
+        log_softmax(&targets.select(&model.forward(ids, false, false)?.logits)?, D::Minus1)
+    };
     for batch in all.chunks(batch_size.max(1)) {
         let Some(targets) = Targets::of(blocks, batch, device)? else { continue };
         let ids = ids_tensor(blocks, batch, device)?;
-        let log_p = log_softmax(&targets.select(&model.forward(&ids, false, false)?.logits)?, D::Minus1)?;
-        let next = targets.next.to_vec1::<u32>()?;
-        let picked = log_p.gather(&targets.next.unsqueeze(1)?, 1)?.squeeze(1)?;
-        loss_sum -= picked.sum_all()?.to_scalar::<f32>()? as f64;
-        let predictions = log_p.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        if let Some(teacher) = teacher {
-            let teacher_log_p = log_softmax(&targets.select(&teacher.forward(&ids, false, false)?.logits)?, D::Minus1)?;
-            let kl = (teacher_log_p.exp()? * (&teacher_log_p - &log_p)?)?.sum_all()?;
-            kl_sum += kl.to_scalar::<f32>()? as f64;
-            let teacher_top = teacher_log_p.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            agreed += predictions.iter().zip(&teacher_top).filter(|(a, b)| a == b).count();
+        let teacher_log_p = log_p(teacher, &ids, &targets)?;
+        let teacher_top = teacher_log_p.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        teacher_tally.add(&teacher_log_p, &targets, None)?;
+        for (model, tally) in models.iter().zip(&mut tallies) {
+            tally.add(&log_p(model, &ids, &targets)?, &targets, Some((&teacher_log_p, &teacher_top)))?;
         }
-        scores.predictions.extend(predictions);
-        scores.next.extend(next);
     }
-    let n = scores.next.len().max(1) as f64;
-    scores.loss = loss_sum / n;
-    scores.accuracy = scores.predictions.iter().zip(&scores.next).filter(|(p, y)| p == y).count() as f64 / n;
-    if teacher.is_some() {
-        scores.agreement = agreed as f64 / n;
-        scores.kl_to_teacher = kl_sum / n;
-    } else {
-        scores.agreement = 1.0;
-    }
-    Ok(scores)
+    Ok((teacher_tally.finish(), tallies.into_iter().map(Tally::finish).collect()))
+}
+
+/// Scores `model` on `blocks` alone (its loss and accuracy; agreement 1, KL 0).
+pub fn score(model: &Llama, blocks: &Blocks, batch_size: usize, device: &Device) -> Result<Scores, EngineError> {
+    Ok(score_beside(model, &[], blocks, batch_size, device)?.0)
 }
 
 /// Milliseconds of one forward pass over `batch` blocks of `blocks` (the first ones, cycled):

@@ -4,7 +4,7 @@
 use candle_core::Device;
 
 use super::corpus::{self, Blocks, Corpus};
-use super::evaluate::{score, scoring_ms, Scores};
+use super::evaluate::{score_beside, scoring_ms, Scores};
 use super::generate::{continue_prompt, rouge_l};
 use super::setup::{Job, GENERATIONS_FILE};
 use crate::engine::job::report::{
@@ -42,15 +42,15 @@ struct Judged {
     latency: Latency,
 }
 
+/// `model`'s continuations and timings, with its held-out `scores`.
 fn judge(
     model: &Llama,
-    teacher: Option<&Llama>,
+    scores: Scores,
     held_out: &Blocks,
     prompts: &[Vec<u32>],
     (settings, eos, batch): (&GenerationSpec, u32, usize),
     device: &Device,
 ) -> Result<Judged, EngineError> {
-    let scores = score(model, held_out, teacher, batch, device)?;
     let greedy = GenerationSpec { sample: false, ..*settings };
     let (mut continuations, mut tokens, mut seconds) = (Vec::new(), 0usize, 0.0);
     for prompt in prompts {
@@ -104,10 +104,15 @@ pub(super) fn build(
     let settings = spec.generation();
     let prompts = corpus::prompts(&corpus.held_out, &settings, spec.block_length(), settings.report_prompts);
     let how = (&settings, job.eos, spec.training.batch_size);
-    let teacher = judge(job.teacher, None, held_out, &prompts, how, device)?;
-    let student = judge(&trained.student.0, Some(job.teacher), held_out, &prompts, how, device)?;
-    let baseline =
-        trained.baseline.map(|b| judge(&b.0, Some(job.teacher), held_out, &prompts, how, device)).transpose()?;
+    // The teacher runs once over the held-out blocks, the students beside it.
+    let students: Vec<&Llama> = std::iter::once(&trained.student.0).chain(trained.baseline.map(|b| &b.0)).collect();
+    let (teacher_scores, scores) = score_beside(job.teacher, &students, held_out, spec.training.batch_size, device)?;
+    let mut scores = scores.into_iter();
+    let teacher = judge(job.teacher, teacher_scores, held_out, &prompts, how, device)?;
+    let student_scores = scores.next().expect("the student was scored");
+    let student = judge(&trained.student.0, student_scores, held_out, &prompts, how, device)?;
+    let baseline = trained.baseline.zip(scores.next()).map(|(b, s)| judge(&b.0, s, held_out, &prompts, how, device));
+    let baseline = baseline.transpose()?;
     let decode = |tokens: &[u32]| job.header.tokenizer.decode(tokens, false).unwrap_or_default();
     let samples = (0..prompts.len().min(SAMPLES))
         .map(|i| SampleContinuation {

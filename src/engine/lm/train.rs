@@ -199,7 +199,7 @@ impl Run<'_, '_> {
         self.position.epochs_done += 1;
         self.position.batches_into_epoch = 0;
         self.position.partial_loss_sum = 0.0;
-        let scores = score(&self.model, held_out, None, self.plan.batch_size, self.ctx.device)?;
+        let scores = score(&self.model, held_out, self.plan.batch_size, self.ctx.device)?;
         (self.ctx.sink)(EngineEvent::Epoch(EpochMetrics {
             phase: self.plan.phase,
             epoch: self.position.epochs_done,
