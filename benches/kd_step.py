@@ -26,12 +26,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def mlp(widths):
+def mlp(widths, dropout=0.0):
+    """Linear layers with ReLU between them and, when training with dropout, dropout after each hidden one."""
     layers = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
         layers.append(nn.Linear(a, b))
         if i + 2 < len(widths):
             layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 

@@ -6,6 +6,7 @@
 //!     cargo run --release --bin bench -- --model conv # the conv nets
 //!     cargo run --release --bin bench -- --model bert # the transformers
 //!     cargo run --release --bin bench -- --model llama # causal LMs (see llama.rs)
+//!     cargo run --release --bin bench -- --model mlp-train # whole training phases (phase.rs)
 //!
 //! Step: frozen teacher forward, student forward, Hinton loss (T = 4, α = 0.7), backward, AdamW;
 //! batch 128 (32 for bert). `--model mlp` (default): teacher MLP 784-1200-1200-10, student MLP
@@ -20,6 +21,8 @@
 
 #[path = "bench/llama.rs"]
 mod llama;
+#[path = "bench/phase.rs"]
+mod phase;
 
 use std::path::Path;
 use std::process::Command;
@@ -68,6 +71,12 @@ struct Args {
     /// Run only the engine's variant (for profiling it, or for quicker rounds).
     #[arg(long)]
     engine_only: bool,
+    /// mlp-train and bert-train: training samples an epoch (default 12,800; 512 for bert-train).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// mlp-train and bert-train: epochs (default 3; 2 for bert-train).
+    #[arg(long)]
+    epochs: Option<u32>,
 }
 
 impl Args {
@@ -83,6 +92,15 @@ impl Args {
             Model::Bert => 32,
             _ => 128,
         })
+    }
+
+    /// The whole-phase configurations.
+    fn workload(&self) -> Option<phase::Workload> {
+        match self.model {
+            Model::MlpTrain => Some(phase::Workload::Mlp),
+            Model::BertTrain => Some(phase::Workload::Bert),
+            _ => None,
+        }
     }
 
     /// Untimed steps before the timed ones, on both sides.
@@ -101,6 +119,10 @@ enum Model {
     Bert,
     /// SmolLM2-135M's sizes into 6 layers; its own step and table (`llama.rs`).
     Llama,
+    /// A whole teacher-training phase of an MLP (`phase.rs`).
+    MlpTrain,
+    /// A whole fine-tuning phase of a MiniLM-sized encoder (`phase.rs`).
+    BertTrain,
 }
 
 const FEATURES: usize = 784;
@@ -133,6 +155,8 @@ impl Model {
             Model::Conv => "conv",
             Model::Bert => "bert",
             Model::Llama => "llama",
+            Model::MlpTrain => "mlp-train",
+            Model::BertTrain => "bert-train",
         }
     }
 
@@ -163,7 +187,9 @@ impl Model {
                 description: "1×28×28 images, teacher conv 32-64 3×3 + 3136-256-10 (frozen), student LeNet-5".into(),
                 engine_variant: "+ fused conv+fc (the engine)",
             },
-            Model::Llama => unreachable!("--model llama takes its own path, llama::run"),
+            Model::Llama | Model::MlpTrain | Model::BertTrain => {
+                unreachable!("--model {} takes its own path", self.name())
+            }
             Model::Bert => {
                 // all-MiniLM-L6-v2's config.json sizes, with a 2-label classification head.
                 let config = |layers: usize| {
@@ -421,10 +447,28 @@ fn main() -> anyhow::Result<()> {
     distillery::engine::pin_thread_count();
     distillery::engine::tune_allocator();
     let args = Args::parse();
+    let torch = || match args.no_torch {
+        true => Ok(None),
+        false => python(&args).map(Some).map_err(anyhow::Error::msg),
+    };
     if args.model == Model::Llama {
-        let python = if args.no_torch { None } else { Some(python(&args).map_err(anyhow::Error::msg)?) };
-        return llama::run(args.rounds, args.steps.unwrap_or(5), python.as_deref());
+        return llama::run(args.rounds, args.steps.unwrap_or(5), torch()?.as_deref());
     }
+    if let Some(workload) = args.workload() {
+        let defaults = workload.default_sizes();
+        let sizes = phase::Sizes {
+            train: args.samples.unwrap_or(defaults.train),
+            epochs: args.epochs.unwrap_or(defaults.epochs),
+            batch: args.batch.unwrap_or(defaults.batch),
+            ..defaults
+        };
+        return phase::run(workload, sizes, args.rounds, torch()?.as_deref());
+    }
+    kd_steps(&args, torch()?)
+}
+
+/// The KD-step configurations (mlp, conv, bert): every variant, then PyTorch, each round; the table.
+fn kd_steps(args: &Args, python: Option<String>) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
     let (steps, batch) = (args.steps(), args.batch());
@@ -435,17 +479,16 @@ fn main() -> anyhow::Result<()> {
     };
     let flops = step_flops(&setup, batch);
     let peak = sgemm_peak(&device)?;
-    let python = if args.no_torch { None } else { Some(python(&args).map_err(anyhow::Error::msg)?) };
     let mut candle: Vec<Vec<CandleResult>> = variants.iter().map(|_| Vec::new()).collect();
     let mut torch: Vec<Value> = Vec::new();
     for round in 0..args.rounds {
         eprintln!("round {}/{}", round + 1, args.rounds);
         for (slot, &variant) in candle.iter_mut().zip(&variants) {
-            slot.push(candle_step(&args, &setup, &device, variant)?);
+            slot.push(candle_step(args, &setup, &device, variant)?);
         }
         // PyTorch runs after candle, never beside it, so the two never compete for the cores.
         if let Some(python) = &python {
-            torch.push(torch_step(python, &args).map_err(anyhow::Error::msg)?);
+            torch.push(torch_step(python, args).map_err(anyhow::Error::msg)?);
         }
     }
     let torch_rates: Vec<f64> = torch.iter().filter_map(|t| t["samples_per_s"].as_f64()).collect();
