@@ -32,6 +32,47 @@ fn gemm_parallelism() -> gemm::Parallelism {
     }
 }
 
+/// `out` (rows × cols, row-major) = [`out` +] A·B, with A (rows × inner) and B (inner × cols)
+/// read through their (column, row) strides, so either may be a transposed view.
+///
+/// # Safety
+/// The strides must keep every element of A and B inside `a` and `b`.
+pub(crate) unsafe fn gemm_rows(
+    out: &mut [f32],
+    a: &[f32],
+    (a_cs, a_rs): (usize, usize),
+    b: &[f32],
+    (b_cs, b_rs): (usize, usize),
+    (rows, cols, inner): (usize, usize, usize),
+    accumulate: bool,
+) {
+    assert!(out.len() >= rows * cols, "gemm_rows: the output holds {} values, not {rows}×{cols}", out.len());
+    // SAFETY: out holds rows × cols (checked above); the caller vouches for a's and b's strides.
+    unsafe {
+        gemm::gemm(
+            rows,
+            cols,
+            inner,
+            out.as_mut_ptr(),
+            1,
+            cols as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(),
+        );
+    }
+}
+
 /// The values of a contiguous f32 CPU tensor, for the engine's custom ops.
 pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else { candle_core::bail!("{what} must be f32") };

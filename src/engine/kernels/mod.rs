@@ -5,5 +5,6 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod fastmath;
+pub mod head_loss;
 pub mod linear;
 pub mod norm;
