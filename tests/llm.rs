@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor, Var};
 use common::{interrupted_at, run, run_to_end, smollm2_gguf, spec};
 use distillery::engine::files::read_safetensors;
 use distillery::engine::job::report::Task;
-use distillery::engine::lm::targets::{token_loss, TeacherRows};
+use distillery::engine::lm::targets::{head_token_loss, token_loss, TeacherRows};
 use distillery::engine::models::gguf;
 use distillery::engine::models::llama::{self, Llama};
 use distillery::engine::train::loss::LogitLoss;
@@ -71,6 +71,16 @@ fn logits_and_hidden_states_match_transformers_in_both_passes() {
         let hidden = Tensor::stack(&out.hidden[..out.hidden.len() - 1], 0).unwrap();
         assert_close(&format!("hidden states (train {train})"), &hidden, &reference["hidden_states"], 1e-4);
     }
+    // A frozen teacher's transposed projections: the same logits, and its tensors read back in
+    // Hugging Face's layout (a student copies them from there).
+    let frozen = model.clone().frozen().unwrap();
+    assert!(frozen.transposed);
+    let out = frozen.forward(&ids, false, false).unwrap();
+    assert_close("logits (frozen)", &out.logits, &reference["logits"], 1e-4);
+    for ((name, original), (_, read_back)) in model.named().iter().zip(frozen.named()) {
+        let difference = (original - read_back).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(difference, 0.0, "{name} read back from the frozen model");
+    }
 }
 
 #[test]
@@ -84,17 +94,22 @@ fn the_next_token_loss_and_its_gradients_match_transformers() {
     let model = Llama::new(model.config.clone(), tensors).unwrap();
     let ids = input_ids(&reference);
     let (b, t) = ids.dims2().unwrap();
-    let logits = model.forward(&ids, true, false).unwrap().logits;
-    let predicted = logits.narrow(1, 0, t - 1).unwrap().reshape((b * (t - 1), ())).unwrap();
+    let rows = |values: Tensor| values.narrow(1, 0, t - 1).unwrap().reshape((b * (t - 1), ())).unwrap();
     let next = ids.narrow(1, 1, t - 1).unwrap().flatten_all().unwrap();
-    let loss = candle_nn::loss::cross_entropy(&predicted, &next).unwrap();
-    let got = loss.to_scalar::<f32>().unwrap() as f64;
-    let want = reference["loss"].as_f64().unwrap();
-    assert!((got - want).abs() / want < 1e-5, "loss {got}, transformers {want}");
-    let grads = loss.backward().unwrap();
-    for (name, expected) in reference["grads"].as_object().unwrap() {
-        let var = &vars[named.iter().position(|(n, _)| n == name).unwrap()];
-        assert_close(&format!("d loss / d {name}"), grads.get(var.as_tensor()).unwrap(), expected, 1e-4);
+    let logits = rows(model.forward(&ids, true, false).unwrap().logits);
+    let composed = candle_nn::loss::cross_entropy(&logits, &next).unwrap();
+    // The job's path: the output layer and the loss as one op over vocabulary chunks.
+    let hidden = rows(model.final_hidden(&ids, true).unwrap());
+    let fused = head_token_loss(&hidden, model.output_weight(), None, &next, (LogitLoss::Kl, 1.0, 0.0)).unwrap().total;
+    for (path, loss) in [("composed", composed), ("fused", fused)] {
+        let got = loss.to_scalar::<f32>().unwrap() as f64;
+        let want = reference["loss"].as_f64().unwrap();
+        assert!((got - want).abs() / want < 1e-5, "{path} loss {got}, transformers {want}");
+        let grads = loss.backward().unwrap();
+        for (name, expected) in reference["grads"].as_object().unwrap() {
+            let var = &vars[named.iter().position(|(n, _)| n == name).unwrap()];
+            assert_close(&format!("{path}: d loss / d {name}"), grads.get(var.as_tensor()).unwrap(), expected, 1e-4);
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use distillery::engine::lm::targets::{token_loss, TeacherRows};
+use distillery::engine::lm::targets::{head_token_loss, TeacherRows};
 use distillery::engine::models::llama::{Llama, LlamaConfig};
 use distillery::engine::rng::Rng;
 use distillery::engine::train::loss::LogitLoss;
@@ -56,20 +56,26 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn candle_step(steps: usize, warmup: usize, cached: bool) -> candle_core::Result<StepResult> {
     let device = Device::Cpu;
     let mut rng = Rng::new(0);
-    let teacher = Llama { config: config(30), tensors: config(30).init(&mut rng, &device)? };
-    let student = Llama { config: config(STUDENT_LAYERS), tensors: config(STUDENT_LAYERS).init(&mut rng, &device)? };
+    let teacher =
+        Llama { config: config(30), tensors: config(30).init(&mut rng, &device)?, transposed: false }.frozen()?;
+    let student = Llama {
+        config: config(STUDENT_LAYERS),
+        tensors: config(STUDENT_LAYERS).init(&mut rng, &device)?,
+        transposed: false,
+    };
     let named = student.named();
     let vars: Vec<Var> = named.iter().map(|(_, t)| Var::from_tensor(t)).collect::<candle_core::Result<_>>()?;
     let tensors = named.iter().zip(&vars).map(|((n, _), v)| (n.clone(), v.as_tensor().clone())).collect();
-    let student = Llama { config: student.config.clone(), tensors };
+    let student = Llama { config: student.config.clone(), tensors, transposed: false };
     let spec = OptimizerSpec::Adamw { lr: 1e-4, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut optimizer = Optimizer::new(spec, vars)?;
     let ids: Vec<u32> = (0..TOKENS).map(|_| rng.below(49_152) as u32).collect();
     let input = Tensor::from_slice(&ids, (1, TOKENS), &device)?;
     let next = Tensor::from_slice(&ids[1..], TOKENS - 1, &device)?;
-    let teacher_rows = |logits: Tensor| logits.squeeze(0)?.narrow(0, 0, TOKENS - 1);
+    // The rows of the 127 positions that have a next token, as the job's targets select them.
+    let target_rows = |values: Tensor| values.squeeze(0)?.narrow(0, 0, TOKENS - 1);
     let cache = match cached {
-        true => Some(top_k_cache(&teacher_rows(teacher.forward(&input, false, false)?.logits)?, &device)?),
+        true => Some(top_k_cache(&target_rows(teacher.forward(&input, false, false)?.logits)?, &device)?),
         false => None,
     };
     let mut phases: [Vec<f64>; 4] = Default::default();
@@ -77,12 +83,12 @@ pub fn candle_step(steps: usize, warmup: usize, cached: bool) -> candle_core::Re
         let t0 = Instant::now();
         let target = match &cache {
             Some(rows) => rows(),
-            None => Ok(TeacherRows::Full(teacher_rows(teacher.forward(&input, false, false)?.logits)?)),
+            None => Ok(TeacherRows::Full(teacher.logits_of(&target_rows(teacher.final_hidden(&input, false)?)?)?)),
         }?;
         let t1 = Instant::now();
-        let logits = teacher_rows(student.forward(&input, true, false)?.logits)?;
+        let hidden = target_rows(student.final_hidden(&input, true)?)?;
         let t2 = Instant::now();
-        let loss = token_loss(&logits, Some(&target), &next, (LogitLoss::Kl, 1.0, 0.9))?;
+        let loss = head_token_loss(&hidden, student.output_weight(), Some(&target), &next, (LogitLoss::Kl, 1.0, 0.9))?;
         let grads = loss.total.backward()?;
         let t3 = Instant::now();
         optimizer.step(&grads, 1e-4)?;

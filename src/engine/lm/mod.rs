@@ -115,6 +115,8 @@ pub fn run(
     ctx: PhaseContext,
 ) -> Result<RunOutput, EngineError> {
     let (teacher, header) = setup::read_teacher(spec, root, device)?;
+    // Frozen for good: its projections in the layout inference runs fastest in.
+    let teacher = teacher.frozen()?;
     let plan = setup::student_plan(spec, &teacher.config)?;
     let eos = eos_token(&teacher.config, &header.tokenizer)?;
     let corpus = corpus::read(spec, root, &header.tokenizer)?;

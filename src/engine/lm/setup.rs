@@ -174,7 +174,7 @@ impl StudentPlan {
                     }
                     None => name.clone(),
                 };
-                if let Some(t) = teacher.tensors.get(&source).filter(|t| t.dims() == tensor.dims()) {
+                if let Some(t) = teacher.hf_tensor(&source).filter(|t| t.dims() == tensor.dims()) {
                     *tensor = t.copy()?;
                 }
             }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::corpus::Blocks;
+use crate::engine::kernels::head_loss::head_loss;
 use crate::engine::models::llama::Llama;
 use crate::engine::train::loss::{logit_loss, KdLoss, LogitLoss};
 use crate::engine::train::top_k_row;
@@ -211,9 +212,10 @@ impl Targets {
         }))
     }
 
-    /// The rows of `logits` (`batch × length × vocab`) at the target positions.
-    pub fn select(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
-        logits.flatten_to(1)?.index_select(&self.rows, 0)
+    /// The rows of `values` (`batch × length × width`: logits or hidden states) at the target
+    /// positions.
+    pub fn select(&self, values: &Tensor) -> candle_core::Result<Tensor> {
+        values.flatten_to(1)?.index_select(&self.rows, 0)
     }
 }
 
@@ -230,6 +232,41 @@ pub fn token_loss(
         return Ok(KdLoss { total: hard.clone(), soft: None, hard });
     };
     let soft = teacher.divergence(kind, student, temperature)?;
+    let total = ((&soft * alpha)? + (&hard * (1.0 - alpha))?)?;
+    Ok(KdLoss { total, soft: Some(soft), hard })
+}
+
+/// [`token_loss`] from the student's final hidden states at the target tokens (`tokens ×
+/// hidden`) and its output weight. On the CPU, for forward KL against the full teacher or for
+/// the labels alone, the output layer and the loss run as one op over vocabulary chunks
+/// ([`head_loss`]), never holding the student's logits; otherwise through the logits.
+pub fn head_token_loss(
+    hidden: &Tensor,
+    weight: &Tensor,
+    teacher: Option<&TeacherRows>,
+    next: &Tensor,
+    (kind, temperature, alpha): (LogitLoss, f64, f64),
+) -> candle_core::Result<KdLoss> {
+    let teacher = teacher.filter(|_| alpha > 0.0);
+    let fused = hidden.device().is_cpu()
+        && match teacher {
+            None => true,
+            Some(TeacherRows::Full(_)) => kind == LogitLoss::Kl,
+            Some(TeacherRows::TopK { .. }) => false,
+        };
+    if !fused {
+        return token_loss(&hidden.matmul(&weight.t()?)?, teacher, next, (kind, temperature, alpha));
+    }
+    let teacher_logits = match teacher {
+        Some(TeacherRows::Full(logits)) => Some(logits),
+        _ => None,
+    };
+    let parts = head_loss(hidden, weight, teacher_logits, &next.to_vec1::<u32>()?, temperature)?;
+    let hard = parts.get(1)?;
+    if teacher_logits.is_none() {
+        return Ok(KdLoss { total: hard.clone(), soft: None, hard });
+    }
+    let soft = parts.get(0)?;
     let total = ((&soft * alpha)? + (&hard * (1.0 - alpha))?)?;
     Ok(KdLoss { total, soft: Some(soft), hard })
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::corpus::Blocks;
 use super::evaluate::score;
-use super::targets::{ids_tensor, token_loss, Targets, TeacherRows, TopKCache};
+use super::targets::{head_token_loss, ids_tensor, Targets, TeacherRows, TopKCache};
 use crate::engine::files::{read_safetensors, write_safetensors};
 use crate::engine::models::llama::Llama;
 use crate::engine::rng::Rng;
@@ -77,7 +77,7 @@ pub fn train(
     let named = student.named();
     let vars = named.iter().map(|(_, t)| Var::from_tensor(t)).collect::<candle_core::Result<Vec<_>>>()?;
     let tensors = named.iter().zip(&vars).map(|((n, _), v)| (n.clone(), v.as_tensor().clone())).collect();
-    let model = Llama { config: student.config.clone(), tensors };
+    let model = Llama { config: student.config.clone(), tensors, transposed: false };
     let optimizer = Optimizer::new(plan.optimizer, vars)?;
     let checkpoint = ctx.job_dir.join(crate::layout::checkpoint_file(&plan.phase.as_str()));
     let total_steps = plan.epochs as u64 * blocks.count().div_ceil(plan.batch_size) as u64;
@@ -142,7 +142,7 @@ impl Run<'_, '_> {
         let device = self.ctx.device;
         let Some(targets) = Targets::of(self.blocks, batch, device)? else { return Ok(0.0) };
         let ids = ids_tensor(self.blocks, batch, device)?;
-        let student = targets.select(&self.model.forward(&ids, true, false)?.logits)?;
+        let student = targets.select(&self.model.final_hidden(&ids, true)?)?;
         let progress = self.position.step as f64 / self.total_steps.max(1) as f64;
         let (kind, temperature, alpha) = match self.plan.soft {
             Some((kind, temperature, alpha)) => (kind, temperature, alpha.at(progress)),
@@ -151,11 +151,12 @@ impl Run<'_, '_> {
         let teacher = match &self.soft {
             Some(Soft::Cached(cache)) => Some(cache.rows(&targets.positions, temperature, device)?),
             Some(Soft::Live(teacher)) => {
-                Some(TeacherRows::Full(targets.select(&teacher.forward(&ids, false, false)?.logits)?))
+                Some(TeacherRows::Full(teacher.logits_of(&targets.select(&teacher.final_hidden(&ids, false)?)?)?))
             }
             None => None,
         };
-        let losses = token_loss(&student, teacher.as_ref(), &targets.next, (kind, temperature, alpha))?;
+        let soft = (kind, temperature, alpha);
+        let losses = head_token_loss(&student, self.model.output_weight(), teacher.as_ref(), &targets.next, soft)?;
         let loss = losses.total.to_scalar::<f32>()? as f64;
         if !loss.is_finite() {
             return Err(EngineError::Diverged {
