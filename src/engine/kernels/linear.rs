@@ -6,7 +6,7 @@
 //! first layer, the input gradient (a full matmul) that nothing reads. The gradients are the
 //! textbook ones, checked against PyTorch and finite differences in `tests/numerics.rs`.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -290,5 +290,66 @@ impl CustomOp3 for LinearGrad {
             );
         }
         Ok((CpuStorage::F32(out), Shape::from(outputs * inputs + outputs + masked_len)))
+    }
+}
+
+/// x·Wᵀ without a bias (`x` rows × in, `weight` out × in), for layers that have none (Llama's
+/// projections). Through candle's ops the weight's gradient comes back transposed, and adding a
+/// transposed gradient into the gradient store is a strided, element-at-a-time pass per weight;
+/// here it is one gemm written in the weight's own layout.
+pub fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Projection)
+}
+
+struct Projection;
+
+impl CustomOp2 for Projection {
+    fn name(&self) -> &'static str {
+        "projection"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (&[rows, inputs], &[outputs, w_inputs]) = (xl.dims(), wl.dims()) else {
+            candle_core::bail!("projection: expected x rows×in and weight out×in")
+        };
+        if inputs != w_inputs {
+            candle_core::bail!("projection: x {:?} and weight {:?} do not fit", xl.dims(), wl.dims());
+        }
+        let x = contiguous_f32(xs, xl, "projection: the input")?;
+        let w = contiguous_f32(ws, wl, "projection: the weight")?;
+        let mut y = vec![0f32; rows * outputs];
+        // SAFETY: x holds rows × in read row-major, the weight out × in read transposed.
+        unsafe { gemm_rows(&mut y, x, (1, inputs), w, (inputs, 1), (rows, outputs, inputs), false) };
+        Ok((CpuStorage::F32(y), Shape::from((rows, outputs))))
+    }
+
+    fn bwd(&self, x: &Tensor, weight: &Tensor, _: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let grad_weight = grad.apply_op2_no_bwd(x, &ProjectionWeightGrad)?;
+        Ok((Some(grad.matmul(weight)?), Some(grad_weight)))
+    }
+}
+
+/// gradientᵀ·x (out × in) for `Projection`'s weight, from the gradient (rows × out) and x.
+struct ProjectionWeightGrad;
+
+impl CustomOp2 for ProjectionWeightGrad {
+    fn name(&self) -> &'static str {
+        "projection-weight-grad"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, xs: &CpuStorage, xl: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (&[rows, outputs], &[x_rows, inputs]) = (gl.dims(), xl.dims()) else {
+            candle_core::bail!("projection grad: expected the gradient rows×out and x rows×in")
+        };
+        if rows != x_rows {
+            candle_core::bail!("projection grad: gradient {:?} and x {:?} do not fit", gl.dims(), xl.dims());
+        }
+        let g = contiguous_f32(gs, gl, "projection grad: the gradient")?;
+        let x = contiguous_f32(xs, xl, "projection grad: the input")?;
+        let mut out = vec![0f32; outputs * inputs];
+        // SAFETY: the gradient rows × out is read transposed (column stride `outputs`), x rows × in row-major.
+        unsafe { gemm_rows(&mut out, g, (outputs, 1), x, (1, inputs), (outputs, inputs, rows), false) };
+        Ok((CpuStorage::F32(out), Shape::from((outputs, inputs))))
     }
 }

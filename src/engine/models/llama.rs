@@ -14,6 +14,7 @@ use candle_core::{DType, Device, IndexOp, Result, Tensor, D};
 use serde_json::{json, Value};
 
 use crate::engine::files::parse_safetensors;
+use crate::engine::kernels::linear;
 use crate::engine::models::ModelError;
 use crate::engine::rng::Rng;
 use crate::spec::{MAX_LAYERS, MAX_LAYER_WIDTH};
@@ -268,12 +269,19 @@ impl Llama {
         }
     }
 
-    /// `x · Wᵀ` for the projection `name`, in whichever layout it is stored.
+    /// `x · Wᵀ` for the projection `name`, in whichever layout it is stored; on the CPU a
+    /// trainable one goes through the engine's op, whose weight gradient needs no transpose.
     fn project(&self, x: &Tensor, name: &str) -> Result<Tensor> {
         let weight = self.get(name);
-        match self.transposed {
-            true => product(x, weight),
-            false => product(x, &weight.t()?),
+        match (self.transposed, x.device().is_cpu()) {
+            (true, _) => product(x, weight),
+            (false, true) => {
+                let mut dims = x.dims().to_vec();
+                let features = dims.pop().expect("x has a feature axis");
+                dims.push(weight.dim(0)?);
+                linear::project(&x.reshape(((), features))?, weight)?.reshape(dims)
+            }
+            (false, false) => product(x, &weight.t()?),
         }
     }
 
