@@ -51,7 +51,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    distillery::engine::pin_thread_count();
+    distillery::engine::set_up_threads();
     distillery::engine::tune_allocator();
     let cli = Cli::parse();
     match cli.command {

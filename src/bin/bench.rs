@@ -444,7 +444,7 @@ fn python(args: &Args) -> Result<String, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    distillery::engine::pin_thread_count();
+    distillery::engine::set_up_threads();
     distillery::engine::tune_allocator();
     let args = Args::parse();
     let torch = || match args.no_torch {

@@ -234,14 +234,26 @@ impl EngineError {
     }
 }
 
-/// Fixes the CPU thread count for the process. candle asks for it on every parallel operation
-/// and, unless `RAYON_NUM_THREADS` is set, answers by opening and parsing `/proc/cpuinfo`: tens
-/// of times a training step, most of a small model's batch-1 forward (benches/RESULTS.md).
-/// Call at the start of `main`, before any thread exists.
-pub fn pin_thread_count() {
+/// Spins of candle's element-wise thread pool before an idle worker sleeps (candle's default is
+/// 25,000, about half a millisecond). Its workers are pinned to cores, and gemm runs on rayon's
+/// threads: after every element-wise op a spinning worker took a core from the matmul that
+/// followed (13.6% of a Llama step's samples were that spin). Shorter, a worker still catches
+/// back-to-back element-wise ops without a wake-up.
+const CANDLE_POOL_SPIN_LIMIT: &str = "2000";
+
+/// Fixes the CPU threading for the process: the thread count, which candle asks for on every
+/// parallel operation and, unless `RAYON_NUM_THREADS` is set, answers by opening and parsing
+/// `/proc/cpuinfo` (tens of times a training step, most of a small model's batch-1 forward);
+/// and how long candle's idle workers spin ([`CANDLE_POOL_SPIN_LIMIT`]); benches/RESULTS.md has
+/// the measurements. Either variable set by the user wins. Call at the start of `main`, before
+/// any thread exists.
+pub fn set_up_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_POOL_SPIN_LIMIT);
     }
 }
 
