@@ -56,7 +56,7 @@ pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
 
 /// What this CPU runs, for benchmark headers: its model name (from `/proc/cpuinfo`) and the
 /// instruction set each kernel family dispatches to at run time: gemm (candle's matmul and the
-/// fused linear; AVX-512 needs its `x86-v4` feature, which Cargo.toml turns on) and the loops
+/// fused linear; AVX-512 only in a build with the `gemm-avx512` feature) and the loops
 /// [`vectorised`] compiles for AVX2.
 pub fn cpu_and_dispatch() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -69,7 +69,7 @@ pub fn cpu_and_dispatch() -> String {
     let (gemm, loops) = {
         let avx512 = std::is_x86_feature_detected!("avx512f");
         let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-        let gemm = match (avx512, avx2) {
+        let gemm = match (avx512 && cfg!(feature = "gemm-avx512"), avx2) {
             (true, _) => "AVX-512 (x86-v4)",
             (false, true) => "AVX2 + FMA (x86-v3)",
             (false, false) => "SSE2 baseline",
