@@ -104,33 +104,9 @@ pub(crate) fn affine(
     for _ in 0..batch {
         y.extend_from_slice(b);
     }
-    let parallelism = gemm_parallelism();
-    // SAFETY: the three buffers hold batch×out, batch×in and out×in f32 values, and the
-    // strides below address exactly those: y row-major, x row-major, and Wᵀ read from the
-    // row-major out×in weight (row of Wᵀ = column of W: stride 1; column: stride `inputs`).
-    unsafe {
-        gemm::gemm(
-            batch,
-            outputs,
-            inputs,
-            y.as_mut_ptr(),
-            1,
-            outputs as isize,
-            true,
-            x.as_ptr(),
-            1,
-            inputs as isize,
-            w.as_ptr(),
-            inputs as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    // SAFETY: x holds batch × in read row-major; Wᵀ is read from the row-major out × in weight
+    // (row of Wᵀ = column of W: stride 1; column: stride `inputs`).
+    unsafe { gemm_rows(&mut y, x, (1, inputs), w, (inputs, 1), (batch, outputs, inputs), true) };
     Ok((y, Shape::from((batch, outputs))))
 }
 
@@ -262,33 +238,9 @@ impl CustomOp3 for LinearGrad {
             *b = *s as f32;
         }
         let gradient = if self.relu { &masked[..] } else { g };
-        let parallelism = gemm_parallelism();
-        // SAFETY: `weight_grad` holds out×in values written row-major; the left operand is the
-        // rows×out `gradient` read transposed (row o, column r at r·out + o), the right one the
-        // rows×in `x` row-major, so every address stays inside its buffer.
-        unsafe {
-            gemm::gemm(
-                outputs,
-                inputs,
-                rows,
-                weight_grad.as_mut_ptr(),
-                1,
-                inputs as isize,
-                false,
-                gradient.as_ptr(),
-                outputs as isize,
-                1,
-                x.as_ptr(),
-                1,
-                inputs as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        // SAFETY: the rows × out `gradient` is read transposed (row o, column r at r·out + o), the
+        // rows × in `x` row-major; `weight_grad` holds out × in.
+        unsafe { gemm_rows(weight_grad, gradient, (outputs, 1), x, (1, inputs), (outputs, inputs, rows), false) };
         Ok((CpuStorage::F32(out), Shape::from(outputs * inputs + outputs + masked_len)))
     }
 }
