@@ -40,11 +40,27 @@ fn gemm_parallelism() -> gemm::Parallelism {
 pub(crate) unsafe fn gemm_rows(
     out: &mut [f32],
     a: &[f32],
-    (a_cs, a_rs): (usize, usize),
+    a_strides: (usize, usize),
     b: &[f32],
-    (b_cs, b_rs): (usize, usize),
+    b_strides: (usize, usize),
+    dims: (usize, usize, usize),
+    accumulate: bool,
+) {
+    // SAFETY: passed on from the caller.
+    unsafe { gemm_rows_with(out, (a, a_strides), (b, b_strides), dims, accumulate, gemm_parallelism()) }
+}
+
+/// [`gemm_rows`] with the given parallelism.
+///
+/// # Safety
+/// As for [`gemm_rows`].
+unsafe fn gemm_rows_with(
+    out: &mut [f32],
+    (a, (a_cs, a_rs)): (&[f32], (usize, usize)),
+    (b, (b_cs, b_rs)): (&[f32], (usize, usize)),
     (rows, cols, inner): (usize, usize, usize),
     accumulate: bool,
+    parallelism: gemm::Parallelism,
 ) {
     assert!(out.len() >= rows * cols, "gemm_rows: the output holds {} values, not {rows}×{cols}", out.len());
     // SAFETY: out holds rows × cols (checked above); the caller vouches for a's and b's strides.
@@ -68,9 +84,40 @@ pub(crate) unsafe fn gemm_rows(
             false,
             false,
             false,
-            gemm_parallelism(),
+            parallelism,
         );
     }
+}
+
+/// Weight gradients of at most this many values, over many rows, are split by rows.
+const SPLIT_WEIGHT_GRAD_MAX: usize = 16_384;
+
+/// The weight gradient gradientᵀ·x (`out`: outputs × inputs) of a layer that read `x` (rows ×
+/// inputs) and got `gradient` (rows × outputs). gemm splits its work over the output, so a small
+/// weight over many rows (a convolution's: 16 × 150 over 12,800 positions) ran slower on two
+/// threads than on one; such products are split by rows instead, one partial sum a thread.
+fn weight_grad(out: &mut [f32], gradient: &[f32], x: &[f32], (outputs, inputs): (usize, usize)) {
+    let rows = x.len() / inputs;
+    assert!(gradient.len() == rows * outputs && out.len() == outputs * inputs, "weight_grad: shapes do not fit");
+    let threads = candle_core::utils::get_num_threads();
+    if threads < 2 || outputs * inputs > SPLIT_WEIGHT_GRAD_MAX || rows < 1024 * threads {
+        // SAFETY: the gradient holds rows × outputs, read transposed (column stride `outputs`);
+        // x holds rows × inputs, read row-major.
+        return unsafe { gemm_rows(out, gradient, (outputs, 1), x, (1, inputs), (outputs, inputs, rows), false) };
+    }
+    let per_task = rows.div_ceil(threads);
+    let partial = gradient.par_chunks(per_task * outputs).zip(x.par_chunks(per_task * inputs)).map(|(g, x)| {
+        let mut sum = vec![0f32; outputs * inputs];
+        let dims = (outputs, inputs, x.len() / inputs);
+        // SAFETY: as above, for this task's rows of the gradient and of x.
+        unsafe { gemm_rows_with(&mut sum, (g, (outputs, 1)), (x, (1, inputs)), dims, false, gemm::Parallelism::None) };
+        sum
+    });
+    let total = partial.reduce_with(|mut a, b| {
+        a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+        a
+    });
+    out.copy_from_slice(&total.expect("at least one row"));
 }
 
 /// The values of a contiguous f32 CPU tensor, for the engine's custom ops.
@@ -205,7 +252,7 @@ impl CustomOp3 for LinearGrad {
         let g = contiguous_f32(gs, gl, "fused linear grad: the gradient")?;
         let masked_len = if self.relu { rows * outputs } else { 0 };
         let mut out = vec![0f32; outputs * inputs + outputs + masked_len];
-        let (weight_grad, rest) = out.split_at_mut(outputs * inputs);
+        let (grad_w, rest) = out.split_at_mut(outputs * inputs);
         let (bias_grad, masked) = rest.split_at_mut(outputs);
         let chunk = ROWS_PER_TASK * outputs;
         let column_sums = |rows: &[f32]| {
@@ -238,9 +285,7 @@ impl CustomOp3 for LinearGrad {
             *b = *s as f32;
         }
         let gradient = if self.relu { &masked[..] } else { g };
-        // SAFETY: the rows × out `gradient` is read transposed (row o, column r at r·out + o), the
-        // rows × in `x` row-major; `weight_grad` holds out × in.
-        unsafe { gemm_rows(weight_grad, gradient, (outputs, 1), x, (1, inputs), (outputs, inputs, rows), false) };
+        weight_grad(grad_w, gradient, x, (outputs, inputs));
         Ok((CpuStorage::F32(out), Shape::from(outputs * inputs + outputs + masked_len)))
     }
 }
@@ -300,8 +345,35 @@ impl CustomOp2 for ProjectionWeightGrad {
         let g = contiguous_f32(gs, gl, "projection grad: the gradient")?;
         let x = contiguous_f32(xs, xl, "projection grad: the input")?;
         let mut out = vec![0f32; outputs * inputs];
-        // SAFETY: the gradient rows × out is read transposed (column stride `outputs`), x rows × in row-major.
-        unsafe { gemm_rows(&mut out, g, (outputs, 1), x, (1, inputs), (outputs, inputs, rows), false) };
+        weight_grad(&mut out, g, x, (outputs, inputs));
         Ok((CpuStorage::F32(out), Shape::from((outputs, inputs))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rng::Rng;
+
+    /// The row-split product (a convolution's small weight over many positions, rows not a
+    /// multiple of the thread count) and gemm's own agree with gradientᵀ·x summed in f64.
+    #[test]
+    fn weight_gradients_split_by_rows_match_the_plain_sum() {
+        let mut rng = Rng::new(7);
+        for (rows, outputs, inputs) in [(5_001, 6, 25), (12_800, 16, 150), (300, 40, 30)] {
+            let gradient: Vec<f32> = (0..rows * outputs).map(|_| rng.normal(1.0)).collect();
+            let x: Vec<f32> = (0..rows * inputs).map(|_| rng.normal(1.0)).collect();
+            let mut ours = vec![f32::NAN; outputs * inputs];
+            weight_grad(&mut ours, &gradient, &x, (outputs, inputs));
+            for (at, &value) in ours.iter().enumerate() {
+                let (o, i) = (at / inputs, at % inputs);
+                let exact: f64 = (0..rows).map(|r| gradient[r * outputs + o] as f64 * x[r * inputs + i] as f64).sum();
+                let tolerance = 1e-4 * (rows as f64).sqrt() * 10.0;
+                assert!(
+                    (value as f64 - exact).abs() < tolerance,
+                    "{rows}×{outputs}×{inputs} at ({o}, {i}): {value} vs {exact}"
+                );
+            }
+        }
     }
 }
