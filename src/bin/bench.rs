@@ -353,7 +353,7 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
     let mut rng = Rng::new(0);
     let (teacher, student) = networks(setup, &mut rng, device)?;
     // Plain tensors, no vars: the teacher's forward records no graph.
-    let teacher = teacher.detached().with_fused_kernels(variant.fused_kernels);
+    let teacher = teacher.frozen()?.with_fused_kernels(variant.fused_kernels);
     let optimizer_spec = OptimizerSpec::Adamw { lr: 1e-3, weight_decay: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8 };
     let mut optimizer = if variant.fused_optimizer {
         Optimizer::new(optimizer_spec, student.to_vars()?)?

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{next, Pass};
-use crate::engine::kernels::linear::Linear;
+use crate::engine::kernels::linear::{FrozenLinear, Linear};
 use crate::engine::rng::{dropout_multipliers, Rng};
 
 #[derive(Debug, Clone)]
@@ -24,22 +24,11 @@ impl Mlp {
         pass: &mut Pass,
     ) -> Result<Tensor> {
         for i in 0..self.layers {
-            let (mut w, b) = (next(params)?.clone(), next(params)?);
-            if let (0, Some((fh, fw, fc))) = (i, self.flatten) {
-                // Exported weights read PyTorch's (c, h, w) flattening; the maps here are (h, w, c).
-                let out = w.dim(0)?;
-                w = w.reshape((out, fc, fh, fw))?.permute((0, 2, 3, 1))?.reshape((out, fh * fw * fc))?;
-            }
+            let (w, b) = (next(params)?, next(params)?);
             let hidden = i + 1 < self.layers;
-            h = if pass.fused {
-                Linear { relu: hidden, input_grad: h.track_op() }.forward(&h, &w, b)?
-            } else {
-                let z = h.matmul(&w.t()?)?.broadcast_add(b)?;
-                if hidden {
-                    z.relu()?
-                } else {
-                    z
-                }
+            h = match pass.frozen_weight(w) {
+                Some(w_t) => FrozenLinear { relu: hidden }.forward(&h, w_t, b)?,
+                None => Self::layer(&h, &self.input_weight(i, w)?, b, hidden, pass.fused)?,
             };
             pass.keep(format!("layers.{i}"), &h);
             if let (Some(rng), true) = (pass.rng.as_deref_mut(), hidden && self.dropout > 0.0) {
@@ -47,6 +36,31 @@ impl Mlp {
             }
         }
         Ok(h)
+    }
+
+    /// One trainable (or unfused) layer: x·Wᵀ + b, with ReLU unless it is the classifier.
+    fn layer(h: &Tensor, w: &Tensor, b: &Tensor, hidden: bool, fused: bool) -> Result<Tensor> {
+        if fused {
+            return Linear { relu: hidden, input_grad: h.track_op() }.forward(h, w, b);
+        }
+        let z = h.matmul(&w.t()?)?.broadcast_add(b)?;
+        if hidden {
+            z.relu()
+        } else {
+            Ok(z)
+        }
+    }
+
+    /// Layer `i`'s weight in the order its input arrives: exported weights read PyTorch's
+    /// (c, h, w) flattening of a conv net's maps, which are (h, w, c) here.
+    pub fn input_weight(&self, i: usize, w: &Tensor) -> Result<Tensor> {
+        match (i, self.flatten) {
+            (0, Some((fh, fw, fc))) => {
+                let out = w.dim(0)?;
+                w.reshape((out, fc, fh, fw))?.permute((0, 2, 3, 1))?.reshape((out, fh * fw * fc))
+            }
+            _ => Ok(w.clone()),
+        }
     }
 }
 

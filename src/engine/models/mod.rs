@@ -16,7 +16,7 @@ mod mlp;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, TensorId, Var, D};
 
 use crate::engine::data::ImageShape;
 use crate::engine::rng::Rng;
@@ -160,7 +160,13 @@ pub struct Net {
     fused: bool,
     /// What the tensors compute: one type per architecture.
     family: Family,
+    /// From [`Net::frozen`]: the head's weights transposed for inference, by the id of the
+    /// weight each came from, so a net whose tensors were replaced since ignores them.
+    frozen: Option<Arc<FrozenWeights>>,
 }
+
+/// Linear weights stored `in × out` for `kernels::linear::FrozenLinear`, by the id of their `out × in` source.
+type FrozenWeights = HashMap<TensorId, Tensor>;
 
 /// The computation of each architecture, over the net's tensors in blueprint order.
 #[derive(Debug, Clone)]
@@ -191,13 +197,20 @@ struct Pass<'a, 'r> {
     rng: Option<&'r mut Rng>,
     training: bool,
     fused: bool,
+    frozen: Option<&'a FrozenWeights>,
     features: HashMap<String, Tensor>,
     buffers: Vec<Tensor>,
 }
 
 impl<'a, 'r> Pass<'a, 'r> {
-    fn new(want: &'a [&'a str], rng: Option<&'r mut Rng>, fused: bool) -> Self {
-        Self { want, training: rng.is_some(), rng, fused, features: HashMap::new(), buffers: Vec::new() }
+    fn new(want: &'a [&'a str], rng: Option<&'r mut Rng>, fused: bool, frozen: Option<&'a FrozenWeights>) -> Self {
+        let frozen = frozen.filter(|_| fused && rng.is_none());
+        Self { want, training: rng.is_some(), rng, fused, frozen, features: HashMap::new(), buffers: Vec::new() }
+    }
+
+    /// The inference copy (`in × out`) of `weight`, if the net is frozen and holds one.
+    fn frozen_weight(&self, weight: &Tensor) -> Option<&'a Tensor> {
+        self.frozen?.get(&weight.id())
     }
 
     /// Keeps a layer's output if it was asked for.
@@ -261,7 +274,7 @@ impl Net {
         };
         let (params, buffers) = make()?;
         let family = Family::layered(arch, input, &blueprint);
-        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, family })
+        Ok(Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, family, frozen: None })
     }
 
     /// A transformer over packed text rows (`input.features` = 3 × length per input of the
@@ -282,6 +295,7 @@ impl Net {
             buffers: Vec::new(),
             fused: true,
             family: Family::Bert(Arc::new(config)),
+            frozen: None,
         };
         net.with_named(named, device)
     }
@@ -346,8 +360,8 @@ impl Net {
     ) -> std::result::Result<Self, ModelError> {
         let blueprint = Blueprint::new(arch, input, classes)?;
         let family = Family::layered(arch, input, &blueprint);
-        let empty =
-            Self { arch: arch.clone(), input, blueprint, params: Vec::new(), buffers: Vec::new(), fused: true, family };
+        let (params, buffers) = (Vec::new(), Vec::new());
+        let empty = Self { arch: arch.clone(), input, blueprint, params, buffers, fused: true, family, frozen: None };
         empty.with_named(named, device)
     }
 
@@ -396,6 +410,33 @@ impl Net {
         }
     }
 
+    /// [`Net::detached`], with its head's weights also stored transposed for inference on the
+    /// CPU (`kernels::linear::FrozenLinear`): for frozen teachers and latency runs, whose weights stay fixed.
+    pub fn frozen(&self) -> Result<Self> {
+        let net = self.detached();
+        let head = match &net.family {
+            Family::Mlp(head) | Family::Conv(ConvNet { head, .. }) => head,
+            Family::Bert(_) => return Ok(net),
+        };
+        if !net.params.first().is_some_and(|p| p.device().is_cpu() && p.dtype() == DType::F32) {
+            return Ok(net);
+        }
+        let mut weights = FrozenWeights::new();
+        for (i, weight) in net.head_weights().enumerate() {
+            weights.insert(weight.id(), head.input_weight(i, weight)?.t()?.contiguous()?);
+        }
+        Ok(Self { frozen: Some(Arc::new(weights)), ..net })
+    }
+
+    /// The head's `layers.{i}.weight` tensors, in order.
+    fn head_weights(&self) -> impl Iterator<Item = &Tensor> {
+        let names = self.blueprint.params.iter().map(|(name, _)| name);
+        names
+            .zip(&self.params)
+            .filter(|(name, _)| name.starts_with("layers.") && name.ends_with(".weight"))
+            .map(|(_, t)| t)
+    }
+
     pub fn with_fused_kernels(self, fused: bool) -> Self {
         Self { fused, ..self }
     }
@@ -428,12 +469,12 @@ impl Net {
                 Ok(Output { logits, features, buffers: Vec::new() })
             }
             Family::Mlp(mlp) => {
-                let mut pass = Pass::new(want, dropout_rng, fused);
+                let mut pass = Pass::new(want, dropout_rng, fused, self.frozen.as_deref());
                 let logits = mlp.forward(x.clone(), &mut self.params.iter(), &mut pass)?;
                 Ok(pass.finish(logits, &self.buffers))
             }
             Family::Conv(net) => {
-                let mut pass = Pass::new(want, dropout_rng, fused);
+                let mut pass = Pass::new(want, dropout_rng, fused, self.frozen.as_deref());
                 let logits = net.forward(x, &mut self.params.iter(), &mut self.buffers.iter(), &mut pass)?;
                 Ok(pass.finish(logits, &self.buffers))
             }
@@ -442,13 +483,14 @@ impl Net {
 
     /// Logits for a whole split (`x` row-major), computed in batches.
     pub fn logits(&self, x: &[f32], device: &Device) -> Result<Tensor> {
+        let net = self.frozen()?;
         let features = self.input.features;
         let n = x.len() / features;
         let mut parts = Vec::new();
         for start in (0..n).step_by(512) {
             let end = (start + 512).min(n);
             let batch = Tensor::from_slice(&x[start * features..end * features], (end - start, features), device)?;
-            parts.push(self.forward(&batch, None, &[])?.logits);
+            parts.push(net.forward(&batch, None, &[])?.logits);
         }
         Tensor::cat(&parts, 0)
     }
@@ -526,6 +568,32 @@ mod tests {
     }
 
     /// Every parameter of a conv net with batch norm, pooling and dropout gets a gradient, the
+    /// A frozen net (head weights stored transposed, a conv head's flattening folded in) gives
+    /// the detached net's logits; once its tensors are replaced it computes with the new ones.
+    #[test]
+    fn frozen_nets_match_detached_ones_and_drop_replaced_weights() {
+        let (conv_arch, conv_input) = conv();
+        let mlp_input = Input { features: 7, image: None };
+        for (arch, input) in [(mlp(), mlp_input), (conv_arch, conv_input)] {
+            let net = Net::init(&arch, input, 3, &mut Rng::new(1), &Device::Cpu).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (5, input.features), &Device::Cpu).unwrap();
+            let logits = |n: &Net| n.forward(&x, None, &[]).unwrap().logits;
+            let diff =
+                |a: Tensor, b: Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let frozen = net.frozen().unwrap();
+            assert_eq!(
+                frozen.frozen.as_ref().map(|w| w.len()),
+                Some(arch.hidden().len() + 1),
+                "{arch:?}: a head layer unfrozen"
+            );
+            assert!(diff(logits(&frozen), logits(&net)) < 1e-5, "{arch:?}: frozen logits differ");
+            let other = Net::init(&arch, input, 3, &mut Rng::new(9), &Device::Cpu).unwrap();
+            let replaced: HashMap<String, Tensor> = other.named().into_iter().collect();
+            let swapped = frozen.with_tensors(&replaced);
+            assert!(diff(logits(&swapped), logits(&other)) < 1e-5, "{arch:?}: a stale frozen weight was used");
+        }
+    }
+
     /// fused and the reference paths agree, and training moves the running statistics.
     #[test]
     fn conv_net_trains_through_every_parameter() {
