@@ -64,8 +64,10 @@ fn encoders_match_transformers_outputs() {
     let fixtures = fixtures();
     for (name, case) in fixtures["models"].as_object().unwrap() {
         let (config, net) = load(case["folder"].as_str().unwrap());
-        for fused in [true, false] {
-            let net = net.clone().with_fused_kernels(fused);
+        // The frozen net reads its layers' weights stored transposed (`Net::frozen`).
+        let variants =
+            [("fused", net.clone()), ("frozen", net.frozen().unwrap()), ("unfused", net.with_fused_kernels(false))];
+        for (kernels, net) in variants {
             let mut want: Vec<String> = vec!["embeddings".into(), "pooled".into()];
             for i in 0..config.num_layers {
                 want.push(format!("layers.{i}"));
@@ -74,7 +76,7 @@ fn encoders_match_transformers_outputs() {
             let names: Vec<&str> = want.iter().map(String::as_str).collect();
             let out = net.forward(&packed(case), None, &names).unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let what = |part: &str| format!("{name} {part} (fused {fused})");
+            let what = |part: &str| format!("{name} {part} ({kernels} kernels)");
             assert_close(&what("logits"), &flat(&out.logits), &floats(&case["logits"]).1, 1e-4);
             assert_close(&what("mean_pooled"), &flat(&out.features["pooled"]), &floats(&case["mean_pooled"]).1, 1e-4);
             let (shape, hidden) = floats(&case["hidden_states"]);

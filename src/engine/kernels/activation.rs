@@ -25,6 +25,19 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor>
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
+/// z·Φ(z) for each value of `z`.
+pub(crate) fn gelu(z: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; z.len()];
+    y.par_chunks_mut(CHUNK).zip(z.par_chunks(CHUNK)).for_each(|(y, z)| {
+        vectorised(|| {
+            for (y, &z) in y.iter_mut().zip(z) {
+                *y = z * normal_cdf_pdf(z).0;
+            }
+        })
+    });
+    y
+}
+
 /// Φ(x) and the density φ(x).
 #[inline(always)]
 fn normal_cdf_pdf(x: f32) -> (f32, f32) {
@@ -63,14 +76,7 @@ impl CustomOp3 for LinearGelu {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (z, shape) = affine(xs, xl, ws, wl, bs, bl)?;
-        let mut y = vec![0f32; z.len()];
-        y.par_chunks_mut(CHUNK).zip(z.par_chunks(CHUNK)).for_each(|(y, z)| {
-            vectorised(|| {
-                for (y, &z) in y.iter_mut().zip(z) {
-                    *y = z * normal_cdf_pdf(z).0;
-                }
-            })
-        });
+        let y = gelu(&z);
         if self.pre_activation.set(z).is_err() {
             candle_core::bail!("fused linear gelu: an op instance runs its forward once")
         }

@@ -7,6 +7,8 @@
 //! textbook ones, checked against PyTorch and finite differences in `tests/numerics.rs`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use crate::engine::kernels::activation::gelu;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -180,7 +182,16 @@ fn bias_plus_product(
 /// weights that stay fixed: frozen teachers and the report's latency runs (`Net::frozen`).
 #[derive(Debug, Clone, Copy)]
 pub struct FrozenLinear {
-    pub relu: bool,
+    pub activation: Activation,
+}
+
+/// What a [`FrozenLinear`] applies to x·Wᵀ + b.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    /// Exact (erf) GELU, as `activation::linear_gelu` computes it.
+    Gelu,
 }
 
 impl FrozenLinear {
@@ -217,8 +228,10 @@ impl CustomOp3 for FrozenLinear {
         }
         let w = contiguous_f32(ws, wl, "frozen linear: the weight")?;
         let mut y = bias_plus_product(xs, xl, (w, (1, outputs)), bs, bl, outputs)?;
-        if self.relu {
-            y.iter_mut().for_each(|v| *v = v.max(0.0));
+        match self.activation {
+            Activation::Identity => {}
+            Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Gelu => y = gelu(&y),
         }
         Ok((CpuStorage::F32(y), Shape::from((batch, outputs))))
     }

@@ -21,13 +21,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, TensorId, D};
 use serde_json::{json, Value};
 
 use crate::engine::files::parse_safetensors;
 use crate::engine::kernels::activation::linear_gelu;
 use crate::engine::kernels::attention::SelfAttention;
-use crate::engine::kernels::linear::Linear;
+use crate::engine::kernels::linear::{Activation as LinearActivation, FrozenLinear, Linear};
 use crate::engine::kernels::norm;
 use crate::engine::models::ModelError;
 use crate::engine::rng::dropout_multipliers;
@@ -456,12 +456,71 @@ fn add_norm(
     centred.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(norm.0)?.broadcast_add(norm.1)
 }
 
-fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, fused: bool) -> Result<Tensor> {
-    if fused {
-        Linear { relu: false, input_grad: x.track_op() }.forward(x, weight, bias)
-    } else {
-        x.matmul(&weight.t()?)?.broadcast_add(bias)
+/// The kernels a pass runs: fused ones (CPU, f32), and a frozen net's inference weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Kernels<'a> {
+    pub fused: bool,
+    /// From `Net::frozen`, in evaluation only: see [`frozen_weights`].
+    pub frozen: Option<&'a HashMap<TensorId, Tensor>>,
+}
+
+impl Kernels<'_> {
+    /// The stored inference copy of `tensor`, if there is one.
+    fn frozen(&self, tensor: &Tensor) -> Option<&Tensor> {
+        self.frozen?.get(&tensor.id())
     }
+}
+
+fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match (kernels.frozen(weight), kernels.fused) {
+        (Some(w_t), _) => FrozenLinear { activation: LinearActivation::Identity }.forward(x, w_t, bias),
+        (None, true) => Linear { relu: false, input_grad: x.track_op() }.forward(x, weight, bias),
+        (None, false) => x.matmul(&weight.t()?)?.broadcast_add(bias),
+    }
+}
+
+/// The query, key and value projections side by side (`tokens × 3h`), for the fused attention.
+fn qkv(
+    x: &Tensor,
+    q: (&Tensor, &Tensor),
+    k: (&Tensor, &Tensor),
+    v: (&Tensor, &Tensor),
+    kernels: Kernels,
+) -> Result<Tensor> {
+    match (kernels.frozen(q.0), kernels.frozen(q.1)) {
+        (Some(w_t), Some(bias)) => FrozenLinear { activation: LinearActivation::Identity }.forward(x, w_t, bias),
+        _ => linear(x, &Tensor::cat(&[q.0, k.0, v.0], 0)?, &Tensor::cat(&[q.1, k.1, v.1], 0)?, kernels),
+    }
+}
+
+/// gelu(x·Wᵀ + b) through the fused kernels.
+fn fused_linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    match kernels.frozen(weight) {
+        Some(w_t) => FrozenLinear { activation: LinearActivation::Gelu }.forward(x, w_t, bias),
+        None => linear_gelu(x, weight, bias),
+    }
+}
+
+/// The encoder layers' weights stored for inference (`FrozenLinear`'s `in × out`), each keyed
+/// by the id of the tensor it stands for: a layer's query weight gives the query, key and value
+/// weights side by side, transposed (`h × 3h`), its query bias the three biases, and the
+/// attention output's and both feed-forward weights their transposes. Done once, this also
+/// saves the concatenation the fused attention otherwise does every pass.
+pub fn frozen_weights(config: &BertConfig, named: &HashMap<String, Tensor>) -> Result<HashMap<TensorId, Tensor>> {
+    let mut frozen = HashMap::new();
+    for layer in 0..config.num_layers {
+        let names = config.layer_names(layer);
+        let get =
+            |i: usize| named.get(&names[i]).ok_or_else(|| candle_core::Error::Msg(format!("{} is missing", names[i])));
+        let (q, k, v) = ((get(0)?, get(1)?), (get(2)?, get(3)?), (get(4)?, get(5)?));
+        frozen.insert(q.0.id(), Tensor::cat(&[q.0, k.0, v.0], 0)?.t()?.contiguous()?);
+        frozen.insert(q.1.id(), Tensor::cat(&[q.1, k.1, v.1], 0)?);
+        // The attention output, intermediate and output dense weights.
+        for weight in [get(6)?, get(10)?, get(12)?] {
+            frozen.insert(weight.id(), weight.t()?.contiguous()?);
+        }
+    }
+    Ok(frozen)
 }
 
 /// Dropout multipliers for `n` values in training (with `rng`), None in evaluation or at p = 0.
@@ -534,8 +593,9 @@ pub fn forward(
     x: &Tensor,
     mut rng: Option<&mut Rng>,
     want: &[&str],
-    fused: bool,
+    kernels: Kernels,
 ) -> Result<(Tensor, HashMap<String, Tensor>)> {
+    let fused = kernels.fused;
     let (batch, packed) = x.dims2()?;
     let length = packed / (3 * config.input_slot.1);
     let device = x.device();
@@ -569,7 +629,7 @@ pub fn forward(
         let mut w = || -> Result<(&Tensor, &Tensor)> { Ok((next(&mut p)?, next(&mut p)?)) };
         let (q, k, v, o, ln1, f1, f2, ln2) = (w()?, w()?, w()?, w()?, w()?, w()?, w()?, w()?);
         let context = if fused {
-            let qkv = linear(&hidden, &Tensor::cat(&[q.0, k.0, v.0], 0)?, &Tensor::cat(&[q.1, k.1, v.1], 0)?, fused)?;
+            let qkv = qkv(&hidden, q, k, v, kernels)?;
             let dropout =
                 dropout_draw(batch * heads * length * length, config.attention_dropout, &mut rng).map(Arc::from);
             let (context, probs) =
@@ -578,9 +638,9 @@ pub fn forward(
             context
         } else {
             let split_heads = |t: Tensor| t.reshape((batch, length, heads, head_dim))?.transpose(1, 2)?.contiguous();
-            let query = split_heads(linear(&hidden, q.0, q.1, fused)?)?;
-            let key = split_heads(linear(&hidden, k.0, k.1, fused)?)?;
-            let value = split_heads(linear(&hidden, v.0, v.1, fused)?)?;
+            let query = split_heads(linear(&hidden, q.0, q.1, kernels)?)?;
+            let key = split_heads(linear(&hidden, k.0, k.1, kernels)?)?;
+            let value = split_heads(linear(&hidden, v.0, v.1, kernels)?)?;
             let scores = (query.matmul(&key.t()?.contiguous()?)? * scale)?.broadcast_add(&key_bias)?;
             let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
             keep(format!("attentions.{layer}"), &probs);
@@ -588,15 +648,22 @@ pub fn forward(
             probs.matmul(&value)?.transpose(1, 2)?.reshape((tokens, h))?
         };
         let attended =
-            add_norm(linear(&context, o.0, o.1, fused)?, &hidden, ln1, eps, config.hidden_dropout, &mut rng, fused)?;
+            add_norm(linear(&context, o.0, o.1, kernels)?, &hidden, ln1, eps, config.hidden_dropout, &mut rng, fused)?;
         let inner = match config.activation {
-            Activation::Gelu if fused => linear_gelu(&attended, f1.0, f1.1)?,
-            Activation::Gelu => linear(&attended, f1.0, f1.1, fused)?.gelu_erf()?,
-            Activation::GeluTanh => linear(&attended, f1.0, f1.1, fused)?.gelu()?,
-            Activation::Relu => linear(&attended, f1.0, f1.1, fused)?.relu()?,
+            Activation::Gelu if fused => fused_linear_gelu(&attended, f1.0, f1.1, kernels)?,
+            Activation::Gelu => linear(&attended, f1.0, f1.1, kernels)?.gelu_erf()?,
+            Activation::GeluTanh => linear(&attended, f1.0, f1.1, kernels)?.gelu()?,
+            Activation::Relu => linear(&attended, f1.0, f1.1, kernels)?.relu()?,
         };
-        hidden =
-            add_norm(linear(&inner, f2.0, f2.1, fused)?, &attended, ln2, eps, config.hidden_dropout, &mut rng, fused)?;
+        hidden = add_norm(
+            linear(&inner, f2.0, f2.1, kernels)?,
+            &attended,
+            ln2,
+            eps,
+            config.hidden_dropout,
+            &mut rng,
+            fused,
+        )?;
         keep(format!("layers.{layer}"), &hidden.reshape((batch, length, h))?);
     }
     let sequence = hidden.reshape((batch, length, h))?;
@@ -610,17 +677,17 @@ pub fn forward(
     let (a, b) = ((next(&mut p)?, next(&mut p)?), (next(&mut p)?, next(&mut p)?));
     let logits = match config.family {
         Family::Bert => {
-            let pooled = linear(&first, a.0, a.1, fused)?.tanh()?;
-            linear(&dropout(pooled, config.classifier_dropout, &mut rng)?, b.0, b.1, fused)?
+            let pooled = linear(&first, a.0, a.1, kernels)?.tanh()?;
+            linear(&dropout(pooled, config.classifier_dropout, &mut rng)?, b.0, b.1, kernels)?
         }
         Family::Roberta => {
             let x = dropout(first, config.classifier_dropout, &mut rng)?;
-            let x = dropout(linear(&x, a.0, a.1, fused)?.tanh()?, config.classifier_dropout, &mut rng)?;
-            linear(&x, b.0, b.1, fused)?
+            let x = dropout(linear(&x, a.0, a.1, kernels)?.tanh()?, config.classifier_dropout, &mut rng)?;
+            linear(&x, b.0, b.1, kernels)?
         }
         Family::DistilBert => {
-            let x = linear(&first, a.0, a.1, fused)?.relu()?;
-            linear(&dropout(x, config.classifier_dropout, &mut rng)?, b.0, b.1, fused)?
+            let x = linear(&first, a.0, a.1, kernels)?.relu()?;
+            linear(&dropout(x, config.classifier_dropout, &mut rng)?, b.0, b.1, kernels)?
         }
     };
     Ok((logits, features))

@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 
 use super::{next, Pass};
-use crate::engine::kernels::linear::{FrozenLinear, Linear};
+use crate::engine::kernels::linear::{Activation, FrozenLinear, Linear};
 use crate::engine::rng::{dropout_multipliers, Rng};
 
 #[derive(Debug, Clone)]
@@ -27,7 +27,10 @@ impl Mlp {
             let (w, b) = (next(params)?, next(params)?);
             let hidden = i + 1 < self.layers;
             h = match pass.frozen_weight(w) {
-                Some(w_t) => FrozenLinear { relu: hidden }.forward(&h, w_t, b)?,
+                Some(w_t) => {
+                    let activation = if hidden { Activation::Relu } else { Activation::Identity };
+                    FrozenLinear { activation }.forward(&h, w_t, b)?
+                }
                 None => Self::layer(&h, &self.input_weight(i, w)?, b, hidden, pass.fused)?,
             };
             pass.keep(format!("layers.{i}"), &h);

@@ -165,6 +165,11 @@ pub struct Net {
     frozen: Option<Arc<FrozenWeights>>,
 }
 
+/// A frozen net's inference weights where a pass may use them: fused kernels, evaluation.
+fn frozen_for(fused: bool, training: bool, frozen: Option<&FrozenWeights>) -> Option<&FrozenWeights> {
+    frozen.filter(|_| fused && !training)
+}
+
 /// Linear weights stored `in × out` for `kernels::linear::FrozenLinear`, by the id of their `out × in` source.
 type FrozenWeights = HashMap<TensorId, Tensor>;
 
@@ -204,7 +209,7 @@ struct Pass<'a, 'r> {
 
 impl<'a, 'r> Pass<'a, 'r> {
     fn new(want: &'a [&'a str], rng: Option<&'r mut Rng>, fused: bool, frozen: Option<&'a FrozenWeights>) -> Self {
-        let frozen = frozen.filter(|_| fused && rng.is_none());
+        let frozen = frozen_for(fused, rng.is_some(), frozen);
         Self { want, training: rng.is_some(), rng, fused, frozen, features: HashMap::new(), buffers: Vec::new() }
     }
 
@@ -410,21 +415,21 @@ impl Net {
         }
     }
 
-    /// [`Net::detached`], with its head's weights also stored transposed for inference on the
-    /// CPU (`kernels::linear::FrozenLinear`): for frozen teachers and latency runs, whose weights stay fixed.
+    /// [`Net::detached`], with its linear layers' weights also stored transposed for inference
+    /// on the CPU (`kernels::linear::FrozenLinear`; an MLP's or conv net's head, an encoder's
+    /// layers): for frozen teachers, evaluation and latency runs, whose weights stay fixed.
     pub fn frozen(&self) -> Result<Self> {
         let net = self.detached();
-        let head = match &net.family {
-            Family::Mlp(head) | Family::Conv(ConvNet { head, .. }) => head,
-            Family::Bert(_) => return Ok(net),
-        };
         if !net.params.first().is_some_and(|p| p.device().is_cpu() && p.dtype() == DType::F32) {
             return Ok(net);
         }
-        let mut weights = FrozenWeights::new();
-        for (i, weight) in net.head_weights().enumerate() {
-            weights.insert(weight.id(), head.input_weight(i, weight)?.t()?.contiguous()?);
-        }
+        let weights = match &net.family {
+            Family::Mlp(head) | Family::Conv(ConvNet { head, .. }) => {
+                let transposed = |(i, w): (usize, &Tensor)| Ok((w.id(), head.input_weight(i, w)?.t()?.contiguous()?));
+                net.head_weights().enumerate().map(transposed).collect::<Result<FrozenWeights>>()?
+            }
+            Family::Bert(config) => bert::frozen_weights(config, &net.named().into_iter().collect())?,
+        };
         Ok(Self { frozen: Some(Arc::new(weights)), ..net })
     }
 
@@ -465,7 +470,9 @@ impl Net {
         let fused = self.fused && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
         match &self.family {
             Family::Bert(config) => {
-                let (logits, features) = bert::forward(config, &self.params, x, dropout_rng, want, fused)?;
+                let frozen = frozen_for(fused, dropout_rng.is_some(), self.frozen.as_deref());
+                let kernels = bert::Kernels { fused, frozen };
+                let (logits, features) = bert::forward(config, &self.params, x, dropout_rng, want, kernels)?;
                 Ok(Output { logits, features, buffers: Vec::new() })
             }
             Family::Mlp(mlp) => {
@@ -592,6 +599,31 @@ mod tests {
             let swapped = frozen.with_tensors(&replaced);
             assert!(diff(logits(&swapped), logits(&other)) < 1e-5, "{arch:?}: a stale frozen weight was used");
         }
+    }
+
+    /// A frozen encoder stores five tensors a layer (QKV side by side and its biases, the
+    /// attention output, both feed-forward weights) and gives the detached encoder's logits.
+    #[test]
+    fn frozen_encoders_store_their_layers_and_match_detached_ones() {
+        let config = BertConfig::from_hf(&serde_json::json!({
+            "model_type": "bert", "vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 16,
+            "type_vocab_size": 2, "hidden_act": "gelu", "num_labels": 3,
+        }))
+        .unwrap();
+        let named = config.init(&mut Rng::new(3), &Device::Cpu).unwrap();
+        let (length, arch) = (6, ArchSpec::Transformer(crate::spec::TransformerArch::default()));
+        let input = Input { features: 3 * length, image: None };
+        let net = Net::transformer(&arch, config, input, named, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..2 * length as u32).map(|i| i * 7 % 30).collect();
+        let mask = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0];
+        let x = bert::pack(&ids, &[0; 12], &mask, length);
+        let x = Tensor::from_vec(x, (2, 3 * length), &Device::Cpu).unwrap();
+        let frozen = net.frozen().unwrap();
+        assert_eq!(frozen.frozen.as_ref().map(|w| w.len()), Some(2 * 5));
+        let logits = |n: &Net| n.forward(&x, None, &[]).unwrap().logits;
+        let diff = (logits(&frozen) - logits(&net)).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "frozen logits differ by {diff}");
     }
 
     /// fused and the reference paths agree, and training moves the running statistics.
