@@ -9,7 +9,8 @@ const F32: u64 = 4;
 /// A trained model holds its weights, their gradients, two optimiser moments, and a serialised
 /// copy while its checkpoint is written.
 const TRAINED_COPIES: u64 = 5;
-/// A loaded model: its weights, and the file's bytes while they are parsed.
+/// A loaded model: its weights, and the file's bytes while they are parsed; later, in
+/// inference, at most one more copy of its linear weights (`Net::frozen`, dropped after).
 const LOADED_COPIES: u64 = 2;
 /// Per element of a layer's output while training: the activation kept for the backward pass,
 /// its gradient, and a temporary.
