@@ -46,14 +46,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(about = "Distillation step throughput: candle vs PyTorch")]
 struct Args {
     /// Timed steps per repetition (default 30; 10 for bert, whose step takes about a second).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     steps: Option<usize>,
     /// Rounds; each runs every candle variant and then PyTorch once, so slow phases of a noisy
     /// machine hit both sides. Medians over rounds are reported, ratios are paired per round.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one())]
     rounds: usize,
     /// Samples a step (default 128; 32 sequences for bert).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     batch: Option<usize>,
     /// Skip the PyTorch reference.
     #[arg(long)]
@@ -72,11 +72,16 @@ struct Args {
     #[arg(long)]
     engine_only: bool,
     /// mlp-train and bert-train: training samples an epoch (default 12,800; 512 for bert-train).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one())]
     samples: Option<usize>,
     /// mlp-train and bert-train: epochs (default 3; 2 for bert-train).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     epochs: Option<u32>,
+}
+
+/// Counts of at least one: a zero would leave nothing to time (and no median to take).
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 impl Args {
@@ -305,9 +310,10 @@ fn step_flops(setup: &Setup, batch: usize) -> f64 {
     2.0 * batch as f64 * per_sample
 }
 
+/// The middle value of `v` (the upper one of an even count), NaN for none.
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn sgemm_peak(device: &Device) -> candle_core::Result<f64> {

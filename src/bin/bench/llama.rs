@@ -9,6 +9,7 @@
 use std::process::Command;
 use std::time::Instant;
 
+use super::median;
 use candle_core::{Device, Tensor, Var};
 use distillery::engine::lm::targets::{head_token_loss, TeacherRows};
 use distillery::engine::models::llama::{Llama, LlamaConfig};
@@ -45,11 +46,6 @@ fn config(layers: usize) -> LlamaConfig {
 pub struct StepResult {
     pub tokens_per_s: f64,
     pub phases_ms: [f64; 4],
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The engine's step; `cached`: the teacher's top-k rows come from a cache filled once.

@@ -10,6 +10,7 @@
 use std::process::Command;
 use std::time::Instant;
 
+use super::median;
 use candle_core::Device;
 use distillery::engine::data::{Dataset, Normalization, Split};
 use distillery::engine::models::bert::{self, BertConfig};
@@ -169,11 +170,6 @@ pub struct PhaseResult {
     /// Median training step, and the mean end of epoch (validation and checkpoint), in ms.
     pub step_ms: f64,
     pub end_of_epoch_ms: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The engine's phase, timed from the events it sends as a job's sink receives them.
