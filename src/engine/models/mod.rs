@@ -160,8 +160,8 @@ pub struct Net {
     fused: bool,
     /// What the tensors compute: one type per architecture.
     family: Family,
-    /// From [`Net::frozen`]: the head's weights transposed for inference, by the id of the
-    /// weight each came from, so a net whose tensors were replaced since ignores them.
+    /// From [`Net::frozen`]: its linear layers' weights stored for inference, by the id of the
+    /// tensor each stands for, so a net whose tensors were replaced since ignores them.
     frozen: Option<Arc<FrozenWeights>>,
 }
 
@@ -170,7 +170,8 @@ fn frozen_for(fused: bool, training: bool, frozen: Option<&FrozenWeights>) -> Op
     frozen.filter(|_| fused && !training)
 }
 
-/// Linear weights stored `in × out` for `kernels::linear::FrozenLinear`, by the id of their `out × in` source.
+/// Tensors stored for `kernels::linear::FrozenLinear` (weights `in × out`), by the id of the
+/// tensor each stands for.
 type FrozenWeights = HashMap<TensorId, Tensor>;
 
 /// The computation of each architecture, over the net's tensors in blueprint order.
