@@ -7,9 +7,9 @@
 //! textbook ones, checked against PyTorch and finite differences in `tests/numerics.rs`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::engine::kernels::activation::gelu;
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Linear {
@@ -138,48 +138,61 @@ pub(crate) fn affine(
     bs: &CpuStorage,
     bl: &Layout,
 ) -> Result<(Vec<f32>, Shape)> {
-    let (&[batch, inputs], &[outputs, w_inputs], &[b_outputs]) = (xl.dims(), wl.dims(), bl.dims()) else {
-        candle_core::bail!("fused linear: expected x batch×in, weight out×in, bias out")
-    };
-    if inputs != w_inputs || outputs != b_outputs {
-        candle_core::bail!("fused linear: x {:?}, weight {:?}, bias {:?} do not fit", xl.dims(), wl.dims(), bl.dims());
-    }
-    let w = contiguous_f32(ws, wl, "fused linear: the weight")?;
-    // Wᵀ read from the row-major out × in weight: row of Wᵀ = column of W (stride 1), column:
-    // stride `inputs`.
-    let y = bias_plus_product(xs, xl, (w, (inputs, 1)), bs, bl, outputs)?;
-    Ok((y, Shape::from((batch, outputs))))
+    bias_plus_product((xs, xl), (ws, wl), (bs, bl), WeightLayout::OutByIn)
 }
 
-/// `bias` + x·B for x batch × in, B (in × out) read through the given (column, row) strides.
+/// How a linear layer's weight is stored.
+#[derive(Debug, Clone, Copy)]
+enum WeightLayout {
+    /// `out × in`, PyTorch's layout: what trains ([`Linear`]).
+    OutByIn,
+    /// `in × out` ([`FrozenLinear`]).
+    InByOut,
+}
+
+/// `bias` + x·Wᵀ (batch × out) for `x` batch × in and the weight stored in `layout`, after
+/// checking that the three fit.
 fn bias_plus_product(
-    xs: &CpuStorage,
-    xl: &Layout,
-    (b_matrix, b_strides): (&[f32], (usize, usize)),
-    bs: &CpuStorage,
-    bl: &Layout,
-    outputs: usize,
-) -> Result<Vec<f32>> {
-    let x = contiguous_f32(xs, xl, "fused linear: the input")?;
-    let b = contiguous_f32(bs, bl, "fused linear: the bias")?;
-    let (batch, inputs) = xl.shape().dims2()?;
+    (xs, xl): (&CpuStorage, &Layout),
+    (ws, wl): (&CpuStorage, &Layout),
+    (bs, bl): (&CpuStorage, &Layout),
+    layout: WeightLayout,
+) -> Result<(Vec<f32>, Shape)> {
+    let what = match layout {
+        WeightLayout::OutByIn => "fused linear: expected x batch×in, weight out×in, bias out",
+        WeightLayout::InByOut => "frozen linear: expected x batch×in, weight in×out, bias out",
+    };
+    let (&[batch, inputs], &[rows, cols], &[b_outputs]) = (xl.dims(), wl.dims(), bl.dims()) else {
+        candle_core::bail!("{what}")
+    };
+    // Wᵀ's (column, row) strides in the stored weight: from out × in, a transposed view.
+    let (w_inputs, outputs, w_strides) = match layout {
+        WeightLayout::OutByIn => (cols, rows, (cols, 1)),
+        WeightLayout::InByOut => (rows, cols, (1, cols)),
+    };
+    if inputs != w_inputs || outputs != b_outputs {
+        candle_core::bail!("{what}; got x {:?}, weight {:?}, bias {:?}", xl.dims(), wl.dims(), bl.dims());
+    }
+    let x = contiguous_f32(xs, xl, "linear: the input")?;
+    let w = contiguous_f32(ws, wl, "linear: the weight")?;
+    let b = contiguous_f32(bs, bl, "linear: the bias")?;
     // Start from the bias and let the matmul accumulate onto it: one pass fewer than
     // zero-filling, multiplying and adding.
     let mut y: Vec<f32> = Vec::with_capacity(batch * outputs);
     for _ in 0..batch {
         y.extend_from_slice(b);
     }
-    // SAFETY: x holds batch × in, read row-major; the callers' strides keep B's in × out values
-    // inside `b_matrix`.
-    unsafe { gemm_rows(&mut y, x, (1, inputs), b_matrix, b_strides, (batch, outputs, inputs), true) };
-    Ok(y)
+    // SAFETY: x holds batch × in, read row-major; the weight holds in × out values (checked
+    // above), which `w_strides` read as Wᵀ.
+    unsafe { gemm_rows(&mut y, x, (1, inputs), w, w_strides, (batch, outputs, inputs), true) };
+    Ok((y, Shape::from((batch, outputs))))
 }
 
 /// A layer's weight stored for inference: Wᵀ (in × out, row-major). gemm packs a row-major
 /// right-hand side faster than the transposed view of W that [`Linear`] reads; on the Intel Xeon
 /// of issue 17 (AVX-512 gemm, 2 threads) a batch-128 800 × 784 layer took 0.57 ms against 0.84,
 /// batch 32 0.21 against 0.58. Transposing costs about as much as it saves, so it pays only for
-/// weights that stay fixed: frozen teachers and the report's latency runs (`Net::frozen`).
+/// weights that stay fixed over many passes: inference (`Net::frozen`).
 #[derive(Debug, Clone, Copy)]
 pub struct FrozenLinear {
     pub activation: Activation,
@@ -192,6 +205,19 @@ pub enum Activation {
     Relu,
     /// Exact (erf) GELU, as `activation::linear_gelu` computes it.
     Gelu,
+}
+
+impl Activation {
+    fn apply(self, mut y: Vec<f32>) -> Vec<f32> {
+        match self {
+            Activation::Identity => y,
+            Activation::Relu => {
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+                y
+            }
+            Activation::Gelu => gelu(&y),
+        }
+    }
 }
 
 impl FrozenLinear {
@@ -215,25 +241,8 @@ impl CustomOp3 for FrozenLinear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (&[batch, inputs], &[w_inputs, outputs], &[b_outputs]) = (xl.dims(), wl.dims(), bl.dims()) else {
-            candle_core::bail!("frozen linear: expected x batch×in, weight in×out, bias out")
-        };
-        if inputs != w_inputs || outputs != b_outputs {
-            candle_core::bail!(
-                "frozen linear: x {:?}, weight {:?}, bias {:?} do not fit",
-                xl.dims(),
-                wl.dims(),
-                bl.dims()
-            );
-        }
-        let w = contiguous_f32(ws, wl, "frozen linear: the weight")?;
-        let mut y = bias_plus_product(xs, xl, (w, (1, outputs)), bs, bl, outputs)?;
-        match self.activation {
-            Activation::Identity => {}
-            Activation::Relu => y.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Activation::Gelu => y = gelu(&y),
-        }
-        Ok((CpuStorage::F32(y), Shape::from((batch, outputs))))
+        let (y, shape) = bias_plus_product((xs, xl), (ws, wl), (bs, bl), WeightLayout::InByOut)?;
+        Ok((CpuStorage::F32(self.activation.apply(y)), shape))
     }
 }
 
@@ -273,13 +282,9 @@ impl CustomOp3 for Linear {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (mut y, shape) = affine(xs, xl, ws, wl, bs, bl)?;
-        if self.relu {
-            for v in &mut y {
-                *v = v.max(0.0);
-            }
-        }
-        Ok((CpuStorage::F32(y), shape))
+        let (y, shape) = affine(xs, xl, ws, wl, bs, bl)?;
+        let activation = if self.relu { Activation::Relu } else { Activation::Identity };
+        Ok((CpuStorage::F32(activation.apply(y)), shape))
     }
 
     fn bwd(
