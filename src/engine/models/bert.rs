@@ -29,7 +29,7 @@ use crate::engine::kernels::activation::linear_gelu;
 use crate::engine::kernels::attention::SelfAttention;
 use crate::engine::kernels::linear::{Activation as LinearActivation, FrozenLinear, Linear};
 use crate::engine::kernels::norm;
-use crate::engine::models::ModelError;
+use crate::engine::models::{Kernels, ModelError};
 use crate::engine::rng::dropout_multipliers;
 use crate::engine::rng::Rng;
 use crate::spec::{MAX_LAYERS, MAX_LAYER_WIDTH};
@@ -456,23 +456,8 @@ fn add_norm(
     centred.broadcast_div(&(variance + eps)?.sqrt()?)?.broadcast_mul(norm.0)?.broadcast_add(norm.1)
 }
 
-/// The kernels a pass runs: fused ones (CPU, f32), and a frozen net's inference weights.
-#[derive(Debug, Clone, Copy)]
-pub struct Kernels<'a> {
-    pub fused: bool,
-    /// From `Net::frozen`, in evaluation only: see [`frozen_weights`].
-    pub frozen: Option<&'a HashMap<TensorId, Tensor>>,
-}
-
-impl Kernels<'_> {
-    /// The stored inference copy of `tensor`, if there is one.
-    fn frozen(&self, tensor: &Tensor) -> Option<&Tensor> {
-        self.frozen?.get(&tensor.id())
-    }
-}
-
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match (kernels.frozen(weight), kernels.fused) {
+    match (kernels.stored(weight), kernels.fused) {
         (Some(w_t), _) => FrozenLinear { activation: LinearActivation::Identity }.forward(x, w_t, bias),
         (None, true) => Linear { relu: false, input_grad: x.track_op() }.forward(x, weight, bias),
         (None, false) => x.matmul(&weight.t()?)?.broadcast_add(bias),
@@ -487,7 +472,7 @@ fn qkv(
     v: (&Tensor, &Tensor),
     kernels: Kernels,
 ) -> Result<Tensor> {
-    match (kernels.frozen(q.0), kernels.frozen(q.1)) {
+    match (kernels.stored(q.0), kernels.stored(q.1)) {
         (Some(w_t), Some(bias)) => FrozenLinear { activation: LinearActivation::Identity }.forward(x, w_t, bias),
         _ => linear(x, &Tensor::cat(&[q.0, k.0, v.0], 0)?, &Tensor::cat(&[q.1, k.1, v.1], 0)?, kernels),
     }
@@ -495,7 +480,7 @@ fn qkv(
 
 /// gelu(x·Wᵀ + b) through the fused kernels.
 fn fused_linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernels) -> Result<Tensor> {
-    match kernels.frozen(weight) {
+    match kernels.stored(weight) {
         Some(w_t) => FrozenLinear { activation: LinearActivation::Gelu }.forward(x, w_t, bias),
         None => linear_gelu(x, weight, bias),
     }
@@ -506,7 +491,10 @@ fn fused_linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernel
 /// weights side by side, transposed (`h × 3h`), its query bias the three biases, and the
 /// attention output's and both feed-forward weights their transposes. Done once, this also
 /// saves the concatenation the fused attention otherwise does every pass.
-pub fn frozen_weights(config: &BertConfig, named: &HashMap<String, Tensor>) -> Result<HashMap<TensorId, Tensor>> {
+pub(super) fn frozen_weights(
+    config: &BertConfig,
+    named: &HashMap<String, Tensor>,
+) -> Result<HashMap<TensorId, Tensor>> {
     let mut frozen = HashMap::new();
     for layer in 0..config.num_layers {
         let names = config.layer_names(layer);
@@ -587,7 +575,7 @@ fn unpack(config: &BertConfig, x: &Tensor) -> Result<Unpacked> {
 /// Runs packed rows `x` (`batch × 3·length`) through the encoder and head. With `rng`, training
 /// mode (dropout). Returns the logits (the pooled embedding for an encoder without a head) and
 /// the requested layer outputs.
-pub fn forward(
+pub(super) fn forward(
     config: &BertConfig,
     params: &[Tensor],
     x: &Tensor,

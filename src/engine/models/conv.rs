@@ -37,7 +37,7 @@ impl ConvNet {
         };
         for (i, block) in self.blocks.iter().enumerate() {
             let (weight, bias) = (next(params)?, next(params)?);
-            h = if pass.fused {
+            h = if pass.kernels.fused {
                 conv2d(&h, weight, bias, block.stride, block.padding, !block.batch_norm)?
             } else {
                 let z = h.permute((0, 3, 1, 2))?.conv2d(weight, block.padding, block.stride, 1, 1)?;
@@ -51,11 +51,11 @@ impl ConvNet {
             if block.batch_norm {
                 let (gamma, beta) = (next(params)?, next(params)?);
                 let (mean, var) = (next(buffers)?, next(buffers)?);
-                let (y, updated) = batch_norm(&h, gamma, beta, mean, var, pass.training, pass.fused)?;
+                let (y, updated) = batch_norm(&h, gamma, beta, mean, var, pass.training, pass.kernels.fused)?;
                 h = y.relu()?;
                 pass.buffers.extend(updated);
             }
-            h = pool(&h, block, pass.fused)?;
+            h = pool(&h, block, pass.kernels.fused)?;
             pass.keep(format!("blocks.{i}"), &h);
         }
         let (fh, fw, fc) = self.head.flatten.expect("a conv net's head flattens its maps");

@@ -26,12 +26,12 @@ impl Mlp {
         for i in 0..self.layers {
             let (w, b) = (next(params)?, next(params)?);
             let hidden = i + 1 < self.layers;
-            h = match pass.frozen_weight(w) {
+            h = match pass.kernels.stored(w) {
                 Some(w_t) => {
                     let activation = if hidden { Activation::Relu } else { Activation::Identity };
                     FrozenLinear { activation }.forward(&h, w_t, b)?
                 }
-                None => Self::layer(&h, &self.input_weight(i, w)?, b, hidden, pass.fused)?,
+                None => Self::layer(&h, &self.input_weight(i, w)?, b, hidden, pass.kernels.fused)?,
             };
             pass.keep(format!("layers.{i}"), &h);
             if let (Some(rng), true) = (pass.rng.as_deref_mut(), hidden && self.dropout > 0.0) {

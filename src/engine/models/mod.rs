@@ -165,14 +165,28 @@ pub struct Net {
     frozen: Option<Arc<FrozenWeights>>,
 }
 
-/// A frozen net's inference weights where a pass may use them: fused kernels, evaluation.
-fn frozen_for(fused: bool, training: bool, frozen: Option<&FrozenWeights>) -> Option<&FrozenWeights> {
-    frozen.filter(|_| fused && !training)
-}
-
 /// Tensors stored for `kernels::linear::FrozenLinear` (weights `in × out`), by the id of the
 /// tensor each stands for.
 type FrozenWeights = HashMap<TensorId, Tensor>;
+
+/// The kernels a pass runs: the fused ones (CPU, f32) or candle's ops, and in evaluation with
+/// fused kernels a frozen net's stored weights.
+#[derive(Debug, Clone, Copy)]
+struct Kernels<'a> {
+    fused: bool,
+    frozen: Option<&'a FrozenWeights>,
+}
+
+impl<'a> Kernels<'a> {
+    fn new(fused: bool, training: bool, frozen: Option<&'a FrozenWeights>) -> Self {
+        Self { fused, frozen: frozen.filter(|_| fused && !training) }
+    }
+
+    /// The stored inference copy of `tensor`, if the pass may use one and the net holds it.
+    fn stored(&self, tensor: &Tensor) -> Option<&'a Tensor> {
+        self.frozen?.get(&tensor.id())
+    }
+}
 
 /// The computation of each architecture, over the net's tensors in blueprint order.
 #[derive(Debug, Clone)]
@@ -202,21 +216,14 @@ struct Pass<'a, 'r> {
     want: &'a [&'a str],
     rng: Option<&'r mut Rng>,
     training: bool,
-    fused: bool,
-    frozen: Option<&'a FrozenWeights>,
+    kernels: Kernels<'a>,
     features: HashMap<String, Tensor>,
     buffers: Vec<Tensor>,
 }
 
 impl<'a, 'r> Pass<'a, 'r> {
-    fn new(want: &'a [&'a str], rng: Option<&'r mut Rng>, fused: bool, frozen: Option<&'a FrozenWeights>) -> Self {
-        let frozen = frozen_for(fused, rng.is_some(), frozen);
-        Self { want, training: rng.is_some(), rng, fused, frozen, features: HashMap::new(), buffers: Vec::new() }
-    }
-
-    /// The inference copy (`in × out`) of `weight`, if the net is frozen and holds one.
-    fn frozen_weight(&self, weight: &Tensor) -> Option<&'a Tensor> {
-        self.frozen?.get(&weight.id())
+    fn new(want: &'a [&'a str], rng: Option<&'r mut Rng>, kernels: Kernels<'a>) -> Self {
+        Self { want, training: rng.is_some(), rng, kernels, features: HashMap::new(), buffers: Vec::new() }
     }
 
     /// Keeps a layer's output if it was asked for.
@@ -469,20 +476,19 @@ impl Net {
     /// `want` lists layer outputs to return alongside the logits.
     pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut Rng>, want: &[&str]) -> Result<Output> {
         let fused = self.fused && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
+        let kernels = Kernels::new(fused, dropout_rng.is_some(), self.frozen.as_deref());
         match &self.family {
             Family::Bert(config) => {
-                let frozen = frozen_for(fused, dropout_rng.is_some(), self.frozen.as_deref());
-                let kernels = bert::Kernels { fused, frozen };
                 let (logits, features) = bert::forward(config, &self.params, x, dropout_rng, want, kernels)?;
                 Ok(Output { logits, features, buffers: Vec::new() })
             }
             Family::Mlp(mlp) => {
-                let mut pass = Pass::new(want, dropout_rng, fused, self.frozen.as_deref());
+                let mut pass = Pass::new(want, dropout_rng, kernels);
                 let logits = mlp.forward(x.clone(), &mut self.params.iter(), &mut pass)?;
                 Ok(pass.finish(logits, &self.buffers))
             }
             Family::Conv(net) => {
-                let mut pass = Pass::new(want, dropout_rng, fused, self.frozen.as_deref());
+                let mut pass = Pass::new(want, dropout_rng, kernels);
                 let logits = net.forward(x, &mut self.params.iter(), &mut self.buffers.iter(), &mut pass)?;
                 Ok(pass.finish(logits, &self.buffers))
             }
