@@ -403,7 +403,7 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
         step(true)?;
     }
     let samples_per_s = (steps * batch) as f64 / start.elapsed().as_secs_f64();
-    let frozen = student.with_vars(optimizer.vars(), &[]).detached().with_fused_kernels(variant.fused_kernels);
+    let frozen = student.with_vars(optimizer.vars(), &[]).frozen()?.with_fused_kernels(variant.fused_kernels);
     let samples: Vec<f32> = x.flatten_all()?.to_vec1()?;
     let budget = std::time::Duration::from_millis(350);
     let latency = [

@@ -69,6 +69,8 @@ impl Judge<'_> {
         };
         let agree = evaluation.predictions.iter().zip(teacher_predictions).filter(|(a, b)| a == b).count();
         let x = &self.data.validation.x;
+        // Frozen once for both latency runs (each would otherwise transpose the weights again).
+        let inference = net.frozen()?;
         Ok(ModelReport {
             parameters: net.parameter_count(),
             size_bytes,
@@ -76,8 +78,8 @@ impl Judge<'_> {
             loss: evaluation.loss,
             agreement: agree as f64 / evaluation.predictions.len().max(1) as f64,
             latency: Latency {
-                batch_1_ms: report::latency_ms(net, x, 1, self.device, LATENCY_BUDGET)?,
-                batch_n_ms: report::latency_ms(net, x, self.batch_n, self.device, LATENCY_BUDGET)?,
+                batch_1_ms: report::latency_ms(&inference, x, 1, self.device, LATENCY_BUDGET)?,
+                batch_n_ms: report::latency_ms(&inference, x, self.batch_n, self.device, LATENCY_BUDGET)?,
                 batch_n: self.batch_n,
             },
             training: model.training.clone(),

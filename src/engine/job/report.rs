@@ -353,7 +353,7 @@ pub struct Speedup {
 /// Time of a forward pass at batch size `batch`, on inputs cycled from `x`: the median of
 /// several timed blocks (robust to a busy machine), each long enough that timer resolution and
 /// a tiny model's per-call overhead are measured as they are, not rounded away.
-/// The model runs frozen (`Net::frozen`), as inference would serve it.
+/// The model runs frozen (`Net::frozen`, free for a net frozen already), as inference serves it.
 pub fn latency_ms(model: &Net, x: &[f32], batch: usize, device: &Device, budget: Duration) -> candle_core::Result<f64> {
     const BLOCKS: u32 = 7;
     let model = &model.frozen()?;

@@ -161,7 +161,7 @@ pub struct Net {
     /// What the tensors compute: one type per architecture.
     family: Family,
     /// From [`Net::frozen`]: its linear layers' weights stored for inference, by the id of the
-    /// tensor each stands for, so a net whose tensors were replaced since ignores them.
+    /// tensor each stands for. Every method that changes the tensors drops it.
     frozen: Option<Arc<FrozenWeights>>,
 }
 
@@ -360,7 +360,7 @@ impl Net {
         if let Some(extra) = named.keys().next() {
             return Err(ModelError::UnknownTensor(extra.clone()));
         }
-        Ok(Self { params, buffers, ..self.clone() })
+        Ok(Self { params, buffers, frozen: None, ..self.clone() })
     }
 
     /// Rebuilds a network from named tensors, checking every name and shape.
@@ -411,7 +411,8 @@ impl Net {
 
     /// The same network reading `vars` (its forward records the autograd graph) and `buffers`.
     pub fn with_vars(&self, vars: &[Var], buffers: &[Tensor]) -> Self {
-        Self { params: vars.iter().map(|v| v.as_tensor().clone()).collect(), buffers: buffers.to_vec(), ..self.clone() }
+        let params = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        Self { params, buffers: buffers.to_vec(), frozen: None, ..self.clone() }
     }
 
     /// The same weights cut off from any graph, for frozen teachers and evaluation.
@@ -419,6 +420,7 @@ impl Net {
         Self {
             params: self.params.iter().map(Tensor::detach).collect(),
             buffers: self.buffers.iter().map(Tensor::detach).collect(),
+            frozen: None,
             ..self.clone()
         }
     }
@@ -426,7 +428,11 @@ impl Net {
     /// [`Net::detached`], with its linear layers' weights also stored transposed for inference
     /// on the CPU (`kernels::linear::FrozenLinear`; an MLP's or conv net's head, an encoder's
     /// layers): for frozen teachers, evaluation and latency runs, whose weights stay fixed.
+    /// A net that is frozen already comes back as it is.
     pub fn frozen(&self) -> Result<Self> {
+        if self.frozen.is_some() {
+            return Ok(self.clone());
+        }
         let net = self.detached();
         if !net.params.first().is_some_and(|p| p.device().is_cpu() && p.dtype() == DType::F32) {
             return Ok(net);
@@ -468,7 +474,7 @@ impl Net {
                 }
             }
         }
-        self
+        Self { frozen: None, ..self }
     }
 
     /// Runs `x` (`batch × features`). With `dropout_rng` the network trains: dropout is applied
@@ -603,7 +609,11 @@ mod tests {
             assert!(diff(logits(&frozen), logits(&net)) < 1e-5, "{arch:?}: frozen logits differ");
             let other = Net::init(&arch, input, 3, &mut Rng::new(9), &Device::Cpu).unwrap();
             let replaced: HashMap<String, Tensor> = other.named().into_iter().collect();
+            let again = frozen.frozen().unwrap();
+            assert!(Arc::ptr_eq(again.frozen.as_ref().unwrap(), frozen.frozen.as_ref().unwrap()), "frozen twice");
+            assert!(frozen.detached().frozen.is_none(), "{arch:?}: detached kept stored weights");
             let swapped = frozen.with_tensors(&replaced);
+            assert!(swapped.frozen.is_none(), "{arch:?}: replaced tensors kept stored weights");
             assert!(diff(logits(&swapped), logits(&other)) < 1e-5, "{arch:?}: a stale frozen weight was used");
         }
     }
