@@ -427,7 +427,8 @@ impl Net {
 
     /// [`Net::detached`], with its linear layers' weights also stored transposed for inference
     /// on the CPU (`kernels::linear::FrozenLinear`; an MLP's or conv net's head, an encoder's
-    /// layers): for frozen teachers, evaluation and latency runs, whose weights stay fixed.
+    /// layers): for inference whose weights stay fixed over many passes (`Net::logits` over a
+    /// split, the report's latency runs).
     /// A net that is frozen already comes back as it is.
     pub fn frozen(&self) -> Result<Self> {
         if self.frozen.is_some() {
