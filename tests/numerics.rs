@@ -186,7 +186,8 @@ fn vector(v: &Value) -> Tensor {
 /// The fused linear kernel's output and all three gradients, through a real backward pass.
 fn fused_linear_grads(relu: bool, x: &Tensor, w: &Tensor, b: &Tensor, upstream: &Tensor) -> (Tensor, [Tensor; 3]) {
     let (x, w, b) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap(), Var::from_tensor(b).unwrap());
-    let y = Linear { relu, input_grad: true }.forward(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+    let y =
+        Linear { relu, input_grad: true, handover: None }.forward(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
     let grads = (&y * upstream).unwrap().sum_all().unwrap().backward().unwrap();
     let grad = |v: &Var| grads.get(v.as_tensor()).unwrap().clone();
     (y, [grad(&x), grad(&w), grad(&b)])
@@ -320,7 +321,7 @@ fn conv_net_matches_pytorch(fused: bool) {
         assert_all_close(&format!("{path}: {name} after a train-mode forward"), &rows(got), &reference(want));
     }
 
-    let grads = (&out.logits * &upstream).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = out.backward(&(&out.logits * &upstream).unwrap().sum_all().unwrap()).unwrap();
     assert_eq!(vars.len(), bp.params.len());
     for (var, (name, shape)) in vars.iter().zip(&bp.params) {
         let grad = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{path}: {name} has no gradient"));

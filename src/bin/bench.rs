@@ -367,9 +367,8 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
         Optimizer::with_tensor_ops(optimizer_spec, student.to_vars()?)?
     };
     let (x, y) = batch_data(setup, batch, &mut rng, device)?;
-    // Training mode (dropout masks from here) for the encoders, as the engine trains them; the
-    // MLP and conv nets here have neither dropout nor batch norm, so their forward is the same.
-    let trains = matches!(setup.pair, Pair::Bert { .. });
+    // Training mode, as the engine trains: dropout masks from here for the encoders (the MLP and
+    // conv nets here have neither dropout nor batch norm), fused layers' gradients handed over.
     let mut dropout_rng = Rng::new(1);
     let mut phases: [Vec<f64>; 4] = Default::default();
     let mut step = |record: bool| -> candle_core::Result<()> {
@@ -378,11 +377,11 @@ fn candle_step(args: &Args, setup: &Setup, device: &Device, variant: Variant) ->
         device.synchronize()?;
         let t1 = Instant::now();
         let model = student.with_vars(optimizer.vars(), &[]).with_fused_kernels(variant.fused_kernels);
-        let logits = model.forward(&x, trains.then_some(&mut dropout_rng), &[])?.logits;
+        let out = model.forward(&x, Some(&mut dropout_rng), &[])?;
         device.synchronize()?;
         let t2 = Instant::now();
-        let loss = hinton(&logits, Some(&teacher_logits), &y, 4.0, 0.7)?;
-        let grads = loss.total.backward()?;
+        let loss = hinton(&out.logits, Some(&teacher_logits), &y, 4.0, 0.7)?;
+        let grads = out.backward(&loss.total)?;
         device.synchronize()?;
         let t3 = Instant::now();
         optimizer.step(&grads, 1e-3)?;

@@ -14,14 +14,16 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use crate::engine::kernels::fastmath::{self, vectorised};
-use crate::engine::kernels::linear::{affine, contiguous_f32, weight_and_bias_grads};
+use crate::engine::kernels::handover::WeightGrads;
+use crate::engine::kernels::linear::{affine, contiguous_f32, hand_over, weight_and_bias_grads};
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
 
-/// gelu(x·Wᵀ + b) for `x` batch × in, `weight` out × in (PyTorch's layout), `bias` out.
-pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let op = LinearGelu { input_grad: x.track_op(), pre_activation: OnceLock::new() };
+/// gelu(x·Wᵀ + b) for `x` batch × in, `weight` out × in (PyTorch's layout), `bias` out; the
+/// weight and bias gradients go to `handover` where one is given.
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, handover: Option<WeightGrads>) -> Result<Tensor> {
+    let op = LinearGelu { input_grad: x.track_op(), pre_activation: OnceLock::new(), handover };
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
 
@@ -59,6 +61,7 @@ struct LinearGelu {
     /// x·Wᵀ + b, kept from the forward for the backward. (An op that records no graph is
     /// dropped after its forward, and this with it.)
     pre_activation: OnceLock<Vec<f32>>,
+    handover: Option<WeightGrads>,
 }
 
 impl CustomOp3 for LinearGelu {
@@ -87,7 +90,7 @@ impl CustomOp3 for LinearGelu {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -100,7 +103,7 @@ impl CustomOp3 for LinearGelu {
             true => Some(grad_z.matmul(weight)?),
             false => None,
         };
-        Ok((grad_x, Some(grad_weight), Some(grad_bias)))
+        Ok((grad_x, hand_over(&self.handover, weight, grad_weight), hand_over(&self.handover, bias, grad_bias)))
     }
 }
 
@@ -145,7 +148,7 @@ mod tests {
         };
         // Pre-activations spread over (−8, 8), where both tails and the bend show.
         let (x, weight, bias) = (random(&[40, 7], 1.0), random(&[9, 7], 1.2), random(&[9], 1.0));
-        let ours = linear_gelu(&x, &weight, &bias).unwrap();
+        let ours = linear_gelu(&x, &weight, &bias, None).unwrap();
         let reference = x.matmul(&weight.t().unwrap()).unwrap().broadcast_add(&bias).unwrap().gelu_erf().unwrap();
         let difference =
             |a: &Tensor, b: &Tensor| (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

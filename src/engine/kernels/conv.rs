@@ -121,7 +121,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: &Tensor, stride: usize, padding
     let weight_rows = weight.permute((0, 2, 3, 1))?.reshape((out, kernel * kernel * c))?;
     let y = if matches!(x.device(), candle_core::Device::Cpu) {
         let cols = x.contiguous()?.apply_op1(Im2col(g))?;
-        Linear { relu, input_grad: x.track_op() }.forward(&cols, &weight_rows, bias)?
+        Linear { relu, input_grad: x.track_op(), handover: None }.forward(&cols, &weight_rows, bias)?
     } else {
         let nchw = x.permute((0, 3, 1, 2))?.conv2d(weight, padding, stride, 1, 1)?;
         let z = nchw.permute((0, 2, 3, 1))?.reshape((n * g.out_h() * g.out_w(), out))?.broadcast_add(bias)?;

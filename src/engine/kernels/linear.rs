@@ -10,13 +10,16 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use crate::engine::kernels::activation::gelu;
+use crate::engine::kernels::handover::WeightGrads;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Linear {
     /// Apply ReLU to the output.
     pub relu: bool,
     /// Compute the gradient for the input; false where the input is data, not an activation.
     pub input_grad: bool,
+    /// Where a training pass collects the weight and bias gradients (None: candle's store).
+    pub handover: Option<WeightGrads>,
 }
 
 impl Linear {
@@ -291,7 +294,7 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         y: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -301,7 +304,15 @@ impl CustomOp3 for Linear {
             true => Some(masked.as_ref().unwrap_or(&grad_y).matmul(weight)?),
             false => None,
         };
-        Ok((grad_x, Some(grad_weight), Some(grad_bias)))
+        Ok((grad_x, hand_over(&self.handover, weight, grad_weight), hand_over(&self.handover, bias, grad_bias)))
+    }
+}
+
+/// A parameter's gradient for candle's store: None where `handover` keeps it instead.
+pub(crate) fn hand_over(handover: &Option<WeightGrads>, param: &Tensor, grad: Tensor) -> Option<Tensor> {
+    match handover {
+        Some(kept) => kept.hand_over(param, grad),
+        None => Some(grad),
     }
 }
 

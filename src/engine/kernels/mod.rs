@@ -5,6 +5,7 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod fastmath;
+pub mod handover;
 pub mod head_loss;
 pub mod linear;
 pub mod norm;

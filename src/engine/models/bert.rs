@@ -459,7 +459,9 @@ fn add_norm(
 fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match (kernels.stored(weight), kernels.fused) {
         (Some(w_t), _) => FrozenLinear { activation: LinearActivation::Identity }.forward(x, w_t, bias),
-        (None, true) => Linear { relu: false, input_grad: x.track_op() }.forward(x, weight, bias),
+        (None, true) => {
+            Linear { relu: false, input_grad: x.track_op(), handover: kernels.handover() }.forward(x, weight, bias)
+        }
         (None, false) => x.matmul(&weight.t()?)?.broadcast_add(bias),
     }
 }
@@ -482,7 +484,7 @@ fn qkv(
 fn fused_linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernels) -> Result<Tensor> {
     match kernels.stored(weight) {
         Some(w_t) => FrozenLinear { activation: LinearActivation::Gelu }.forward(x, w_t, bias),
-        None => linear_gelu(x, weight, bias),
+        None => linear_gelu(x, weight, bias, kernels.handover()),
     }
 }
 

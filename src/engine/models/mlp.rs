@@ -3,7 +3,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{next, Pass};
+use super::{next, Kernels, Pass};
 use crate::engine::kernels::linear::{Activation, FrozenLinear, Linear};
 use crate::engine::rng::{dropout_multipliers, Rng};
 
@@ -31,7 +31,7 @@ impl Mlp {
                     let activation = if hidden { Activation::Relu } else { Activation::Identity };
                     FrozenLinear { activation }.forward(&h, w_t, b)?
                 }
-                None => Self::layer(&h, &self.input_weight(i, w)?, b, hidden, pass.kernels.fused)?,
+                None => Self::layer(&h, &self.input_weight(i, w)?, b, hidden, pass.kernels)?,
             };
             pass.keep(format!("layers.{i}"), &h);
             if let (Some(rng), true) = (pass.rng.as_deref_mut(), hidden && self.dropout > 0.0) {
@@ -42,9 +42,9 @@ impl Mlp {
     }
 
     /// One trainable (or unfused) layer: x·Wᵀ + b, with ReLU unless it is the classifier.
-    fn layer(h: &Tensor, w: &Tensor, b: &Tensor, hidden: bool, fused: bool) -> Result<Tensor> {
-        if fused {
-            return Linear { relu: hidden, input_grad: h.track_op() }.forward(h, w, b);
+    fn layer(h: &Tensor, w: &Tensor, b: &Tensor, hidden: bool, kernels: Kernels) -> Result<Tensor> {
+        if kernels.fused {
+            return Linear { relu: hidden, input_grad: h.track_op(), handover: kernels.handover() }.forward(h, w, b);
         }
         let z = h.matmul(&w.t()?)?.broadcast_add(b)?;
         if hidden {

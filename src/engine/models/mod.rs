@@ -16,9 +16,11 @@ mod mlp;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Result, Tensor, TensorId, Var, D};
 
 use crate::engine::data::ImageShape;
+use crate::engine::kernels::handover::WeightGrads;
 use crate::engine::rng::Rng;
 use crate::spec::ArchSpec;
 use bert::BertConfig;
@@ -169,22 +171,30 @@ pub struct Net {
 /// tensor each stands for.
 type FrozenWeights = HashMap<TensorId, Tensor>;
 
-/// The kernels a pass runs: the fused ones (CPU, f32) or candle's ops, and in evaluation with
-/// fused kernels a frozen net's stored weights.
+/// The kernels a pass runs: the fused ones (CPU, f32) or candle's ops; in evaluation with
+/// fused kernels a frozen net's stored weights, in training with fused kernels where they hand
+/// over their weight gradients.
 #[derive(Debug, Clone, Copy)]
 struct Kernels<'a> {
     fused: bool,
     frozen: Option<&'a FrozenWeights>,
+    handover: Option<&'a WeightGrads>,
 }
 
 impl<'a> Kernels<'a> {
-    fn new(fused: bool, training: bool, frozen: Option<&'a FrozenWeights>) -> Self {
-        Self { fused, frozen: frozen.filter(|_| fused && !training) }
+    fn new(fused: bool, frozen: Option<&'a FrozenWeights>, handover: Option<&'a WeightGrads>) -> Self {
+        let training = handover.is_some();
+        Self { fused, frozen: frozen.filter(|_| fused && !training), handover: handover.filter(|_| fused) }
     }
 
     /// The stored inference copy of `tensor`, if the pass may use one and the net holds it.
     fn stored(&self, tensor: &Tensor) -> Option<&'a Tensor> {
         self.frozen?.get(&tensor.id())
+    }
+
+    /// A fused layer's destination for its weight gradients.
+    fn handover(&self) -> Option<WeightGrads> {
+        self.handover.cloned()
     }
 }
 
@@ -234,9 +244,9 @@ impl<'a, 'r> Pass<'a, 'r> {
     }
 
     /// In training the updated statistics, in evaluation the net's own.
-    fn finish(self, logits: Tensor, buffers: &[Tensor]) -> Output {
+    fn finish(self, logits: Tensor, buffers: &[Tensor], handover: WeightGrads) -> Output {
         let buffers = if self.training { self.buffers } else { buffers.to_vec() };
-        Output { logits, features: self.features, buffers }
+        Output { logits, features: self.features, buffers, handover }
     }
 }
 
@@ -246,6 +256,17 @@ pub struct Output {
     pub logits: Tensor,
     pub features: HashMap<String, Tensor>,
     pub buffers: Vec<Tensor>,
+    /// The weight gradients the pass's fused layers hand over in the backward.
+    handover: WeightGrads,
+}
+
+impl Output {
+    /// The gradients of `loss`, a function of this training pass: candle's backward plus the
+    /// gradients the fused layers handed over. A training pass's loss must go through here,
+    /// not `Tensor::backward`, or those weights get no gradient.
+    pub fn backward(&self, loss: &Tensor) -> Result<GradStore> {
+        self.handover.backward(loss)
+    }
 }
 
 impl Net {
@@ -483,21 +504,22 @@ impl Net {
     /// `want` lists layer outputs to return alongside the logits.
     pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut Rng>, want: &[&str]) -> Result<Output> {
         let fused = self.fused && matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32;
-        let kernels = Kernels::new(fused, dropout_rng.is_some(), self.frozen.as_deref());
+        let handover = WeightGrads::default();
+        let kernels = Kernels::new(fused, self.frozen.as_deref(), dropout_rng.is_some().then_some(&handover));
         match &self.family {
             Family::Bert(config) => {
                 let (logits, features) = bert::forward(config, &self.params, x, dropout_rng, want, kernels)?;
-                Ok(Output { logits, features, buffers: Vec::new() })
+                Ok(Output { logits, features, buffers: Vec::new(), handover })
             }
             Family::Mlp(mlp) => {
                 let mut pass = Pass::new(want, dropout_rng, kernels);
                 let logits = mlp.forward(x.clone(), &mut self.params.iter(), &mut pass)?;
-                Ok(pass.finish(logits, &self.buffers))
+                Ok(pass.finish(logits, &self.buffers, handover.clone()))
             }
             Family::Conv(net) => {
                 let mut pass = Pass::new(want, dropout_rng, kernels);
                 let logits = net.forward(x, &mut self.params.iter(), &mut self.buffers.iter(), &mut pass)?;
-                Ok(pass.finish(logits, &self.buffers))
+                Ok(pass.finish(logits, &self.buffers, handover.clone()))
             }
         }
     }
@@ -669,7 +691,7 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(moved > 0.0, "running mean did not move");
-        let grads = out.logits.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = out.backward(&out.logits.sqr().unwrap().sum_all().unwrap()).unwrap();
         for (v, (name, _)) in vars.iter().zip(&bp.params) {
             let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
             assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}: zero gradient");

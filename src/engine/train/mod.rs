@@ -567,7 +567,7 @@ impl<'p> PhaseRun<'p> {
         let (alpha, temperature) = (plan.alpha.at(progress), plan.temperature.at(progress));
         let inputs = BatchInputs { x, y, indices: batch };
         let losses = self.losses(ctx.device, &out, &inputs, alpha, temperature)?;
-        let grads = losses.total.backward()?;
+        let grads = out.backward(&losses.total)?;
         let lr = plan.lr_at(self.position.global_step, self.total_steps);
         self.optimizer.step(&grads, lr)?;
         self.buffers = out.buffers.iter().map(Tensor::detach).collect();
