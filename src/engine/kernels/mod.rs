@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod embedding;
 pub mod fastmath;
 pub mod handover;
 pub mod head_loss;

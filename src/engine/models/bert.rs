@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use crate::engine::files::parse_safetensors;
 use crate::engine::kernels::activation::linear_gelu;
 use crate::engine::kernels::attention::SelfAttention;
+use crate::engine::kernels::embedding::lookup;
 use crate::engine::kernels::linear::{Activation as LinearActivation, FrozenLinear, Linear};
 use crate::engine::kernels::norm;
 use crate::engine::models::{Kernels, ModelError};
@@ -466,6 +467,16 @@ fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor, kernels: Kernels) -> Resul
     }
 }
 
+/// The rows of an embedding table for `ids`: the fused lookup (whose table gradient a training
+/// pass takes directly) or candle's.
+fn embed(table: &Tensor, ids: Vec<u32>, kernels: Kernels) -> Result<Tensor> {
+    if kernels.fused {
+        return lookup(table, ids.into(), kernels.handover());
+    }
+    let tokens = ids.len();
+    table.embedding(&Tensor::from_vec(ids, tokens, table.device())?)
+}
+
 /// The query, key and value projections side by side (`tokens × 3h`), for the fused attention.
 fn qkv(
     x: &Tensor,
@@ -601,10 +612,10 @@ pub(super) fn forward(
     let mut p = params.iter();
     let tokens = batch * length;
     let (word, position) = (next(&mut p)?, next(&mut p)?);
-    let words = word.embedding(&Tensor::from_vec(ids, tokens, device)?)?;
-    let mut rest = position.embedding(&Tensor::from_vec(positions, tokens, device)?)?;
+    let words = embed(word, ids, kernels)?;
+    let mut rest = embed(position, positions, kernels)?;
     if config.type_vocab_size > 0 {
-        rest = (rest + next(&mut p)?.embedding(&Tensor::from_vec(types, tokens, device)?)?)?;
+        rest = (rest + embed(next(&mut p)?, types, kernels)?)?;
     }
     let eps = config.layer_norm_eps;
     let mut hidden = add_norm(words, &rest, (next(&mut p)?, next(&mut p)?), eps, 0.0, &mut rng, fused)?;
